@@ -1,0 +1,103 @@
+"""Input diversity: random transformations of the raw training images, batched on the device.
+
+EVP trains the prompt on many variants of each image so that it does not over-fit a few (the "input
+diversity" trick of transferable adversarial examples). Applied in training only, before the prompter.
+
+* ``ref``: the reference code's variant, a horizontal flip with probability 0.5. (Its other part, the random
+  crop of the resized image, needs the image's full aspect ratio and therefore happens when the image is
+  decoded; see :func:`vprompt.data.build_transform`.)
+* ``di``: DI-FGSM style random resize-and-pad: with probability ``prob`` the image is shrunk by a random
+  factor in ``[min_scale, 1]`` and placed at a random position on a black canvas of its own size; plus the
+  flip of ``ref``.
+* ``none``: identity.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["InputDiversity", "create_diversity", "list_diversity", "random_flip", "random_resize_pad"]
+
+
+def random_flip(x: Tensor, prob: float = 0.5) -> Tensor:
+    """Flip each image of the batch horizontally with probability ``prob``."""
+    flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < prob
+    return torch.where(flip, x.flip(-1), x)
+
+
+def random_resize_pad(x: Tensor, min_scale: float = 0.9, prob: float = 0.5) -> Tensor:
+    """Shrink each image by a random factor in [min_scale, 1] and place it randomly on a black canvas.
+
+    One ``grid_sample`` over the whole batch: each sample gets its own scale and offset through an affine
+    grid, so no per-image Python loop and no size change.
+    """
+    b = x.shape[0]
+    dev = x.device
+    scale = torch.empty(b, device=dev).uniform_(min_scale, 1.0)
+    apply = torch.rand(b, device=dev) < prob
+    scale = torch.where(apply, scale, torch.ones_like(scale))
+    # In normalized coordinates the shrunk image spans 2*scale; its center may move by up to (1 - scale).
+    shift = (torch.rand(b, 2, device=dev) * 2 - 1) * (1 - scale)[:, None]
+    theta = torch.zeros(b, 2, 3, device=dev, dtype=x.dtype)
+    theta[:, 0, 0] = 1 / scale
+    theta[:, 1, 1] = 1 / scale
+    theta[:, :, 2] = -shift / scale[:, None]
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return torch.where(apply[:, None, None, None], out, x)
+
+
+class InputDiversity:
+    """Callable applying one of the diversity variants to a float batch in [0, 1].
+
+    Args:
+        name: ``ref``, ``di`` or ``none``.
+        min_scale: ``di`` only, the smallest shrink factor.
+        prob: ``di`` only, the probability to resize-and-pad an image.
+    """
+
+    def __init__(self, name: str = "ref", min_scale: float = 0.9, prob: float = 0.5) -> None:
+        if name not in _VARIANTS:
+            close = difflib.get_close_matches(name, _VARIANTS, n=2)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"unknown --diversity {name!r}{hint} (choose from {', '.join(_VARIANTS)})")
+        if not 0 < min_scale <= 1:
+            raise ValueError(f"--di-min-scale {min_scale} must be in (0, 1]")
+        if not 0 <= prob <= 1:
+            raise ValueError(f"--di-prob {prob} must be in [0, 1]")
+        self.name = name
+        self.min_scale = min_scale
+        self.prob = prob
+
+    @property
+    def random_crop(self) -> bool:
+        """Whether images should be randomly (rather than center) cropped when decoded."""
+        return self.name != "none"
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.name == "none":
+            return x
+        x = random_flip(x)
+        if self.name == "di":
+            x = random_resize_pad(x, self.min_scale, self.prob)
+        return x
+
+    def __repr__(self) -> str:
+        return f"InputDiversity({self.name!r})"
+
+
+_VARIANTS = ("ref", "di", "none")
+
+
+def list_diversity() -> list[str]:
+    """Names accepted by ``--diversity``."""
+    return list(_VARIANTS)
+
+
+def create_diversity(name: str, **kwargs: float) -> InputDiversity:
+    """Build the diversity transform ``name`` (see :class:`InputDiversity`)."""
+    return InputDiversity(name, **kwargs)

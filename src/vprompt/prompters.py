@@ -1,0 +1,295 @@
+"""Visual prompters: pixels in [0, 1] in, prompted pixels in [0, 1] space out.
+
+A prompter never normalizes; the frozen backbone wrapper applies the backbone's own mean/std afterwards.
+Every prompter accepts a batch ``(B, C, H, W)`` of any square or non-square size and first brings it to the
+size it works at (:attr:`Prompter.image_size`), so datasets can hand over images at their native size and the
+resize runs batched on the device.
+
+Prompters:
+    * ``evp``: EVP (Wu et al., 2212.10556). Shrink the image to ``s x s``, zero-pad it to ``S x S`` and add a
+      zero-initialized ``S x S`` prompt whose border only is ever updated, so the prompt is "wrapped around"
+      the image, never added on top of it.
+    * ``pad``: VP padding (Bahng et al., 2022). A border of width ``p`` added on top of the full-size image.
+    * ``fixed_patch`` / ``random_patch``: VP patch prompts, a ``p x p`` square added on top of the image at
+      the top-left corner / at a random place each training batch.
+    * ``none``: no prompt (zero-shot and label-mapping baselines); only resizes to ``S x S``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "Prompter",
+    "EVPPrompter",
+    "PadPrompter",
+    "FixedPatchPrompter",
+    "RandomPatchPrompter",
+    "IdentityPrompter",
+    "create_prompter",
+    "list_prompters",
+    "resize_square",
+    "default_inner_size",
+]
+
+
+def resize_square(x: Tensor, size: int) -> Tensor:
+    """Resize a float image batch so its shorter side is ``size`` (bicubic), then center-crop ``size x size``.
+
+    Bicubic overshoots, so the result is clamped back to [0, 1] as an 8-bit image library would. Returns
+    ``x`` itself when it already has the size, which keeps the common path free.
+    """
+    h, w = x.shape[-2:]
+    if h == size and w == size:
+        return x
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=nh < h or nw < w)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return x[..., top : top + size, left : left + size].clamp(0.0, 1.0)
+
+
+def default_inner_size(input_size: int) -> int:
+    """EVP's inner image size for a backbone input size: 164 for 224, the same ratio elsewhere, even border."""
+    pad = round(input_size * 30 / 224)
+    return input_size - 2 * max(pad, 1)
+
+
+def _border_mask(size: int, width: int) -> Tensor:
+    mask = torch.ones(1, 1, size, size)
+    mask[..., width : size - width, width : size - width] = 0.0
+    return mask
+
+
+def _scale_buffer(scale: Sequence[float] | None, channels: int) -> Tensor:
+    if scale is None:
+        return torch.ones(1, channels, 1, 1)
+    t = torch.as_tensor(list(scale), dtype=torch.float32)
+    if t.numel() not in (1, channels):
+        raise ValueError(f"prompt scale has {t.numel()} values; expected 1 or {channels} (one per channel)")
+    return t.expand(channels).clone().view(1, channels, 1, 1)
+
+
+class Prompter(nn.Module):
+    """Base class. Subclasses set ``input_size`` (S, the size they output) and ``image_size`` (what they resize
+    the incoming images to) and implement :meth:`forward`.
+    """
+
+    name: str = "base"
+    input_size: int
+    image_size: int
+
+    def grad_masks(self) -> dict[str, Tensor]:
+        """Per-parameter masks the optimizer applies to each update (parameter name -> mask buffer)."""
+        return {}
+
+    def prompt_pixels(self) -> Tensor:
+        """What the prompt adds to a black image, ``(3, S, S)`` in pixel units, for visualization."""
+        device = next(iter(self.buffers()), torch.empty(0)).device
+        black = torch.zeros(1, 3, self.image_size, self.image_size, device=device)
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            out = self(black)
+        self.train(was_training)
+        return out[0]
+
+    def extra_repr(self) -> str:
+        return f"input_size={self.input_size}, image_size={self.image_size}"
+
+
+class EVPPrompter(Prompter):
+    """EVP: shrink to ``s``, zero-pad to ``S``, add a zero-initialized prompt updated on its border only.
+
+    The prompt is a full ``S x S x 3`` tensor and the forward pass is ``pad(x) + P`` over all of it, as in the
+    paper: the gradient-normalization step takes the L2 norm of the *whole* gradient (center included) and
+    only then masks it, so the mask lives in the optimizer (:meth:`grad_masks`), not in the forward pass. With
+    the masked update the center of ``P`` stays exactly zero.
+
+    Args:
+        input_size: S, the backbone's input size.
+        inner_size: s, the size the image is shrunk to; ``S - s`` must be positive and even.
+    """
+
+    name = "evp"
+
+    def __init__(self, input_size: int = 224, inner_size: int | None = None) -> None:
+        super().__init__()
+        inner_size = default_inner_size(input_size) if inner_size is None else inner_size
+        if not 0 < inner_size < input_size:
+            raise ValueError(
+                f"--inner-size {inner_size} must be smaller than --input-size {input_size} (and positive): "
+                "EVP wraps the prompt around the shrunk image"
+            )
+        if (input_size - inner_size) % 2:
+            raise ValueError(
+                f"--input-size {input_size} minus --inner-size {inner_size} must be even so the border is the same "
+                f"width on every side; try --inner-size {inner_size - 1}"
+            )
+        self.input_size = input_size
+        self.image_size = inner_size
+        self.pad = (input_size - inner_size) // 2
+        self.prompt = nn.Parameter(torch.zeros(1, 3, input_size, input_size))
+        self.register_buffer("mask", _border_mask(input_size, self.pad))
+
+    def grad_masks(self) -> dict[str, Tensor]:
+        return {"prompt": self.mask}
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = resize_square(x, self.image_size)
+        p = self.pad
+        return F.pad(x, (p, p, p, p)) + self.prompt
+
+    def extra_repr(self) -> str:
+        return f"input_size={self.input_size}, inner_size={self.image_size}, pad={self.pad}"
+
+
+class _AdditivePrompter(Prompter):
+    """VP prompts are added on top of the full-size image. VP adds them to the *normalized* image; adding
+    ``scale * P`` to the pixels before normalization with ``scale`` = the backbone's std is the same model and
+    keeps VP's initialization and learning rate meaningful.
+    """
+
+    def __init__(self, input_size: int, scale: Sequence[float] | None) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.image_size = input_size
+        self.register_buffer("scale", _scale_buffer(scale, 3))
+
+
+class PadPrompter(_AdditivePrompter):
+    """VP padding: a learnable border of width ``pad`` (randn init), added on top of the image.
+
+    Args:
+        input_size: S.
+        pad: border width p (VP: 30).
+        scale: per-channel factor the prompt is multiplied by (the backbone's std; see class doc).
+    """
+
+    name = "pad"
+
+    def __init__(self, input_size: int = 224, pad: int = 30, scale: Sequence[float] | None = None) -> None:
+        super().__init__(input_size, scale)
+        if not 0 < 2 * pad < input_size:
+            raise ValueError(f"--prompt-size {pad} must be positive and less than half of --input-size {input_size}")
+        self.pad = pad
+        self.register_buffer("mask", _border_mask(input_size, pad))
+        # The center is not a parameter of VP's prompt: it starts at zero and, masked in forward, stays there.
+        self.prompt = nn.Parameter(torch.randn(1, 3, input_size, input_size) * self.mask)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return resize_square(x, self.input_size) + self.prompt * self.mask * self.scale
+
+    def extra_repr(self) -> str:
+        return f"input_size={self.input_size}, pad={self.pad}"
+
+
+class FixedPatchPrompter(_AdditivePrompter):
+    """VP fixed patch: a ``patch x patch`` prompt (randn init) added at the top-left corner."""
+
+    name = "fixed_patch"
+
+    def __init__(self, input_size: int = 224, patch: int = 30, scale: Sequence[float] | None = None) -> None:
+        super().__init__(input_size, scale)
+        if not 0 < patch <= input_size:
+            raise ValueError(f"--prompt-size {patch} must be between 1 and --input-size {input_size}")
+        self.patch = patch
+        self.prompt = nn.Parameter(torch.randn(1, 3, patch, patch))
+
+    def _place(self, top: int, left: int) -> Tensor:
+        s, k = self.input_size, self.patch
+        return F.pad(self.prompt * self.scale, (left, s - k - left, top, s - k - top))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return resize_square(x, self.input_size) + self._place(0, 0)
+
+    def extra_repr(self) -> str:
+        return f"input_size={self.input_size}, patch={self.patch}"
+
+
+class RandomPatchPrompter(FixedPatchPrompter):
+    """VP random patch: the patch lands at a random place for each training batch (top-left in evaluation,
+    so evaluation is deterministic)."""
+
+    name = "random_patch"
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = resize_square(x, self.input_size)
+        if not self.training:
+            return x + self._place(0, 0)
+        span = self.input_size - self.patch + 1
+        top, left = (int(v) for v in torch.randint(span, (2,)))
+        return x + self._place(top, left)
+
+
+class IdentityPrompter(Prompter):
+    """No prompt: resize to ``S x S`` only (zero-shot and label-mapping-only baselines)."""
+
+    name = "none"
+
+    def __init__(self, input_size: int = 224) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.image_size = input_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        return resize_square(x, self.input_size)
+
+
+_PROMPTERS: dict[str, type[Prompter]] = {
+    cls.name: cls for cls in (EVPPrompter, PadPrompter, FixedPatchPrompter, RandomPatchPrompter, IdentityPrompter)
+}
+
+
+def list_prompters() -> list[str]:
+    """Names accepted by :func:`create_prompter`."""
+    return sorted(_PROMPTERS)
+
+
+def create_prompter(
+    name: str,
+    input_size: int = 224,
+    inner_size: int | None = None,
+    prompt_size: int | None = None,
+    scale: Sequence[float] | None = None,
+) -> Prompter:
+    """Build a prompter by name.
+
+    Args:
+        name: one of :func:`list_prompters`.
+        input_size: S, the backbone input size.
+        inner_size: s, EVP's shrunk image size (default: 164 at S = 224, same ratio elsewhere).
+        prompt_size: p. For ``evp`` the border width (``s = S - 2p``; give s or p, or both consistently); for
+            ``pad`` the border width (default 30); for the patch prompters the patch side (default 30).
+        scale: per-channel prompt scale of the additive VP prompters (the backbone's std).
+
+    Raises:
+        ValueError: unknown name or inconsistent sizes, with a message naming the flag to fix.
+    """
+    if name not in _PROMPTERS:
+        close = difflib.get_close_matches(name, list(_PROMPTERS), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown prompter {name!r}{hint} (available: {', '.join(list_prompters())})")
+    if name == "evp":
+        if prompt_size is not None:
+            derived = input_size - 2 * prompt_size
+            if inner_size is not None and inner_size != derived:
+                raise ValueError(
+                    f"--inner-size {inner_size} and --prompt-size {prompt_size} disagree at --input-size "
+                    f"{input_size}: EVP needs inner = input - 2 * prompt ({derived}); give only one of them"
+                )
+            inner_size = derived
+        return EVPPrompter(input_size, inner_size)
+    if name == "none":
+        return IdentityPrompter(input_size)
+    default_p = 30 if input_size >= 64 else max(1, math.ceil(input_size * 30 / 224))
+    p = default_p if prompt_size is None else prompt_size
+    if name == "pad":
+        return PadPrompter(input_size, p, scale)
+    return _PROMPTERS[name](input_size, p, scale)

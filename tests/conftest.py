@@ -1,0 +1,34 @@
+"""Shared fixtures: the tiny packaged CLIP model, small synthetic runs, and the real data beside the project."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = "vprompt-tiny-clip"
+
+
+def shared_data() -> Path:
+    """``../shared/data`` beside the project (or $VPROMPT_SHARED_DATA)."""
+    return Path(os.environ.get("VPROMPT_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    from vprompt.backbones import create_backbone
+
+    return create_backbone(TINY_MODEL)
+
+
+def tiny_run_args(tmp_path: Path, *extra: str, name: str = "run", epochs: int = 2) -> list[str]:
+    """Arguments of a fast ``vprompt train`` on the tiny model and a small synthetic dataset."""
+    data = [] if "--dataset" in extra else [
+        "--dataset", "synthetic", "--dataset-option", "n_train=96", "--dataset-option", "n_test=48",
+    ]  # fmt: skip
+    return [
+        "train", "--model", TINY_MODEL, *data, "--epochs", str(epochs), "-b", "32", "--output", str(tmp_path),
+        "--name", name, "--log-every", "0", *extra,
+    ]  # fmt: skip

@@ -1,0 +1,34 @@
+import pytest
+import torch
+
+from vprompt.diversity import create_diversity, random_resize_pad
+
+
+def test_ref_flips_each_image_or_leaves_it():
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 8, 8)
+    out = create_diversity("ref")(x)
+    same = (out == x).flatten(1).all(1)
+    flipped = (out == x.flip(-1)).flatten(1).all(1)
+    assert torch.all(same | flipped)
+    assert 10 < int(flipped.sum()) < 54
+
+
+def test_di_resizes_and_pads_some_images():
+    torch.manual_seed(0)
+    x = torch.rand(32, 3, 16, 16) * 0.5 + 0.5  # no black pixel in the input
+    out = random_resize_pad(x, min_scale=0.6, prob=1.0)
+    assert out.shape == x.shape
+    assert (out != x).flatten(1).any(1).all()  # every image moved
+    assert (out == 0).flatten(1).any(1).float().mean() > 0.5  # most show black canvas
+    assert out.mean() < x.mean() - 0.05  # darker on the whole: black padding came in
+    assert out.min() >= 0 and out.max() <= 1
+    assert torch.equal(random_resize_pad(x, min_scale=0.6, prob=0.0), x)
+
+
+def test_none_is_identity_and_bad_names_fail():
+    x = torch.rand(2, 3, 4, 4)
+    assert create_diversity("none")(x) is x
+    assert not create_diversity("none").random_crop
+    with pytest.raises(ValueError, match="--diversity"):
+        create_diversity("flip")

@@ -1,0 +1,65 @@
+import math
+
+import pytest
+import torch
+
+from vprompt.optim import MaskedSGD, NormalizedGradient, Schedule, create_optimizer
+
+
+def test_normalized_step_matches_hand_computed_case():
+    # g = (3, 4, 0, 0): ||g|| = 5 over ALL elements, including the masked one; then the mask, then the step.
+    p = torch.nn.Parameter(torch.tensor([1.0, 1.0, 1.0, 1.0]))
+    mask = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    opt = NormalizedGradient([p], lr=10.0, masks={p: mask})
+    p.grad = torch.tensor([3.0, 4.0, 0.0, 0.0])
+    opt.step()
+    # 1 - 10 * 3/5 = -5 ; masked element untouched
+    assert torch.allclose(p.detach(), torch.tensor([-5.0, 1.0, 1.0, 1.0]))
+
+
+def test_norm_is_global_over_the_group_and_has_no_momentum():
+    a = torch.nn.Parameter(torch.zeros(1))
+    b = torch.nn.Parameter(torch.zeros(1))
+    opt = NormalizedGradient([a, b], lr=1.0)
+    for step in range(1, 3):
+        a.grad, b.grad = torch.tensor([3.0]), torch.tensor([4.0])
+        opt.step()
+        assert torch.allclose(a.detach(), torch.tensor([-0.6 * step]))
+        assert torch.allclose(b.detach(), torch.tensor([-0.8 * step]))
+    assert opt.state_dict()["state"] == {}  # no momentum buffers
+
+
+def test_masks_stay_out_of_the_state_dict():
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = NormalizedGradient([p], lr=1.0, masks={p: torch.ones(3)})
+    assert "masks" not in opt.state_dict()["param_groups"][0]
+
+
+def test_masked_sgd_never_moves_masked_entries():
+    p = torch.nn.Parameter(torch.zeros(4))
+    opt = MaskedSGD([p], lr=1.0, momentum=0.9, masks={p: torch.tensor([1.0, 1.0, 0.0, 0.0])})
+    for _ in range(3):
+        p.grad = torch.ones(4)
+        opt.step()
+    assert torch.all(p[2:] == 0) and torch.all(p[:2] < 0)
+
+
+def test_adamw_refuses_masks():
+    p = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match="adamw"):
+        create_optimizer("adamw", [p], lr=0.1, masks={p: torch.ones(2)})
+
+
+def test_cosine_per_epoch_schedule():
+    s = Schedule("cosine_epoch", total_steps=40, steps_per_epoch=10)
+    assert s(0) == 1.0 and s(9) == 1.0
+    assert s(10) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert s(39) == pytest.approx(0.5 * (1 + math.cos(3 * math.pi / 4)))
+
+
+def test_vp_warmup_then_cosine():
+    s = Schedule("cosine", total_steps=110, steps_per_epoch=10, warmup_steps=10)
+    assert s(0) == pytest.approx(0.1) and s(9) == pytest.approx(1.0)
+    assert s(10) == pytest.approx(1.0)
+    assert s(60) == pytest.approx(0.5)
+    assert s(110) == pytest.approx(0.0, abs=1e-12)

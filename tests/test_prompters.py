@@ -1,0 +1,101 @@
+import pytest
+import torch
+
+from vprompt.prompters import (
+    EVPPrompter,
+    FixedPatchPrompter,
+    PadPrompter,
+    RandomPatchPrompter,
+    create_prompter,
+    default_inner_size,
+    resize_square,
+)
+
+
+def _randomize_border(p: EVPPrompter) -> None:
+    with torch.no_grad():
+        p.prompt.copy_(torch.rand_like(p.prompt) * p.mask)
+
+
+def test_evp_geometry_center_is_image_and_border_is_prompt():
+    p = EVPPrompter(input_size=40, inner_size=28)
+    _randomize_border(p)
+    x = torch.rand(2, 3, 28, 28)
+    out = p(x)
+    assert out.shape == (2, 3, 40, 40)
+    assert torch.equal(out[..., 6:34, 6:34], x)
+    border = p.mask.expand_as(out).bool()
+    assert torch.equal(out[border], p.prompt.expand_as(out)[border])
+
+
+def test_evp_shrinks_larger_images_first():
+    p = EVPPrompter(input_size=40, inner_size=28)
+    x = torch.rand(2, 3, 50, 64)
+    out = p(x)
+    assert torch.allclose(out[..., 6:34, 6:34], resize_square(x, 28))
+    assert torch.all(out[..., :6, :] == 0)  # the prompt starts at zero
+
+
+def test_evp_prompt_starts_at_zero_and_mask_is_a_buffer():
+    p = EVPPrompter(224, 164)
+    assert p.pad == 30
+    assert torch.count_nonzero(p.prompt) == 0
+    assert "mask" in dict(p.named_buffers())
+    assert int(p.mask.sum()) == 224 * 224 - 164 * 164
+    assert torch.equal(p.prompt_pixels(), p.prompt[0])
+
+
+def test_default_inner_size_matches_paper():
+    assert default_inner_size(224) == 164
+    assert (32 - default_inner_size(32)) % 2 == 0
+
+
+@pytest.mark.parametrize(("inner", "flag"), [(224, "--inner-size"), (230, "--inner-size"), (163, "even")])
+def test_evp_rejects_bad_sizes(inner, flag):
+    with pytest.raises(ValueError, match=flag):
+        EVPPrompter(224, inner)
+
+
+def test_create_prompter_prompt_size_and_conflicts():
+    assert create_prompter("evp", 224, prompt_size=30).image_size == 164
+    with pytest.raises(ValueError, match="disagree"):
+        create_prompter("evp", 224, inner_size=160, prompt_size=30)
+    with pytest.raises(ValueError, match="did you mean evp"):
+        create_prompter("evpp")
+
+
+def test_pad_prompter_adds_scaled_border_on_top_of_full_image():
+    std = (0.5, 0.25, 2.0)
+    p = PadPrompter(input_size=32, pad=4, scale=std)
+    x = torch.rand(3, 3, 32, 32)
+    out = p(x)
+    assert torch.equal(out[..., 4:28, 4:28], x[..., 4:28, 4:28])
+    expected = x + p.prompt * p.mask * torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(out, expected)
+    assert torch.count_nonzero(p.prompt * (1 - p.mask)) == 0  # no learnable center
+
+
+def test_fixed_patch_touches_only_its_corner():
+    p = FixedPatchPrompter(input_size=32, patch=5)
+    x = torch.rand(2, 3, 32, 32)
+    diff = (p(x) - x).abs().sum(dim=(0, 1))
+    assert diff[:5, :5].min() > 0
+    diff[:5, :5] = 0
+    assert diff.sum() == 0
+
+
+def test_random_patch_moves_in_training_and_not_in_eval():
+    torch.manual_seed(0)
+    p = RandomPatchPrompter(input_size=32, patch=4)
+    x = torch.zeros(1, 3, 32, 32)
+    places = {tuple(torch.nonzero(p(x)[0, 0])[0].tolist()) for _ in range(20)}
+    assert len(places) > 1
+    p.eval()
+    assert torch.equal(p(x), p(x))
+    assert torch.count_nonzero(p(x)[..., 4:, :]) == 0
+
+
+def test_prompters_never_normalize_identity_is_resize_only():
+    p = create_prompter("none", 48)
+    x = torch.rand(2, 3, 48, 48)
+    assert p(x) is x
