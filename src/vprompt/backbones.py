@@ -1,0 +1,256 @@
+"""Frozen backbones: the pre-trained model the prompt adapts, wrapped so that it can never change.
+
+:class:`FrozenBackbone` takes pixels in [0, 1] (the prompter's output), applies the backbone's *own* mean/std,
+and runs the model. Every parameter has ``requires_grad=False`` and the model stays in eval mode even when
+``.train()`` is called on an enclosing module, so BatchNorm statistics and dropout never move.
+
+Sources (the field's naming, as in open_clip and timm):
+    * bare names are open_clip models: ``ViT-B-32`` with ``pretrained="openai"``, a local checkpoint path, or
+      ``None`` for random init;
+    * other sources register a prefix with :func:`register_backbone_source` (``timm:``, ``tv:``, ``cifar:``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "FrozenBackbone",
+    "OpenCLIPBackbone",
+    "create_backbone",
+    "list_models",
+    "register_backbone_source",
+    "OPENAI_CLIP_MEAN",
+    "OPENAI_CLIP_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+]
+
+_log = logging.getLogger(__name__)
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class FrozenBackbone(nn.Module):
+    """A frozen pre-trained model behind its own normalization.
+
+    Subclasses implement :meth:`encode` (normalized pixels -> output). ``kind`` says what the output is:
+    ``"clip"`` (image embeddings, paired with a text head) or ``"classifier"`` (source-class logits).
+
+    Args:
+        model: the pre-trained module; frozen here.
+        mean: per-channel mean of the backbone's normalization.
+        std: per-channel std of the backbone's normalization.
+        input_size: the input size S the model was trained at.
+        fixed_input_size: whether the model only accepts ``input_size`` (a ViT) or any size (a CNN).
+        name: the model name, for logs and checkpoints.
+    """
+
+    kind: str = "base"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        input_size: int,
+        fixed_input_size: bool = True,
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.model.requires_grad_(False)
+        self.model.eval()
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
+        self.input_size = int(input_size)
+        self.fixed_input_size = fixed_input_size
+        self.name = name
+
+    def train(self, mode: bool = True) -> FrozenBackbone:
+        """Keep the wrapped model in eval mode whatever ``mode`` is (BatchNorm and dropout stay frozen)."""
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """Pixels in [0, 1] -> the backbone's normalized input."""
+        return (x - self.mean) / self.std
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Normalized input -> model output. Implemented by subclasses."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.encode(self.normalize(x))
+
+    def check_input_size(self, size: int) -> None:
+        """Raise a clear error when ``size`` cannot be fed to this model."""
+        if self.fixed_input_size and size != self.input_size:
+            raise ValueError(
+                f"--input-size {size} does not fit model {self.name!r}, which takes {self.input_size}-pixel inputs; "
+                f"drop --input-size or set it to {self.input_size}"
+            )
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, kind={self.kind!r}, input_size={self.input_size}"
+
+
+class OpenCLIPBackbone(FrozenBackbone):
+    """An open_clip CLIP model: :meth:`encode` gives image embeddings, :meth:`encode_text` text embeddings."""
+
+    kind = "clip"
+
+    def __init__(self, model: nn.Module, tokenizer: Callable[..., Tensor], name: str) -> None:
+        visual = model.visual
+        size = visual.image_size
+        size = size[0] if isinstance(size, (tuple, list)) else size
+        mean = getattr(visual, "image_mean", None) or OPENAI_CLIP_MEAN
+        std = getattr(visual, "image_std", None) or OPENAI_CLIP_STD
+        super().__init__(model, mean, std, int(size), fixed_input_size=True, name=name)
+        self.tokenizer = tokenizer
+
+    @property
+    def logit_scale(self) -> float:
+        """CLIP's learned temperature, exponentiated (100 for the released models)."""
+        return float(self.model.logit_scale.exp())
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.model.encode_image(x)
+
+    @torch.no_grad()
+    def encode_text(self, texts: Sequence[str]) -> Tensor:
+        """Embed a list of strings with the text tower (no gradients)."""
+        device = self.mean.device
+        return self.model.encode_text(self.tokenizer(list(texts)).to(device))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Registry
+
+
+@dataclass(frozen=True)
+class _Source:
+    factory: Callable[..., FrozenBackbone]
+    lister: Callable[[], list[str]]
+    description: str
+
+
+_SOURCES: dict[str, _Source] = {}
+_TINY_CONFIGS_ADDED = False
+
+
+def register_backbone_source(
+    prefix: str, factory: Callable[..., FrozenBackbone], lister: Callable[[], list[str]], description: str = ""
+) -> None:
+    """Register a model source, reached as ``"<prefix>:<name>"``.
+
+    ``factory(name, pretrained=..., **kwargs)`` returns a :class:`FrozenBackbone`; ``lister()`` returns example or
+    known names (without the prefix) for ``vprompt list models``.
+    """
+    _SOURCES[prefix] = _Source(factory, lister, description)
+
+
+def _add_packaged_configs() -> None:
+    """Make the configs shipped in ``vprompt/model_configs`` (tiny models for tests and demos) known to open_clip."""
+    global _TINY_CONFIGS_ADDED
+    if _TINY_CONFIGS_ADDED:
+        return
+    import open_clip
+
+    folder = resources.files("vprompt") / "model_configs"
+    open_clip.add_model_config(Path(str(folder)))
+    _TINY_CONFIGS_ADDED = True
+
+
+def _list_open_clip() -> list[str]:
+    import open_clip
+
+    _add_packaged_configs()
+    return list(open_clip.list_models())
+
+
+def _create_open_clip(
+    name: str, pretrained: str | None = None, cache_dir: str | None = None, **_: Any
+) -> FrozenBackbone:
+    import open_clip
+
+    known = _list_open_clip()
+    if name not in known:
+        raise ValueError(_unknown_model_message(name, known))
+    if pretrained in (None, "", "none"):
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        _log.warning(
+            "model %s: no --pretrained given, using RANDOM weights%s",
+            name,
+            f" (pretrained tags: {', '.join(tags[:6])})" if tags else "",
+        )
+        pretrained = None
+    elif not Path(pretrained).is_file() and pretrained not in open_clip.list_pretrained_tags_by_model(name):
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise ValueError(
+            f"--pretrained {pretrained!r} is neither a file nor a pretrained tag of {name}"
+            + (f" (tags: {', '.join(tags)})" if tags else " (it has no pretrained tags; give a checkpoint file)")
+        )
+    model = open_clip.create_model(name, pretrained=pretrained, cache_dir=cache_dir)
+    return OpenCLIPBackbone(model, open_clip.get_tokenizer(name), name=name)
+
+
+def _unknown_model_message(name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return f"unknown --model {name!r}{hint} (`vprompt list models` shows them)"
+
+
+register_backbone_source("openclip", _create_open_clip, _list_open_clip, "open_clip CLIP models (bare names)")
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix in _SOURCES:
+        return prefix, rest
+    if sep and not Path(name).exists():
+        raise ValueError(
+            f"unknown model source {prefix!r} in --model {name!r} (sources: {', '.join(sorted(_SOURCES))}; "
+            "open_clip models take no prefix)"
+        )
+    return "openclip", name
+
+
+def create_backbone(
+    name: str, pretrained: str | None = None, device: str | torch.device = "cpu", **kwargs: Any
+) -> FrozenBackbone:
+    """Build a frozen backbone from its name.
+
+    Args:
+        name: ``ViT-B-32`` (open_clip) or ``<source>:<name>`` for registered sources.
+        pretrained: a pretrained tag, a local checkpoint path, or None (random init).
+        device: where to put it.
+        **kwargs: passed to the source's factory (e.g. ``cache_dir``).
+    """
+    source, model_name = _split_name(name)
+    backbone = _SOURCES[source].factory(model_name, pretrained=pretrained, **kwargs)
+    return backbone.to(device)
+
+
+def list_models(source: str | None = None) -> dict[str, list[str]]:
+    """Known model names per source (``{"openclip": [...], ...}``), with the prefix as users type it."""
+    out = {}
+    for prefix, src in sorted(_SOURCES.items()):
+        if source is not None and prefix != source:
+            continue
+        names = src.lister()
+        out[prefix] = names if prefix == "openclip" else [f"{prefix}:{n}" for n in names]
+    return out
