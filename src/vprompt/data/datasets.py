@@ -1,0 +1,131 @@
+"""Core datasets: CIFAR-10/100 (torchvision), a user's image folder, and a synthetic set for tests and demos."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .base import ArrayDataset, FileDataset
+from .registry import DatasetNotFoundError, DatasetSpec, register_dataset
+
+__all__ = ["synthetic_dataset", "cifar_dataset", "image_folder_dataset", "IMAGE_EXTENSIONS"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def synthetic_dataset(
+    root: Path | None = None,
+    split: str = "train",
+    transform: Callable[..., Any] | None = None,
+    download: bool = False,
+    num_classes: int = 10,
+    size: int = 32,
+    n_train: int = 500,
+    n_test: int = 200,
+    seed: int = 0,
+) -> ArrayDataset:
+    """A small learnable task: each class is a colored square of its own color and rough size on a noisy
+    background, at a random position. Deterministic for a given seed and split; needs no files."""
+    n = n_train if split == "train" else n_test
+    palette = np.random.default_rng(seed).uniform(0.1, 0.9, size=(num_classes, 3))
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+    labels = rng.integers(0, num_classes, size=n)
+    imgs = rng.normal(0.5, 0.15, size=(n, size, size, 3))
+    for i, y in enumerate(labels):
+        side = int(size * (0.35 + 0.3 * (y % 3) / 2)) + int(rng.integers(-2, 3))
+        side = max(2, min(size, side))
+        top, left = rng.integers(0, size - side + 1, size=2)
+        imgs[i, top : top + side, left : left + side] = palette[y] + rng.normal(0, 0.05, size=(side, side, 3))
+    images = (np.clip(imgs, 0, 1) * 255).round().astype(np.uint8)
+    return ArrayDataset(images, labels, [f"class {k}" for k in range(num_classes)])
+
+
+register_dataset(
+    DatasetSpec(
+        name="synthetic",
+        builder=synthetic_dataset,
+        description="colored squares on noise, 10 classes, 32x32, generated (tests and demos; no files)",
+        in_memory=True,
+        options={"num_classes": "10", "size": "32", "n_train": "500", "n_test": "200"},
+    )
+)
+
+
+def _missing(name: str, folder: Path, hint: str) -> DatasetNotFoundError:
+    return DatasetNotFoundError(f"dataset {name}: files not found under {folder} ({hint})")
+
+
+def cifar_dataset(
+    root: Path,
+    split: str = "train",
+    transform: Callable[..., Any] | None = None,
+    download: bool = False,
+    classes: int = 10,
+) -> ArrayDataset:
+    """CIFAR-10 / CIFAR-100 through torchvision, held in memory (the python-pickle release, read by torchvision).
+
+    Files live in ``root`` as torchvision lays them out (``cifar-10-batches-py/``, ``cifar-100-python/``).
+    """
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls = CIFAR10 if classes == 10 else CIFAR100
+    name = f"cifar{classes}"
+    try:
+        ds = cls(root=str(root), train=split == "train", download=download)
+    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
+        raise _missing(name, root, "pass --data-dir to the folder holding them, or allow the download") from e
+    except OSError as e:  # no network
+        raise _missing(name, root, f"the download failed: {e}; copy the files there and retry") from e
+    return ArrayDataset(ds.data, ds.targets, ds.classes)
+
+
+for _k in (10, 100):
+    register_dataset(
+        DatasetSpec(
+            name=f"cifar{_k}",
+            builder=lambda k=_k, **kw: cifar_dataset(classes=k, **kw),
+            num_classes=_k,
+            description=f"CIFAR-{_k}, 50,000 train / 10,000 test, 32x32 (torchvision; downloads)",
+            in_memory=True,
+        )
+    )
+
+
+def image_folder_dataset(
+    root: Path, split: str = "train", transform: Callable[..., Any] | None = None, download: bool = False
+) -> FileDataset:
+    """A user's own data: ``root/<split>/<class name>/<image>``. Class names are the folder names (sorted),
+    the same set in every split."""
+    folder = Path(root) / split
+    if not folder.is_dir():
+        have = sorted(p.name for p in Path(root).iterdir() if p.is_dir()) if Path(root).is_dir() else []
+        raise DatasetNotFoundError(
+            f"dataset imagefolder: no folder {folder} (--data-dir must hold train/ and test/ subfolders with one "
+            f"folder per class{'; it has: ' + ', '.join(have) if have else ''})"
+        )
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if not classes:
+        raise DatasetNotFoundError(f"dataset imagefolder: {folder} has no class subfolders")
+    samples = [
+        (str(f), label)
+        for label, c in enumerate(classes)
+        for f in sorted((folder / c).rglob("*"))
+        if f.suffix.lower() in IMAGE_EXTENSIONS
+    ]
+    if not samples:
+        raise DatasetNotFoundError(f"dataset imagefolder: no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
+    return FileDataset(samples, classes, transform)
+
+
+register_dataset(
+    DatasetSpec(
+        name="imagefolder",
+        builder=image_folder_dataset,
+        splits=("train", "val", "test"),
+        find_splits=lambda root: tuple(s for s in ("train", "val", "test") if (Path(root) / s).is_dir()),
+        description="your own images: --data-dir DIR with DIR/{train,test[,val]}/<class>/<image>",
+    )
+)

@@ -1,0 +1,129 @@
+"""Batch iterators with a reproducible order per (seed, epoch) and sharding across processes.
+
+In-memory datasets (:class:`~vprompt.data.base.ArrayDataset`) are moved to the device once and batched there:
+no workers, no per-image decoding, no host-to-device copy per step. File datasets go through a
+``DataLoader`` whose sampler uses the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .base import ArrayDataset
+
+__all__ = ["epoch_order", "DeviceBatches", "OrderSampler", "make_loader"]
+
+
+def epoch_order(n: int, shuffle: bool, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> Tensor:
+    """The indices one process visits in one epoch: a permutation seeded by (seed, epoch), then every
+    ``world_size``-th element from ``rank``. Without padding, so evaluation counts every sample exactly once."""
+    if shuffle:
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=gen)
+    else:
+        order = torch.arange(n)
+    return order[rank::world_size]
+
+
+class OrderSampler(Sampler[int]):
+    """A sampler over :func:`epoch_order`; call :meth:`set_epoch` before each epoch."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.n, self.shuffle, self.seed, self.rank, self.world_size = n, shuffle, seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(epoch_order(self.n, self.shuffle, self.seed, self.epoch, self.rank, self.world_size).tolist())
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))
+
+
+class DeviceBatches:
+    """Batches of an in-memory dataset, sliced on the device.
+
+    Args:
+        dataset: the in-memory dataset; its images are copied to ``device`` once.
+        batch_size: images per batch (per process).
+        shuffle: visit in a seeded random order.
+        seed: the order's seed (combined with the epoch).
+        device: where batches live.
+        rank: this process's rank.
+        world_size: number of processes.
+    """
+
+    def __init__(
+        self,
+        dataset: ArrayDataset,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.images = dataset.images.to(device)
+        self.targets = dataset.targets.to(device)
+        self.sampler = OrderSampler(len(dataset), shuffle, seed, rank, world_size)
+        self.batch_size = batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        s = self.sampler
+        order = epoch_order(s.n, s.shuffle, s.seed, s.epoch, s.rank, s.world_size).to(self.images.device)
+        for i in range(0, len(order), self.batch_size):
+            idx = order[i : i + self.batch_size]
+            yield self.images[idx], self.targets[idx]
+
+
+class _Loader:
+    """A DataLoader with an :class:`OrderSampler`, exposing ``set_epoch`` like :class:`DeviceBatches`."""
+
+    def __init__(self, loader: DataLoader, sampler: OrderSampler) -> None:
+        self.loader, self.sampler = loader, sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return iter(self.loader)
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    workers: int = 4,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DeviceBatches | _Loader:
+    """Batches of ``(uint8 images (B, C, H, W), labels (B,))``; in-memory datasets are served from the device."""
+    if isinstance(dataset, ArrayDataset):
+        return DeviceBatches(dataset, batch_size, shuffle, seed, device, rank, world_size)
+    sampler = OrderSampler(len(dataset), shuffle, seed, rank, world_size)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.device(device).type == "cuda",
+        persistent_workers=workers > 0,
+    )
+    return _Loader(loader, sampler)

@@ -1,0 +1,125 @@
+"""The dataset registry: one name per dataset, one builder per name.
+
+A builder is called as ``builder(root=Path, split=str, transform=callable|None, download=bool, **options)`` and
+returns a dataset with ``targets`` and ``classnames`` (see :mod:`vprompt.data.base`). ``root`` is the data folder
+given by ``--data-dir``; each builder decides where under it its files live and says so in its errors.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+__all__ = [
+    "DatasetSpec",
+    "register_dataset",
+    "create_dataset",
+    "get_dataset_spec",
+    "list_datasets",
+    "default_data_dir",
+    "DatasetNotFoundError",
+]
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset's files are not where they should be (and could not be downloaded)."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the registry knows about a dataset.
+
+    Attributes:
+        name: registry name (``--dataset``).
+        builder: see the module doc.
+        splits: the official splits. Without an official ``val``, validation is held out of ``train``.
+        num_classes: number of classes (None when it depends on the data, as for a user's image folder).
+        classnames: class names when fixed (otherwise the dataset object carries them).
+        templates: the dataset's own CLIP prompt ensemble, if the literature has one.
+        description: one line for ``vprompt list datasets``.
+        in_memory: whether the builder returns an in-memory :class:`~vprompt.data.base.ArrayDataset`.
+        options: extra keyword options the builder accepts (documentation for the CLI).
+        find_splits: for datasets whose splits depend on the files (a user's folder), ``root -> splits``.
+    """
+
+    name: str
+    builder: Callable[..., Dataset]
+    splits: tuple[str, ...] = ("train", "test")
+    num_classes: int | None = None
+    classnames: Sequence[str] | None = None
+    templates: Sequence[str] | None = None
+    description: str = ""
+    in_memory: bool = False
+    options: dict[str, str] = field(default_factory=dict)
+    find_splits: Callable[[Path], tuple[str, ...]] | None = None
+
+    def available_splits(self, root: Path) -> tuple[str, ...]:
+        """The splits present for data under ``root``."""
+        return self.find_splits(root) if self.find_splits else self.splits
+
+
+_REGISTRY: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    """Add (or replace) a dataset in the registry."""
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_datasets() -> list[str]:
+    """Registered dataset names."""
+    return sorted(_REGISTRY)
+
+
+def get_dataset_spec(name: str) -> DatasetSpec:
+    """The spec of ``name``; unknown names fail with the close matches."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown --dataset {name!r}{hint} (`vprompt list datasets` shows them)") from None
+
+
+def default_data_dir() -> Path:
+    """``$VPROMPT_DATA`` or ``~/.cache/vprompt/data``."""
+    return Path(os.environ.get("VPROMPT_DATA", Path.home() / ".cache" / "vprompt" / "data")).expanduser()
+
+
+def create_dataset(
+    name: str,
+    root: str | Path | None = None,
+    split: str = "train",
+    transform: Callable[..., Any] | None = None,
+    download: bool = False,
+    **options: Any,
+) -> Dataset:
+    """Build split ``split`` of dataset ``name``.
+
+    Args:
+        name: a registered name (:func:`list_datasets`).
+        root: the data folder (default :func:`default_data_dir`).
+        split: one of the spec's ``splits``.
+        transform: decode-time transform for file datasets (ignored by in-memory ones).
+        download: fetch missing files where the dataset has a public download.
+        **options: dataset-specific options.
+    """
+    spec = get_dataset_spec(name)
+    if split not in spec.splits:
+        raise ValueError(f"dataset {name!r} has no split {split!r} (it has: {', '.join(spec.splits)})")
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        known = ", ".join(sorted(spec.options)) or "none"
+        raise ValueError(f"dataset {name!r} has no option {unknown[0]!r} (--dataset-option; it takes: {known})")
+    root = Path(root).expanduser() if root is not None else default_data_dir()
+    ds = spec.builder(root=root, split=split, transform=transform, download=download, **options)
+    if spec.classnames is not None and not getattr(ds, "classnames", None):
+        ds.classnames = list(spec.classnames)
+    return ds

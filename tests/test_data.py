@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vprompt.data import (
+    ArrayDataset,
+    DatasetNotFoundError,
+    build_transform,
+    create_dataset,
+    epoch_order,
+    holdout_split,
+    make_loader,
+    prepare_data,
+)
+
+
+def test_holdout_split_is_stratified_seeded_and_disjoint():
+    labels = [0] * 50 + [1] * 30 + [2] * 20
+    train, val = holdout_split(labels, 0.1, seed=3)
+    assert sorted(train + val) == list(range(100))
+    assert not set(train) & set(val)
+    counts = np.bincount([labels[i] for i in val])
+    assert counts.tolist() == [5, 3, 2]
+    assert holdout_split(labels, 0.1, seed=3) == (train, val)
+    assert holdout_split(labels, 0.1, seed=4)[1] != val
+    with pytest.raises(ValueError, match="--val-fraction"):
+        holdout_split(labels, 1.0, seed=0)
+
+
+def test_epoch_order_is_reproducible_and_shards_cover_everything():
+    a = epoch_order(10, True, seed=1, epoch=2)
+    assert torch.equal(a, epoch_order(10, True, seed=1, epoch=2))
+    assert not torch.equal(a, epoch_order(10, True, seed=1, epoch=3))
+    shards = [epoch_order(10, True, 1, 2, rank=r, world_size=3) for r in range(3)]
+    assert sorted(torch.cat(shards).tolist()) == list(range(10))
+
+
+def test_device_batches_serve_in_memory_data():
+    ds = ArrayDataset(np.zeros((10, 4, 4, 3), np.uint8), list(range(10)), [str(i) for i in range(10)])
+    loader = make_loader(ds, 4, shuffle=False)
+    batches = list(loader)
+    assert [len(y) for _, y in batches] == [4, 4, 2]
+    assert batches[0][0].shape == (4, 3, 4, 4) and batches[0][0].dtype == torch.uint8
+
+
+def test_synthetic_is_deterministic():
+    a = create_dataset("synthetic", split="train", n_train=20)
+    b = create_dataset("synthetic", split="train", n_train=20)
+    assert torch.equal(a.images, b.images) and len(a) == 20 and a.classnames[0] == "class 0"
+    assert not torch.equal(a.images[:10], create_dataset("synthetic", split="test", n_test=10).images)
+
+
+def _write_folder(root, split, classes, n=3, size=(20, 12)):
+    for c in classes:
+        d = root / split / c
+        d.mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((*size, 3), 20 * i % 256, np.uint8)).save(d / f"{i}.png")
+
+
+def test_image_folder_reads_class_names_and_resizes(tmp_path):
+    _write_folder(tmp_path, "train", ["zebra", "apple"], n=10)
+    _write_folder(tmp_path, "test", ["zebra", "apple"])
+    data = prepare_data("imagefolder", tmp_path, image_size=16, val_fraction=0.2, split_seed=0, download=False)
+    assert data.classnames == ["apple", "zebra"]
+    assert (len(data.train), len(data.val), len(data.test)) == (16, 4, 6)
+    img, label = data.test[0]
+    assert img.shape == (3, 16, 16) and img.dtype == torch.uint8 and label == 0
+    assert data.split_indices["val"] and not set(data.split_indices["val"]) & set(data.split_indices["train"])
+
+
+def test_image_folder_official_val_is_used(tmp_path):
+    for split in ("train", "val", "test"):
+        _write_folder(tmp_path, split, ["a", "b"])
+    data = prepare_data("imagefolder", tmp_path, image_size=8, download=False)
+    assert data.val_source == "official" and len(data.val) == 6 and len(data.train) == 6
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="train/ and test/"):
+        create_dataset("imagefolder", tmp_path / "nope", "train")
+
+
+def test_transform_is_shrink_then_crop():
+    img = Image.fromarray(np.zeros((40, 80, 3), np.uint8))
+    assert build_transform(20)(img).shape == (3, 20, 20)
+    assert build_transform(20, random_crop=True)(img).shape == (3, 20, 20)
