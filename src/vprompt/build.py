@@ -1,0 +1,110 @@
+"""From a :class:`~vprompt.config.RunConfig` to modules: backbone, prompter, head, and their composition.
+
+The data path, one direction (see DESIGN): uint8 batch -> float [0, 1] -> input diversity (training only) ->
+prompter -> frozen backbone (normalizes with its own mean/std) -> head -> logits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .backbones import FrozenBackbone, create_backbone
+from .config import RunConfig
+from .heads import ClipTextHead, Head, build_text_classifier, resolve_templates
+from .prompters import Prompter, create_prompter
+
+__all__ = ["PromptedModel", "build_backbone", "build_prompter", "build_head", "build_model", "to_float_rgb"]
+
+_log = logging.getLogger(__name__)
+
+
+def to_float_rgb(images: Tensor, device: torch.device | str) -> Tensor:
+    """uint8 ``(B, C, H, W)`` -> float ``(B, 3, H, W)`` in [0, 1] on ``device``; grayscale is repeated to RGB."""
+    x = images.to(device, non_blocking=True)
+    x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+class PromptedModel(nn.Module):
+    """``head(backbone(prompter(x)))`` for pixels ``x`` in [0, 1]. Only the prompter (and a trainable head) learn."""
+
+    def __init__(self, prompter: Prompter, backbone: FrozenBackbone, head: Head) -> None:
+        super().__init__()
+        self.prompter = prompter
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone(self.prompter(x)))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def artifact_state(self) -> dict[str, Tensor]:
+        """What a trained prompt is: prompter and head state, without the (frozen, large) backbone."""
+        out = {f"prompter.{k}": v for k, v in self.prompter.state_dict().items()}
+        out.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
+        return out
+
+    def load_artifact_state(self, state: dict[str, Tensor]) -> None:
+        """Inverse of :meth:`artifact_state`, strict."""
+        for prefix, module in (("prompter.", self.prompter), ("head.", self.head)):
+            sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            module.load_state_dict(sub, strict=True)
+
+
+def build_backbone(cfg: RunConfig, device: torch.device | str) -> FrozenBackbone:
+    """The frozen backbone named by ``cfg.model`` / ``cfg.pretrained``."""
+    return create_backbone(cfg.model, pretrained=cfg.pretrained, device=device)
+
+
+def build_prompter(cfg: RunConfig, backbone: FrozenBackbone) -> Prompter:
+    """The prompter of ``cfg`` at the backbone's input size (or ``cfg.input_size`` where the model allows)."""
+    size = cfg.input_size or backbone.input_size
+    backbone.check_input_size(size)
+    prompter = create_prompter(
+        cfg.prompter or "evp",
+        input_size=size,
+        inner_size=cfg.inner_size,
+        prompt_size=cfg.prompt_size,
+        scale=backbone.std.flatten().tolist(),
+    )
+    return prompter.to(backbone.mean.device)
+
+
+def build_head(
+    cfg: RunConfig,
+    backbone: FrozenBackbone,
+    classnames: Sequence[str],
+    dataset_templates: Sequence[str] | None = None,
+) -> Head:
+    """The head ``cfg.head`` asks for (``auto``: the text head for CLIP models)."""
+    head = cfg.head
+    if head == "auto":
+        head = "text" if backbone.kind == "clip" else "flm"
+    if head == "text":
+        if backbone.kind != "clip":
+            raise ValueError(f"--head text needs a CLIP model; {cfg.model!r} is a {backbone.kind}")
+        templates = resolve_templates(cfg.templates or "single", dataset_templates)
+        text = build_text_classifier(backbone.encode_text, classnames, templates)
+        _log.info("text head: %d classes x %d templates, computed once", len(classnames), len(templates))
+        return ClipTextHead(text, backbone.logit_scale).to(backbone.mean.device)
+    raise ValueError(f"unknown --head {head!r} for a {backbone.kind} model (choose from auto, text)")
+
+
+def build_model(
+    cfg: RunConfig,
+    classnames: Sequence[str],
+    dataset_templates: Sequence[str] | None = None,
+    device: torch.device | str = "cpu",
+    backbone: FrozenBackbone | None = None,
+) -> PromptedModel:
+    """Backbone, prompter and head of ``cfg`` for the given classes, on ``device``."""
+    backbone = backbone if backbone is not None else build_backbone(cfg, device)
+    prompter = build_prompter(cfg, backbone)
+    head = build_head(cfg, backbone, classnames, dataset_templates)
+    return PromptedModel(prompter, backbone, head)

@@ -1,0 +1,101 @@
+"""Run artifacts, written atomically so an interrupted run never leaves a half-written file.
+
+* ``prompt.safetensors``: the learned prompt (and head state) of the selected epoch, with the resolved run config
+  as JSON in the metadata: everything ``vprompt eval`` needs, and no pickled code.
+* ``last.pt``: the training state for ``--resume``, made of tensors, numbers and strings only, so it loads
+  with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+__all__ = ["atomic_write", "save_prompt", "load_prompt", "save_state", "load_state", "find_checkpoint", "PROMPT_FILE"]
+
+PROMPT_FILE = "prompt.safetensors"
+LAST_FILE = "last.pt"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes private files; artifacts get the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_prompt(path: str | Path, state: dict[str, Tensor], config: dict[str, Any], **meta: Any) -> None:
+    """Write a prompt artifact: ``state`` tensors plus ``config`` and ``meta`` (JSON) in the metadata."""
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    metadata = {"format": "vprompt-prompt/1", "config": json.dumps(config)}
+    metadata.update({k: json.dumps(v) for k, v in meta.items()})
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def load_prompt(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Any]]:
+    """Read a prompt artifact: (tensors, config, other metadata)."""
+    path = Path(path)
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
+    if raw.get("format") != "vprompt-prompt/1" or "config" not in raw:
+        raise ValueError(f"{path} is a safetensors file but not a vprompt prompt (no vprompt config in its metadata)")
+    meta = {k: json.loads(v) for k, v in raw.items() if k not in ("format", "config")}
+    return tensors, json.loads(raw["config"]), meta
+
+
+def save_state(path: str | Path, state: dict[str, Any]) -> None:
+    """Write the training state (``last.pt``) atomically."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read ``last.pt`` with ``weights_only=True`` (no pickled code runs)."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} is not a loadable vprompt training state: {e}") from e
+    if not isinstance(state, dict) or state.get("format") != "vprompt-last/1":
+        raise ValueError(f"{path} is not a vprompt training state (last.pt)")
+    return state
+
+
+def find_checkpoint(path: str | Path, name: str = PROMPT_FILE) -> Path:
+    """A checkpoint path from a file or a run folder (where ``name`` is looked up)."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / name).is_file():
+            return path / name
+        raise FileNotFoundError(f"run folder {path} has no {name}")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist (give a {name} file or its run folder)")
+    return path

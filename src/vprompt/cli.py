@@ -1,0 +1,245 @@
+"""The ``vprompt`` command line (also ``python -m vprompt``). The only module that knows argparse.
+
+vprompt train --model ViT-B-32 --pretrained openai --dataset cifar100 --method evp
+vprompt eval --checkpoint runs/<run>/prompt.safetensors --split test
+vprompt zeroshot --model ViT-B-32 --pretrained openai --dataset cifar100
+vprompt list models|datasets|methods
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["main", "build_parser"]
+
+_log = logging.getLogger("vprompt")
+
+
+class CLIError(Exception):
+    """A user error to print as one line (exit status 2)."""
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    import yaml
+
+    return key.replace("-", "_"), yaml.safe_load(value)
+
+
+def _add_run_options(p: argparse.ArgumentParser, training: bool = True) -> None:
+    """Options shared by train and zeroshot. Defaults are SUPPRESS so only explicit values reach the config."""
+    S = argparse.SUPPRESS
+    g = p.add_argument_group("what")
+    g.add_argument("-c", "--config", dest="config_file", metavar="YAML", help="defaults from a YAML file")
+    g.add_argument("--model", default=S, help="open_clip name (ViT-B-32) or source:name (default ViT-B-32)")
+    g.add_argument("--pretrained", default=S, help="pretrained tag (openai), checkpoint path, or none")
+    g.add_argument("--dataset", default=S, help="dataset name (`vprompt list datasets`; default cifar100)")
+    g.add_argument("--data-dir", default=S, help="data folder (default $VPROMPT_DATA or ~/.cache/vprompt/data)")
+    g.add_argument("--download", action=argparse.BooleanOptionalAction, default=S, help="download missing data")
+    g.add_argument(
+        "--dataset-option", dest="dataset_options", action="append", type=_key_value, default=S, metavar="KEY=VALUE",
+        help="dataset-specific option (repeatable)",
+    )  # fmt: skip
+    g.add_argument("--templates", default=S, choices=["single", "ensemble"], help="text templates of the CLIP head")
+    g.add_argument("--head", default=S, help="output head (auto: the text head for CLIP)")
+    if training:
+        g.add_argument("--method", default=S, help="evp, vp, fixed_patch, random_patch (`vprompt list methods`)")
+        g = p.add_argument_group("prompt")
+        g.add_argument("--prompter", default=S, help="override the method's prompter (evp, pad, ...)")
+        g.add_argument("--input-size", type=int, default=S, help="S, the backbone input size (default: the model's)")
+        g.add_argument("--inner-size", type=int, default=S, help="s, EVP's shrunk image size (default 164 at S=224)")
+        g.add_argument("--prompt-size", type=int, default=S, help="p: EVP/VP border width or VP patch size")
+        g = p.add_argument_group("optimization")
+        g.add_argument("--epochs", type=int, default=S, help="epochs (EVP and VP: 1000)")
+        g.add_argument("--lr", type=float, default=S, help="learning rate (EVP 70, VP 40)")
+        g.add_argument("--optimizer", default=S, choices=["normgrad", "sgd", "adamw"], help="prompt optimizer")
+        g.add_argument("--momentum", type=float, default=S, help="SGD momentum (0.9)")
+        g.add_argument("--weight-decay", type=float, default=S, help="weight decay (0)")
+        g.add_argument("--schedule", default=S, choices=["cosine_epoch", "cosine", "constant"], help="lr schedule")
+        g.add_argument("--warmup-steps", type=int, default=S, help="linear warmup steps (cosine schedule)")
+        g.add_argument("--diversity", default=S, choices=["ref", "di", "none"], help="input diversity")
+        g.add_argument("--di-min-scale", type=float, default=S, help="di: smallest resize factor (0.9)")
+        g.add_argument("--di-prob", type=float, default=S, help="di: probability of resize-and-pad (0.5)")
+        g.add_argument("--seed", type=int, default=S, help="training seed (42)")
+        g.add_argument("--eval-every", type=int, default=S, help="validate every N epochs (1)")
+    g = p.add_argument_group("protocol and engine")
+    g.add_argument("-b", "--batch-size", type=int, default=S, help="global batch size (256)")
+    g.add_argument("--eval-batch-size", type=int, default=S, help="evaluation batch size (the batch size)")
+    g.add_argument("--val-fraction", type=float, default=S, help="training data held out for validation (0.1)")
+    g.add_argument("--split-seed", type=int, default=S, help="seed of the validation split (0)")
+    g.add_argument("--precision", default=S, choices=["fp32", "bf16", "fp16"], help="autocast precision")
+    g.add_argument("--device", default=S, help="cuda, cuda:1, cpu (default: cuda if available)")
+    g.add_argument("--workers", type=int, default=S, help="data-loading processes for image files (4)")
+    g.add_argument("--log-every", type=int, default=S, help="log a line every N steps (50)")
+    g.add_argument("--output", default=S, help="parent folder of run folders (runs)")
+    g.add_argument("--name", default=S, help="run folder name (default: method-model-dataset-seedN)")
+    if training:
+        g.add_argument("--resume", default=S, metavar="latest|PATH", help="continue from last.pt")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``vprompt``."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="vprompt", description="Pixel-level visual prompting (EVP) and its baselines for frozen vision models."
+    )
+    parser.add_argument("--version", action="version", version=f"vprompt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("train", help="learn a visual prompt", description="Learn a visual prompt on a frozen model.")
+    _add_run_options(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a saved prompt", description="Evaluate a prompt.safetensors.")
+    p.add_argument("--checkpoint", required=True, help="prompt.safetensors, or the run folder holding it")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split (test)")
+    p.add_argument("--data-dir", default=None, help="where the dataset is on this machine")
+    p.add_argument("--pretrained", default=None, help="where the backbone weights are on this machine")
+    p.add_argument("--device", default=None, help="cuda, cpu, ...")
+    p.add_argument("-b", "--batch-size", type=int, default=None, help="batch size")
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser(
+        "zeroshot", help="zero-shot CLIP baseline", description="Evaluate a CLIP model zero-shot (no prompt)."
+    )
+    _add_run_options(p, training=False)
+    p.set_defaults(func=_cmd_zeroshot)
+
+    p = sub.add_parser("list", help="list models, datasets or methods")
+    p.add_argument("what", choices=["models", "datasets", "methods"])
+    p.set_defaults(func=_cmd_list)
+    return parser
+
+
+def _run_values(args: argparse.Namespace) -> dict[str, Any]:
+    """Config file values overlaid with the explicit command-line values."""
+    from .config import load_yaml
+
+    values: dict[str, Any] = {}
+    if getattr(args, "config_file", None):
+        values.update(load_yaml(args.config_file))
+    skip = {"func", "command", "config_file"}
+    cli = {k: v for k, v in vars(args).items() if k not in skip}
+    if "dataset_options" in cli:
+        cli["dataset_options"] = {**values.get("dataset_options", {}), **dict(cli["dataset_options"])}
+    if isinstance(cli.get("pretrained"), str) and cli["pretrained"].lower() == "none":
+        cli["pretrained"] = None
+    values.update(cli)
+    return values
+
+
+def _print_results(results: dict[str, Any]) -> None:
+    val = results.get("val")
+    line = f"{results['method']} on {results['dataset']}: test acc {results['test']['acc1']:.2f}"
+    if val:
+        line += f" | val acc {val['acc1']:.2f} (epoch {results['best_epoch']} selected on val)"
+    if results.get("epochs"):
+        line += f" | last epoch test acc {results['test_last']['acc1']:.2f}"
+    print(line)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import resolve_config
+    from .engine import fit
+
+    values = _run_values(args)
+    cfg = resolve_config(values, source=getattr(args, "config_file", None) or "command line")
+    results = fit(cfg)
+    _print_results(results)
+    print(f"run folder: {cfg.run_dir}")
+    return 0
+
+
+def _cmd_zeroshot(args: argparse.Namespace) -> int:
+    values = _run_values(args)
+    values["method"] = "zeroshot"
+    args_ns = argparse.Namespace(**{k: v for k, v in values.items()}, config_file=None)
+    return _cmd_train(args_ns)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .distributed import DistEnv
+    from .engine import evaluate_checkpoint, setup_logging
+
+    setup_logging(None, DistEnv())
+    result = evaluate_checkpoint(
+        args.checkpoint,
+        split=args.split,
+        data_dir=args.data_dir,
+        device=args.device,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        pretrained=args.pretrained,
+        workers=args.workers,
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{result['dataset']} {result['split']}: acc {result['acc1']:.2f} (top-5 {result['acc5']:.2f}, "
+            f"loss {result['loss']:.4f}, {result['n']} images)"
+        )
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "methods":
+        from .config import list_methods
+
+        for name, doc in list_methods().items():
+            print(f"{name:14s} {doc}")
+    elif args.what == "datasets":
+        from .data import get_dataset_spec, list_datasets
+
+        for name in list_datasets():
+            print(f"{name:14s} {get_dataset_spec(name).description}")
+    else:
+        import open_clip
+
+        from .backbones import list_models
+
+        tags: dict[str, list[str]] = {}
+        for model, tag in open_clip.list_pretrained():
+            tags.setdefault(model, []).append(tag)
+        for source, names in list_models().items():
+            print(f"# {source}")
+            for n in names:
+                print(f"{n}: {', '.join(tags[n])}" if tags.get(n) else n)
+    return 0
+
+
+_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, CLIError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``vprompt`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except _USER_ERRORS as e:
+        if os.environ.get("VPROMPT_DEBUG"):
+            raise
+        print(f"vprompt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vprompt: interrupted; files already written are intact (resume with --resume latest)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

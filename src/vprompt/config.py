@@ -1,0 +1,189 @@
+"""Run configuration: one flat dataclass, the methods' recipes, and their resolution order.
+
+Resolution, lowest to highest priority: the dataclass defaults, the chosen method's recipe, a YAML config file
+(``-c``), then the command line. A value the user sets explicitly always wins over the recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["RunConfig", "METHODS", "resolve_config", "load_yaml", "list_methods"]
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; stored as a plain dict in ``config.yaml`` and in the prompt's metadata."""
+
+    # what to adapt, to what
+    model: str = "ViT-B-32"
+    pretrained: str | None = None
+    dataset: str = "cifar100"
+    data_dir: str | None = None
+    download: bool = True
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    method: str = "evp"
+    # prompt geometry (None: from the backbone and the method)
+    prompter: str | None = None
+    input_size: int | None = None
+    inner_size: int | None = None
+    prompt_size: int | None = None
+    # head
+    head: str = "auto"
+    templates: str | None = None
+    # optimization (None: from the method)
+    optimizer: str | None = None
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str | None = None
+    warmup_steps: int | None = None
+    epochs: int | None = None
+    batch_size: int = 256
+    diversity: str | None = None
+    di_min_scale: float = 0.9
+    di_prob: float = 0.5
+    # protocol
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    seed: int = 42
+    eval_every: int = 1
+    # engine
+    precision: str = "fp32"
+    device: str | None = None
+    workers: int = 4
+    eval_batch_size: int | None = None
+    log_every: int = 50
+    output: str = "runs"
+    name: str | None = None
+    resume: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def run_name(self) -> str:
+        """``--name``, or a name derived from what the run is, so re-running the same command finds its folder."""
+        if self.name:
+            return self.name
+        model = self.model.replace("/", "-").replace(":", "-")
+        return f"{self.method}-{model}-{self.dataset}-seed{self.seed}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output) / self.run_name
+
+
+#: Recipes: the settings each method fills in where the user left them unset.
+METHODS: dict[str, dict[str, Any]] = {
+    "evp": {
+        "prompter": "evp",
+        "optimizer": "normgrad",
+        "lr": 70.0,
+        "schedule": "cosine_epoch",
+        "warmup_steps": 0,
+        "epochs": 1000,
+        "diversity": "ref",
+        "templates": "single",
+        "_doc": "EVP: shrink + border prompt, input diversity, normalized gradient, cosine per epoch (lr 70)",
+    },
+    "vp": {
+        "prompter": "pad",
+        "optimizer": "sgd",
+        "lr": 40.0,
+        "schedule": "cosine",
+        "warmup_steps": 1000,
+        "epochs": 1000,
+        "diversity": "none",
+        "templates": "single",
+        "_doc": "VP padding (Bahng et al.): additive border, SGD momentum 0.9, lr 40, warmup 1000 steps, cosine",
+    },
+    "fixed_patch": {
+        "prompter": "fixed_patch",
+        "optimizer": "sgd",
+        "lr": 40.0,
+        "schedule": "cosine",
+        "warmup_steps": 1000,
+        "epochs": 1000,
+        "diversity": "none",
+        "templates": "single",
+        "_doc": "VP fixed patch: additive square at the top-left corner, VP's optimizer",
+    },
+    "random_patch": {
+        "prompter": "random_patch",
+        "optimizer": "sgd",
+        "lr": 40.0,
+        "schedule": "cosine",
+        "warmup_steps": 1000,
+        "epochs": 1000,
+        "diversity": "none",
+        "templates": "single",
+        "_doc": "VP random patch: additive square at a random place per batch, VP's optimizer",
+    },
+    "zeroshot": {
+        "prompter": "none",
+        "optimizer": "sgd",
+        "lr": 0.0,
+        "schedule": "constant",
+        "warmup_steps": 0,
+        "epochs": 0,
+        "diversity": "none",
+        "templates": "ensemble",
+        "_doc": "no prompt and no training: evaluate the frozen model with its head as is",
+    },
+}
+
+
+def list_methods() -> dict[str, str]:
+    """Method name -> one-line description."""
+    return {k: v.get("_doc", "") for k, v in sorted(METHODS.items())}
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def resolve_config(values: Mapping[str, Any], source: str = "config") -> RunConfig:
+    """Build a :class:`RunConfig` from user values (explicit settings only), filling the method's recipe.
+
+    Args:
+        values: field name -> value; unset fields may be absent or None.
+        source: where the values come from, for error messages (a file name, "command line").
+
+    Raises:
+        ValueError: an unknown key or method, naming the source and the close matches.
+    """
+    unknown = [k for k in values if k not in _FIELDS]
+    if unknown:
+        k = unknown[0]
+        close = difflib.get_close_matches(k, list(_FIELDS), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"{source}: unknown setting {k!r}{hint}")
+    explicit = {k: v for k, v in values.items() if v is not None}
+    method = explicit.get("method", RunConfig.method)
+    if method not in METHODS:
+        close = difflib.get_close_matches(method, list(METHODS), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"{source}: unknown method {method!r}{hint} (available: {', '.join(sorted(METHODS))})")
+    recipe = {k: v for k, v in METHODS[method].items() if not k.startswith("_")}
+    return RunConfig(**{**recipe, **explicit})
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict, with dashes in keys accepted as underscores."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}

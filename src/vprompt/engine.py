@@ -1,0 +1,600 @@
+"""Training and evaluation: ``train_one_epoch``, ``evaluate``, and ``fit`` (a whole run with its run folder).
+
+Protocol: the best epoch is selected on the validation split (held out of the training data); the test split is
+evaluated once at the end, for the selected prompt and for the last one, and never used for selection.
+
+Reproducibility: every epoch re-seeds the RNGs from (seed, epoch) and the data order from (seed, epoch), and
+``last.pt`` is written at the end of every epoch, so a run resumed from ``last.pt`` continues exactly as an
+uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor
+from tqdm import tqdm
+
+from . import __version__
+from .build import PromptedModel, build_backbone, build_head, build_prompter, to_float_rgb
+from .checkpoint import LAST_FILE, PROMPT_FILE, atomic_write, load_prompt, load_state, save_prompt, save_state
+from .config import RunConfig, resolve_config
+from .data import DataSplits, make_loader, prepare_data
+from .distributed import DistEnv, all_reduce_grads, all_reduce_sum, barrier, init_distributed
+from .diversity import InputDiversity, create_diversity
+from .optim import create_optimizer, create_scheduler
+
+__all__ = ["train_one_epoch", "evaluate", "fit", "evaluate_checkpoint", "autocast", "resolve_device"]
+
+_log = logging.getLogger("vprompt")
+SINGLE_PROCESS = DistEnv()
+
+#: Settings that define what a run computes; resuming with any of them changed is refused.
+_IDENTITY_KEYS = (
+    "model", "pretrained", "dataset", "method", "prompter", "input_size", "inner_size", "prompt_size", "head",
+    "templates", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_steps", "epochs", "batch_size",
+    "diversity", "val_fraction", "split_seed", "seed", "dataset_options",
+)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Small pieces
+
+
+def resolve_device(device: str | None, env: DistEnv | None = None) -> torch.device:
+    """``--device``, or CUDA (this process's GPU under torchrun) when available, else the CPU."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        if env is not None and env.enabled and dev.index is None:
+            dev = torch.device("cuda", env.local_rank)
+    return dev
+
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed precision for the frozen forward/backward: ``fp32`` (none), ``bf16`` or ``fp16``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision not in _DTYPES:
+        raise ValueError(f"unknown --precision {precision!r} (choose from fp32, bf16, fp16)")
+    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
+
+
+def _seed_epoch(seed: int, epoch: int) -> None:
+    torch.manual_seed(seed * 1_000_003 + epoch + 1)
+
+
+def _show_progress(env: DistEnv) -> bool:
+    return env.is_main and sys.stderr.isatty()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loops
+
+
+def train_one_epoch(
+    model: PromptedModel,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    optimizers: list[torch.optim.Optimizer],
+    schedulers: list[torch.optim.lr_scheduler.LRScheduler],
+    diversity: Callable[[Tensor], Tensor],
+    device: torch.device,
+    precision: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
+    epoch: int = 0,
+    log_every: int = 50,
+    env: DistEnv = SINGLE_PROCESS,
+) -> dict[str, float]:
+    """One pass over ``loader``; returns mean loss, accuracy, images and throughput (this process's share)."""
+    model.train()
+    params = model.trainable_parameters()
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    seen = 0
+    start = time.perf_counter()
+    n_steps = len(loader) if hasattr(loader, "__len__") else None
+    bar = tqdm(loader, total=n_steps, desc=f"epoch {epoch + 1}", leave=False, disable=not _show_progress(env))
+    for step, (images, labels) in enumerate(bar):
+        x = diversity(to_float_rgb(images, device))
+        y = labels.to(device, non_blocking=True)
+        with autocast(device, precision):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        all_reduce_grads(params, env.world_size)
+        for opt in optimizers:
+            if scaler is not None:
+                scaler.step(opt)
+            else:
+                opt.step()
+        if scaler is not None:
+            scaler.update()
+        for sched in schedulers:
+            sched.step()
+        total_loss += loss.detach() * len(y)
+        correct += (logits.detach().argmax(-1) == y).sum()
+        seen += len(y)
+        if log_every and (step + 1) % log_every == 0:
+            rate = seen / (time.perf_counter() - start)
+            lr = optimizers[0].param_groups[0]["lr"] if optimizers else 0.0
+            msg = f"loss {total_loss.item() / seen:.4f} acc {100 * correct.item() / seen:.2f}"
+            bar.set_postfix_str(msg)
+            _log.info("epoch %d step %d/%s %s lr %.4g %.1f img/s", epoch + 1, step + 1, n_steps or "?", msg, lr, rate)
+    seconds = time.perf_counter() - start
+    seen = max(seen, 1)
+    return {
+        "train_loss": total_loss.item() / seen,
+        "train_acc1": 100 * correct.item() / seen,
+        "images": seen,
+        "seconds": seconds,
+        "images_per_s": seen / max(seconds, 1e-9),
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: PromptedModel,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    device: torch.device,
+    precision: str = "fp32",
+    env: DistEnv = SINGLE_PROCESS,
+    desc: str = "eval",
+) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (%) and mean loss over ``loader`` (summed over processes)."""
+    model.eval()
+    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top1, top5, count
+    n_steps = len(loader) if hasattr(loader, "__len__") else None
+    for images, labels in tqdm(loader, total=n_steps, desc=desc, leave=False, disable=not _show_progress(env)):
+        x = to_float_rgb(images, device)
+        y = labels.to(device, non_blocking=True)
+        with autocast(device, precision):
+            logits = model(x)
+        logits = logits.float()
+        k = min(5, logits.shape[-1])
+        topk = logits.topk(k, dim=-1).indices
+        hits = topk == y[:, None]
+        sums += torch.stack(
+            [
+                F.cross_entropy(logits, y, reduction="sum").double(),
+                hits[:, 0].sum().double(),
+                hits.any(dim=-1).sum().double(),
+                torch.tensor(len(y), device=device, dtype=torch.float64),
+            ]
+        )
+    all_reduce_sum(sums, env.world_size)
+    loss, top1, top5, n = sums.tolist()
+    n = max(n, 1.0)
+    return {"acc1": 100 * top1 / n, "acc5": 100 * top5 / n, "loss": loss / n, "n": int(n)}
+
+
+@torch.no_grad()
+def collect_outputs(
+    model: PromptedModel, loader: Any, device: torch.device, precision: str, env: DistEnv = SINGLE_PROCESS
+) -> tuple[Tensor, Tensor]:
+    """Backbone outputs (before the head) and labels over a whole loader with the current prompt, gathered from
+    all processes in the same order everywhere (label mapping needs the same answer on every process)."""
+    model.eval()
+    outs, labels = [], []
+    for images, y in loader:
+        with autocast(device, precision):
+            outs.append(model.backbone(model.prompter(to_float_rgb(images, device))).float())
+        labels.append(y.to(device))
+    out, lab = torch.cat(outs), torch.cat(labels)
+    if env.enabled:
+        out, lab = _all_gather_rows(out, env), _all_gather_rows(lab, env)
+    return out, lab
+
+
+def _all_gather_rows(t: Tensor, env: DistEnv) -> Tensor:
+    import torch.distributed as dist
+
+    n = torch.tensor([t.shape[0]], device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(env.world_size)]
+    dist.all_gather(sizes, n)
+    top = int(max(s.item() for s in sizes))
+    padded = torch.zeros((top, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    padded[: t.shape[0]] = t
+    parts = [torch.zeros_like(padded) for _ in range(env.world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Run folder
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    import open_clip
+    import torchvision
+
+    return {
+        "vprompt": __version__,
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "open_clip": str(getattr(open_clip, "__version__", "?")),
+    }
+
+
+class _RunLogHandler(logging.FileHandler):
+    """Marks the handlers this module added, so a second run in the same process replaces them."""
+
+
+def setup_logging(run_dir: Path | None, env: DistEnv) -> None:
+    """Log to stderr (main process) and to ``run_dir/log.txt`` (appending, so a resumed run keeps its history)."""
+    logger = logging.getLogger("vprompt")
+    logger.setLevel(logging.INFO)
+    for h in list(logger.handlers):
+        if isinstance(h, _RunLogHandler) or getattr(h, "_vprompt", False):
+            logger.removeHandler(h)
+            h.close()
+    if not env.is_main:
+        logger.setLevel(logging.WARNING)
+        return
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    stream = logging.StreamHandler()
+    stream._vprompt = True  # type: ignore[attr-defined]
+    stream.setFormatter(fmt)
+    logger.addHandler(stream)
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fh = _RunLogHandler(run_dir / "log.txt")
+        fh.setFormatter(fmt)
+        logger.addHandler(fh)
+    logger.propagate = False
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def _append_jsonl(path: Path, obj: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(obj) + "\n")
+        f.flush()
+
+
+def _resume_path(cfg: RunConfig) -> Path | None:
+    """The ``last.pt`` to resume from, or None to start afresh (refusing to overwrite a finished or started run)."""
+    run_dir = cfg.run_dir
+    if cfg.resume is None:
+        if (run_dir / LAST_FILE).exists() or (run_dir / "results.json").exists():
+            raise FileExistsError(
+                f"run folder {run_dir} already holds a run; pass --resume latest to continue it, "
+                "or --name to start another"
+            )
+        return None
+    if cfg.resume == "latest":
+        path = run_dir / LAST_FILE
+        if not path.exists():
+            _log.info("--resume latest: no %s yet, starting from scratch", path)
+            return None
+        return path
+    path = Path(cfg.resume)
+    path = path / LAST_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {cfg.resume}: no training state at {path}")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A whole run
+
+
+def _build_for_run(
+    cfg: RunConfig, device: torch.device, augment: bool = True
+) -> tuple[PromptedModel, DataSplits, InputDiversity]:
+    """Model, data and input diversity of a run; ``augment=False`` decodes training images without random crops.
+
+    Seeded first, so that a randomly initialized backbone or prompt is the same in training and in evaluation."""
+    torch.manual_seed(cfg.seed)
+    backbone = build_backbone(cfg, device)
+    prompter = build_prompter(cfg, backbone)
+    diversity = create_diversity(cfg.diversity or "none", min_scale=cfg.di_min_scale, prob=cfg.di_prob)
+    data = prepare_data(
+        cfg.dataset,
+        cfg.data_dir,
+        image_size=prompter.image_size,
+        random_crop=augment and diversity.random_crop,
+        val_fraction=cfg.val_fraction,
+        split_seed=cfg.split_seed,
+        download=cfg.download,
+        options=cfg.dataset_options,
+    )
+    head = build_head(cfg, backbone, data.classnames, data.templates)
+    return PromptedModel(prompter, backbone, head), data, diversity
+
+
+def _optimizers(
+    cfg: RunConfig, model: PromptedModel, steps_per_epoch: int
+) -> tuple[list[torch.optim.Optimizer], list[torch.optim.lr_scheduler.LambdaLR]]:
+    """One optimizer for the prompt (the method's), and one for a trainable head if there is one."""
+    optimizers: list[torch.optim.Optimizer] = []
+    prompt_params = [p for p in model.prompter.parameters() if p.requires_grad]
+    if prompt_params:
+        masks = {getattr(model.prompter, k): m for k, m in model.prompter.grad_masks().items()}
+        optimizers.append(
+            create_optimizer(
+                cfg.optimizer or "normgrad",
+                prompt_params,
+                lr=float(cfg.lr),
+                momentum=cfg.momentum,
+                weight_decay=cfg.weight_decay,
+                masks=masks,
+            )
+        )
+    head_params = [p for p in model.head.parameters() if p.requires_grad]
+    if head_params:
+        head_lr = getattr(model.head, "lr", 1e-3)
+        optimizers.append(create_optimizer("adamw", head_params, lr=head_lr, weight_decay=cfg.weight_decay))
+    total = steps_per_epoch * int(cfg.epochs or 0)
+    schedulers = [
+        create_scheduler(opt, cfg.schedule or "constant", total, steps_per_epoch, int(cfg.warmup_steps or 0))
+        for opt in optimizers
+    ]
+    return optimizers, schedulers
+
+
+def fit(cfg: RunConfig) -> dict[str, Any]:
+    """Run ``cfg`` end to end in its run folder and return the results (also written to ``results.json``)."""
+    env = init_distributed(cfg.device)
+    device = resolve_device(cfg.device, env)
+    run_dir = cfg.run_dir
+    resume_from = _resume_path(cfg)
+    setup_logging(run_dir, env)
+    epochs = int(cfg.epochs or 0)
+    if cfg.batch_size % env.world_size:
+        raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the {env.world_size} processes")
+    if cfg.eval_every < 1:
+        raise ValueError(f"--eval-every {cfg.eval_every} must be at least 1")
+
+    model, data, diversity = _build_for_run(cfg, device)
+    per_proc = cfg.batch_size // env.world_size
+    eval_bs = (cfg.eval_batch_size or cfg.batch_size) // env.world_size or 1
+
+    def loader(ds: Any, shuffle: bool, bs: int) -> Any:
+        return make_loader(ds, bs, shuffle, cfg.seed, device, cfg.workers, env.rank, env.world_size)
+
+    train_loader = loader(data.train, True, per_proc)
+    val_loader = loader(data.val, False, eval_bs) if data.val is not None else None
+    optimizers, schedulers = _optimizers(cfg, model, len(train_loader))
+    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+
+    start_epoch, best = 0, {"epoch": 0, "val_acc1": -math.inf}
+    if resume_from is not None:
+        state = load_state(resume_from, map_location=device)
+        old = state.get("config", {})
+        changed = [k for k in _IDENTITY_KEYS if k in old and old[k] != getattr(cfg, k)]
+        if changed:
+            raise ValueError(
+                f"--resume {resume_from}: the run was started with different {', '.join(changed)} "
+                f"({', '.join(f'{k}={old[k]!r}' for k in changed)}); use the same settings or a new --name"
+            )
+        model.load_artifact_state(state["model"])
+        for opt, sd in zip(optimizers, state["optimizers"]):
+            opt.load_state_dict(sd)
+        for sched, sd in zip(schedulers, state["schedulers"]):
+            sched.load_state_dict(sd)
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_epoch, best = int(state["epoch"]), dict(state["best"])
+        _log.info("resumed from %s at epoch %d (best so far: epoch %d)", resume_from, start_epoch, best["epoch"])
+
+    if env.is_main:
+        _write_run_files(cfg, data, run_dir, resumed=resume_from is not None)
+        n_prompt = sum(int(m.sum().item()) * 3 for m in model.prompter.grad_masks().values()) or sum(
+            p.numel() for p in model.prompter.parameters()
+        )
+        _log.info(
+            "run %s: %s on %s (%s), %s; %d train / %s val (%s) / %d test images; %d learnable prompt values; %s",
+            run_dir, cfg.method, cfg.dataset, cfg.model, model.prompter.extra_repr(), len(data.train),
+            len(data.val) if data.val is not None else 0, data.val_source, len(data.test), n_prompt, device,
+        )  # fmt: skip
+
+    config = cfg.to_dict()
+    metrics_path = run_dir / "metrics.jsonl"
+    train_seconds, train_images = 0.0, 0
+    for epoch in range(start_epoch, epochs):
+        _seed_epoch(cfg.seed, epoch)
+        train_loader.set_epoch(epoch)
+        if model.head.epoch_start(epoch, lambda: collect_outputs(model, train_loader, device, cfg.precision, env)):
+            _log.info("epoch %d: head updated", epoch + 1)
+        stats = train_one_epoch(
+            model, train_loader, optimizers, schedulers, diversity, device, cfg.precision, scaler,
+            epoch, cfg.log_every, env,
+        )  # fmt: skip
+        train_seconds += stats["seconds"]
+        train_images += stats["images"] * env.world_size
+        done = epoch + 1
+        record: dict[str, Any] = {"epoch": done, "lr": optimizers[0].param_groups[0]["lr"] if optimizers else 0.0}
+        record.update({k: stats[k] for k in ("train_loss", "train_acc1", "images_per_s")})
+        evaluate_now = val_loader is not None and (done % cfg.eval_every == 0 or done == epochs)
+        if evaluate_now:
+            val = evaluate(model, val_loader, device, cfg.precision, env, desc="val")
+            record.update({f"val_{k}": v for k, v in val.items() if k != "n"})
+        improved = (evaluate_now and record["val_acc1"] > best["val_acc1"]) or val_loader is None
+        if improved:
+            best = {"epoch": done, "val_acc1": record.get("val_acc1", float("nan"))}
+        if env.is_main:
+            _log.info(
+                "epoch %d/%d train loss %.4f acc %.2f%s (%.1f img/s)%s", done, epochs, stats["train_loss"],
+                stats["train_acc1"], f" | val acc {record['val_acc1']:.2f}" if evaluate_now else "",
+                stats["images_per_s"] * env.world_size, " *best*" if improved and val_loader is not None else "",
+            )  # fmt: skip
+            if evaluate_now or val_loader is None:
+                _append_jsonl(metrics_path, record)
+            if improved:
+                meta = {"epoch": done, "classnames": data.classnames, "val_acc1": best["val_acc1"]}
+                save_prompt(run_dir / PROMPT_FILE, model.artifact_state(), config, **meta)
+            save_state(
+                run_dir / LAST_FILE,
+                {
+                    "format": "vprompt-last/1",
+                    "epoch": done,
+                    "best": best,
+                    "model": model.artifact_state(),
+                    "optimizers": [o.state_dict() for o in optimizers],
+                    "schedulers": [s.state_dict() for s in schedulers],
+                    "scaler": scaler.state_dict() if scaler is not None else {},
+                    "config": config,
+                },
+            )
+        barrier(env.world_size)
+
+    return _finish(cfg, model, data, device, env, best, epochs, train_seconds, train_images, loader, eval_bs)
+
+
+def _write_run_files(cfg: RunConfig, data: DataSplits, run_dir: Path, resumed: bool) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "config": cfg.to_dict(),
+        "argv": sys.argv,
+        "versions": _versions(),
+        "git_sha": _git_sha(),
+        "started" if not resumed else "resumed": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    name = "config.yaml" if not (resumed and (run_dir / "config.yaml").exists()) else "config.resumed.yaml"
+    atomic_write(run_dir / name, lambda tmp: Path(tmp).write_text(yaml.safe_dump(meta, sort_keys=False)))
+    if data.split_indices:
+        _write_json(
+            run_dir / "splits.json",
+            {
+                "dataset": cfg.dataset,
+                "val_source": data.val_source,
+                "val_fraction": cfg.val_fraction,
+                "split_seed": cfg.split_seed,
+                **data.split_indices,
+            },
+        )
+
+
+def _finish(
+    cfg: RunConfig,
+    model: PromptedModel,
+    data: DataSplits,
+    device: torch.device,
+    env: DistEnv,
+    best: dict[str, Any],
+    epochs: int,
+    train_seconds: float,
+    train_images: int,
+    loader: Callable[..., Any],
+    eval_bs: int,
+) -> dict[str, Any]:
+    """Test the last and the selected prompt, write ``results.json``."""
+    run_dir = cfg.run_dir
+    config = cfg.to_dict()
+    test_loader = loader(data.test, False, eval_bs)
+    val_loader = loader(data.val, False, eval_bs) if data.val is not None else None
+    last_test = evaluate(model, test_loader, device, cfg.precision, env, desc="test (last)")
+    last_val = evaluate(model, val_loader, device, cfg.precision, env, desc="val (last)") if val_loader else None
+    if epochs == 0 and env.is_main:
+        save_prompt(run_dir / PROMPT_FILE, model.artifact_state(), config, epoch=0, classnames=data.classnames)
+        best = {"epoch": 0, "val_acc1": last_val["acc1"] if last_val else float("nan")}
+    barrier(env.world_size)
+    if best["epoch"] == epochs:
+        best_test, best_val = last_test, last_val
+    else:
+        state, _, _ = load_prompt(run_dir / PROMPT_FILE)
+        model.load_artifact_state({k: v.to(device) for k, v in state.items()})
+        best_test = evaluate(model, test_loader, device, cfg.precision, env, desc="test (best)")
+        best_val = evaluate(model, val_loader, device, cfg.precision, env, desc="val (best)") if val_loader else None
+    results = {
+        "method": cfg.method,
+        "model": cfg.model,
+        "pretrained": cfg.pretrained,
+        "dataset": cfg.dataset,
+        "seed": cfg.seed,
+        "epochs": epochs,
+        "selection": "val" if data.val is not None else "last",
+        "best_epoch": best["epoch"],
+        "val": best_val,
+        "test": best_test,
+        "val_last": last_val,
+        "test_last": last_test,
+        "train_seconds": train_seconds,
+        "train_images_per_s": train_images / train_seconds if train_seconds else None,
+    }
+    if env.is_main:
+        _write_json(run_dir / "results.json", results)
+        _log.info(
+            "done: test acc %.2f at epoch %d (selected on %s%s); last epoch test acc %.2f",
+            best_test["acc1"], best["epoch"], results["selection"],
+            f", val acc {best_val['acc1']:.2f}" if best_val else "", last_test["acc1"],
+        )  # fmt: skip
+    return results
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Evaluate-only
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    split: str = "test",
+    data_dir: str | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+    precision: str | None = None,
+    pretrained: str | None = None,
+    workers: int = 4,
+) -> dict[str, Any]:
+    """Evaluate a saved prompt (``prompt.safetensors`` or its run folder) on ``split`` (train, val or test).
+
+    The run's own config rebuilds the backbone, data and validation split; ``data_dir`` and ``pretrained`` can
+    point to where those files are on this machine.
+    """
+    from .checkpoint import find_checkpoint
+
+    path = find_checkpoint(checkpoint)
+    state, config, meta = load_prompt(path)
+    overrides = {"resume": None, "device": device, "data_dir": data_dir, "pretrained": pretrained}
+    overrides.update({"batch_size": batch_size, "precision": precision, "workers": workers})
+    cfg = resolve_config({**config, **{k: v for k, v in overrides.items() if v is not None}}, source=str(path))
+    env = DistEnv()
+    dev = resolve_device(cfg.device, env)
+    model, data, _ = _build_for_run(cfg, dev, augment=False)
+    if "classnames" in meta and list(meta["classnames"]) != list(data.classnames):
+        raise ValueError(f"{path}: the dataset's classes differ from those the prompt was trained on")
+    model.load_artifact_state({k: v.to(dev) for k, v in state.items()})
+    parts = {"train": data.train, "val": data.val, "test": data.test}
+    if split not in parts:
+        raise ValueError(f"--split {split!r}: choose from train, val, test")
+    if parts[split] is None:
+        raise ValueError(f"--split val: this run has no validation split (val_fraction {cfg.val_fraction})")
+    bs = cfg.eval_batch_size or cfg.batch_size
+    loader = make_loader(parts[split], bs, False, cfg.seed, dev, cfg.workers)
+    result = evaluate(model, loader, dev, cfg.precision, env, desc=split)
+    return {"checkpoint": str(path), "split": split, "dataset": cfg.dataset, "epoch": meta.get("epoch"), **result}

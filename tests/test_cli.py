@@ -1,0 +1,169 @@
+"""End to end through the real command line: train, eval, zeroshot, resume, list, config files, bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+
+from vprompt import cli, engine
+from vprompt.config import load_yaml, resolve_config
+
+from .conftest import ROOT, TINY_MODEL, tiny_run_args
+
+
+def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "vprompt", *args], capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"vprompt {' '.join(args)} failed:\n{proc.stderr}")
+    return proc
+
+
+def test_train_then_eval_through_the_cli(tmp_path):
+    proc = _run(*tiny_run_args(tmp_path, "--diversity", "di"))
+    assert "test acc" in proc.stdout and "val acc" in proc.stdout
+    run = tmp_path / "run"
+    for name in ("config.yaml", "log.txt", "metrics.jsonl", "results.json", "prompt.safetensors", "last.pt"):
+        assert (run / name).is_file(), name
+    meta = yaml.safe_load((run / "config.yaml").read_text())
+    assert meta["config"]["model"] == TINY_MODEL and meta["config"]["lr"] == 70.0 and "torch" in meta["versions"]
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2] and all("val_acc1" in m for m in metrics)
+    splits = json.loads((run / "splits.json").read_text())
+    assert splits["val"] and not set(splits["val"]) & set(splits["train"])
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["epoch"] == 2
+    with safe_open(str(run / "prompt.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["config"])["dataset"] == "synthetic"
+        prompt = f.get_tensor("prompter.prompt")
+    inner = (prompt * (1 - f_mask(prompt))).abs().sum()
+    assert inner == 0 and prompt.abs().sum() > 0
+
+    results = json.loads((run / "results.json").read_text())
+    assert results["selection"] == "val" and 1 <= results["best_epoch"] <= 2
+    out = _run("eval", "--checkpoint", str(run / "prompt.safetensors"), "--split", "test", "--json")
+    evaluated = json.loads(out.stdout.strip().splitlines()[-1])
+    assert evaluated["acc1"] == pytest.approx(results["test"]["acc1"])
+    assert evaluated["n"] == 48
+    val = json.loads(_run("eval", "--checkpoint", str(run), "--split", "val", "--json").stdout.splitlines()[-1])
+    assert val["acc1"] == pytest.approx(results["val"]["acc1"]) and val["n"] == len(splits["val"])
+
+
+def f_mask(prompt: torch.Tensor) -> torch.Tensor:
+    from vprompt.prompters import EVPPrompter
+
+    return EVPPrompter(prompt.shape[-1]).mask
+
+
+def _final_prompt(run_dir):
+    return torch.load(run_dir / "last.pt", weights_only=True)["model"]["prompter.prompt"]
+
+
+@pytest.mark.parametrize("method", ["evp", "vp"])
+def test_interrupted_run_resumes_to_the_same_prompt(tmp_path, monkeypatch, method):
+    extra = ("--method", method, "--warmup-steps", "3") if method == "vp" else ("--method", method)
+    assert cli.main(tiny_run_args(tmp_path, *extra, name="straight", epochs=3)) == 0
+
+    real = engine.train_one_epoch
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_one_epoch", interrupted)
+    assert cli.main(tiny_run_args(tmp_path, *extra, name="broken", epochs=3)) == 130
+    assert torch.load(tmp_path / "broken" / "last.pt", weights_only=True)["epoch"] == 2
+    assert not (tmp_path / "broken" / "results.json").exists()
+    # Starting again without --resume must not overwrite the interrupted run.
+    assert cli.main(tiny_run_args(tmp_path, *extra, name="broken", epochs=3)) == 2
+    monkeypatch.setattr(engine, "train_one_epoch", real)
+    assert cli.main(tiny_run_args(tmp_path, *extra, "--resume", "latest", name="broken", epochs=3)) == 0
+    assert torch.equal(_final_prompt(tmp_path / "straight"), _final_prompt(tmp_path / "broken"))
+    straight = json.loads((tmp_path / "straight" / "results.json").read_text())
+    resumed = json.loads((tmp_path / "broken" / "results.json").read_text())
+    assert straight["test"] == resumed["test"]
+
+
+def test_resume_refuses_changed_settings(tmp_path, capsys):
+    assert cli.main(tiny_run_args(tmp_path, epochs=1)) == 0
+    assert cli.main(tiny_run_args(tmp_path, "--lr", "5", "--resume", "latest", epochs=1)) == 2
+    assert "different lr" in capsys.readouterr().err
+
+
+def test_text_features_are_computed_once_per_run(tmp_path, monkeypatch):
+    from vprompt.backbones import OpenCLIPBackbone
+
+    calls = []
+    real = OpenCLIPBackbone.encode_text
+
+    def counting(self, texts):
+        calls.append(len(texts))
+        return real(self, texts)
+
+    monkeypatch.setattr(OpenCLIPBackbone, "encode_text", counting)
+    assert cli.main(tiny_run_args(tmp_path, epochs=3)) == 0
+    assert calls == [10]  # 10 classes x 1 template, one batch, for 3 epochs of training and all evaluations
+
+
+def test_zeroshot_evaluates_without_training(tmp_path):
+    args = ["zeroshot", "--model", TINY_MODEL, "--dataset", "synthetic", "--dataset-option", "n_test=40",
+            "--dataset-option", "n_train=40", "--output", str(tmp_path), "--name", "zs"]  # fmt: skip
+    assert cli.main(args) == 0
+    results = json.loads((tmp_path / "zs" / "results.json").read_text())
+    assert results["epochs"] == 0 and results["test"]["n"] == 40 and results["method"] == "zeroshot"
+    assert not (tmp_path / "zs" / "last.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--inner-size", "64"], "--inner-size 64 must be smaller than --input-size 64"),
+        (["--model", "ViT-B-33"], "unknown --model 'ViT-B-33'; did you mean"),
+        (["--dataset", "imagefolder", "--data-dir", "/nonexistent/folder"], "/nonexistent/folder/train"),
+        (["--dataset", "cifar1000"], "unknown --dataset 'cifar1000'; did you mean"),
+        (["--method", "evq"], "unknown method 'evq'"),
+        (["--dataset", "cifar10", "--dataset-option", "n=3"], "dataset 'cifar10' has no option 'n'"),
+        (["--input-size", "96"], "--input-size 96 does not fit model"),
+    ],
+)
+def test_bad_flags_give_one_clear_line(tmp_path, extra, needle):
+    proc = _run(*tiny_run_args(tmp_path, *extra), check=False)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("vprompt train: error:") and needle in last, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_list_commands():
+    assert "evp" in _run("list", "methods").stdout
+    datasets = _run("list", "datasets").stdout
+    assert "cifar100" in datasets and "imagefolder" in datasets and "synthetic" in datasets
+    models = _run("list", "models").stdout
+    assert "ViT-B-32: openai" in models and TINY_MODEL in models
+
+
+def test_config_file_gives_defaults_and_cli_overrides(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump({"model": TINY_MODEL, "dataset": "synthetic", "epochs": 1, "lr": 3.0,
+                                        "dataset_options": {"n_train": 40, "n_test": 20}}))  # fmt: skip
+    assert cli.main(["train", "-c", str(cfg_file), "--lr", "5", "--output", str(tmp_path), "--name", "c"]) == 0
+    saved = yaml.safe_load((tmp_path / "c" / "config.yaml").read_text())["config"]
+    assert saved["lr"] == 5.0 and saved["epochs"] == 1 and saved["dataset_options"]["n_train"] == 40
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rate: 3\n")
+    with pytest.raises(ValueError, match="bad.yaml: unknown setting 'learning_rate'"):
+        resolve_config(load_yaml(bad), source=str(bad))
+
+
+def test_shipped_paper_configs_resolve_to_the_paper_settings():
+    evp = resolve_config(load_yaml(ROOT / "configs" / "evp_clip_vitb32.yaml"))
+    assert (evp.method, evp.lr, evp.epochs, evp.batch_size, evp.seed) == ("evp", 70.0, 1000, 256, 42)
+    assert (evp.input_size, evp.inner_size, evp.prompt_size, evp.optimizer) == (224, 164, 30, "normgrad")
+    vp = resolve_config(load_yaml(ROOT / "configs" / "vp_clip_vitb32.yaml"))
+    assert (vp.prompter, vp.lr, vp.momentum, vp.warmup_steps, vp.prompt_size) == ("pad", 40.0, 0.9, 1000, 30)
