@@ -15,6 +15,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from . import benchmark as _benchmark  # noqa: F401  (registers the EVP/VP benchmark datasets)
 from . import datasets as _core  # noqa: F401  (registers the core datasets)
 from .base import ArrayDataset, FileDataset, LabeledSubset, build_transform, subset
 from .loader import DeviceBatches, epoch_order, make_loader
