@@ -53,6 +53,8 @@ class RunConfig:
     # protocol
     val_fraction: float = 0.1
     split_seed: int = 0
+    shots: int | None = None  # K training images per class (after the validation holdout), drawn by split_seed
+    train_fraction: float | None = None  # or this share of each class
     seed: int = 42
     eval_every: int = 1
     # engine
@@ -74,7 +76,9 @@ class RunConfig:
         if self.name:
             return self.name
         model = self.model.replace("/", "-").replace(":", "-")
-        return f"{self.method}-{model}-{self.dataset}-seed{self.seed}"
+        scale = f"-{self.shots}shot" if self.shots else ""
+        scale += f"-frac{self.train_fraction:g}" if self.train_fraction else ""
+        return f"{self.method}-{model}-{self.dataset}-seed{self.seed}{scale}"
 
     @property
     def run_dir(self) -> Path:

@@ -47,7 +47,7 @@ SINGLE_PROCESS = DistEnv()
 _IDENTITY_KEYS = (
     "model", "pretrained", "dataset", "method", "prompter", "input_size", "inner_size", "prompt_size", "head",
     "templates", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_steps", "epochs", "batch_size",
-    "diversity", "val_fraction", "split_seed", "seed", "dataset_options",
+    "diversity", "val_fraction", "split_seed", "seed", "dataset_options", "shots", "train_fraction",
 )  # fmt: skip
 
 
@@ -332,6 +332,8 @@ def _build_for_run(
         split_seed=cfg.split_seed,
         download=cfg.download,
         options=cfg.dataset_options,
+        shots=cfg.shots,
+        train_fraction=cfg.train_fraction,
     )
     head = build_head(cfg, backbone, data.classnames, data.templates)
     return PromptedModel(prompter, backbone, head), data, diversity
@@ -495,6 +497,8 @@ def _write_run_files(cfg: RunConfig, data: DataSplits, run_dir: Path, resumed: b
                 "val_source": data.val_source,
                 "val_fraction": cfg.val_fraction,
                 "split_seed": cfg.split_seed,
+                "shots": cfg.shots,
+                "train_fraction": cfg.train_fraction,
                 **data.split_indices,
             },
         )
@@ -537,6 +541,9 @@ def _finish(
         "pretrained": cfg.pretrained,
         "dataset": cfg.dataset,
         "seed": cfg.seed,
+        "shots": cfg.shots,
+        "train_fraction": cfg.train_fraction,
+        "n_train": len(data.train),
         "epochs": epochs,
         "selection": "val" if data.val is not None else "last",
         "best_epoch": best["epoch"],

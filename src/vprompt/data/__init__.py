@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import Dataset
 
 from . import benchmark as _benchmark  # noqa: F401  (registers the EVP/VP benchmark datasets)
@@ -28,7 +29,7 @@ from .registry import (
     list_datasets,
     register_dataset,
 )
-from .splits import holdout_split
+from .splits import holdout_split, subsample_per_class
 
 __all__ = [
     "ArrayDataset",
@@ -49,6 +50,7 @@ __all__ = [
     "prepare_data",
     "register_dataset",
     "subset",
+    "subsample_per_class",
 ]
 
 _log = logging.getLogger(__name__)
@@ -87,6 +89,8 @@ def prepare_data(
     download: bool = True,
     test_split: str = "test",
     options: dict[str, Any] | None = None,
+    shots: int | None = None,
+    train_fraction: float | None = None,
 ) -> DataSplits:
     """Build train / val / test for a run.
 
@@ -100,6 +104,11 @@ def prepare_data(
         download: fetch missing files where possible.
         test_split: the split reported as test.
         options: dataset-specific builder options.
+        shots: keep exactly this many training images per class (few-shot), drawn after the validation split is
+            held out (so disjoint from it) by a generator seeded from ``split_seed`` alone. The validation split
+            itself stays as it is (``val_fraction`` of the full training set, or the official one): it only
+            selects the epoch; ``val_fraction=0`` selects the last epoch for a strictly K-shot protocol.
+        train_fraction: keep this share of each class instead (at least one image per class).
     """
     spec = get_dataset_spec(name)
     root = Path(root).expanduser() if root is not None else default_data_dir()
@@ -112,23 +121,31 @@ def prepare_data(
 
     train_full = make("train", train_tf)
     test = make(test_split, eval_tf)
+    classnames = list(train_full.classnames)
+    all_idx = list(range(len(train_full)))
+    val: Dataset | None
     if "val" in spec.available_splits(root):
         _log.info("%s: using the official validation split", name)
-        return DataSplits(
-            train_full, make("val", eval_tf), test, list(train_full.classnames), spec.templates, "official"
-        )
-    train_idx, val_idx = holdout_split(train_full.targets, val_fraction, split_seed)
-    if not val_idx:
-        _log.warning("%s: no validation split (--val-fraction 0): the last epoch is selected", name)
-        return DataSplits(train_full, None, test, list(train_full.classnames), spec.templates, "none")
-    # File datasets decode validation images without the training crop, so they need their own instance.
-    val_parent = train_full if isinstance(train_full, ArrayDataset) else make("train", eval_tf)
-    return DataSplits(
-        subset(train_full, train_idx),
-        subset(val_parent, val_idx),
-        test,
-        list(train_full.classnames),
-        spec.templates,
-        "holdout",
-        {"train": train_idx, "val": val_idx},
-    )
+        train_idx, val_idx, val_source = all_idx, [], "official"
+        val = make("val", eval_tf)
+    else:
+        train_idx, val_idx = holdout_split(train_full.targets, val_fraction, split_seed)
+        val_source = "holdout" if val_idx else "none"
+        if not val_idx:
+            _log.warning("%s: no validation split (--val-fraction 0): the last epoch is selected", name)
+        # File datasets decode validation images without the training crop, so they need their own instance.
+        val_parent = train_full if isinstance(train_full, ArrayDataset) else make("train", eval_tf)
+        val = subset(val_parent, val_idx) if val_idx else None
+    if shots is not None or train_fraction is not None:
+        # Drawn from what is left after the validation split, so the two are disjoint by construction.
+        targets = torch.as_tensor(train_full.targets, dtype=torch.long)[torch.as_tensor(train_idx, dtype=torch.long)]
+        pos = subsample_per_class(targets, split_seed, shots, train_fraction, len(classnames), classnames)
+        _log.info(
+            "%s: training on %d of %d images (%s, split seed %d)", name, len(pos), len(train_idx),
+            f"{shots} per class" if shots is not None else f"{train_fraction:g} of each class", split_seed,
+        )  # fmt: skip
+        train_idx = [train_idx[p] for p in pos]
+    whole = train_idx == all_idx
+    indices = {k: v for k, v in (("train", [] if whole else train_idx), ("val", val_idx)) if v}
+    train = train_full if whole else subset(train_full, train_idx)
+    return DataSplits(train, val, test, classnames, spec.templates, val_source, indices)
