@@ -30,6 +30,10 @@ _EXPORTS = {
     "build_model": "build",
     "ClipTextHead": "heads",
     "build_text_classifier": "heads",
+    "LabelMappingHead": "heads",
+    "LinearHead": "heads",
+    "ClassifierBackbone": "classifiers",
+    "fit_linear_probe": "linprobe",
 }
 
 __all__ = ["__version__", *_EXPORTS]

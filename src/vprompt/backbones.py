@@ -7,7 +7,8 @@ and runs the model. Every parameter has ``requires_grad=False`` and the model st
 Sources (the field's naming, as in open_clip and timm):
     * bare names are open_clip models: ``ViT-B-32`` with ``pretrained="openai"``, a local checkpoint path, or
       ``None`` for random init;
-    * other sources register a prefix with :func:`register_backbone_source` (``timm:``, ``tv:``, ``cifar:``).
+    * other sources register a prefix with :func:`register_backbone_source` (``timm:``, ``tv:``, ``cifar:``; the
+      classifier sources live in :mod:`vprompt.classifiers`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 __all__ = [
     "FrozenBackbone",
     "OpenCLIPBackbone",
+    "ClassifierBackbone",
     "create_backbone",
     "list_models",
     "register_backbone_source",
@@ -95,6 +97,11 @@ class FrozenBackbone(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.encode(self.normalize(x))
+
+    def features(self, x: Tensor) -> Tensor:
+        """Pixels in [0, 1] -> the representation a linear probe reads: the output itself (CLIP's image embedding);
+        classifiers override it with their penultimate features."""
+        return self.forward(x)
 
     def check_input_size(self, size: int) -> None:
         """Raise a clear error when ``size`` cannot be fed to this model."""
@@ -254,3 +261,8 @@ def list_models(source: str | None = None) -> dict[str, list[str]]:
         names = src.lister()
         out[prefix] = names if prefix == "openclip" else [f"{prefix}:{n}" for n in names]
     return out
+
+
+# The classifier sources (timm:, tv:, cifar:) register themselves on import; imported last because they subclass
+# FrozenBackbone and call register_backbone_source, both defined above.
+from .classifiers import ClassifierBackbone  # noqa: E402

@@ -14,7 +14,15 @@ from torch import Tensor, nn
 
 from .backbones import FrozenBackbone, create_backbone
 from .config import RunConfig
-from .heads import ClipTextHead, Head, build_text_classifier, resolve_templates
+from .heads import (
+    LABEL_MAPS,
+    ClipTextHead,
+    Head,
+    LinearHead,
+    build_text_classifier,
+    create_label_mapping,
+    resolve_templates,
+)
 from .prompters import Prompter, create_prompter
 
 __all__ = ["PromptedModel", "build_backbone", "build_prompter", "build_head", "build_model", "to_float_rgb"]
@@ -82,10 +90,39 @@ def build_head(
     classnames: Sequence[str],
     dataset_templates: Sequence[str] | None = None,
 ) -> Head:
-    """The head ``cfg.head`` asks for (``auto``: the text head for CLIP models)."""
+    """The head ``cfg.head`` (or ``cfg.label_map``) asks for.
+
+    ``auto`` is the text head for CLIP models and FLM label mapping for classifiers; ``rlm``/``flm``/``ilm`` are
+    label mappings over a classifier's logits; ``linear`` is a trainable linear layer on the backbone output.
+    """
     head = cfg.head
+    if cfg.label_map is not None:
+        if cfg.label_map not in LABEL_MAPS:
+            raise ValueError(f"unknown --label-map {cfg.label_map!r} (choose from {', '.join(LABEL_MAPS)})")
+        if head not in ("auto", cfg.label_map):
+            raise ValueError(f"--label-map {cfg.label_map} conflicts with --head {head}; give only one of them")
+        head = cfg.label_map
     if head == "auto":
         head = "text" if backbone.kind == "clip" else "flm"
+    if head in LABEL_MAPS:
+        if backbone.kind != "classifier":
+            raise ValueError(
+                f"--label-map/--head {head} maps a classifier's logits; {cfg.model!r} is a {backbone.kind} model "
+                "(use --head text or --head linear)"
+            )
+        mapping = create_label_mapping(
+            head,
+            num_classes=len(classnames),
+            num_source_classes=backbone.num_source_classes,
+            seed=cfg.seed,
+            interval=cfg.ilm_interval,
+            classnames=classnames,
+            source_classnames=getattr(backbone, "source_classnames", None),
+        )
+        return mapping.to(backbone.mean.device)
+    if head == "linear":
+        linear = LinearHead(_output_dim(backbone), len(classnames), lr=cfg.head_lr if cfg.head_lr else 1e-3)
+        return linear.to(backbone.mean.device)
     if head == "text":
         if backbone.kind != "clip":
             raise ValueError(f"--head text needs a CLIP model; {cfg.model!r} is a {backbone.kind}")
@@ -93,7 +130,17 @@ def build_head(
         text = build_text_classifier(backbone.encode_text, classnames, templates)
         _log.info("text head: %d classes x %d templates, computed once", len(classnames), len(templates))
         return ClipTextHead(text, backbone.logit_scale).to(backbone.mean.device)
-    raise ValueError(f"unknown --head {head!r} for a {backbone.kind} model (choose from auto, text)")
+    raise ValueError(f"unknown --head {head!r} (choose from auto, text, linear, {', '.join(LABEL_MAPS)})")
+
+
+@torch.no_grad()
+def _output_dim(backbone: FrozenBackbone) -> int:
+    """Size of the backbone output: declared by classifiers, else measured with one blank image."""
+    dim = getattr(backbone, "output_dim", None)
+    if dim:
+        return int(dim)
+    blank = torch.zeros(1, 3, backbone.input_size, backbone.input_size, device=backbone.mean.device)
+    return int(backbone(blank).shape[-1])
 
 
 def build_model(

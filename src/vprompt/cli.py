@@ -3,6 +3,7 @@
 vprompt train --model ViT-B-32 --pretrained openai --dataset cifar100 --method evp
 vprompt eval --checkpoint runs/<run>/prompt.safetensors --split test
 vprompt zeroshot --model ViT-B-32 --pretrained openai --dataset cifar100
+vprompt linprobe --model ViT-B-32 --pretrained openai --dataset cifar100
 vprompt list models|datasets|methods
 """
 
@@ -34,6 +35,13 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key.replace("-", "_"), yaml.safe_load(value)
 
 
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def _add_run_options(p: argparse.ArgumentParser, training: bool = True) -> None:
     """Options shared by train and zeroshot. Defaults are SUPPRESS so only explicit values reach the config."""
     S = argparse.SUPPRESS
@@ -49,7 +57,12 @@ def _add_run_options(p: argparse.ArgumentParser, training: bool = True) -> None:
         help="dataset-specific option (repeatable)",
     )  # fmt: skip
     g.add_argument("--templates", default=S, choices=["single", "ensemble"], help="text templates of the CLIP head")
-    g.add_argument("--head", default=S, help="output head (auto: the text head for CLIP)")
+    g.add_argument(
+        "--head", default=S, help="output head: auto (text for CLIP, flm for classifiers), text, linear, rlm, flm, ilm"
+    )
+    g.add_argument("--label-map", default=S, choices=["rlm", "flm", "ilm"], help="label mapping (classifiers)")
+    g.add_argument("--ilm-interval", type=int, default=S, metavar="K", help="ilm: recompute the map every K epochs")
+    g.add_argument("--head-lr", type=float, default=S, help="AdamW lr of a trainable head (--head linear; 1e-3)")
     if training:
         g.add_argument("--method", default=S, help="evp, vp, fixed_patch, random_patch (`vprompt list methods`)")
         g = p.add_argument_group("prompt")
@@ -70,6 +83,7 @@ def _add_run_options(p: argparse.ArgumentParser, training: bool = True) -> None:
         g.add_argument("--di-prob", type=float, default=S, help="di: probability of resize-and-pad (0.5)")
         g.add_argument("--seed", type=int, default=S, help="training seed (42)")
         g.add_argument("--eval-every", type=int, default=S, help="validate every N epochs (1)")
+        g.add_argument("--l2-grid", type=_float_list, default=S, metavar="L2,...", help="linprobe: L2 strengths")
     g = p.add_argument_group("protocol and engine")
     g.add_argument("-b", "--batch-size", type=int, default=S, help="global batch size (256)")
     g.add_argument("--eval-batch-size", type=int, default=S, help="evaluation batch size (the batch size)")
@@ -120,6 +134,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p, training=False)
     p.set_defaults(func=_cmd_zeroshot)
 
+    p = sub.add_parser(
+        "linprobe",
+        help="linear-probe baseline",
+        description="Logistic regression on cached frozen features (CLIP image embeddings or a classifier's "
+        "penultimate features), its L2 strength chosen on the validation split.",
+    )
+    _add_run_options(p, training=False)
+    g = p.add_argument_group("linear probe")
+    g.add_argument("--l2-grid", type=_float_list, default=argparse.SUPPRESS, metavar="L2,...",
+                   help="L2 strengths to sweep (default 1e-6..1e2, two per decade)")  # fmt: skip
+    g.add_argument("--input-size", type=int, default=argparse.SUPPRESS, help="S (default: the model's)")
+    g.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="seed (random-init backbones only)")
+    g.add_argument("--resume", default=argparse.SUPPRESS, metavar="latest", help="redo on the cached features")
+    p.set_defaults(func=_cmd_linprobe)
+
     p = sub.add_parser("list", help="list models, datasets or methods")
     p.add_argument("what", choices=["models", "datasets", "methods"])
     p.set_defaults(func=_cmd_list)
@@ -146,7 +175,9 @@ def _run_values(args: argparse.Namespace) -> dict[str, Any]:
 def _print_results(results: dict[str, Any]) -> None:
     val = results.get("val")
     line = f"{results['method']} on {results['dataset']}: test acc {results['test']['acc1']:.2f}"
-    if val:
+    if val and results.get("l2") is not None:  # a linear probe selects its L2 strength, not an epoch
+        line += f" | val acc {val['acc1']:.2f} (L2 {results['l2']:.1e} selected on val)"
+    elif val:
         line += f" | val acc {val['acc1']:.2f} (epoch {results['best_epoch']} selected on val)"
     if results.get("epochs"):
         line += f" | last epoch test acc {results['test_last']['acc1']:.2f}"
@@ -170,6 +201,12 @@ def _cmd_zeroshot(args: argparse.Namespace) -> int:
     values["method"] = "zeroshot"
     args_ns = argparse.Namespace(**{k: v for k, v in values.items()}, config_file=None)
     return _cmd_train(args_ns)
+
+
+def _cmd_linprobe(args: argparse.Namespace) -> int:
+    values = _run_values(args)
+    values["method"] = "linprobe"
+    return _cmd_train(argparse.Namespace(**values, config_file=None))
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

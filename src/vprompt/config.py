@@ -38,6 +38,10 @@ class RunConfig:
     # head
     head: str = "auto"
     templates: str | None = None
+    label_map: str | None = None  # rlm | flm | ilm (classifiers); the same as --head rlm|flm|ilm
+    ilm_interval: int = 1  # ILM recomputes the label map every k epochs
+    head_lr: float | None = None  # AdamW lr of a trainable head (--head linear; default 1e-3)
+    l2_grid: list[float] | None = None  # linprobe: L2 strengths swept on the validation split (default 1e-6..1e2)
     # optimization (None: from the method)
     optimizer: str | None = None
     lr: float | None = None
@@ -130,6 +134,12 @@ METHODS: dict[str, dict[str, Any]] = {
         "diversity": "none",
         "templates": "single",
         "_doc": "VP random patch: additive square at a random place per batch, VP's optimizer",
+    },
+    "linprobe": {
+        "prompter": "none",
+        "epochs": 0,
+        "diversity": "none",
+        "_doc": "linear probe: logistic regression on cached frozen features, L2 strength chosen on val (no prompt)",
     },
     "zeroshot": {
         "prompter": "none",

@@ -48,6 +48,7 @@ _IDENTITY_KEYS = (
     "model", "pretrained", "dataset", "method", "prompter", "input_size", "inner_size", "prompt_size", "head",
     "templates", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_steps", "epochs", "batch_size",
     "diversity", "val_fraction", "split_seed", "seed", "dataset_options", "shots", "train_fraction",
+    "label_map", "ilm_interval", "head_lr",
 )  # fmt: skip
 
 
@@ -371,6 +372,10 @@ def _optimizers(
 
 def fit(cfg: RunConfig) -> dict[str, Any]:
     """Run ``cfg`` end to end in its run folder and return the results (also written to ``results.json``)."""
+    if cfg.method == "linprobe":  # no prompt to train: logistic regression on cached features
+        from .linprobe import fit_linear_probe
+
+        return fit_linear_probe(cfg)
     env = init_distributed(cfg.device)
     device = resolve_device(cfg.device, env)
     run_dir = cfg.run_dir
@@ -475,6 +480,8 @@ def fit(cfg: RunConfig) -> dict[str, Any]:
             )
         barrier(env.world_size)
 
+    if epochs == 0:  # no training epoch called it: a label map (FLM without a prompt) is computed here
+        model.head.epoch_start(0, lambda: collect_outputs(model, train_loader, device, cfg.precision, env))
     return _finish(cfg, model, data, device, env, best, epochs, train_seconds, train_images, loader, eval_bs)
 
 

@@ -3,6 +3,10 @@
 * :class:`ClipTextHead`: cosine similarity between image embeddings and the class names' text embeddings,
   times CLIP's logit scale. The text embeddings are constant, so they are computed once per run
   (:func:`build_text_classifier`) and stored as a buffer.
+* :class:`LabelMappingHead` (for classifiers): target logits are picked source logits, ``source_logits[:, mapping]``,
+  with a one-to-one ``mapping`` (a long buffer, so it is saved with the prompt): random (RLM), frequency-based and
+  computed once with the current prompt (FLM), or recomputed every k epochs (ILM); see :func:`greedy_label_mapping`.
+* :class:`LinearHead`: a trainable linear layer on the backbone output.
 
 A head is an ``nn.Module`` mapping backbone output ``(B, D)`` to logits ``(B, num_classes)``. Heads that adapt
 during training (label mapping) override :meth:`Head.epoch_start`, which the engine calls before every epoch.
@@ -10,8 +14,10 @@ during training (label mapping) override :meth:`Head.epoch_start`, which the eng
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +26,12 @@ from torch import Tensor, nn
 __all__ = [
     "Head",
     "ClipTextHead",
+    "LabelMappingHead",
+    "LinearHead",
+    "LABEL_MAPS",
+    "create_label_mapping",
+    "greedy_label_mapping",
+    "prediction_counts",
     "build_text_classifier",
     "clean_classname",
     "resolve_templates",
@@ -105,3 +117,177 @@ class ClipTextHead(Head):
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, logit_scale={self.logit_scale:.2f}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Label mapping (ILM-VP, Chen et al. 2023): target class t reads the logit of source class mapping[t]
+
+_log = logging.getLogger(__name__)
+
+#: ``--label-map`` choices.
+LABEL_MAPS = ("rlm", "flm", "ilm")
+
+
+def prediction_counts(predictions: Tensor, labels: Tensor, num_classes: int, num_source_classes: int) -> Tensor:
+    """The count table ``(num_classes, num_source_classes)``: how often each target class is predicted as each
+    source class (``predictions`` are source-class indices, ``labels`` target-class indices)."""
+    flat = labels.long().flatten() * num_source_classes + predictions.long().flatten()
+    return torch.bincount(flat, minlength=num_classes * num_source_classes).view(num_classes, num_source_classes)
+
+
+def greedy_label_mapping(counts: Tensor) -> Tensor:
+    """One-to-one target -> source assignment from a count table, greedily (FLM).
+
+    Repeatedly take the largest remaining count, assign its target to its source, and remove that row and column.
+    Ties go to the lowest target index, then the lowest source index, so every process and every rerun computes the
+    same map.
+
+    Args:
+        counts: ``(num_classes, num_source_classes)`` with ``num_classes <= num_source_classes``.
+
+    Returns:
+        ``(num_classes,)`` long tensor of distinct source indices (on the CPU).
+    """
+    t, s = counts.shape
+    if t > s:
+        raise ValueError(f"cannot map {t} target classes one-to-one onto {s} source classes")
+    table = counts.detach().to("cpu", torch.float64).clone()
+    mapping = torch.empty(t, dtype=torch.long)
+    for _ in range(t):
+        # argmax returns the first maximal element in row-major order: that is the tie-break described above.
+        target, source = divmod(int(torch.argmax(table)), s)
+        mapping[target] = source
+        table[target, :] = -1.0
+        table[:, source] = -1.0
+    return mapping
+
+
+class LabelMappingHead(Head):
+    """Logits of target class ``t`` = source logit ``mapping[t]`` of a frozen classifier.
+
+    ``mapping`` is a long buffer (saved in ``prompt.safetensors`` and ``last.pt``, so evaluation and resumed runs use
+    the map the prompt was trained with); ``-1`` means not computed yet.
+
+    Args:
+        num_classes: target classes.
+        num_source_classes: the classifier's classes; at least ``num_classes``.
+        mode: ``rlm`` (random, fixed by ``seed``), ``flm`` (frequency-based, computed at the first epoch with the
+            current prompt) or ``ilm`` (FLM recomputed every ``interval`` epochs).
+        seed: RLM's seed.
+        interval: ILM's k.
+        classnames: target class names (for the log).
+        source_classnames: source class names (for the log).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        num_source_classes: int,
+        mode: str = "flm",
+        seed: int = 0,
+        interval: int = 1,
+        classnames: Sequence[str] | None = None,
+        source_classnames: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if mode not in LABEL_MAPS:
+            raise ValueError(f"unknown --label-map {mode!r} (choose from {', '.join(LABEL_MAPS)})")
+        if num_classes > num_source_classes:
+            raise ValueError(
+                f"--label-map {mode} maps target classes one-to-one onto the model's classes, but the dataset has "
+                f"{num_classes} classes and the model only {num_source_classes}; use --head linear instead"
+            )
+        if interval < 1:
+            raise ValueError(f"--ilm-interval {interval} must be at least 1")
+        self.mode = mode
+        self.num_classes = num_classes
+        self.num_source_classes = num_source_classes
+        self.interval = interval
+        self.classnames = list(classnames) if classnames is not None else None
+        self.source_classnames = list(source_classnames) if source_classnames is not None else None
+        self.register_buffer("mapping", torch.full((num_classes,), -1, dtype=torch.long))
+        self._ready = False  # a Python mirror of "mapping is computed", so forward never syncs with the device
+        if mode == "rlm":
+            gen = torch.Generator().manual_seed(seed)
+            self.mapping.copy_(torch.randperm(num_source_classes, generator=gen)[:num_classes])
+            self._ready = True
+
+    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Loading a saved map (eval, resume) makes the head ready without recomputing anything.
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._ready = bool((self.mapping >= 0).all())
+
+    def forward(self, source_logits: Tensor) -> Tensor:
+        if not self._ready:
+            raise RuntimeError(
+                f"label mapping {self.mode} is not computed yet: call epoch_start() with the source outputs first"
+            )
+        return source_logits[:, self.mapping]
+
+    def epoch_start(self, epoch: int, source_outputs: Callable[[], tuple[Tensor, Tensor]]) -> bool:
+        """FLM: compute the map once (first call); ILM: recompute it every ``interval`` epochs; RLM: never."""
+        if self.mode == "rlm":
+            return False
+        due = not self._ready or (self.mode == "ilm" and epoch % self.interval == 0)
+        if not due:
+            return False
+        outputs, labels = source_outputs()
+        counts = prediction_counts(outputs.argmax(dim=-1), labels, self.num_classes, self.num_source_classes)
+        new = greedy_label_mapping(counts).to(self.mapping.device)
+        changed = not torch.equal(new, self.mapping)
+        self.mapping.copy_(new)
+        self._ready = True
+        if changed:
+            _log.info("%s label map at epoch %d: %s", self.mode, epoch + 1, self.describe())
+        return changed
+
+    def describe(self, limit: int = 10) -> str:
+        """``target->source`` pairs, with names when known (the first ``limit``)."""
+        pairs = []
+        for t, s in enumerate(self.mapping.tolist()[:limit]):
+            tn = self.classnames[t] if self.classnames else str(t)
+            sn = self.source_classnames[s] if self.source_classnames and s >= 0 else str(s)
+            pairs.append(f"{tn}->{sn}")
+        more = f", ... ({self.num_classes} in all)" if self.num_classes > limit else ""
+        return ", ".join(pairs) + more
+
+    def extra_repr(self) -> str:
+        interval = f", interval={self.interval}" if self.mode == "ilm" else ""
+        return f"mode={self.mode!r}, classes={self.num_classes}, source_classes={self.num_source_classes}{interval}"
+
+
+def create_label_mapping(
+    mode: str,
+    num_classes: int,
+    num_source_classes: int,
+    seed: int = 0,
+    interval: int = 1,
+    classnames: Sequence[str] | None = None,
+    source_classnames: Sequence[str] | None = None,
+) -> LabelMappingHead:
+    """A :class:`LabelMappingHead` by name (``rlm``, ``flm``, ``ilm``)."""
+    return LabelMappingHead(num_classes, num_source_classes, mode, seed, interval, classnames, source_classnames)
+
+
+class LinearHead(Head):
+    """A trainable linear layer on the backbone output (source logits of a classifier, a CLIP image embedding).
+
+    The engine trains it with AdamW at :attr:`lr`, next to the prompt.
+
+    Args:
+        in_features: size of the backbone output.
+        num_classes: target classes.
+        lr: its learning rate.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, lr: float = 1e-3) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, num_classes)
+        self.num_classes = num_classes
+        self.lr = float(lr)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.linear(features)
+
+    def extra_repr(self) -> str:
+        return f"lr={self.lr:g}"

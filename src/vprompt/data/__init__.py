@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from . import benchmark as _benchmark  # noqa: F401  (registers the EVP/VP benchmark datasets)
 from . import datasets as _core  # noqa: F401  (registers the core datasets)
+from . import digits as _digits  # noqa: F401  (registers mnist and digits)
 from .base import ArrayDataset, FileDataset, LabeledSubset, build_transform, subset
 from .loader import DeviceBatches, epoch_order, make_loader
 from .registry import (

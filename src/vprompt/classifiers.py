@@ -1,0 +1,386 @@
+"""Frozen pre-trained *classifiers* as backbones: timm, torchvision and the CIFAR-10 ResNets.
+
+A :class:`ClassifierBackbone` outputs source-class logits (``kind == "classifier"``); a label-mapping head
+(:mod:`vprompt.heads`) turns them into target-class logits, or a linear head learns on top of them. Its
+:meth:`ClassifierBackbone.features` gives the penultimate features (the classifier layer's input), which the linear
+probe reads.
+
+Sources, each registered with :func:`vprompt.backbones.register_backbone_source` when this module is imported:
+
+* ``timm:<name>`` (``timm:resnet50.tv_in1k``): ``--pretrained default`` downloads timm's weights, a file or folder
+  loads local weights, ``none`` is random init. Mean/std, input size and whether the size is fixed come from the
+  model's own ``pretrained_cfg`` (ImageNet statistics for ImageNet-trained CNNs; ``(0.5, 0.5, 0.5)`` for the
+  augreg ViTs, which were trained that way).
+* ``tv:<name>`` (``tv:resnet50``): ``--pretrained default`` or a weights enum name (``IMAGENET1K_V2``), a local
+  state-dict file, or ``none``. Mean/std and crop size from the weights' transforms (ImageNet's without weights).
+* ``cifar:resnet20|32|44|56``: the CIFAR-10 ResNets of :mod:`vprompt.cifar_resnet`. ``--pretrained PATH`` (the
+  checkpoint file or a folder holding it) or ``cifar10`` (cache, downloading from the public URL); the sha256 is
+  verified before ``torch.load(weights_only=True)``. ImageNet mean/std (what the checkpoints were trained with);
+  any input size works (global average pool), 32 by default.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .backbones import IMAGENET_MEAN, IMAGENET_STD, FrozenBackbone, register_backbone_source
+
+__all__ = ["ClassifierBackbone", "load_state_dict_file", "TIMM_EXAMPLES"]
+
+_log = logging.getLogger(__name__)
+
+FeatureFn = Callable[[nn.Module, Tensor], Tensor]
+
+#: Names shown by ``vprompt list models`` for timm (any ``timm.list_models(pretrained=True)`` name works).
+TIMM_EXAMPLES = (
+    "resnet50.tv_in1k",
+    "resnext101_32x8d.fb_wsl_ig1b_ft_in1k",
+    "vit_base_patch16_224.augreg_in21k_ft_in1k",
+    "resnet50.a1_in1k",
+    "convnext_tiny.fb_in1k",
+)
+
+_DEFAULT_TAGS = ("default", "true", "pretrained")
+_NONE_TAGS = ("", "none", "false", "random")
+_STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict")
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+
+
+class ClassifierBackbone(FrozenBackbone):
+    """A frozen classifier: :meth:`encode` gives source-class logits, :meth:`features` penultimate features.
+
+    Args:
+        model: the classifier; frozen here (eval mode, no gradients, BatchNorm statistics fixed).
+        mean: per-channel mean of its normalization.
+        std: per-channel std of its normalization.
+        input_size: the size it was trained at (the default canvas size S).
+        fixed_input_size: whether it only accepts ``input_size`` (a ViT) or any size (a CNN).
+        name: the model name as the user typed it (``cifar:resnet20``).
+        num_source_classes: number of logits it outputs.
+        feature_fn: ``(model, normalized input) -> (B, D)`` penultimate features.
+        source_classnames: names of the source classes when known (CIFAR-10, ImageNet-1k).
+    """
+
+    kind = "classifier"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        input_size: int,
+        fixed_input_size: bool,
+        name: str,
+        num_source_classes: int,
+        feature_fn: FeatureFn,
+        source_classnames: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(model, mean, std, input_size, fixed_input_size=fixed_input_size, name=name)
+        self.num_source_classes = int(num_source_classes)
+        self.output_dim = self.num_source_classes
+        self._feature_fn = feature_fn
+        names = list(source_classnames) if source_classnames is not None else None
+        self.source_classnames = names if names is not None and len(names) == self.num_source_classes else None
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Normalized input -> source-class logits ``(B, num_source_classes)``."""
+        return self.model(x)
+
+    def encode_features(self, x: Tensor) -> Tensor:
+        """Normalized input -> penultimate features ``(B, D)``."""
+        return self._feature_fn(self.model, x)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Pixels in [0, 1] -> penultimate features (the classifier layer's input), for linear probes."""
+        return self.encode_features(self.normalize(x))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, num_source_classes={self.num_source_classes}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def _is_none(pretrained: str | Path | None) -> bool:
+    return pretrained is None or (isinstance(pretrained, str) and pretrained.strip().lower() in _NONE_TAGS)
+
+
+def _is_default(pretrained: str | Path | None) -> bool:
+    return isinstance(pretrained, str) and pretrained.strip().lower() in _DEFAULT_TAGS
+
+
+def _warn_random(name: str) -> None:
+    _log.warning("model %s: no --pretrained given, using RANDOM weights (pass --pretrained default or a file)", name)
+
+
+def _weights_file(path: Path, flag_name: str) -> Path:
+    """A weights file from a file or a folder (a Hugging Face snapshot folder holds ``model.safetensors``)."""
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for f in _WEIGHT_FILES:
+            if (path / f).is_file():
+                return path / f
+        found = sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pth", ".pt", ".th"))
+        if len(found) == 1:
+            return path / found[0]
+        raise FileNotFoundError(
+            f"--pretrained {path}: folder has no {' or '.join(_WEIGHT_FILES[:2])}"
+            + (f" and several candidates ({', '.join(found)}); pass the file itself" if found else "")
+        )
+    raise FileNotFoundError(
+        f"--pretrained {path}: no such file or folder; {flag_name} models take default, none, or a weights file"
+        + (" (a timm pretrained tag goes in the name: --model timm:<arch>.<tag>)" if flag_name == "timm" else "")
+    )
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
+    """Read a state dict safely: safetensors, or ``torch.load(weights_only=True)`` (no pickled code runs).
+
+    Accepts a bare name->tensor mapping or one nested under ``state_dict`` / ``model``; strips a DataParallel
+    ``module.`` prefix.
+
+    Raises:
+        ValueError: the file does not hold a state dict.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        obj: Any = load_file(str(path))
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # unpickling refused or not a torch file: say which file and why
+            raise ValueError(f"--pretrained {path}: not loadable with torch.load(weights_only=True): {e}") from e
+    for key in _STATE_DICT_KEYS:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"--pretrained {path}: does not hold a state dict (a mapping of parameter names to tensors)")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _load_weights(model: nn.Module, path: Path, name: str) -> None:
+    state = load_state_dict_file(path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()
+        detail = "; ".join(line.strip() for line in first[1:3]) or str(e)
+        raise ValueError(f"--pretrained {path} does not match model {name}: {detail}") from e
+    _log.info("model %s: loaded weights from %s", name, path)
+
+
+def _input_of(path: str) -> FeatureFn:
+    """Features = what the module at ``path`` (the final classifier layer) receives, captured with a hook."""
+
+    def features(model: nn.Module, x: Tensor) -> Tensor:
+        captured: list[Tensor] = []
+        layer = model.get_submodule(path)
+        handle = layer.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+        try:
+            model(x)
+        finally:
+            handle.remove()
+        return captured[-1].flatten(1)
+
+    return features
+
+
+def _imagenet_classnames(num_classes: int) -> list[str] | None:
+    if num_classes != 1000:
+        return None
+    from open_clip import IMAGENET_CLASSNAMES
+
+    return list(IMAGENET_CLASSNAMES)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# timm
+
+
+def _list_timm() -> list[str]:
+    return list(TIMM_EXAMPLES)
+
+
+def _timm_features(model: nn.Module, x: Tensor) -> Tensor:
+    return model.forward_head(model.forward_features(x), pre_logits=True).flatten(1)
+
+
+def _check_timm_name(name: str) -> None:
+    import timm
+
+    arch, _, tag = name.partition(".")
+    if timm.is_model(arch) and (not tag or name in timm.list_pretrained(f"{arch}.*")):
+        return
+    known = timm.list_pretrained() if tag else timm.list_models()
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
+    raise ValueError(f"unknown --model 'timm:{name}'{hint} (any timm.list_models(pretrained=True) name works)")
+
+
+def _create_timm(
+    name: str, pretrained: str | Path | None = None, cache_dir: str | None = None, **_: Any
+) -> ClassifierBackbone:
+    import timm
+
+    _check_timm_name(name)
+    download = _is_default(pretrained)
+    local = None if _is_none(pretrained) or download else _weights_file(Path(str(pretrained)).expanduser(), "timm")
+    if _is_none(pretrained):
+        _warn_random(f"timm:{name}")
+    kwargs: dict[str, Any] = {"cache_dir": cache_dir} if cache_dir else {}
+    model = timm.create_model(name, pretrained=download, **kwargs)
+    if local is not None:
+        _load_weights(model, local, f"timm:{name}")
+    if not getattr(model, "num_classes", 0):
+        raise ValueError(f"model timm:{name} has no classifier (num_classes 0); it cannot give source logits")
+    cfg = model.pretrained_cfg
+    size = int(cfg.get("input_size", (3, 224, 224))[-1])
+    return ClassifierBackbone(
+        model,
+        mean=cfg.get("mean", IMAGENET_MEAN),
+        std=cfg.get("std", IMAGENET_STD),
+        input_size=size,
+        fixed_input_size=bool(cfg.get("fixed_input_size", False)),
+        name=f"timm:{name}",
+        num_source_classes=model.num_classes,
+        feature_fn=_timm_features,
+        source_classnames=_imagenet_classnames(model.num_classes),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# torchvision
+
+
+def _list_tv() -> list[str]:
+    import torchvision.models as tvm
+
+    return list(tvm.list_models(module=tvm))  # classification models only (no detection, segmentation, video)
+
+
+def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("this torchvision model has no final Linear layer, so it has no penultimate features")
+    return linears[-1]  # the classifier is defined last in every torchvision classification model
+
+
+def _create_tv(name: str, pretrained: str | Path | None = None, **_: Any) -> ClassifierBackbone:
+    import torchvision.models as tvm
+
+    known = _list_tv()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join('tv:' + c for c in close)}?" if close else ""
+        raise ValueError(f"unknown --model 'tv:{name}'{hint} (`vprompt list models` shows them)")
+    weights, local = None, None
+    if _is_none(pretrained):
+        _warn_random(f"tv:{name}")
+    elif Path(str(pretrained)).expanduser().exists():
+        local = _weights_file(Path(str(pretrained)).expanduser(), "torchvision")
+    else:
+        enum = tvm.get_model_weights(name)
+        tag = "DEFAULT" if _is_default(pretrained) else str(pretrained)
+        try:
+            weights = enum.verify(tag)
+        except (KeyError, ValueError, TypeError):
+            tags = ", ".join(["DEFAULT", *(k for k in enum.__members__ if k != "DEFAULT")])
+            raise ValueError(
+                f"--pretrained {pretrained!r} is neither a file nor a weights name of tv:{name} (weights: {tags}, none)"
+            ) from None
+    model = tvm.get_model(name, weights=weights)
+    if local is not None:
+        _load_weights(model, local, f"tv:{name}")
+    path, classifier = _last_linear(model)
+    fixed = isinstance(model, (tvm.VisionTransformer, tvm.MaxVit))
+    if weights is not None:
+        tf = weights.transforms()
+        mean, std, size = tf.mean, tf.std, int(tf.crop_size[0])
+        classnames = weights.meta.get("categories")
+    else:
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+        size = int(getattr(model, "image_size", 224))
+        classnames = _imagenet_classnames(classifier.out_features)
+    return ClassifierBackbone(
+        model,
+        mean=mean,
+        std=std,
+        input_size=size,
+        fixed_input_size=fixed,
+        name=f"tv:{name}",
+        num_source_classes=classifier.out_features,
+        feature_fn=_input_of(path),
+        source_classnames=classnames,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CIFAR-10 ResNets
+
+
+def _list_cifar() -> list[str]:
+    from .cifar_resnet import CIFAR_RESNET_DEPTHS
+
+    return [f"resnet{d}" for d in CIFAR_RESNET_DEPTHS]
+
+
+def _cifar_features(model: nn.Module, x: Tensor) -> Tensor:
+    return model.forward_features(x)
+
+
+def _create_cifar(
+    name: str,
+    pretrained: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    download: bool = True,
+    **_: Any,
+) -> ClassifierBackbone:
+    from .cifar_resnet import CIFAR10_CLASSES, CIFAR10_MEAN_STD, create_cifar_resnet
+
+    known = _list_cifar()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=2, cutoff=0.5)
+        hint = f"; did you mean {', '.join('cifar:' + c for c in close)}?" if close else ""
+        raise ValueError(f"unknown --model 'cifar:{name}'{hint} (choose from {', '.join('cifar:' + k for k in known)})")
+    depth = int(name.removeprefix("resnet"))
+    if _is_none(pretrained):
+        _warn_random(f"cifar:{name}")
+        pretrained = None
+    elif _is_default(pretrained):
+        pretrained = "cifar10"
+    model = create_cifar_resnet(depth, pretrained=pretrained, cache_dir=cache_dir, download=download)
+    mean, std = CIFAR10_MEAN_STD
+    return ClassifierBackbone(
+        model,
+        mean=mean,
+        std=std,
+        input_size=32,
+        fixed_input_size=False,
+        name=f"cifar:{name}",
+        num_source_classes=model.num_classes,
+        feature_fn=_cifar_features,
+        source_classnames=CIFAR10_CLASSES,
+    )
+
+
+register_backbone_source(
+    "timm", _create_timm, _list_timm, "timm classifiers, any timm name (--pretrained default | FILE | none)"
+)
+register_backbone_source(
+    "tv", _create_tv, _list_tv, "torchvision classifiers (--pretrained default | IMAGENET1K_V1 | FILE | none)"
+)
+register_backbone_source(
+    "cifar", _create_cifar, _list_cifar, "CIFAR-10 ResNets (--pretrained FILE | FOLDER | cifar10 | none)"
+)

@@ -1,0 +1,240 @@
+"""Handwritten digits: MNIST (IDX files) and scikit-learn's 8x8 digits, both held in memory.
+
+* ``mnist``: ``--data-dir`` is a folder holding the IDX files (gzip or not, detected from the content). The training
+  split is the official ``train-images-idx3-ubyte`` / ``train-labels-idx1-ubyte`` (60,000 digits) when present, else
+  ``train10k-images-idx3-ubyte`` / ``train10k-labels-idx1-ubyte`` (the 10,000-digit training set shipped beside this
+  project); the test split is the official ``t10k-*`` (10,000). The files are looked up in ``DIR``, ``DIR/mnist``
+  and ``DIR/MNIST/raw`` (torchvision's layout). Missing official files are downloaded into ``DIR/mnist`` (MD5
+  verified) unless ``--no-download``.
+* ``digits``: scikit-learn's ``load_digits()`` (1,797 digits of 8x8 pixels with values 0..16, shipped inside the
+  scikit-learn wheel; needs ``pip install 'vprompt[digits]'``). It has no official test split, so a fixed,
+  stratified one is drawn with seed 0: 500 test / 1,297 train digits (``--dataset-option test_size=...,
+  test_seed=...`` change it). Pixel values are scaled to 0..255 (``round(v * 255 / 16)``).
+
+Class names are the digits ``"0"`` .. ``"9"``, as in CLIP's own MNIST evaluation, whose one template
+``a photo of the number: "{}".`` is the ``--templates ensemble`` of both datasets.
+
+MNIST: Y. LeCun, C. Cortes, C. J. C. Burges, "The MNIST database of handwritten digits".
+Digits: the UCI "Optical Recognition of Handwritten Digits" test set, as packaged by scikit-learn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .base import ArrayDataset
+from .idx import read_idx
+from .registry import DatasetNotFoundError, DatasetSpec, register_dataset
+
+__all__ = ["mnist_dataset", "digits_dataset", "find_mnist_files", "DIGIT_CLASSES", "MNIST_MIRRORS", "MNIST_MD5"]
+
+_log = logging.getLogger(__name__)
+
+DIGIT_CLASSES = tuple(str(d) for d in range(10))
+#: CLIP's MNIST prompt (the CLIP paper's evaluation), used for ``--templates ensemble``.
+DIGIT_TEMPLATES = ('a photo of the number: "{}".',)
+
+#: Where the official files are served (tried in order).
+MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://yann.lecun.com/exdb/mnist/")
+#: MD5 of the official gzip files, checked after a download.
+MNIST_MD5 = {
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+#: File stems per split, preferred first.
+_MNIST_PREFIXES = {"train": ("train", "train10k"), "test": ("t10k",)}
+_TIMEOUT_S = 60.0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# MNIST
+
+
+def _stem(prefix: str, kind: str) -> str:
+    return f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for name in (stem, f"{stem}.gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _search_folders(root: Path) -> list[Path]:
+    return [root, root / "mnist", root / "MNIST" / "raw"]
+
+
+def find_mnist_files(root: str | Path, split: str) -> tuple[Path, Path] | None:
+    """The (images, labels) IDX files of ``split`` under ``root``, or None when absent.
+
+    Raises:
+        DatasetNotFoundError: one of the pair is there without the other.
+    """
+    for folder in _search_folders(Path(root)):
+        for prefix in _MNIST_PREFIXES[split]:
+            images, labels = _find(folder, _stem(prefix, "images")), _find(folder, _stem(prefix, "labels"))
+            if images and labels:
+                return images, labels
+            if images or labels:
+                have, lack = (images, _stem(prefix, "labels")) if images else (labels, _stem(prefix, "images"))
+                raise DatasetNotFoundError(f"dataset mnist: found {have} but not {lack}[.gz] beside it")
+    return None
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _download(name: str, folder: Path) -> Path:
+    """Fetch one official file into ``folder`` (via a temporary file, renamed once its MD5 matches)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / name
+    errors = []
+    for mirror in MNIST_MIRRORS:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(mirror + name, timeout=_TIMEOUT_S) as response:
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    out.write(chunk)
+            got = _md5(Path(tmp))
+            if got != MNIST_MD5[name]:
+                errors.append(f"{mirror + name}: MD5 {got}, expected {MNIST_MD5[name]}")
+                continue
+            os.replace(tmp, dest)
+            return dest
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            errors.append(f"{mirror + name}: {e}")
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    raise DatasetNotFoundError(
+        f"dataset mnist: could not download {name} ({'; '.join(errors)}); put the IDX files in a folder and pass "
+        "it as --data-dir"
+    )
+
+
+def _check_pair(images: np.ndarray, labels: np.ndarray, paths: tuple[Path, Path]) -> None:
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise ValueError(f"{paths[0]}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}")
+    if labels.ndim != 1 or labels.dtype != np.uint8:
+        raise ValueError(f"{paths[1]}: expected uint8 labels (N,), got {labels.dtype} {labels.shape}")
+    if len(images) != len(labels):
+        raise ValueError(f"{paths[0]} has {len(images)} images but {paths[1]} has {len(labels)} labels")
+    if len(labels) and int(labels.max()) > 9:
+        raise ValueError(f"{paths[1]}: label {int(labels.max())} is not a digit 0..9")
+
+
+def mnist_dataset(
+    root: Path,
+    split: str = "train",
+    transform: Callable[..., Any] | None = None,
+    download: bool = False,
+) -> ArrayDataset:
+    """MNIST from IDX files under ``root`` (see the module doc), as a 1-channel uint8 :class:`ArrayDataset`."""
+    root = Path(root)
+    found = find_mnist_files(root, split)
+    if found is None:
+        prefix = _MNIST_PREFIXES[split][0]
+        names = [f"{_stem(prefix, kind)}.gz" for kind in ("images", "labels")]
+        if not download:
+            where = ", ".join(str(f) for f in _search_folders(root))
+            alt = " (or train10k-*)" if split == "train" else ""
+            raise DatasetNotFoundError(
+                f"dataset mnist: no {names[0][:-3]}[.gz] and {names[1][:-3]}[.gz]{alt} in {where}; pass --data-dir "
+                "to the folder holding them, or allow the download (--download)"
+            )
+        _log.info("mnist: downloading the official %s files into %s", split, root / "mnist")
+        found = (_download(names[0], root / "mnist"), _download(names[1], root / "mnist"))
+    images, labels = read_idx(found[0]), read_idx(found[1])
+    _check_pair(images, labels, found)
+    _log.info("mnist %s: %d digits from %s", split, len(labels), found[0].parent)
+    return ArrayDataset(images, labels.astype(np.int64), DIGIT_CLASSES)
+
+
+register_dataset(
+    DatasetSpec(
+        name="mnist",
+        builder=mnist_dataset,
+        num_classes=10,
+        classnames=DIGIT_CLASSES,
+        templates=DIGIT_TEMPLATES,
+        description="MNIST digits from IDX files in --data-dir (60,000 or train10k / 10,000 test, 28x28 gray)",
+        in_memory=True,
+    )
+)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# scikit-learn digits
+
+
+def _stratified_test_indices(labels: np.ndarray, test_size: int, seed: int) -> np.ndarray:
+    """Exactly ``test_size`` indices, each class contributing in proportion to its size (largest remainders get the
+    leftover places, lower class first on ties), chosen within each class by a generator seeded with ``seed``."""
+    classes, counts = np.unique(labels, return_counts=True)
+    share = counts * test_size / len(labels)
+    take = np.floor(share).astype(int)
+    leftover = test_size - int(take.sum())
+    order = sorted(range(len(classes)), key=lambda i: (-(share[i] - take[i]), i))
+    for i in order[:leftover]:
+        take[i] += 1
+    rng = np.random.default_rng(seed)
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(picked))
+
+
+def digits_dataset(
+    root: Path | None = None,
+    split: str = "train",
+    transform: Callable[..., Any] | None = None,
+    download: bool = False,
+    test_size: int = 500,
+    test_seed: int = 0,
+) -> ArrayDataset:
+    """scikit-learn's 8x8 digits with a fixed stratified train/test split (see the module doc)."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DatasetNotFoundError(
+            "dataset digits needs scikit-learn (its data ships in the wheel): pip install 'vprompt[digits]'"
+        ) from None
+    bunch = load_digits()
+    labels = np.asarray(bunch.target, dtype=np.int64)
+    if not 0 < int(test_size) < len(labels):
+        raise ValueError(f"--dataset-option test_size={test_size} must be between 1 and {len(labels) - 1}")
+    images = np.rint(np.asarray(bunch.images) * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    test_idx = _stratified_test_indices(labels, int(test_size), int(test_seed))
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[test_idx] = True
+    keep = mask if split == "test" else ~mask
+    return ArrayDataset(images[keep], labels[keep], DIGIT_CLASSES)
+
+
+register_dataset(
+    DatasetSpec(
+        name="digits",
+        builder=digits_dataset,
+        num_classes=10,
+        classnames=DIGIT_CLASSES,
+        templates=DIGIT_TEMPLATES,
+        description="scikit-learn's 8x8 digits, 1,297 train / 500 test (fixed stratified split; needs scikit-learn)",
+        in_memory=True,
+        options={"test_size": "500", "test_seed": "0"},
+    )
+)

@@ -1,0 +1,419 @@
+"""The linear-probe baseline: multinomial logistic regression on frozen, cached features.
+
+Protocol (the CLIP paper's, on this project's splits):
+
+1. Extract features once with the frozen backbone and no prompt (the images are only resized to the backbone's input
+   size S): CLIP image embeddings, or a classifier's penultimate features (the input of its classifier layer). They
+   are cached in the run folder (``features.safetensors``) and reused when the run is repeated with the same data and
+   model (``--resume latest``).
+2. Standardize with the training features' mean and std, then fit ``softmax(W x + b)`` by full-batch L-BFGS on
+   ``mean cross-entropy + l2 / 2 * ||W||^2`` (the bias is not penalized) for every strength of the sweep
+   (``--l2-grid``, default ``10^-6 .. 10^2`` in half-decade steps), from the strongest to the weakest, each started
+   from the previous solution.
+3. Select the strength with the best validation accuracy (ties: the stronger one). The validation split is the one
+   every other method selects on, held out of the training data. The probe is *not* refit on train + val, so it
+   sees exactly the training images the prompts see.
+4. Report the selected probe's test accuracy in ``results.json`` (the engine's schema, plus ``l2`` and ``sweep``);
+   the probe itself is saved as ``probe.safetensors``.
+
+Reached as ``vprompt linprobe ...``, ``vprompt train --method linprobe ...``, or ``fit(cfg)`` with
+``cfg.method == "linprobe"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .backbones import FrozenBackbone
+from .build import build_backbone, build_prompter, to_float_rgb
+from .checkpoint import LAST_FILE, atomic_write
+from .config import RunConfig
+from .data import make_loader, prepare_data
+from .distributed import DistEnv
+from .prompters import Prompter
+
+__all__ = [
+    "DEFAULT_L2_GRID",
+    "LinearProbe",
+    "extract_features",
+    "fit_linear_probe",
+    "probe_metrics",
+    "sweep_l2",
+    "train_logistic_regression",
+]
+
+_log = logging.getLogger("vprompt")
+
+#: L2 strengths swept by default: 10^-6 .. 10^2, two per decade.
+DEFAULT_L2_GRID: tuple[float, ...] = tuple(10.0 ** (e / 2) for e in range(-12, 5))
+
+FEATURES_FILE = "features.safetensors"
+PROBE_FILE = "probe.safetensors"
+_FEATURES_FORMAT = "vprompt-features/1"
+_PARTS = ("train", "val", "test")
+
+
+@dataclass
+class LinearProbe:
+    """A fitted probe: ``logits = ((x - mean) / std) @ weight.T + bias``."""
+
+    mean: Tensor
+    std: Tensor
+    weight: Tensor
+    bias: Tensor
+    l2: float
+
+    def logits(self, features: Tensor) -> Tensor:
+        """Raw features ``(N, D)`` -> logits ``(N, C)``."""
+        x = (features.to(self.mean) - self.mean) / self.std
+        return x @ self.weight.t() + self.bias
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"mean": self.mean, "std": self.std, "weight": self.weight, "bias": self.bias}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Features
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: FrozenBackbone,
+    prompter: Prompter,
+    dataset: Any,
+    device: torch.device,
+    batch_size: int = 256,
+    precision: str = "fp32",
+    workers: int = 4,
+) -> tuple[Tensor, Tensor]:
+    """``backbone.features(prompter(x))`` over a dataset, in order: ``(N, D)`` float32 and ``(N,)`` labels, on CPU."""
+    from .engine import autocast
+
+    backbone.eval()
+    prompter.eval()
+    feats, labels = [], []
+    for images, y in make_loader(dataset, batch_size, False, 0, device, workers):
+        with autocast(device, precision):
+            f = backbone.features(prompter(to_float_rgb(images, device)))
+        feats.append(f.float().flatten(1).cpu())
+        labels.append(y.cpu())
+    return torch.cat(feats), torch.cat(labels).long()
+
+
+def _cache_key(cfg: RunConfig, input_size: int) -> dict[str, Any]:
+    """What the cached features depend on; a cache made with anything else is recomputed."""
+    keys = ("model", "pretrained", "dataset", "dataset_options", "val_fraction", "split_seed", "shots")
+    key = {k: getattr(cfg, k, None) for k in (*keys, "train_fraction", "precision")}
+    # A randomly initialized backbone depends on the seed; a pretrained one does not.
+    key.update(input_size=input_size, seed=cfg.seed if cfg.pretrained is None else None)
+    return key
+
+
+def _load_cache(path: Path, key: dict[str, Any]) -> dict[str, Tensor] | None:
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as e:  # a damaged cache is recomputed, not fatal
+        _log.warning("linprobe: ignoring unreadable feature cache %s (%s)", path, e)
+        return None
+    if meta.get("format") != _FEATURES_FORMAT or json.loads(meta.get("key", "null")) != json.loads(json.dumps(key)):
+        _log.info("linprobe: feature cache %s was made with other settings; extracting again", path)
+        return None
+    return tensors
+
+
+def _save_cache(path: Path, tensors: dict[str, Tensor], key: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    meta = {"format": _FEATURES_FORMAT, "key": json.dumps(key)}
+    data = {k: v.contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(data, tmp, metadata=meta))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Logistic regression
+
+#: Below this many multiply-adds per evaluation (N * D * C), a CPU fit runs on one thread.
+_SMALL_PROBLEM = 20_000_000
+
+
+@contextlib.contextmanager
+def _one_thread_if_small(x: Tensor, num_classes: int) -> Iterator[None]:
+    """Small full-batch problems are dominated by per-op thread synchronization: one thread is several times faster,
+    and tens of times faster when the cores are shared with other processes."""
+    if x.device.type != "cpu" or x.numel() * num_classes >= _SMALL_PROBLEM:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def train_logistic_regression(
+    x: Tensor,
+    y: Tensor,
+    num_classes: int,
+    l2: float,
+    init: tuple[Tensor, Tensor] | None = None,
+    max_iter: int = 1000,
+) -> tuple[Tensor, Tensor, int]:
+    """Multinomial logistic regression by full-batch L-BFGS: minimizes ``mean CE + l2 / 2 * ||W||^2``.
+
+    Args:
+        x: ``(N, D)`` features (standardize them first; the problem is then well conditioned).
+        y: ``(N,)`` labels in ``[0, num_classes)``.
+        num_classes: C.
+        l2: the penalty on the weights (not the bias).
+        init: ``(weight, bias)`` to start from (a warm start); zeros otherwise.
+        max_iter: L-BFGS iteration cap.
+
+    Returns:
+        ``(weight (C, D), bias (C,), iterations)``.
+    """
+    if init is None:
+        weight = torch.zeros(num_classes, x.shape[1], dtype=x.dtype, device=x.device)
+        bias = torch.zeros(num_classes, dtype=x.dtype, device=x.device)
+    else:
+        weight, bias = (t.detach().clone().to(x) for t in init)
+    weight.requires_grad_(True)
+    bias.requires_grad_(True)
+    opt = torch.optim.LBFGS(
+        [weight, bias],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-6,
+        tolerance_change=1e-10,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(x @ weight.t() + bias, y) + 0.5 * l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad(), _one_thread_if_small(x, num_classes):
+        opt.step(closure)
+    iterations = int(opt.state[weight].get("n_iter", 0))
+    return weight.detach(), bias.detach(), iterations
+
+
+def probe_metrics(logits: Tensor, y: Tensor) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (%), mean cross-entropy and count: the schema of :func:`vprompt.engine.evaluate`."""
+    logits = logits.float()
+    k = min(5, logits.shape[-1])
+    hits = logits.topk(k, dim=-1).indices == y[:, None]
+    n = max(len(y), 1)
+    return {
+        "acc1": 100.0 * hits[:, 0].sum().item() / n,
+        "acc5": 100.0 * hits.any(dim=-1).sum().item() / n,
+        "loss": F.cross_entropy(logits, y).item() if len(y) else float("nan"),
+        "n": len(y),
+    }
+
+
+def sweep_l2(
+    train: tuple[Tensor, Tensor],
+    val: tuple[Tensor, Tensor] | None,
+    num_classes: int,
+    grid: Any = DEFAULT_L2_GRID,
+    max_iter: int = 1000,
+) -> tuple[LinearProbe, list[dict[str, Any]]]:
+    """Fit a probe per L2 strength and select on validation accuracy (ties: the stronger penalty).
+
+    Args:
+        train: training ``(features, labels)``.
+        val: validation ``(features, labels)``; None only with a single strength in ``grid``.
+        num_classes: C.
+        grid: the strengths; visited strongest first, each fit warm-started from the previous one.
+        max_iter: L-BFGS iterations per strength.
+
+    Returns:
+        The selected probe and one record per strength (``l2``, ``train_acc1``, ``val_acc1``, ``val_loss``,
+        ``iterations``, ``seconds``).
+    """
+    strengths = sorted({float(v) for v in grid}, reverse=True)
+    if not strengths or any(not math.isfinite(v) or v < 0 for v in strengths):
+        raise ValueError(f"--l2-grid {list(grid)} must be non-negative finite numbers")
+    if val is None and len(strengths) > 1:
+        raise ValueError(
+            "linprobe selects the L2 strength on the validation split, but there is none (--val-fraction 0); "
+            "hold some training data out (--val-fraction 0.1) or give a single --l2-grid value"
+        )
+    x, y = train
+    mean = x.mean(dim=0)
+    std = x.std(dim=0, unbiased=False)
+    std = torch.where(std > 1e-8, std, torch.ones_like(std))  # constant features: leave them at 0 after centering
+    xs = (x - mean) / std
+    xv = ((val[0].to(x) - mean) / std) if val is not None else None
+    records: list[dict[str, Any]] = []
+    best: tuple[float, LinearProbe] | None = None
+    state: tuple[Tensor, Tensor] | None = None
+    for l2 in strengths:
+        start = time.perf_counter()
+        weight, bias, iters = train_logistic_regression(xs, y, num_classes, l2, init=state, max_iter=max_iter)
+        state = (weight, bias)
+        record: dict[str, Any] = {"l2": l2, "train_acc1": probe_metrics(xs @ weight.t() + bias, y)["acc1"]}
+        score = 0.0
+        if xv is not None:
+            m = probe_metrics(xv @ weight.t() + bias, val[1].to(y))
+            record.update(val_acc1=m["acc1"], val_loss=m["loss"])
+            score = m["acc1"]
+        record.update(iterations=iters, seconds=time.perf_counter() - start)
+        records.append(record)
+        _log.info(
+            "linprobe l2 %.1e: train acc %.2f%s (%d L-BFGS iterations)", l2, record["train_acc1"],
+            f", val acc {record['val_acc1']:.2f}" if xv is not None else "", iters,
+        )  # fmt: skip
+        if best is None or score > best[0]:
+            best = (score, LinearProbe(mean, std, weight, bias, l2))
+    assert best is not None
+    return best[1], records
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A whole run
+
+
+def _check_run_folder(cfg: RunConfig) -> None:
+    run_dir = cfg.run_dir
+    if cfg.resume not in (None, "latest"):
+        raise ValueError(f"--resume {cfg.resume!r}: a linear probe resumes only as 'latest' (reusing cached features)")
+    if cfg.resume is None and ((run_dir / "results.json").exists() or (run_dir / LAST_FILE).exists()):
+        raise FileExistsError(
+            f"run folder {run_dir} already holds a run; pass --resume latest to redo the probe on its cached "
+            "features, or --name to start another"
+        )
+
+
+def fit_linear_probe(cfg: RunConfig) -> dict[str, Any]:
+    """Run the linear-probe baseline of ``cfg`` in its run folder; returns the results (also ``results.json``).
+
+    Raises:
+        ValueError: launched with several processes, no validation split for a sweep, or bad settings.
+    """
+    from .engine import _append_jsonl, _write_json, _write_run_files, resolve_device, setup_logging
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("linprobe runs in one process (features are extracted once); launch it without torchrun")
+    env = DistEnv()
+    device = resolve_device(cfg.device, env)
+    _check_run_folder(cfg)
+    run_dir = cfg.run_dir
+    setup_logging(run_dir, env)
+
+    torch.manual_seed(cfg.seed)  # a randomly initialized backbone is then the same on every rerun
+    backbone = build_backbone(cfg, device)
+    prompter = build_prompter(cfg, backbone)  # the "none" prompter: resize to S only
+    data = prepare_data(
+        cfg.dataset,
+        cfg.data_dir,
+        image_size=prompter.image_size,
+        random_crop=False,
+        val_fraction=cfg.val_fraction,
+        split_seed=cfg.split_seed,
+        download=cfg.download,
+        options=cfg.dataset_options,
+        shots=cfg.shots,
+        train_fraction=cfg.train_fraction,
+    )
+    _write_run_files(cfg, data, run_dir, resumed=cfg.resume is not None)
+
+    key = _cache_key(cfg, prompter.input_size)
+    cache_path = run_dir / FEATURES_FILE
+    cached = _load_cache(cache_path, key)
+    start = time.perf_counter()
+    if cached is None:
+        cached = {}
+        bs = cfg.eval_batch_size or cfg.batch_size
+        parts = {"train": data.train, "val": data.val, "test": data.test}
+        for part, ds in parts.items():
+            if ds is None:
+                continue
+            x, y = extract_features(backbone, prompter, ds, device, bs, cfg.precision, cfg.workers)
+            cached[f"{part}_x"], cached[f"{part}_y"] = x, y
+            _log.info("linprobe: %s features %s", part, tuple(x.shape))
+        _save_cache(cache_path, cached, key)
+    else:
+        _log.info("linprobe: reusing cached features %s", cache_path)
+    feature_seconds = time.perf_counter() - start
+
+    def part(name: str) -> tuple[Tensor, Tensor] | None:
+        if f"{name}_x" not in cached:
+            return None
+        return cached[f"{name}_x"].to(device), cached[f"{name}_y"].to(device)
+
+    train, val, test = part("train"), part("val"), part("test")
+    assert train is not None and test is not None
+    num_classes = len(data.classnames)
+    fit_start = time.perf_counter()
+    grid = cfg.l2_grid if cfg.l2_grid else DEFAULT_L2_GRID
+    probe, sweep = sweep_l2(train, val, num_classes, grid)
+    fit_seconds = time.perf_counter() - fit_start
+
+    val_metrics = probe_metrics(probe.logits(val[0]), val[1]) if val is not None else None
+    test_metrics = probe_metrics(probe.logits(test[0]), test[1])
+    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path.unlink(missing_ok=True)  # one record per strength of *this* sweep
+    for record in sweep:
+        _append_jsonl(metrics_path, record)
+    from safetensors.torch import save_file
+
+    probe_state = {k: v.detach().cpu().contiguous() for k, v in probe.state_dict().items()}
+    meta = {"format": "vprompt-probe/1", "config": json.dumps(cfg.to_dict()), "l2": repr(probe.l2)}
+    meta["classnames"] = json.dumps(data.classnames)
+    atomic_write(run_dir / PROBE_FILE, lambda tmp: save_file(probe_state, tmp, metadata=meta))
+
+    results = {
+        "method": "linprobe",
+        "model": cfg.model,
+        "pretrained": cfg.pretrained,
+        "dataset": cfg.dataset,
+        "seed": cfg.seed,
+        "shots": cfg.shots,
+        "train_fraction": cfg.train_fraction,
+        "n_train": int(train[1].numel()),
+        "epochs": 0,
+        "selection": "val" if val is not None else "fixed",
+        "best_epoch": 0,
+        "l2": probe.l2,
+        "val": val_metrics,
+        "test": test_metrics,
+        # A probe has no epochs: the "last" model is the selected one (kept so readers of the schema need no case).
+        "val_last": val_metrics,
+        "test_last": test_metrics,
+        "feature_dim": int(train[0].shape[1]),
+        "feature_seconds": feature_seconds,
+        "train_seconds": fit_seconds,
+        "train_images_per_s": None,
+        "sweep": sweep,
+    }
+    _write_json(run_dir / "results.json", results)
+    _log.info(
+        "done: linear probe test acc %.2f (l2 %.1e selected on %s%s)", test_metrics["acc1"], probe.l2,
+        results["selection"], f", val acc {val_metrics['acc1']:.2f}" if val_metrics else "",
+    )  # fmt: skip
+    return results

@@ -1,0 +1,193 @@
+"""Classifier backbones (timm:, tv:, cifar:): normalization, frozen BatchNorm, features, weights, clear errors."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vprompt.backbones import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, create_backbone, list_models
+from vprompt.build import PromptedModel
+from vprompt.classifiers import ClassifierBackbone
+from vprompt.heads import LabelMappingHead
+from vprompt.prompters import create_prompter
+
+from .conftest import shared_data
+
+RESNETS = shared_data() / "cifar10_resnets"
+JPEGS = shared_data() / "cifar10_test_jpeg"
+needs_resnets = pytest.mark.skipif(not RESNETS.is_dir(), reason=f"{RESNETS} not available")
+
+
+@pytest.fixture(scope="module")
+def timm_resnet() -> ClassifierBackbone:
+    torch.manual_seed(0)
+    return create_backbone("timm:test_resnet")
+
+
+@pytest.fixture(scope="module")
+def cifar20() -> ClassifierBackbone:
+    torch.manual_seed(0)
+    return create_backbone("cifar:resnet20")
+
+
+def _bn_state(backbone: ClassifierBackbone) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in backbone.model.state_dict().items() if "running_" in k or "num_batches" in k}
+
+
+@pytest.mark.parametrize("fixture", ["timm_resnet", "cifar20"])
+def test_training_step_leaves_batchnorm_statistics_and_weights_alone(request, fixture):
+    backbone = request.getfixturevalue(fixture)
+    before_bn = _bn_state(backbone)
+    assert before_bn  # the models do have BatchNorm buffers to protect
+    before_w = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    head = LabelMappingHead(4, backbone.num_source_classes, "rlm", seed=0)
+    model = PromptedModel(create_prompter("evp", 32), backbone, head)
+    model.train()  # what the engine does every epoch; the wrapper must keep BatchNorm in eval mode anyway
+    assert not any(m.training for m in backbone.model.modules())
+    x = torch.rand(8, 3, 32, 32) * 0.5 + 0.25  # statistics far from BN's running ones, so a drift would show
+    loss = F.cross_entropy(model(x), torch.arange(8) % 4)
+    loss.backward()
+    assert model.prompter.prompt.grad is not None and model.prompter.prompt.grad.abs().sum() > 0
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["prompter.prompt"]
+    after = backbone.model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before_w.items())
+    assert all(torch.equal(after[k], v) for k, v in before_bn.items())
+
+
+def test_timm_backbone_uses_the_models_own_data_config(timm_resnet):
+    cfg = timm_resnet.model.pretrained_cfg
+    assert timm_resnet.kind == "classifier" and timm_resnet.name == "timm:test_resnet"
+    assert torch.allclose(timm_resnet.mean.flatten(), torch.tensor(cfg["mean"]))
+    assert torch.allclose(timm_resnet.std.flatten(), torch.tensor(cfg["std"]))
+    assert not torch.allclose(timm_resnet.mean.flatten(), torch.tensor(OPENAI_CLIP_MEAN))
+    assert (timm_resnet.input_size, timm_resnet.fixed_input_size) == (160, False)
+    assert timm_resnet.num_source_classes == 1000 and timm_resnet.source_classnames[:2] == ["tench", "goldfish"]
+    x = torch.rand(2, 3, 48, 48)
+    with torch.no_grad():
+        logits = timm_resnet(x)
+        assert torch.allclose(logits, timm_resnet.model((x - timm_resnet.mean) / timm_resnet.std))
+        feats = timm_resnet.features(x)
+        # Penultimate features are what the classifier layer reads: fc(features) gives the logits back.
+        assert feats.shape == (2, timm_resnet.model.num_features)
+        assert torch.allclose(timm_resnet.model.fc(feats), logits, atol=1e-5)
+
+
+def test_timm_vit_has_a_fixed_input_size():
+    vit = create_backbone("timm:test_vit")
+    assert vit.fixed_input_size and vit.input_size == 160
+    with pytest.raises(ValueError, match="--input-size 32 does not fit model 'timm:test_vit'"):
+        vit.check_input_size(32)
+    with torch.no_grad():
+        assert vit.features(torch.rand(1, 3, 160, 160)).shape == (1, vit.model.num_features)
+
+
+def test_torchvision_backbone_with_imagenet_normalization_and_local_weights(tmp_path):
+    torch.manual_seed(0)
+    tv = create_backbone("tv:resnet18")
+    assert tv.name == "tv:resnet18" and tv.num_source_classes == 1000
+    assert torch.allclose(tv.mean.flatten(), torch.tensor(IMAGENET_MEAN))
+    assert torch.allclose(tv.std.flatten(), torch.tensor(IMAGENET_STD))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        feats, logits = tv.features(x), tv(x)
+    assert feats.shape == (2, 512) and torch.allclose(tv.model.fc(feats), logits, atol=1e-5)
+
+    # A local state dict (DataParallel prefix and all) loads with weights_only and reproduces the model exactly.
+    state = {"state_dict": {f"module.{k}": v for k, v in tv.model.state_dict().items()}}
+    torch.save(state, tmp_path / "r18.pth")
+    again = create_backbone("tv:resnet18", pretrained=str(tmp_path / "r18.pth"))
+    with torch.no_grad():
+        assert torch.equal(again(x), logits)
+    torch.save({"fc.weight": torch.zeros(3, 512)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="does not match model tv:resnet18"):
+        create_backbone("tv:resnet18", pretrained=str(tmp_path / "bad.pth"))
+
+
+def test_timm_local_weights_file_and_folder(tmp_path, timm_resnet):
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in timm_resnet.model.state_dict().items()}, tmp_path / "model.safetensors")
+    for pretrained in (tmp_path / "model.safetensors", tmp_path):  # a file, or a Hugging Face snapshot folder
+        loaded = create_backbone("timm:test_resnet", pretrained=str(pretrained))
+        assert torch.equal(loaded.model.fc.weight, timm_resnet.model.fc.weight)
+
+
+@needs_resnets
+def test_cifar_backbone_loads_the_real_checkpoint():
+    backbone = create_backbone("cifar:resnet20", pretrained=str(RESNETS))
+    assert backbone.kind == "classifier" and backbone.num_source_classes == 10
+    assert backbone.source_classnames == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                                          "ship", "truck"]  # fmt: skip
+    assert torch.allclose(backbone.mean.flatten(), torch.tensor(IMAGENET_MEAN))
+    assert (backbone.input_size, backbone.fixed_input_size) == (32, False)
+    backbone.check_input_size(64)  # any canvas size S is allowed
+    with torch.no_grad():
+        assert backbone.features(torch.rand(2, 3, 40, 40)).shape == (2, 64)
+
+
+def test_random_weights_are_announced(caplog):
+    with caplog.at_level(logging.WARNING):
+        create_backbone("cifar:resnet32")
+    assert "RANDOM weights" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("name", "pretrained", "needle"),
+    [
+        ("timm:resnet5O", None, "unknown --model 'timm:resnet5O'; did you mean timm:resnet50"),
+        ("timm:resnet50.nosuchtag", None, "unknown --model 'timm:resnet50.nosuchtag'"),
+        ("tv:resnet19", None, "unknown --model 'tv:resnet19'; did you mean tv:resnet18"),
+        ("cifar:resnet21", None, "choose from cifar:resnet20, cifar:resnet32, cifar:resnet44, cifar:resnet56"),
+        ("tv:resnet18", "IMAGENET1K_V9", "weights: DEFAULT, IMAGENET1K_V1, none"),
+    ],
+)
+def test_unknown_names_fail_with_close_matches(name, pretrained, needle):
+    with pytest.raises(ValueError) as info:
+        create_backbone(name, pretrained=pretrained)
+    assert needle in str(info.value)
+
+
+def test_missing_local_weights_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint-like files"):
+        create_backbone("cifar:resnet20", pretrained=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="folder has no model.safetensors"):
+        create_backbone("timm:test_resnet", pretrained=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="tag goes in the name: --model timm:<arch>.<tag>"):
+        create_backbone("timm:test_resnet", pretrained="r160_in1k")
+
+
+def test_sources_are_listed():
+    models = list_models()
+    assert models["cifar"] == ["cifar:resnet20", "cifar:resnet32", "cifar:resnet44", "cifar:resnet56"]
+    assert "tv:resnet50" in models["tv"] and "timm:resnext101_32x8d.fb_wsl_ig1b_ft_in1k" in models["timm"]
+
+
+@needs_resnets
+@pytest.mark.skipif(not (JPEGS / "test").is_dir(), reason=f"{JPEGS} not available")
+@pytest.mark.slow
+def test_resnet20_through_backbone_and_imagefolder_and_flm_recovers_the_identity_map():
+    """The real path end to end: imagefolder decode -> identity prompter -> cifar:resnet20 (its own normalization).
+
+    Every 10th test JPEG (1,000 images) keeps this fast; ResNet-20 scores ~81 % on them, and FLM computed from its
+    predictions must map every CIFAR-10 class to itself."""
+    from vprompt.data import build_transform, create_dataset, make_loader, subset
+
+    torch.set_num_threads(2)
+    ds = create_dataset("imagefolder", JPEGS, "test", transform=build_transform(32))
+    ds = subset(ds, range(0, len(ds), 10))
+    backbone = create_backbone("cifar:resnet20", pretrained=str(RESNETS))
+    assert ds.classnames == backbone.source_classnames
+    prompter = create_prompter("none", 32)
+    outs, labels = [], []
+    with torch.no_grad():
+        for images, y in make_loader(ds, 200, False, workers=0):
+            outs.append(backbone(prompter(images.float() / 255)))
+            labels.append(y)
+    logits, y = torch.cat(outs), torch.cat(labels)
+    assert (logits.argmax(-1) == y).float().mean() >= 0.78
+    head = LabelMappingHead(10, 10, "flm", classnames=ds.classnames, source_classnames=backbone.source_classnames)
+    assert head.epoch_start(0, lambda: (logits, y))
+    assert head.mapping.tolist() == list(range(10))

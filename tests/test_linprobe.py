@@ -1,0 +1,124 @@
+"""The linear-probe baseline: logistic regression, L2 selection on validation, cached features, the run folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vprompt import cli, linprobe
+from vprompt.config import list_methods, resolve_config
+from vprompt.engine import fit
+from vprompt.linprobe import probe_metrics, sweep_l2, train_logistic_regression
+
+from .conftest import TINY_MODEL
+
+
+def _separable(n: int, seed: int, classes: int = 3, dim: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points whose class is the argmax of a fixed linear map: linearly separable by construction."""
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(classes, dim, generator=torch.Generator().manual_seed(123))
+    x = torch.randn(n, dim, generator=gen) * 3 + 1.5
+    return x, (x @ w.t()).argmax(-1)
+
+
+def test_logistic_regression_separates_linearly_separable_features():
+    x, y = _separable(600, 0)
+    mean, std = x.mean(0), x.std(0)
+    xs = (x - mean) / std
+    weight, bias, iters = train_logistic_regression(xs, y, 3, l2=1e-5)
+    assert iters > 0 and weight.shape == (3, 8) and bias.shape == (3,)
+    assert probe_metrics(xs @ weight.t() + bias, y)["acc1"] == 100.0
+    xt, yt = _separable(300, 1)
+    assert probe_metrics(((xt - mean) / std) @ weight.t() + bias, yt)["acc1"] >= 97.0
+    # A huge penalty shrinks the weights to (almost) nothing: the penalty is really applied.
+    strong, _, _ = train_logistic_regression(xs, y, 3, l2=1e3)
+    assert strong.norm() < 0.05 * weight.norm()
+
+
+def test_sweep_selects_on_validation_and_prefers_stronger_penalty_on_ties():
+    train, val = _separable(300, 0), _separable(200, 1)
+    probe, sweep = sweep_l2(train, val, 3, grid=[1e-4, 1e2, 1e-1])
+    assert [r["l2"] for r in sweep] == [1e2, 1e-1, 1e-4]  # strongest first (warm starts)
+    best = max(r["val_acc1"] for r in sweep)
+    assert probe.l2 == next(r["l2"] for r in sweep if r["val_acc1"] == best)
+    assert sweep[0]["val_acc1"] < best  # l2=100 underfits
+    assert probe_metrics(probe.logits(val[0]), val[1])["acc1"] == best
+    # Identical validation scores: the first (strongest) of them wins.
+    probe2, sweep2 = sweep_l2(train, (val[0][:0], val[1][:0]), 3, grid=[1e-3, 1e-1])
+    assert {r["val_acc1"] for r in sweep2} == {0.0} and probe2.l2 == 1e-1
+
+
+def test_sweep_needs_a_validation_split_unless_the_strength_is_fixed():
+    train = _separable(100, 0)
+    with pytest.raises(ValueError, match="--val-fraction 0"):
+        sweep_l2(train, None, 3, grid=[1e-3, 1e-2])
+    probe, _ = sweep_l2(train, None, 3, grid=[1e-3])
+    assert probe.l2 == 1e-3
+    with pytest.raises(ValueError, match="non-negative"):
+        sweep_l2(train, None, 3, grid=[-1.0])
+
+
+def _args(tmp_path, *extra):
+    return [
+        "linprobe", "--model", TINY_MODEL, "--dataset", "synthetic", "--dataset-option", "n_train=120",
+        "--dataset-option", "n_test=60", "--l2-grid", "1e-4,1e-2,1", "--output", str(tmp_path), "--name", "lp",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_linprobe_run_folder_results_and_feature_cache(tmp_path, monkeypatch, capsys):
+    assert cli.main(_args(tmp_path)) == 0
+    assert "L2" in capsys.readouterr().out
+    run = tmp_path / "lp"
+    for name in (
+        "config.yaml",
+        "log.txt",
+        "metrics.jsonl",
+        "results.json",
+        "features.safetensors",
+        "probe.safetensors",
+    ):
+        assert (run / name).is_file(), name
+    results = json.loads((run / "results.json").read_text())
+    assert results["method"] == "linprobe" and results["model"] == TINY_MODEL and results["selection"] == "val"
+    assert results["test"]["n"] == 60 and results["val"]["n"] + results["n_train"] == 120
+    assert results["l2"] in (1e-4, 1e-2, 1.0) and [r["l2"] for r in results["sweep"]] == [1.0, 1e-2, 1e-4]
+    assert results["feature_dim"] == 32  # the tiny CLIP's image embedding
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+
+    # A finished run is not overwritten by accident...
+    assert cli.main(_args(tmp_path)) == 2
+    # ... and --resume latest redoes the probe from the cached features without touching the backbone.
+    monkeypatch.setattr(linprobe, "extract_features", lambda *a, **k: pytest.fail("features must come from cache"))
+    assert cli.main(_args(tmp_path, "--resume", "latest")) == 0
+    again = json.loads((run / "results.json").read_text())
+    assert again["test"] == results["test"] and again["l2"] == results["l2"]
+
+    # Other data makes other features: the cache is not reused.
+    class Recomputed(Exception):
+        pass
+
+    def recompute(*args, **kwargs):
+        raise Recomputed
+
+    monkeypatch.setattr(linprobe, "extract_features", recompute)
+    with pytest.raises(Recomputed):
+        cli.main(_args(tmp_path, "--resume", "latest", "--dataset-option", "n_train=100"))
+
+
+def test_linprobe_through_fit_on_a_classifier_uses_penultimate_features(tmp_path):
+    cfg = resolve_config({
+        "method": "linprobe", "model": "cifar:resnet20", "dataset": "synthetic", "input_size": 16,
+        "dataset_options": {"n_train": 80, "n_test": 40}, "l2_grid": [1e-2], "output": str(tmp_path), "name": "c",
+    })  # fmt: skip
+    assert cfg.prompter == "none" and cfg.epochs == 0
+    results = fit(cfg)
+    assert results["feature_dim"] == 64 and results["test"]["n"] == 40
+    assert "linprobe" in list_methods()
+
+
+def test_linprobe_refuses_torchrun(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli.main(_args(tmp_path)) == 2
