@@ -5,6 +5,7 @@ vprompt eval --checkpoint runs/<run>/prompt.safetensors --split test
 vprompt zeroshot --model ViT-B-32 --pretrained openai --dataset cifar100
 vprompt linprobe --model ViT-B-32 --pretrained openai --dataset cifar100
 vprompt list models|datasets|methods
+vprompt suite configs/suite_clip_vitb32.yaml [--dry-run]
 """
 
 from __future__ import annotations
@@ -126,7 +127,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"])
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--shift", nargs="*", default=None, metavar="NAME",
+        help="also evaluate on the dataset's distribution-shift sets (CIFAR-10-C for cifar10, WILDS OOD splits): "
+        "all by default, or these names/globs (cifar10c/fog, 'cifar10c/*/5')",
+    )  # fmt: skip
+    p.add_argument("--shift-severity", nargs="+", type=int, default=None, metavar="S", help="CIFAR-C severities")
+    p.add_argument("--download", action="store_true", help="download missing shift data (CIFAR-C)")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser(
+        "suite", help="run a grid of datasets x methods x seeds and tabulate it",
+        description="Run every (dataset, method, seed[, shots]) of a suite config (skipping finished runs, resuming "
+        "interrupted ones) and write a paper-style table (Markdown and CSV).",
+    )  # fmt: skip
+    p.add_argument("suite_config", metavar="CONFIG.yaml", help="the suite config (see configs/suite_clip_vitb32.yaml)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and their state; run nothing")
+    p.add_argument("--output", default=None, help="folder of the run folders and tables (overrides base.output)")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first failing run")
+    p.set_defaults(func=_cmd_suite)
 
     p = sub.add_parser(
         "zeroshot", help="zero-shot CLIP baseline", description="Evaluate a CLIP model zero-shot (no prompt)."
@@ -223,15 +242,30 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         precision=args.precision,
         pretrained=args.pretrained,
         workers=args.workers,
+        shift=args.shift,
+        shift_severities=args.shift_severity,
+        download_shift=args.download,
     )
     if args.json:
         print(json.dumps(result))
+    elif "shift" in result:
+        from .data.shift import format_shift_report
+
+        print(format_shift_report(result))
     else:
         print(
             f"{result['dataset']} {result['split']}: acc {result['acc1']:.2f} (top-5 {result['acc5']:.2f}, "
             f"loss {result['loss']:.4f}, {result['n']} images)"
         )
     return 0
+
+
+def _cmd_suite(args: argparse.Namespace) -> int:
+    from .suite import load_suite, run_suite
+
+    suite = load_suite(args.suite_config)
+    report = run_suite(suite, output=args.output, dry_run=args.dry_run, fail_fast=args.fail_fast)
+    return 1 if report.failed and not args.dry_run else 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

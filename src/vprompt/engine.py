@@ -18,7 +18,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -584,11 +584,20 @@ def evaluate_checkpoint(
     precision: str | None = None,
     pretrained: str | None = None,
     workers: int = 4,
+    shift: Sequence[str] | None = None,
+    shift_severities: Sequence[int] | None = None,
+    download_shift: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a saved prompt (``prompt.safetensors`` or its run folder) on ``split`` (train, val or test).
 
     The run's own config rebuilds the backbone, data and validation split; ``data_dir`` and ``pretrained`` can
     point to where those files are on this machine.
+
+    With ``shift`` (a list of shift-set names or globs; empty for the default sets), the prompt is also evaluated
+    on the dataset's distribution-shift sets (:mod:`vprompt.data.shift`, e.g. CIFAR-10-C for cifar10, the OOD
+    splits for the WILDS datasets), filtered by ``shift_severities``; the result then has ``shift`` (name ->
+    accuracy) and ``shift_summary`` (mean over corruptions per severity and overall). ``download_shift`` fetches
+    missing shift data.
     """
     from .checkpoint import find_checkpoint
 
@@ -608,7 +617,23 @@ def evaluate_checkpoint(
         raise ValueError(f"--split {split!r}: choose from train, val, test")
     if parts[split] is None:
         raise ValueError(f"--split val: this run has no validation split (val_fraction {cfg.val_fraction})")
+    shift_sets = None
+    if shift is not None:  # found before any evaluation, so missing files fail fast
+        from .data.shift import find_shift_sets, summarize_shift
+
+        shift_sets = find_shift_sets(
+            cfg.dataset, cfg.data_dir, shift, shift_severities, model.prompter.image_size, data.classnames,
+            download_shift, cfg.dataset_options,
+        )  # fmt: skip
     bs = cfg.eval_batch_size or cfg.batch_size
     loader = make_loader(parts[split], bs, False, cfg.seed, dev, cfg.workers)
     result = evaluate(model, loader, dev, cfg.precision, env, desc=split)
-    return {"checkpoint": str(path), "split": split, "dataset": cfg.dataset, "epoch": meta.get("epoch"), **result}
+    out = {"checkpoint": str(path), "split": split, "dataset": cfg.dataset, "epoch": meta.get("epoch"), **result}
+    if shift_sets is not None:
+        out["shift"] = {}
+        for s in shift_sets:
+            shifted = make_loader(s.build(), bs, False, cfg.seed, dev, cfg.workers)
+            out["shift"][s.name] = evaluate(model, shifted, dev, cfg.precision, env, desc=s.name)
+            _log.info("%s: acc %.2f", s.name, out["shift"][s.name]["acc1"])
+        out["shift_summary"] = summarize_shift(shift_sets, out["shift"])
+    return out

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from . import benchmark as _benchmark  # noqa: F401  (registers the EVP/VP benchmark datasets)
 from . import datasets as _core  # noqa: F401  (registers the core datasets)
 from . import digits as _digits  # noqa: F401  (registers mnist and digits)
+from . import shift as _shift  # noqa: F401  (registers the WILDS datasets and the shift sets)
 from .base import ArrayDataset, FileDataset, LabeledSubset, build_transform, subset
 from .loader import DeviceBatches, epoch_order, make_loader
 from .registry import (

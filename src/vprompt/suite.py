@@ -1,0 +1,523 @@
+"""``vprompt suite CONFIG.yaml``: run a grid of datasets x methods x seeds (x shots) and tabulate it like a paper.
+
+Every cell of the grid is one ordinary run (a :class:`~vprompt.config.RunConfig` through
+:func:`~vprompt.config.resolve_config`, trained by :func:`vprompt.engine.fit` in this process, one after the
+other) in its own run folder under the suite's output folder. Run folder names are deterministic
+(``RunConfig.run_name``: ``<method>-<model>-<dataset>-seed<seed>[-<K>shot]``, with the entry's ``label`` in place
+of the method when it has one), so running the suite again
+
+* skips a run whose ``results.json`` exists (finished),
+* resumes a run that has ``last.pt`` but no ``results.json`` (interrupted; ``--resume latest``),
+* refuses a run folder that holds a run with other settings (recorded as failed; change ``output`` or delete it),
+
+and a failing run is logged and recorded as failed without stopping the grid (``--fail-fast`` stops it). After
+every run the tables are rewritten, so they always show what has finished. The runs share one process and its
+device (one GPU, or the CPU); the suite itself is not meant to be started under ``torchrun``.
+
+Config schema (YAML)::
+
+    base:                    # RunConfig settings shared by every run (any `vprompt train` setting, with `_`)
+      model: ViT-B-32
+      pretrained: openai
+      batch_size: 256
+      output: runs/suite     # the suite folder: run folders and tables (`--output` overrides;
+                             # default runs/<config file name>)
+    datasets: [cifar100, cifar10]
+    methods:                 # a method name, or a mapping: `name` plus RunConfig overrides, and optionally
+      - evp                  #   `label` (the table row and run-name prefix; needed when a method appears twice),
+      - {name: vp, lr: 40}   #   `seeds` and `shots` (replacing the suite's for this method)
+      - {name: zeroshot, seeds: [42]}
+    seeds: [42, 43, 44]      # training seeds (the validation split and few-shot draw use base.split_seed)
+    shots: [null, 16]        # optional: few-shot settings, null = the full training set
+    dataset_overrides:       # optional: settings for one dataset (dataset_options are merged)
+      sun397: {batch_size: 128}
+    table:                   # optional
+      name: suite_results    # file stem: <name>.md, <name>.csv (one row per run), <name>_table.csv
+      title: EVP benchmark   # the Markdown heading
+      output: DIR            # where the tables go (default: the suite folder)
+
+Settings apply in this order, later ones winning: the method's recipe, ``base``, ``dataset_overrides[dataset]``,
+the method entry; then the cell's dataset, method, seed and shots. ``dataset``, ``method``, ``seed``, ``shots``,
+``name`` and ``resume`` are set by the grid and may not appear in ``base``, overrides or method entries.
+
+The table: one row per method entry (x shots), one column per dataset and an ``Average`` column. A cell is the
+mean test top-1 accuracy (%) over the seeds, ``± `` the sample standard deviation (ddof 1) when there are two or
+more; ``(k/n)`` marks a cell with only k of its n seeds finished, ``failed`` one whose runs all failed, ``–`` one
+not run yet. The average is the mean of the row's per-dataset means, given only when every cell of the row is
+complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import difflib
+import gc
+import io
+import logging
+import math
+import os
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import RunConfig, load_yaml, resolve_config
+
+__all__ = ["SuiteConfig", "MethodEntry", "SuiteCell", "RunRecord", "SuiteReport", "load_suite", "expand_suite",
+           "run_suite", "build_table"]  # fmt: skip
+
+_log = logging.getLogger("vprompt")
+
+_TOP_KEYS = ("base", "datasets", "methods", "seeds", "shots", "dataset_overrides", "table")
+_GRID_KEYS = ("dataset", "method", "seed", "shots", "name", "resume")
+_TABLE_KEYS = ("name", "title", "output")
+_RUN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
+
+
+@dataclass
+class MethodEntry:
+    """A row of the table: a method, its overrides, and optionally its own seeds and shots."""
+
+    name: str
+    label: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    seeds: list[int] | None = None
+    shots: list[int | None] | None = None
+
+
+@dataclass
+class SuiteConfig:
+    """A parsed suite config (see the module doc)."""
+
+    base: dict[str, Any]
+    datasets: list[str]
+    methods: list[MethodEntry]
+    seeds: list[int]
+    shots: list[int | None] = field(default_factory=lambda: [None])
+    dataset_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    table_name: str = "suite_results"
+    table_title: str | None = None
+    table_output: str | None = None
+    output: str = "runs/suite"
+    source: str = "suite config"
+
+
+@dataclass
+class SuiteCell:
+    """One run of the grid; ``cfg`` is None (and ``error`` says why) when its settings do not resolve."""
+
+    method: str
+    dataset: str
+    seed: int
+    shots: int | None
+    cfg: RunConfig | None
+    error: str | None = None
+
+
+@dataclass
+class RunRecord:
+    """What the suite knows about one run: ``status`` is ``done``, ``failed`` or ``pending``."""
+
+    method: str
+    shots: int | None
+    dataset: str
+    seed: int
+    status: str
+    test_acc1: float | None = None
+    val_acc1: float | None = None
+    best_epoch: int | None = None
+    run_dir: str = ""
+    error: str = ""
+
+
+@dataclass
+class SuiteReport:
+    """The outcome of :func:`run_suite`."""
+
+    records: list[RunRecord]
+    markdown: str
+    files: list[Path]
+
+    @property
+    def failed(self) -> list[RunRecord]:
+        return [r for r in self.records if r.status == "failed"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Parsing and expansion
+
+
+def _check_keys(keys: Sequence[str], allowed: Sequence[str], where: str) -> None:
+    for k in keys:
+        if k not in allowed:
+            close = difflib.get_close_matches(k, list(allowed), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"{where}: unknown key {k!r}{hint}")
+
+
+def _settings(values: Any, where: str) -> dict[str, Any]:
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{where} must be a mapping of settings, not {type(values).__name__}")
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    grid = [k for k in values if k in _GRID_KEYS]
+    if grid:
+        raise ValueError(f"{where}: {grid[0]!r} is set by the grid (use the suite's datasets/methods/seeds/shots)")
+    _check_keys(list(values), sorted(_RUN_FIELDS), where)
+    return values
+
+
+def _as_list(value: Any, where: str) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _seeds_list(value: Any, where: str) -> list[int]:
+    seeds = _as_list(value, where)
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ValueError(f"{where}: 'seeds' must be a list of integers")
+    return seeds
+
+
+def _shots_list(value: Any, where: str) -> list[int | None]:
+    shots = _as_list(value, where) or [None]
+    for k in shots:
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"{where}: shots must be positive integers or null, not {k!r}")
+    return shots
+
+
+def parse_suite(data: dict[str, Any], source: str = "suite config", default_output: str = "runs/suite") -> SuiteConfig:
+    """Validate a suite config mapping (see the module doc) into a :class:`SuiteConfig`."""
+    _check_keys(list(data), _TOP_KEYS, source)
+    base = _settings(data.get("base"), f"{source}: base")
+    datasets = [str(d) for d in _as_list(data.get("datasets"), source)]
+    if not datasets or len(set(datasets)) != len(datasets):
+        raise ValueError(f"{source}: 'datasets' must list at least one dataset, each once")
+    seeds = _seeds_list(data.get("seeds", [RunConfig.seed]), source)
+    methods: list[MethodEntry] = []
+    for i, m in enumerate(_as_list(data.get("methods"), source)):
+        where = f"{source}: methods[{i}]"
+        if isinstance(m, str):
+            methods.append(MethodEntry(m, m))
+            continue
+        if not isinstance(m, dict) or "name" not in m:
+            raise ValueError(f"{where} must be a method name or a mapping with a 'name'")
+        m = dict(m)
+        name = str(m.pop("name"))
+        label = str(m.pop("label", name))
+        seeds_ = _seeds_list(m.pop("seeds"), where) if "seeds" in m else None
+        shots_ = _shots_list(m.pop("shots"), where) if "shots" in m else None
+        methods.append(MethodEntry(name, label, _settings(m, where), seeds_, shots_))
+    if not methods:
+        raise ValueError(f"{source}: 'methods' must list at least one method")
+    labels = [m.label for m in methods]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise ValueError(f"{source}: method {dup[0]!r} appears twice; give the entries distinct 'label's")
+    overrides = data.get("dataset_overrides") or {}
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{source}: 'dataset_overrides' must map dataset names to settings")
+    ds_over = {str(k): _settings(v, f"{source}: dataset_overrides.{k}") for k, v in overrides.items()}
+    stray = [k for k in ds_over if k not in datasets]
+    if stray:
+        raise ValueError(f"{source}: dataset_overrides names {stray[0]!r}, which is not in 'datasets'")
+    table = data.get("table") or {}
+    if not isinstance(table, dict):
+        raise ValueError(f"{source}: 'table' must be a mapping (name, title, output)")
+    _check_keys(list(table), _TABLE_KEYS, f"{source}: table")
+    return SuiteConfig(
+        base=base,
+        datasets=datasets,
+        methods=methods,
+        seeds=seeds,
+        shots=_shots_list(data.get("shots"), source),
+        dataset_overrides=ds_over,
+        table_name=str(table.get("name", "suite_results")),
+        table_title=table.get("title"),
+        table_output=table.get("output"),
+        output=str(base.pop("output", default_output)),
+        source=source,
+    )
+
+
+def load_suite(path: str | Path) -> SuiteConfig:
+    """Read and validate a suite config file; the default output folder is ``runs/<file name>``."""
+    path = Path(path)
+    return parse_suite(load_yaml(path), source=str(path), default_output=str(Path("runs") / path.stem))
+
+
+def _rows(suite: SuiteConfig) -> list[tuple[MethodEntry, int | None]]:
+    return [(m, k) for m in suite.methods for k in (m.shots or suite.shots)]
+
+
+def expand_suite(suite: SuiteConfig, output: str | Path | None = None) -> list[SuiteCell]:
+    """Every run of the grid, dataset by dataset. Cells whose settings do not resolve (an unknown method or
+    dataset, e.g. one not installed yet) come back with ``cfg=None`` and the reason in ``error``."""
+    from .data import get_dataset_spec
+
+    out = str(output) if output is not None else suite.output
+    cells = []
+    for dataset in suite.datasets:
+        try:
+            get_dataset_spec(dataset)
+            ds_error = None
+        except ValueError as e:
+            ds_error = str(e)
+        for m, shots in _rows(suite):
+            for seed in m.seeds or suite.seeds:
+                values = {**suite.base, **suite.dataset_overrides.get(dataset, {}), **m.overrides}
+                options = {
+                    **suite.base.get("dataset_options", {}),
+                    **suite.dataset_overrides.get(dataset, {}).get("dataset_options", {}),
+                    **m.overrides.get("dataset_options", {}),
+                }
+                values.update(dataset=dataset, method=m.name, seed=seed, shots=shots, output=out)
+                if options:
+                    values["dataset_options"] = options
+                cfg, error = None, ds_error
+                try:
+                    cfg = resolve_config(values, source=f"{suite.source} ({m.label} on {dataset})")
+                    if m.label != m.name:  # the run name with the label in place of the method
+                        name = cfg.run_name
+                        rest = name[len(cfg.method) :] if name.startswith(cfg.method) else f"-{name}"
+                        cfg.name = m.label + rest
+                except ValueError as e:
+                    error = error or str(e)
+                cells.append(SuiteCell(m.label, dataset, seed, shots, cfg if error is None else None, error))
+    return cells
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Running
+
+
+def _state(cell: SuiteCell) -> tuple[str, str]:
+    """(``invalid``, ``conflict``, ``done``, ``resume`` or ``new``, and a reason for the first two)."""
+    from .checkpoint import LAST_FILE
+    from .engine import _IDENTITY_KEYS
+
+    if cell.cfg is None:
+        return "invalid", cell.error or "invalid settings"
+    run_dir = cell.cfg.run_dir
+    started = (run_dir / "results.json").exists() or (run_dir / LAST_FILE).exists()
+    if started and (run_dir / "config.yaml").exists():
+        old = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("config", {})
+        changed = [k for k in _IDENTITY_KEYS if k in old and old[k] != getattr(cell.cfg, k)]
+        if changed:
+            diff = ", ".join(f"{k}={old[k]!r} there, {getattr(cell.cfg, k)!r} here" for k in changed)
+            return "conflict", f"{run_dir} holds a run with other settings ({diff}); delete it or change the output"
+    if (run_dir / "results.json").exists():
+        return "done", ""
+    return ("resume", "") if (run_dir / LAST_FILE).exists() else ("new", "")
+
+
+def _record(cell: SuiteCell, status: str, results: dict[str, Any] | None = None, error: str = "") -> RunRecord:
+    rec = RunRecord(cell.method, cell.shots, cell.dataset, cell.seed, status, error=error)
+    if cell.cfg is not None:
+        rec.run_dir = str(cell.cfg.run_dir)
+    if results:
+        rec.test_acc1 = float(results["test"]["acc1"])
+        rec.val_acc1 = float(results["val"]["acc1"]) if results.get("val") else None
+        rec.best_epoch = results.get("best_epoch")
+    return rec
+
+
+def _read_results(cell: SuiteCell) -> dict[str, Any]:
+    import json
+
+    assert cell.cfg is not None
+    return json.loads((cell.cfg.run_dir / "results.json").read_text())
+
+
+def run_suite(
+    suite: SuiteConfig,
+    output: str | Path | None = None,
+    dry_run: bool = False,
+    fail_fast: bool = False,
+    fit: Callable[[RunConfig], dict[str, Any]] | None = None,
+) -> SuiteReport:
+    """Run (or with ``dry_run``, list) the grid and write the tables; returns the records and the Markdown table.
+
+    Args:
+        suite: the parsed config.
+        output: the suite folder, overriding ``base.output``.
+        dry_run: print each run's state (done, resume, new, invalid, conflict) and the table of what is finished;
+            run and write nothing.
+        fail_fast: re-raise the first failure instead of recording it and going on.
+        fit: the function that runs one config (default :func:`vprompt.engine.fit`).
+    """
+    from . import engine
+    from .distributed import DistEnv
+
+    out = Path(output) if output is not None else Path(suite.output)
+    table_dir = Path(suite.table_output) if suite.table_output else out
+    cells = expand_suite(suite, out)
+    engine.setup_logging(None, DistEnv())
+    records: list[RunRecord] = []
+    states = [_state(c) for c in cells]
+    if dry_run:
+        width = max(len(s) for s, _ in states)
+        for cell, (state, why) in zip(cells, states):
+            where = cell.cfg.run_dir if cell.cfg is not None else f"{cell.method} on {cell.dataset}"
+            print(f"{state:{width}s}  {where}" + (f"  ({why})" if why else ""))
+        counts = {s: sum(1 for x, _ in states if x == s) for s in dict.fromkeys(x for x, _ in states)}
+        print(f"{len(cells)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+        for cell, (state, _) in zip(cells, states):
+            # Only finished runs enter the table; what would fail is listed above.
+            records.append(_record(cell, "done", _read_results(cell)) if state == "done" else _record(cell, "pending"))
+        markdown = build_table(records, suite)[0]
+        print(markdown)
+        return SuiteReport(records, markdown, [])
+
+    fit = fit or (lambda cfg: engine.fit(cfg))
+    pending = {id(c): _record(c, "pending") for c in cells}
+    for i, (cell, (state, why)) in enumerate(zip(cells, states)):
+        tag = f"[{i + 1}/{len(cells)}] {cell.method} on {cell.dataset}, seed {cell.seed}" + (
+            f", {cell.shots}-shot" if cell.shots else ""
+        )
+        if state in ("invalid", "conflict"):
+            _log.error("suite %s: %s", tag, why)
+            if fail_fast:
+                raise ValueError(f"{tag}: {why}")
+            pending[id(cell)] = _record(cell, "failed", error=why)
+        elif state == "done":
+            _log.info("suite %s: finished already (%s)", tag, cell.cfg.run_dir)
+            pending[id(cell)] = _record(cell, "done", _read_results(cell))
+        else:
+            assert cell.cfg is not None
+            cfg = dataclasses.replace(cell.cfg, resume="latest")
+            _log.info("suite %s: %s %s", tag, "resuming" if state == "resume" else "starting", cfg.run_dir)
+            try:
+                results = fit(cfg)
+                pending[id(cell)] = _record(cell, "done", results)
+            except Exception as e:  # one failing run must not stop the grid
+                if fail_fast:
+                    raise
+                _log.exception("suite %s failed", tag)
+                pending[id(cell)] = _record(cell, "failed", error=f"{type(e).__name__}: {e}")
+            finally:
+                _free_memory()
+                engine.setup_logging(None, DistEnv())  # the next messages are the suite's, not this run's log
+        if state != "done":  # keep the tables current while the grid runs
+            write_tables([pending[id(c)] for c in cells], suite, table_dir)
+    records = [pending[id(c)] for c in cells]
+    files = write_tables(records, suite, table_dir)
+    markdown = build_table(records, suite)[0]
+    print(markdown)
+    print(f"tables: {', '.join(str(f) for f in files)}")
+    return SuiteReport(records, markdown, files)
+
+
+def _free_memory() -> None:
+    """Give the finished run's device memory back before the next run (cycles may still hold its tensors)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tables
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) >= 2 else None)
+
+
+def build_table(records: Sequence[RunRecord], suite: SuiteConfig) -> tuple[str, list[dict[str, Any]]]:
+    """The Markdown table and its rows as numbers (method, shots, ``<dataset>``, ``<dataset> std``,
+    ``<dataset> n``, ``Average``; None where not available)."""
+    with_shots = any(k is not None for _, k in _rows(suite))
+    header = ["Method", *(["Shots"] if with_shots else []), *suite.datasets, "Average"]
+    lines = [
+        *([f"## {suite.table_title}", ""] if suite.table_title else []),
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join([":--", *([":-:"] if with_shots else []), *["--:"] * (len(suite.datasets) + 1)]) + "|",
+    ]
+    rows: list[dict[str, Any]] = []
+    for m, shots in _rows(suite):
+        row: dict[str, Any] = {"method": m.label, "shots": shots}
+        texts, means, complete = [], [], True
+        for ds in suite.datasets:
+            mine = [r for r in records if r.method == m.label and r.shots == shots and r.dataset == ds]
+            accs = [r.test_acc1 for r in mine if r.status == "done" and r.test_acc1 is not None]
+            mean, std = _mean_std(accs) if accs else (None, None)
+            row.update({ds: mean, f"{ds} std": std, f"{ds} n": len(accs)})
+            if accs:
+                text = f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+                if len(accs) < len(mine):
+                    text += f" ({len(accs)}/{len(mine)})"
+                    complete = False
+                means.append(mean)
+            else:
+                text = "failed" if any(r.status == "failed" for r in mine) else "–"
+                complete = False
+            texts.append(text)
+        average = statistics.fmean(means) if complete and means else None
+        row["Average"] = average
+        rows.append(row)
+        shot_cell = [("full" if shots is None else str(shots))] if with_shots else []
+        avg_text = f"{average:.2f}" if average is not None else "–"
+        lines.append("| " + " | ".join([m.label, *shot_cell, *texts, avg_text]) + " |")
+    seeds = sorted({r.seed for r in records})
+    lines += [
+        "",
+        f"Top-1 test accuracy (%) of the epoch selected on validation; mean ± sample standard deviation over "
+        f"seeds {', '.join(map(str, seeds))}. (k/n): k of n seeds finished; –: not finished yet.",
+    ]
+    failed = [r for r in records if r.status == "failed"]
+    if failed:
+        lines += ["", "Failed runs:", ""]
+        lines += [f"- {r.method} on {r.dataset}, seed {r.seed}" + (f", {r.shots}-shot" if r.shots else "")
+                  + f": {r.error}" for r in failed]  # fmt: skip
+    return "\n".join(lines) + "\n", rows
+
+
+_RUN_COLUMNS = ("method", "shots", "dataset", "seed", "status", "test_acc1", "val_acc1", "best_epoch", "run_dir",
+                "error")  # fmt: skip
+
+
+def _csv_text(header: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(header), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(
+            {k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v) for k, v in row.items()}
+        )
+    return buf.getvalue()
+
+
+def write_tables(records: Sequence[RunRecord], suite: SuiteConfig, folder: str | Path) -> list[Path]:
+    """Write ``<name>.md`` (the table), ``<name>.csv`` (one row per run) and ``<name>_table.csv`` (the table as
+    numbers) into ``folder``; returns their paths. Run folders in the CSV are relative to ``folder``."""
+    from .checkpoint import atomic_write
+
+    folder = Path(folder)
+    markdown, table_rows = build_table(records, suite)
+    per_run = []
+    for r in records:
+        row = dataclasses.asdict(r)
+        row["run_dir"] = os.path.relpath(r.run_dir, folder) if r.run_dir else ""
+        per_run.append(row)
+    table_header = ["method", "shots"] + [f"{ds}{s}" for ds in suite.datasets for s in ("", " std", " n")]
+    table_header.append("Average")
+    texts = {
+        f"{suite.table_name}.md": markdown,
+        f"{suite.table_name}.csv": _csv_text(_RUN_COLUMNS, per_run),
+        f"{suite.table_name}_table.csv": _csv_text(table_header, table_rows),
+    }
+    paths = []
+    for name, text in texts.items():
+        atomic_write(folder / name, lambda tmp, text=text: Path(tmp).write_text(text))
+        paths.append(folder / name)
+    return paths

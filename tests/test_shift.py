@@ -1,0 +1,290 @@
+"""Distribution shift: CIFAR-C in its real on-disk layout, `vprompt eval --shift`, and the WILDS adapter."""
+
+import io
+import json
+import sys
+import tarfile
+import types
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vprompt import cli
+from vprompt.data import create_dataset, prepare_data
+from vprompt.data import shift as shift_mod
+from vprompt.data.datasets import synthetic_dataset
+from vprompt.data.shift import (
+    CORRUPTIONS,
+    DatasetNotFoundError,
+    MissingDependencyError,
+    cifar_c_dataset,
+    download_cifar_c,
+    find_shift_sets,
+    safe_extract,
+    summarize_shift,
+)
+
+from .conftest import tiny_run_args
+
+N = 6  # images per severity in the fake release (the real one has 10,000)
+
+
+def _fake_cifar_c(root, corruptions=("gaussian_noise", "fog"), images=None, labels=None, folder="CIFAR-10-C"):
+    """A CIFAR-C release in the real layout: <corruption>.npy (5 x N, 32, 32, 3) uint8, severity 1 first, and
+    labels.npy (5 x N,) int64. By default pixel (0, 0, 0) encodes the severity and [0, 0, 1] the image index."""
+    out = root / folder
+    out.mkdir(parents=True, exist_ok=True)
+    if labels is None:
+        labels = np.arange(N) % 10
+    n = len(labels)
+    np.save(out / "labels.npy", np.tile(np.asarray(labels, dtype=np.int64), 5))
+    for k, c in enumerate(corruptions):
+        if images is None:
+            arr = np.zeros((5 * n, 32, 32, 3), dtype=np.uint8)
+            for s in range(5):
+                arr[s * n : (s + 1) * n, 0, 0, 0] = s + 1
+                arr[s * n : (s + 1) * n, 0, 0, 1] = np.arange(n)
+                arr[s * n : (s + 1) * n, 0, 0, 2] = k
+        else:
+            arr = np.concatenate([images(c, s) for s in range(1, 6)])
+        np.save(out / f"{c}.npy", arr)
+    return out
+
+
+def test_cifar_c_severities_slice_the_release(tmp_path):
+    _fake_cifar_c(tmp_path)
+    for severity in (1, 3, 5):
+        ds = cifar_c_dataset(tmp_path, "fog", severity)
+        assert len(ds) == N and ds.images.shape == (N, 3, 32, 32)  # channels first, as every ArrayDataset
+        assert (ds.images[:, 0, 0, 0] == severity).all() and ds.images[:, 1, 0, 0].tolist() == list(range(N))
+        assert (ds.images[:, 2, 0, 0] == 1).all()  # the fog file, not the other one
+        assert ds.targets.tolist() == [i % 10 for i in range(N)] and ds.classnames[0] == "airplane"
+    with pytest.raises(ValueError, match="severity 6 must be one of 1..5"):
+        cifar_c_dataset(tmp_path, "fog", 6)
+    with pytest.raises(ValueError, match="unknown corruption 'rain'"):
+        cifar_c_dataset(tmp_path, "rain", 1)
+
+
+def test_missing_files_name_the_folder_and_the_download(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as e:
+        cifar_c_dataset(tmp_path, "fog", 1, classes=100)
+    msg = str(e.value)
+    assert str(tmp_path / "CIFAR-100-C") in msg and "https://zenodo.org/records/3555552/files/CIFAR-100-C.tar" in msg
+    _fake_cifar_c(tmp_path, corruptions=("fog",))
+    with pytest.raises(DatasetNotFoundError, match="no snow.npy in"):
+        cifar_c_dataset(tmp_path, "snow", 1)
+    with pytest.raises(DatasetNotFoundError, match="zenodo.org/records/2535967/files/CIFAR-10-C.tar"):
+        find_shift_sets("cifar10", tmp_path / "elsewhere")
+
+
+def test_shift_set_selection(tmp_path):
+    _fake_cifar_c(tmp_path, corruptions=("gaussian_noise", "fog", "spatter"))
+    assert len(CORRUPTIONS) == 15 and "spatter" not in CORRUPTIONS
+    names = [s.name for s in find_shift_sets("cifar10", tmp_path)]
+    assert names == [f"cifar10c/{c}/{s}" for c in ("gaussian_noise", "fog") for s in range(1, 6)]  # no extras
+    assert [s.name for s in find_shift_sets("cifar10", tmp_path, ["cifar10c/*/5"])] == [
+        "cifar10c/gaussian_noise/5", "cifar10c/fog/5", "cifar10c/spatter/5"]  # fmt: skip
+    assert len(find_shift_sets("cifar10", tmp_path, ["cifar10c/spatter"])) == 5  # a name selects what lies under it
+    assert [s.name for s in find_shift_sets("cifar10", tmp_path, ["cifar10c/fog"], severities=[2, 4])] == [
+        "cifar10c/fog/2", "cifar10c/fog/4"]  # fmt: skip
+    with pytest.raises(ValueError, match="'cifar10c/snow' matches no shift set of cifar10"):
+        find_shift_sets("cifar10", tmp_path, ["cifar10c/snow"])
+    with pytest.raises(ValueError, match="no distribution-shift sets for dataset 'synthetic'"):
+        find_shift_sets("synthetic", tmp_path)
+    sets = find_shift_sets("cifar10", tmp_path, ["cifar10c"])
+    results = {s.name: {"acc1": float(s.severity * 10 + (s.corruption == "fog"))} for s in sets}
+    summary = summarize_shift(sets, results)["cifar10c"]
+    assert summary["corruptions"] == 2  # spatter is reported but not averaged
+    assert summary["severity"] == {str(s): s * 10 + 0.5 for s in range(1, 6)} and summary["mean"] == 30.5
+
+
+def _tar(path, members):
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _npy(arr):
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def test_download_extracts_safely_and_atomically(tmp_path):
+    labels = np.tile(np.arange(4), 5)
+    _tar(tmp_path / "release.tar", {
+        "CIFAR-10-C/labels.npy": _npy(labels),
+        "CIFAR-10-C/fog.npy": _npy(np.full((20, 32, 32, 3), 7, dtype=np.uint8)),
+    })  # fmt: skip
+    root = tmp_path / "data"
+    folder = download_cifar_c(root, 10, url=(tmp_path / "release.tar").as_uri())
+    assert folder == root / "CIFAR-10-C" and sorted(p.name for p in folder.iterdir()) == ["fog.npy", "labels.npy"]
+    assert sorted(p.name for p in root.iterdir()) == ["CIFAR-10-C"]  # no archive, staging or .part left behind
+    assert len(cifar_c_dataset(root, "fog", 2)) == 4
+
+    _tar(tmp_path / "evil.tar", {"CIFAR-10-C/labels.npy": _npy(labels), "../escaped.npy": b"x"})
+    with pytest.raises(ValueError, match="refusing to extract '../escaped.npy'"):
+        safe_extract(tmp_path / "evil.tar", tmp_path / "out")
+    assert not (tmp_path / "escaped.npy").exists()
+    with pytest.raises(ValueError, match="refusing"):
+        download_cifar_c(tmp_path / "data2", 10, url=(tmp_path / "evil.tar").as_uri())
+    assert not (tmp_path / "data2" / "CIFAR-10-C").exists()
+
+
+def test_interrupted_download_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
+    class Broken(io.RawIOBase):
+        def __init__(self):
+            self.sent = 0
+
+        def readinto(self, b):
+            if self.sent:
+                raise ConnectionResetError("connection reset (simulated)")
+            self.sent = len(b)
+            b[:] = b"\0" * len(b)
+            return len(b)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(shift_mod.urllib.request, "urlopen", lambda url, timeout: Broken())
+    root = tmp_path / "data"
+    with pytest.raises(DatasetNotFoundError, match="the download failed"):
+        download_cifar_c(root, 10)
+    assert list(root.iterdir()) == []
+
+
+def test_eval_reports_each_shifted_set_next_to_the_test_accuracy(tmp_path, monkeypatch, capsys):
+    assert cli.main(tiny_run_args(tmp_path, "-b", "16", "--dataset-option", "n_train=48", "--dataset-option",
+                                  "n_test=24", epochs=1)) == 0  # fmt: skip
+    test = synthetic_dataset(n_train=48, n_test=24, split="test")
+    clean = test.images.permute(0, 2, 3, 1).numpy()  # back to the release's channels-last layout
+    noisy = np.random.default_rng(0).integers(0, 256, size=clean.shape, dtype=np.uint8)
+    data_dir = tmp_path / "data"
+    _fake_cifar_c(data_dir, ("brightness", "gaussian_noise"), labels=test.targets.numpy(),
+                  images=lambda c, s: clean if c == "brightness" else noisy)  # fmt: skip
+    # Pretend the synthetic task has CIFAR-10-C as its shifted version.
+    monkeypatch.setitem(shift_mod._SHIFTS, "synthetic", partial(shift_mod._cifar_c_sets, classes=10))
+
+    args = ["eval", "--checkpoint", str(tmp_path / "run"), "--data-dir", str(data_dir)]
+    assert cli.main([*args, "--shift", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert result["acc1"] == pytest.approx(results["test"]["acc1"]) and result["n"] == 24
+    shift = result["shift"]
+    assert sorted(shift) == sorted(f"cifar10c/{c}/{s}" for c in ("brightness", "gaussian_noise") for s in range(1, 6))
+    for s in range(1, 6):  # the unshifted images through the shift path give the test accuracy
+        assert shift[f"cifar10c/brightness/{s}"]["acc1"] == pytest.approx(result["acc1"])
+        assert shift[f"cifar10c/gaussian_noise/{s}"]["n"] == 24
+    summary = result["shift_summary"]["cifar10c"]
+    noise = [shift[f"cifar10c/gaussian_noise/{s}"]["acc1"] for s in range(1, 6)]
+    assert summary["severity"]["3"] == pytest.approx((result["acc1"] + noise[2]) / 2)
+    assert summary["mean"] == pytest.approx((5 * result["acc1"] + sum(noise)) / 10) and summary["corruptions"] == 2
+
+    assert cli.main([*args, "--shift", "cifar10c/gaussian_noise", "--shift-severity", "1", "5"]) == 0
+    text = capsys.readouterr().out
+    assert f"synthetic test (in distribution): acc {result['acc1']:.2f} (24 images)" in text
+    assert "sev 1   sev 5" in text and "gaussian_noise" in text and "mean (1 corruptions)" in text
+    assert "brightness" not in text
+
+    assert cli.main([*args, "--data-dir", str(tmp_path / "none"), "--shift"]) == 2
+    err = capsys.readouterr().err
+    assert "CIFAR-10-C" in err and "zenodo.org" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# WILDS
+
+
+def test_wilds_datasets_need_the_optional_extra(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wilds", None)  # `import wilds` raises ImportError
+    with pytest.raises(MissingDependencyError, match=r"pip install 'vprompt\[wilds\]'"):
+        create_dataset("camelyon17", tmp_path, "train")
+    assert cli.main(tiny_run_args(tmp_path, "--dataset", "iwildcam", epochs=1)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("vprompt train: error:") and "pip install 'vprompt[wilds]'" in err
+
+
+class _FakeSubset:
+    """A WILDSSubset: ``y_array`` and ``(PIL image, label, metadata)`` items."""
+
+    def __init__(self, y, images):
+        self.y_array, self.images = y, images
+
+    def __getitem__(self, i):
+        return self.images[i], self.y_array[i], None
+
+
+class _FakeWildsDataset:
+    """The part of the WILDSDataset API the adapter uses: get_subset, n_classes, data_dir (stub: the `wilds`
+    package is an optional extra that the test environment does not install)."""
+
+    def __init__(self, name, root_dir, n_classes):
+        self.n_classes, self.data_dir = n_classes, f"{root_dir}/{name}_v1.0"
+        self.split_dict = {"train": 0, "id_val": 1, "id_test": 2, "val": 3, "test": 4}
+        self.calls = []
+
+    def get_subset(self, split):
+        self.calls.append(split)
+        code = self.split_dict[split]
+        images = [Image.new("RGB" if i % 2 else "L", (40, 30), color=code * 40) for i in range(5)]
+        return _FakeSubset(torch.arange(5) % self.n_classes, images)
+
+
+@pytest.fixture
+def fake_wilds(monkeypatch):
+    made = {}
+
+    def get_dataset(dataset, root_dir, download):
+        made[dataset] = _FakeWildsDataset(dataset, root_dir, {"camelyon17": 2, "iwildcam": 182, "fmow": 62}[dataset])
+        return made[dataset]
+
+    module = types.ModuleType("wilds")
+    module.get_dataset = get_dataset
+    monkeypatch.setitem(sys.modules, "wilds", module)
+    monkeypatch.setattr(shift_mod, "_WILDS_CACHE", {})
+    return made
+
+
+def test_wilds_adapter_maps_splits_and_class_names(tmp_path, fake_wilds):
+    data = prepare_data("camelyon17", tmp_path, image_size=32)
+    ds = fake_wilds["camelyon17"]
+    assert ds.calls == ["train", "test", "id_val"]  # one WILDS dataset object for all splits
+    assert data.val_source == "official" and data.classnames[1] == "lymph node containing metastatic tumor tissue"
+    image, label = data.test[1]
+    assert image.dtype == torch.uint8 and image.shape == (3, 32, 32) and label == 1
+    assert image[0, 0, 0] == 4 * 40  # from WILDS' OOD test split
+    val = create_dataset("camelyon17", tmp_path, "val", val_split="ood_val")
+    assert ds.calls[-1] == "val"
+    assert val.targets == [0, 1, 0, 1, 0]
+    with pytest.raises(ValueError, match="has no split 'id_test'"):
+        create_dataset("camelyon17", tmp_path, "id_test")
+    sets = find_shift_sets("camelyon17", tmp_path)
+    assert [s.name for s in sets] == ["camelyon17/ood_val", "camelyon17/ood_test"]
+    assert [s.name for s in find_shift_sets("fmow", tmp_path)] == ["fmow/id_test", "fmow/ood_val", "fmow/ood_test"]
+    fmow = create_dataset("fmow", tmp_path, "train")
+    assert len(fmow.classnames) == 62 and fmow.classnames[:2] == ["airport", "airport_hangar"]
+
+
+def test_iwildcam_class_names_from_the_release(tmp_path, fake_wilds, caplog):
+    folder = tmp_path / "iwildcam_v1.0"
+    folder.mkdir()
+    rows = "\n".join(f"{y},{y * 3},species {y}" for y in range(182))
+    (folder / "categories.csv").write_text("y,category_id,name\n" + rows + "\n")
+    assert create_dataset("iwildcam", tmp_path, "train").classnames[:2] == ["species 0", "species 1"]
+    # Without a y column, through metadata.csv (y, category_id).
+    rows = "\n".join(f"{y * 3},species {y}" for y in range(182))
+    (folder / "categories.csv").write_text("category_id,name\n" + rows + "\n")
+    meta = "\n".join(f"img{i}.jpg,{y},{y * 3}" for i, y in enumerate([*range(182), 7, 7]))
+    (folder / "metadata.csv").write_text("filename,y,category_id\n" + meta + "\n")
+    assert create_dataset("iwildcam", tmp_path, "train").classnames[181] == "species 181"
+    (folder / "categories.csv").unlink()
+    assert create_dataset("iwildcam", tmp_path, "train").classnames[5] == "class 5"
+    assert "no class names" in caplog.text

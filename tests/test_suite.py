@@ -1,0 +1,232 @@
+"""`vprompt suite`: grid expansion, skipping and resuming runs, failures, and the paper-style table."""
+
+import csv
+import json
+import statistics
+
+import pytest
+import yaml
+
+from vprompt import cli, engine
+from vprompt.data import DatasetSpec
+from vprompt.data import registry as data_registry
+from vprompt.data.datasets import synthetic_dataset
+from vprompt.suite import expand_suite, load_suite, parse_suite, run_suite
+
+from .conftest import ROOT, TINY_MODEL
+
+PAPER_DATASETS = ["cifar100", "cifar10", "flowers102", "food101", "eurosat", "sun397", "svhn", "pets", "dtd",
+                  "resisc45", "clevr_count", "dmlab"]  # fmt: skip
+
+
+@pytest.fixture
+def synthetic_b(monkeypatch):
+    """A second tiny dataset: 4 classes, other colors."""
+    spec = DatasetSpec(
+        name="synthetic_b",
+        builder=lambda **kw: synthetic_dataset(**{**kw, "num_classes": 4, "seed": 1}),
+        in_memory=True,
+        options={"n_train": "", "n_test": ""},
+    )
+    monkeypatch.setitem(data_registry._REGISTRY, "synthetic_b", spec)
+
+
+def _suite_file(tmp_path, datasets, name="suite.yaml", **extra):
+    config = {
+        "base": {"model": TINY_MODEL, "epochs": 1, "batch_size": 16, "log_every": 0, "device": "cpu",
+                 "dataset_options": {"n_train": 48, "n_test": 24}, "output": str(tmp_path / "runs")},
+        "datasets": datasets,
+        "methods": ["evp", {"name": "vp", "warmup_steps": 2}],
+        "seeds": [7],
+        **extra,
+    }  # fmt: skip
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class CountingFit:
+    def __init__(self, monkeypatch):
+        self.configs = []
+        real = engine.fit
+
+        def fit(cfg):
+            self.configs.append(cfg)
+            return real(cfg)
+
+        monkeypatch.setattr(engine, "fit", fit)
+
+
+def test_grid_runs_skips_finished_runs_resumes_and_tabulates(tmp_path, monkeypatch, capsys, synthetic_b):
+    runs = tmp_path / "runs"
+    fits = CountingFit(monkeypatch)
+    # A half-finished grid: only the first dataset has been run.
+    assert cli.main(["suite", str(_suite_file(tmp_path, ["synthetic"], "half.yaml"))]) == 0
+    assert [(c.method, c.dataset) for c in fits.configs] == [("evp", "synthetic"), ("vp", "synthetic")]
+    finished = {p: p.stat().st_mtime_ns for p in runs.glob("*/results.json")}
+    assert len(finished) == 2
+
+    fits.configs.clear()
+    full = _suite_file(tmp_path, ["synthetic", "synthetic_b"])
+    assert cli.main(["suite", str(full)]) == 0
+    assert [(c.method, c.dataset) for c in fits.configs] == [("evp", "synthetic_b"), ("vp", "synthetic_b")]
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # not redone
+
+    # An interrupted run (last.pt but no results.json) is resumed, not restarted.
+    interrupted = runs / f"vp-{TINY_MODEL}-synthetic_b-seed7" / "results.json"
+    before = json.loads(interrupted.read_text())
+    interrupted.unlink()
+    fits.configs.clear()
+    monkeypatch.setattr(engine, "train_one_epoch", lambda *a, **k: pytest.fail("a finished epoch was re-trained"))
+    assert cli.main(["suite", str(full)]) == 0
+    assert [(c.method, c.dataset, c.resume) for c in fits.configs] == [("vp", "synthetic_b", "latest")]
+    assert json.loads(interrupted.read_text())["test"] == before["test"]
+
+    # The table, recomputed from the run folders.
+    acc = {}
+    for m in ("evp", "vp"):
+        for d in ("synthetic", "synthetic_b"):
+            acc[m, d] = json.loads((runs / f"{m}-{TINY_MODEL}-{d}-seed7" / "results.json").read_text())["test"]["acc1"]
+    md = (runs / "suite_results.md").read_text()
+    assert "| Method | synthetic | synthetic_b | Average |" in md
+    for m in ("evp", "vp"):
+        a, b = acc[m, "synthetic"], acc[m, "synthetic_b"]
+        assert f"| {m} | {a:.2f} | {b:.2f} | {(a + b) / 2:.2f} |" in md
+    with open(runs / "suite_results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and all(r["status"] == "done" and r["seed"] == "7" for r in rows)
+    for r in rows:
+        assert float(r["test_acc1"]) == acc[r["method"], r["dataset"]]
+        assert (runs / r["run_dir"] / "results.json").is_file()  # relative to the table's folder
+    with open(runs / "suite_results_table.csv") as f:
+        table = {r["method"]: r for r in csv.DictReader(f)}
+    assert float(table["evp"]["Average"]) == pytest.approx((acc["evp", "synthetic"] + acc["evp", "synthetic_b"]) / 2)
+    assert float(table["vp"]["synthetic_b"]) == acc["vp", "synthetic_b"] and table["vp"]["synthetic_b n"] == "1"
+
+    # Other settings in the same folders are refused, not mixed in.
+    data = yaml.safe_load(full.read_text())
+    data["base"]["epochs"] = 2
+    fits.configs.clear()
+    capsys.readouterr()
+    report = run_suite(parse_suite(data), dry_run=True)
+    out = capsys.readouterr().out
+    assert "4 runs: 4 conflict" in out and "epochs=1 there, 2 here" in out
+    assert not fits.configs and "| evp | – | – | – |" in report.markdown
+    assert cli.main(["suite", str(full), "--output", str(runs)]) == 0 and not fits.configs
+    data["base"]["output"] = str(runs)
+    full.write_text(yaml.safe_dump(data))
+    assert cli.main(["suite", str(full)]) == 1  # refused runs count as failed
+    assert not fits.configs and "holds a run with other settings" in (runs / "suite_results.md").read_text()
+
+
+def _fake_fit(accs, fail=()):
+    """A stand-in for engine.fit that writes results.json with given test accuracies (or raises)."""
+
+    def fit(cfg):
+        if (cfg.method, cfg.dataset, cfg.seed) in fail:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        acc = accs[cfg.method, cfg.dataset, cfg.seed]
+        results = {"test": {"acc1": acc}, "val": {"acc1": acc + 1}, "best_epoch": 3}
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        (cfg.run_dir / "results.json").write_text(json.dumps(results))
+        return results
+
+    return fit
+
+
+def _small_suite(tmp_path, **extra):
+    return parse_suite(
+        {
+            "base": {"output": str(tmp_path)},
+            "datasets": ["d1", "d2"],
+            "methods": ["evp", "vp"],
+            "seeds": [1, 2, 3],
+            **extra,
+        }  # fmt: skip
+    )
+
+
+def test_table_mean_std_partial_and_failed_cells(tmp_path, monkeypatch, capsys):
+    for name in ("d1", "d2"):
+        monkeypatch.setitem(data_registry._REGISTRY, name, DatasetSpec(name=name, builder=synthetic_dataset))
+    accs = {(m, d, s): 50.0 + 10 * (m == "vp") + 5 * (d == "d2") + s * s for m in ("evp", "vp") for d in ("d1", "d2")
+            for s in (1, 2, 3)}  # fmt: skip
+    fail = {("vp", "d2", 2), ("vp", "d1", 1), ("vp", "d1", 2), ("vp", "d1", 3)}
+    report = run_suite(_small_suite(tmp_path), fit=_fake_fit(accs, fail))
+    assert len(report.failed) == 4 and len(report.records) == 12  # the failures did not stop the grid
+
+    d1 = [accs["evp", "d1", s] for s in (1, 2, 3)]
+    d2 = [accs["evp", "d2", s] for s in (1, 2, 3)]
+    m1, s1 = statistics.mean(d1), statistics.stdev(d1)  # sample std (ddof 1)
+    m2, s2 = statistics.mean(d2), statistics.stdev(d2)
+    md = (tmp_path / "suite_results.md").read_text()
+    assert f"| evp | {m1:.2f} ± {s1:.2f} | {m2:.2f} ± {s2:.2f} | {(m1 + m2) / 2:.2f} |" in md
+    vp2 = [accs["vp", "d2", s] for s in (1, 3)]
+    assert f"| vp | failed | {statistics.mean(vp2):.2f} ± {statistics.stdev(vp2):.2f} (2/3) | – |" in md
+    assert "vp on d2, seed 2: RuntimeError: CUDA out of memory (simulated)" in md
+    assert md in capsys.readouterr().out
+
+    # Run again: finished runs are read back, only the failed ones are retried.
+    calls = []
+    fit = _fake_fit(accs)
+    run_suite(_small_suite(tmp_path), fit=lambda cfg: calls.append((cfg.method, cfg.dataset, cfg.seed)) or fit(cfg))
+    assert sorted(calls) == sorted(fail)
+    assert "(2/3)" not in (tmp_path / "suite_results.md").read_text()
+
+    with pytest.raises(RuntimeError, match="simulated"):
+        run_suite(_small_suite(tmp_path / "again"), fit=_fake_fit(accs, fail), fail_fast=True)
+
+
+def test_shots_rows_labels_and_per_method_seeds():
+    suite = parse_suite({
+        "base": {"model": "ViT-B-32"}, "datasets": ["synthetic"], "seeds": [1, 2], "shots": [None, 4],
+        "methods": ["evp", {"name": "evp", "label": "evp-di", "diversity": "di"},
+                    {"name": "zeroshot", "seeds": [42], "shots": [None]}],
+    })  # fmt: skip
+    cells = expand_suite(suite, output="out")
+    assert len(cells) == 2 * 2 * 2 + 1
+    names = {c.cfg.run_dir.as_posix() for c in cells}
+    assert "out/evp-ViT-B-32-synthetic-seed2-4shot" in names and "out/evp-di-ViT-B-32-synthetic-seed1" in names
+    assert "out/zeroshot-ViT-B-32-synthetic-seed42" in names and len(names) == len(cells)
+    di = next(c.cfg for c in cells if c.method == "evp-di")
+    assert di.diversity == "di" and di.lr == 70.0  # the entry's override over the method's recipe
+    md = run_suite(suite, output="out", dry_run=True).markdown
+    assert "| Method | Shots | synthetic | Average |" in md and "| evp | 4 | – | – |" in md
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"datasets": ["a"], "methods": ["evp"], "seed": [1]}, "unknown key 'seed'; did you mean seeds"),
+        ({"datasets": ["a"], "methods": ["evp"], "base": {"dataset": "b"}}, "'dataset' is set by the grid"),
+        ({"datasets": ["a"], "methods": ["evp"], "base": {"learning_rate": 1}}, "unknown key 'learning_rate'"),
+        ({"datasets": ["a"], "methods": ["evp", {"name": "evp", "lr": 1}]}, "give the entries distinct 'label's"),
+        ({"datasets": ["a"], "methods": ["evp"], "shots": [0]}, "shots must be positive integers or null"),
+        ({"datasets": ["a"], "methods": []}, "'methods' must list at least one method"),
+        ({"datasets": ["a"], "methods": ["evp"], "dataset_overrides": {"b": {}}}, "which is not in 'datasets'"),
+    ],
+)
+def test_bad_suite_configs(data, needle):
+    with pytest.raises(ValueError, match=needle):
+        parse_suite(data, source="s.yaml")
+
+
+def test_shipped_suite_config_expands_to_the_paper_grid(tmp_path, capsys):
+    path = ROOT / "configs" / "suite_clip_vitb32.yaml"
+    suite = load_suite(path)
+    assert suite.datasets == PAPER_DATASETS
+    assert [m.label for m in suite.methods] == ["evp", "vp", "zeroshot", "linprobe"]
+    cells = expand_suite(suite, output=tmp_path)
+    assert len(cells) == 12 * 4
+    assert {(c.method, c.dataset) for c in cells} == {(m, d) for m in ("evp", "vp", "zeroshot", "linprobe")
+                                                      for d in PAPER_DATASETS}  # fmt: skip
+    evp = next(c.cfg for c in cells if c.method == "evp" and c.cfg is not None)
+    assert (evp.model, evp.pretrained, evp.lr, evp.epochs, evp.inner_size, evp.seed) == (
+        "ViT-B-32", "openai", 70.0, 1000, 164, 42)  # fmt: skip
+    vp = next(c.cfg for c in cells if c.method == "vp" and c.cfg is not None)
+    assert (vp.prompter, vp.lr, vp.prompt_size, vp.optimizer) == ("pad", 40.0, 30, "sgd")
+    # Datasets (or methods) not installed yet do not break the listing.
+    assert cli.main(["suite", str(path), "--dry-run", "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "48 runs:" in out and "| linprobe |" in out
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing
