@@ -1,0 +1,42 @@
+"""Two processes (torchrun, gloo on the CPU) take the same steps as one process with the same global batch."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from .conftest import tiny_run_args
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists() and shutil.which("torchrun") is None:
+        pytest.skip("torchrun not installed")
+    # No input diversity: its random flips would differ per process. VP's optimizer has state (momentum), so
+    # it checks the averaged gradient too.
+    common = ("--method", "vp", "--warmup-steps", "2", "--diversity", "none", "--lr", "1")
+    single = subprocess.run(
+        [sys.executable, "-m", "vprompt", *tiny_run_args(tmp_path, *common, name="one", epochs=2)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr
+    multi = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "vprompt",
+         *tiny_run_args(tmp_path, *common, name="two", epochs=2)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert multi.returncode == 0, multi.stderr
+
+    def prompt(name):
+        return torch.load(tmp_path / name / "last.pt", weights_only=True)["model"]["prompter.prompt"]
+
+    assert torch.allclose(prompt("one"), prompt("two"), atol=1e-5, rtol=1e-4)
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert two["test"]["n"] == one["test"]["n"] == 48  # every test image counted once across processes
+    assert two["test"]["acc1"] == pytest.approx(one["test"]["acc1"])
