@@ -130,6 +130,7 @@ def test_zeroshot_evaluates_without_training(tmp_path):
         (["--method", "evq"], "unknown method 'evq'"),
         (["--dataset", "cifar10", "--dataset-option", "n=3"], "dataset 'cifar10' has no option 'n'"),
         (["--input-size", "96"], "--input-size 96 does not fit model"),
+        (["--method", "zeroshot"], "has nothing to train; use --epochs 0"),
     ],
 )
 def test_bad_flags_give_one_clear_line(tmp_path, extra, needle):

@@ -102,6 +102,13 @@ def test_rlm_is_a_seeded_one_to_one_map():
     assert not LabelMappingHead(10, 1000, "rlm").epoch_start(0, lambda: pytest.fail("RLM must not look at data"))
 
 
+def test_identity_map_reads_source_class_t_for_target_t():
+    head = LabelMappingHead(3, 10, "identity")
+    logits = torch.arange(20.0).view(2, 10)
+    assert torch.equal(head(logits), logits[:, :3])
+    assert not head.epoch_start(0, lambda: pytest.fail("the identity map must not look at data"))
+
+
 def test_mapping_is_saved_and_restored_with_the_state_dict():
     head = LabelMappingHead(3, 4, "flm")
     head.epoch_start(0, lambda: _outputs(TABLE, 4))

@@ -58,10 +58,10 @@ def _add_run_options(p: argparse.ArgumentParser, training: bool = True) -> None:
         help="dataset-specific option (repeatable)",
     )  # fmt: skip
     g.add_argument("--templates", default=S, choices=["single", "ensemble"], help="text templates of the CLIP head")
+    g.add_argument("--head", default=S, help="output head: auto (text for CLIP, flm for classifiers), text, linear")
     g.add_argument(
-        "--head", default=S, help="output head: auto (text for CLIP, flm for classifiers), text, linear, rlm, flm, ilm"
+        "--label-map", default=S, choices=["identity", "rlm", "flm", "ilm"], help="label map of a classifier's logits"
     )
-    g.add_argument("--label-map", default=S, choices=["rlm", "flm", "ilm"], help="label mapping (classifiers)")
     g.add_argument("--ilm-interval", type=int, default=S, metavar="K", help="ilm: recompute the map every K epochs")
     g.add_argument("--head-lr", type=float, default=S, help="AdamW lr of a trainable head (--head linear; 1e-3)")
     if training:

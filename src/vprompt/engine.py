@@ -388,6 +388,11 @@ def fit(cfg: RunConfig) -> dict[str, Any]:
         raise ValueError(f"--eval-every {cfg.eval_every} must be at least 1")
 
     model, data, diversity = _build_for_run(cfg, device)
+    if epochs and not model.trainable_parameters():
+        raise ValueError(
+            f"--epochs {epochs}: method {cfg.method} with prompter {cfg.prompter} and head {cfg.head} has nothing to "
+            "train; use --epochs 0 to evaluate it as is"
+        )
     per_proc = cfg.batch_size // env.world_size
     eval_bs = (cfg.eval_batch_size or cfg.batch_size) // env.world_size or 1
 

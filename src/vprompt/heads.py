@@ -125,7 +125,7 @@ class ClipTextHead(Head):
 _log = logging.getLogger(__name__)
 
 #: ``--label-map`` choices.
-LABEL_MAPS = ("rlm", "flm", "ilm")
+LABEL_MAPS = ("identity", "rlm", "flm", "ilm")
 
 
 def prediction_counts(predictions: Tensor, labels: Tensor, num_classes: int, num_source_classes: int) -> Tensor:
@@ -171,7 +171,8 @@ class LabelMappingHead(Head):
     Args:
         num_classes: target classes.
         num_source_classes: the classifier's classes; at least ``num_classes``.
-        mode: ``rlm`` (random, fixed by ``seed``), ``flm`` (frequency-based, computed at the first epoch with the
+        mode: ``identity`` (target ``t`` -> source ``t``: the no-mapping baseline), ``rlm`` (random, fixed by
+            ``seed``), ``flm`` (frequency-based, computed at the first epoch with the
             current prompt) or ``ilm`` (FLM recomputed every ``interval`` epochs).
         seed: RLM's seed.
         interval: ILM's k.
@@ -211,6 +212,9 @@ class LabelMappingHead(Head):
             gen = torch.Generator().manual_seed(seed)
             self.mapping.copy_(torch.randperm(num_source_classes, generator=gen)[:num_classes])
             self._ready = True
+        elif mode == "identity":
+            self.mapping.copy_(torch.arange(num_classes))
+            self._ready = True
 
     def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
         # Loading a saved map (eval, resume) makes the head ready without recomputing anything.
@@ -225,8 +229,8 @@ class LabelMappingHead(Head):
         return source_logits[:, self.mapping]
 
     def epoch_start(self, epoch: int, source_outputs: Callable[[], tuple[Tensor, Tensor]]) -> bool:
-        """FLM: compute the map once (first call); ILM: recompute it every ``interval`` epochs; RLM: never."""
-        if self.mode == "rlm":
+        """FLM: compute the map once (first call); ILM: recompute it every ``interval`` epochs; RLM, identity: never."""
+        if self.mode in ("rlm", "identity"):
             return False
         due = not self._ready or (self.mode == "ilm" and epoch % self.interval == 0)
         if not due:
@@ -265,7 +269,7 @@ def create_label_mapping(
     classnames: Sequence[str] | None = None,
     source_classnames: Sequence[str] | None = None,
 ) -> LabelMappingHead:
-    """A :class:`LabelMappingHead` by name (``rlm``, ``flm``, ``ilm``)."""
+    """A :class:`LabelMappingHead` by name (``identity``, ``rlm``, ``flm``, ``ilm``)."""
     return LabelMappingHead(num_classes, num_source_classes, mode, seed, interval, classnames, source_classnames)
 
 
