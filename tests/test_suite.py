@@ -230,3 +230,22 @@ def test_shipped_suite_config_expands_to_the_paper_grid(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "48 runs:" in out and "| linprobe |" in out
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
+
+
+@pytest.mark.slow
+def test_parallel_jobs_give_the_same_results_as_one_at_a_time(tmp_path):
+    # Spawned workers see only registered datasets, so this grid uses the built-in synthetic one twice.
+    config = {
+        "base": {"model": TINY_MODEL, "epochs": 1, "batch_size": 16, "log_every": 0, "device": "cpu", "threads": 1,
+                 "dataset_options": {"n_train": 48, "n_test": 24}},
+        "datasets": ["synthetic"],
+        "methods": ["evp", {"name": "vp", "warmup_steps": 2}, {"name": "evp", "label": "evp-di", "diversity": "di"}],
+        "seeds": [7],
+    }  # fmt: skip
+    one = run_suite(parse_suite(config), output=tmp_path / "one", jobs=1, quiet=True)
+    two = run_suite(parse_suite(config), output=tmp_path / "two", jobs=2, quiet=True)
+    assert [r.status for r in two.records] == ["done"] * 3
+    assert [(r.method, r.test_acc1, r.val_acc1) for r in one.records] == [
+        (r.method, r.test_acc1, r.val_acc1) for r in two.records
+    ]
+    assert (tmp_path / "two" / "suite_results.md").read_text() == (tmp_path / "one" / "suite_results.md").read_text()

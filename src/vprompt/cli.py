@@ -95,6 +95,7 @@ def _add_run_options(p: argparse.ArgumentParser, training: bool = True) -> None:
     g.add_argument("--precision", default=S, choices=["fp32", "bf16", "fp16"], help="autocast precision")
     g.add_argument("--device", default=S, help="cuda, cuda:1, cpu (default: cuda if available)")
     g.add_argument("--workers", type=int, default=S, help="data-loading processes for image files (4)")
+    g.add_argument("--threads", type=int, default=S, help="CPU threads of PyTorch (its default: one per core)")
     g.add_argument("--log-every", type=int, default=S, help="log a line every N steps (50)")
     g.add_argument("--output", default=S, help="parent folder of run folders (runs)")
     g.add_argument("--name", default=S, help="run folder name (default: method-model-dataset-seedN)")
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state; run nothing")
     p.add_argument("--output", default=None, help="folder of the run folders and tables (overrides base.output)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing run")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (1)")
     p.set_defaults(func=_cmd_suite)
 
     p = sub.add_parser(
@@ -264,7 +266,7 @@ def _cmd_suite(args: argparse.Namespace) -> int:
     from .suite import load_suite, run_suite
 
     suite = load_suite(args.suite_config)
-    report = run_suite(suite, output=args.output, dry_run=args.dry_run, fail_fast=args.fail_fast)
+    report = run_suite(suite, output=args.output, dry_run=args.dry_run, fail_fast=args.fail_fast, jobs=args.jobs)
     return 1 if report.failed and not args.dry_run else 0
 
 

@@ -64,6 +64,7 @@ class RunConfig:
     # engine
     precision: str = "fp32"
     device: str | None = None
+    threads: int | None = None  # CPU threads for PyTorch (None: its default)
     workers: int = 4
     eval_batch_size: int | None = None
     log_every: int = 50

@@ -378,6 +378,8 @@ def fit(cfg: RunConfig) -> dict[str, Any]:
         return fit_linear_probe(cfg)
     env = init_distributed(cfg.device)
     device = resolve_device(cfg.device, env)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     run_dir = cfg.run_dir
     resume_from = _resume_path(cfg)
     setup_logging(run_dir, env)

@@ -343,6 +343,8 @@ def run_suite(
     dry_run: bool = False,
     fail_fast: bool = False,
     fit: Callable[[RunConfig], dict[str, Any]] | None = None,
+    quiet: bool = False,
+    jobs: int = 1,
 ) -> SuiteReport:
     """Run (or with ``dry_run``, list) the grid and write the tables; returns the records and the Markdown table.
 
@@ -353,6 +355,10 @@ def run_suite(
             run and write nothing.
         fail_fast: re-raise the first failure instead of recording it and going on.
         fit: the function that runs one config (default :func:`vprompt.engine.fit`).
+        quiet: do not print the table at the end (a caller that reports on its own).
+        jobs: runs at a time, each in its own process (``fit`` is then always :func:`vprompt.engine.fit`). On the
+            CPU each process gets an equal share of the cores as PyTorch threads: small models run faster as
+            several single-threaded runs than as one run over several threads.
     """
     from . import engine
     from .distributed import DistEnv
@@ -377,8 +383,8 @@ def run_suite(
         print(markdown)
         return SuiteReport(records, markdown, [])
 
-    fit = fit or (lambda cfg: engine.fit(cfg))
     pending = {id(c): _record(c, "pending") for c in cells}
+    queue: list[tuple[str, SuiteCell, RunConfig]] = []
     for i, (cell, (state, why)) in enumerate(zip(cells, states)):
         tag = f"[{i + 1}/{len(cells)}] {cell.method} on {cell.dataset}, seed {cell.seed}" + (
             f", {cell.shots}-shot" if cell.shots else ""
@@ -393,27 +399,78 @@ def run_suite(
             pending[id(cell)] = _record(cell, "done", _read_results(cell))
         else:
             assert cell.cfg is not None
-            cfg = dataclasses.replace(cell.cfg, resume="latest")
-            _log.info("suite %s: %s %s", tag, "resuming" if state == "resume" else "starting", cfg.run_dir)
+            _log.info("suite %s: %s %s", tag, "resuming" if state == "resume" else "starting", cell.cfg.run_dir)
+            queue.append((tag, cell, dataclasses.replace(cell.cfg, resume="latest")))
+
+    def finished(tag: str, cell: SuiteCell, outcome: dict[str, Any] | BaseException) -> None:
+        if isinstance(outcome, BaseException):  # one failing run must not stop the grid
+            if fail_fast:
+                raise outcome
+            _log.error("suite %s failed: %s: %s", tag, type(outcome).__name__, outcome)
+            pending[id(cell)] = _record(cell, "failed", error=f"{type(outcome).__name__}: {outcome}")
+        else:
+            pending[id(cell)] = _record(cell, "done", outcome)
+        write_tables([pending[id(c)] for c in cells], suite, table_dir)  # current while the grid runs
+
+    if jobs > 1 and len(queue) > 1:
+        _run_parallel(queue, jobs, finished)
+    else:
+        fit = fit or (lambda cfg: engine.fit(cfg))
+        for tag, cell, cfg in queue:
             try:
-                results = fit(cfg)
-                pending[id(cell)] = _record(cell, "done", results)
-            except Exception as e:  # one failing run must not stop the grid
+                outcome: dict[str, Any] | BaseException = fit(cfg)
+            except Exception as e:
                 if fail_fast:
                     raise
                 _log.exception("suite %s failed", tag)
-                pending[id(cell)] = _record(cell, "failed", error=f"{type(e).__name__}: {e}")
+                outcome = e
             finally:
                 _free_memory()
                 engine.setup_logging(None, DistEnv())  # the next messages are the suite's, not this run's log
-        if state != "done":  # keep the tables current while the grid runs
-            write_tables([pending[id(c)] for c in cells], suite, table_dir)
+            finished(tag, cell, outcome)
     records = [pending[id(c)] for c in cells]
     files = write_tables(records, suite, table_dir)
     markdown = build_table(records, suite)[0]
-    print(markdown)
-    print(f"tables: {', '.join(str(f) for f in files)}")
+    if not quiet:
+        print(markdown)
+        print(f"tables: {', '.join(str(f) for f in files)}")
     return SuiteReport(records, markdown, files)
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _fit_in_worker(cfg: RunConfig) -> dict[str, Any]:
+    from .engine import fit
+
+    return fit(cfg)
+
+
+def _run_parallel(
+    queue: Sequence[tuple[str, SuiteCell, RunConfig]],
+    jobs: int,
+    finished: Callable[[str, SuiteCell, dict[str, Any] | BaseException], None],
+) -> None:
+    """Run the queued configs ``jobs`` at a time in fresh (spawned) processes, reporting each as it ends."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
+        futures = {pool.submit(_fit_in_worker, cfg): (tag, cell) for tag, cell, cfg in queue}
+        try:
+            for fut in as_completed(futures):
+                tag, cell = futures[fut]
+                error = fut.exception()
+                finished(tag, cell, error if error is not None else fut.result())
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
 
 
 def _free_memory() -> None:
