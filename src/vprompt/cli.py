@@ -170,6 +170,39 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", default=argparse.SUPPRESS, metavar="latest", help="redo on the cached features")
     p.set_defaults(func=_cmd_linprobe)
 
+    p = sub.add_parser(
+        "demo",
+        help="reprogram a frozen CIFAR-10 ResNet to read MNIST digits (the offline experiment)",
+        description="Train every arm (no prompt, VP, EVP and its ablations) at the same budget on real MNIST "
+        "digits with a frozen pretrained CIFAR-10 ResNet; write a results table, learning curves and prompt images.",
+    )
+    from .demo import DemoSettings
+
+    d = DemoSettings()
+    p.add_argument(
+        "--data-dir",
+        default=argparse.SUPPRESS,
+        help="folder with cifar10_resnets/ and mnist/ (default ../shared/data when present, else download)",
+    )
+    p.add_argument("--output", default="demo_out", help="report and run folders (demo_out)")
+    p.add_argument("--depth", type=int, default=d.depth, choices=[20, 32, 44, 56], help="ResNet depth (20)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs of each trained arm ({d.epochs})")
+    p.add_argument("-b", "--batch-size", type=int, default=d.batch_size, help=f"batch size ({d.batch_size})")
+    p.add_argument("--input-size", type=int, default=d.input_size, help=f"canvas S ({d.input_size})")
+    p.add_argument("--inner-size", type=int, default=d.inner_size, help=f"EVP's shrunk digit s ({d.inner_size})")
+    p.add_argument(
+        "--label-map", default=d.label_map, choices=["flm", "ilm"], help=f"prompted arms' map ({d.label_map})"
+    )
+    p.add_argument("--diversity", default=d.diversity, choices=["ref", "di"], help=f"EVP's diversity ({d.diversity})")
+    p.add_argument("--normgrad-lr", type=float, default=d.normgrad_lr, help=f"normalized-gradient lr ({d.normgrad_lr})")
+    p.add_argument("--sgd-lr", type=float, default=d.sgd_lr, help=f"plain-SGD EVP lr ({d.sgd_lr})")
+    p.add_argument("--vp-lr", type=float, default=d.vp_lr, help=f"VP's lr ({d.vp_lr})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"training seed ({d.seed})")
+    p.add_argument("--device", default=None, help="cuda, cpu (default: cuda if available)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per arm (default: 1 on the CPU)")
+    p.add_argument("--jobs", type=int, default=None, help="arms at a time (default: one per core on the CPU)")
+    p.set_defaults(func=_cmd_demo)
+
     p = sub.add_parser("list", help="list models, datasets or methods")
     p.add_argument("what", choices=["models", "datasets", "methods"])
     p.set_defaults(func=_cmd_list)
@@ -268,6 +301,18 @@ def _cmd_suite(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite_config)
     report = run_suite(suite, output=args.output, dry_run=args.dry_run, fail_fast=args.fail_fast, jobs=args.jobs)
     return 1 if report.failed and not args.dry_run else 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .demo import DemoSettings, default_data_dir, run_demo
+
+    fields = {f.name for f in dataclasses.fields(DemoSettings)}
+    settings = DemoSettings(**{k: v for k, v in vars(args).items() if k in fields})
+    data_dir = args.data_dir if "data_dir" in args else default_data_dir()
+    run_demo(data_dir, args.output, settings)
+    return 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

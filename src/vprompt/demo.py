@@ -1,0 +1,314 @@
+"""``vprompt demo``: reprogram a frozen, pretrained CIFAR-10 ResNet to read handwritten digits.
+
+The real experiment that runs offline: the CIFAR-10 ResNet-20 checkpoint and real MNIST digits (IDX files) are
+read from ``--data-dir`` (by default ``../shared/data`` when it exists), or downloaded when online. The prompt is
+trained on the 10,000 ``train10k`` digits (the official 60,000 when present) minus a held-out validation split
+that selects the epoch, and tested on all 10,000 official test digits.
+
+Every arm has the same budget (epochs, batch size, canvas), and every prompted arm the same label mapping:
+
+===============  ================================================================================
+identity         no prompt; digit ``d`` is read as CIFAR class ``d``
+flm              no prompt; the frequency label map (one-to-one, greedy) from the training digits
+vp               VP: a border added on top of the resized digit, SGD with momentum, warmup, cosine
+evp-plain        EVP's geometry (shrink, pad, border prompt) with plain SGD and no input diversity
+evp-diversity    + input diversity
+evp-normgrad     + normalized gradient (no diversity)
+evp              EVP: both
+===============  ================================================================================
+
+The arms run through :mod:`vprompt.suite` (one dataset, one seed), so a second ``vprompt demo`` skips finished
+arms and resumes an interrupted one. Outputs in ``--output``: ``results.md`` (the table and the settings),
+``curves.png`` (validation accuracy per epoch), ``prompt_<arm>.png`` (each learned prompt, and a prompted
+digit), and the run folders under ``runs/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DemoSettings", "demo_arms", "run_demo", "default_data_dir", "default_jobs", "default_threads", "train_size"]
+
+_log = logging.getLogger("vprompt")
+
+ARM_DOCS = {
+    "identity": "no prompt, identity map (digit d read as CIFAR class d)",
+    "flm": "no prompt, frequency label map",
+    "vp": "VP padding: border added on top of the image, SGD + momentum",
+    "evp-plain": "EVP geometry, plain SGD, no input diversity",
+    "evp-diversity": "EVP geometry + input diversity, plain SGD",
+    "evp-normgrad": "EVP geometry + normalized gradient, no diversity",
+    "evp": "EVP: input diversity + normalized gradient",
+}
+
+
+@dataclass
+class DemoSettings:
+    """The demo's budget and geometry; the defaults finish in about a quarter of an hour on two CPU cores.
+
+    Attributes:
+        depth: CIFAR ResNet depth (20, 32, 44, 56).
+        epochs: epochs of every trained arm.
+        batch_size: batch size of every trained arm.
+        input_size: canvas size S the ResNet sees.
+        inner_size: s, the size EVP shrinks the digit to (the border is (S - s) / 2 wide; VP's border too).
+        label_map: mapping of every prompted arm (``flm`` or ``ilm``).
+        diversity: the input-diversity variant of the EVP arms that use it.
+        normgrad_lr: learning rate of the normalized-gradient arms.
+        sgd_lr: learning rate of the plain-SGD EVP arms (momentum 0.9).
+        vp_lr: VP's learning rate (SGD, momentum 0.9, warmup then cosine).
+        seed: training seed.
+        device: ``cpu``, ``cuda``... (default: CUDA when available).
+        threads: CPU threads per arm; None: one when running on the CPU. A ResNet-20 on 32-pixel inputs is made
+            of small operations, and on a two-core virtual machine one thread trained it about four times faster
+            than two (BENCHMARKS.md).
+        jobs: arms trained at a time, each in its own process; None: one per CPU core on the CPU (at most the
+            number of trained arms), one on a GPU.
+    """
+
+    depth: int = 20
+    epochs: int = 6
+    batch_size: int = 128
+    input_size: int = 32
+    inner_size: int = 24
+    label_map: str = "ilm"
+    diversity: str = "di"
+    normgrad_lr: float = 8.0
+    sgd_lr: float = 10.0
+    vp_lr: float = 40.0
+    seed: int = 42
+    device: str | None = None
+    threads: int | None = None
+    jobs: int | None = None
+
+
+def default_data_dir() -> Path | None:
+    """``../shared/data`` (from the working directory) when it exists, for offline use; else None (download)."""
+    candidate = Path("..") / "shared" / "data"
+    return candidate if (candidate / "mnist").is_dir() else None
+
+
+def _sources(data_dir: str | Path | None) -> tuple[str, str | None]:
+    """(ResNet --pretrained, MNIST --data-dir) for a data folder; None: the caches, downloading what is missing."""
+    if data_dir is None:
+        return "cifar10", None
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data-dir {root} does not exist")
+    ckpt = root / "cifar10_resnets"
+    mnist = root / "mnist"
+    return (str(ckpt) if ckpt.is_dir() else "cifar10"), str(mnist if mnist.is_dir() else root)
+
+
+def demo_arms(s: DemoSettings, warmup_steps: int) -> list[dict[str, Any]]:
+    """The suite method entries of the demo, in table order (``warmup_steps``: VP's warmup)."""
+    evp = {"name": "evp", "input_size": s.input_size, "inner_size": s.inner_size, "label_map": s.label_map}
+    sgd = {"optimizer": "sgd", "lr": s.sgd_lr, "momentum": 0.9, "schedule": "cosine_epoch"}
+    norm = {"optimizer": "normgrad", "lr": s.normgrad_lr}
+    return [
+        {"name": "zeroshot", "label": "identity", "label_map": "identity", "input_size": s.input_size, "epochs": 0},
+        {"name": "zeroshot", "label": "flm", "label_map": "flm", "input_size": s.input_size, "epochs": 0},
+        {
+            "name": "vp",
+            "label": "vp",
+            "input_size": s.input_size,
+            "prompt_size": (s.input_size - s.inner_size) // 2,
+            "label_map": s.label_map,
+            "lr": s.vp_lr,
+            "warmup_steps": warmup_steps,
+        },
+        {**evp, "label": "evp-plain", "diversity": "none", **sgd},
+        {**evp, "label": "evp-diversity", "diversity": s.diversity, **sgd},
+        {**evp, "label": "evp-normgrad", "diversity": "none", **norm},
+        {**evp, "label": "evp", "diversity": s.diversity, **norm},
+    ]
+
+
+def _suite(s: DemoSettings, data_dir: str | Path | None, output: Path) -> Any:
+    from .suite import parse_suite
+
+    pretrained, mnist_dir = _sources(data_dir)
+    base = {
+        "model": f"cifar:resnet{s.depth}",
+        "pretrained": pretrained,
+        "data_dir": mnist_dir,
+        "epochs": s.epochs,
+        "batch_size": s.batch_size,
+        "eval_batch_size": 1000,
+        "device": s.device,
+        "threads": s.threads if s.threads is not None else default_threads(s.device),
+        "log_every": 0,
+        "workers": 0,
+    }
+    base = {k: v for k, v in base.items() if v is not None}
+    # VP's 1000 warmup steps would outlast a short run: it warms up over the first tenth of its steps instead.
+    steps = s.epochs * -(-train_size(mnist_dir) // s.batch_size)
+    arms = demo_arms(s, warmup_steps=max(1, steps // 10))
+    data = {
+        "base": base,
+        "datasets": ["mnist"],
+        "methods": arms,
+        "seeds": [s.seed],
+        "table": {"name": "suite_results", "title": "Reprogramming a CIFAR-10 ResNet to MNIST"},
+    }
+    return parse_suite(data, source="vprompt demo", default_output=str(output / "runs"))
+
+
+def _on_cpu(device: str | None) -> bool:
+    import torch
+
+    return device == "cpu" or (device is None and not torch.cuda.is_available())
+
+
+def default_threads(device: str | None) -> int | None:
+    """Threads per run: one on the CPU (see :class:`DemoSettings`), PyTorch's default otherwise."""
+    return 1 if _on_cpu(device) else None
+
+
+def default_jobs(device: str | None) -> int:
+    """Runs at a time: one per core on the CPU (at most the five trained arms), one on a GPU."""
+    return min(5, os.cpu_count() or 1) if _on_cpu(device) else 1
+
+
+def train_size(mnist_dir: str | None) -> int:
+    """Training images after the validation holdout (for VP's warmup length); downloads MNIST when missing."""
+    from .config import RunConfig
+    from .data import create_dataset, holdout_split
+
+    train = create_dataset("mnist", mnist_dir, "train", download=True)
+    return len(holdout_split(train.targets, RunConfig.val_fraction, RunConfig.split_seed)[0])
+
+
+def run_demo(
+    data_dir: str | Path | None = None,
+    output: str | Path = "demo_out",
+    settings: DemoSettings | None = None,
+) -> dict[str, Any]:
+    """Run (or complete) the demo and write its report; returns ``{arm: results.json contents}``."""
+    from .suite import run_suite
+
+    s = settings or DemoSettings()
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    suite = _suite(s, data_dir, output)
+    jobs = s.jobs if s.jobs is not None else default_jobs(s.device)
+    report = run_suite(suite, output=output / "runs", quiet=True, jobs=jobs)
+    if report.failed:
+        first = report.failed[0]
+        raise RuntimeError(f"demo arm {first.method} failed: {first.error}")
+    results = {r.method: json.loads((Path(r.run_dir) / "results.json").read_text()) for r in report.records}
+    run_dirs = {r.method: Path(r.run_dir) for r in report.records}
+    table = _table(results)
+    _write_report(output, table, s, data_dir)
+    _plot_curves(output, run_dirs, results)
+    _save_prompt_images(output, run_dirs)
+    print(table)
+    print(f"report: {output / 'results.md'}")
+    return results
+
+
+def _table(results: dict[str, dict[str, Any]]) -> str:
+    lines = [
+        "| arm | what | val acc | test acc | test acc, last epoch | epoch | train s |",
+        "|:--|:--|--:|--:|--:|--:|--:|",
+    ]
+    for arm, r in results.items():
+        val = f"{r['val']['acc1']:.2f}" if r.get("val") else "–"
+        last = f"{r['test_last']['acc1']:.2f}" if r.get("epochs") else "–"
+        epoch = str(r["best_epoch"]) if r.get("epochs") else "–"
+        secs = f"{r['train_seconds']:.0f}" if r.get("epochs") else "–"
+        lines.append(
+            f"| {arm} | {ARM_DOCS.get(arm, '')} | {val} | {r['test']['acc1']:.2f} | {last} | {epoch} | {secs} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _write_report(output: Path, table: str, s: DemoSettings, data_dir: str | Path | None) -> None:
+    from .checkpoint import atomic_write
+
+    settings = ", ".join(f"{k}={v}" for k, v in vars(s).items() if v is not None)
+    text = (
+        "# vprompt demo: a frozen CIFAR-10 ResNet reads handwritten digits\n\n"
+        f"Frozen `cifar:resnet{s.depth}` (CIFAR-10 weights), MNIST digits on a {s.input_size}-pixel canvas; "
+        "trained on the training digits minus a 10 % validation split (which selects the epoch), tested on the "
+        "10,000 official MNIST test digits. Same budget for every arm.\n\n"
+        f"{table}\n"
+        f"Settings: {settings}; data: {data_dir or 'downloaded'}.\n\n"
+        "![validation accuracy per epoch](curves.png)\n\n"
+        "Learned prompts: "
+        + ", ".join(f"[{a}](prompt_{a}.png)" for a in ARM_DOCS if a not in ("identity", "flm"))
+        + "\n"
+    )
+    atomic_write(output / "results.md", lambda tmp: Path(tmp).write_text(text))
+
+
+def _plot_curves(output: Path, run_dirs: dict[str, Path], results: dict[str, dict[str, Any]]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        _log.warning("matplotlib is not installed: no curves.png (pip install 'vprompt[plot]')")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for arm, run_dir in run_dirs.items():
+        metrics = run_dir / "metrics.jsonl"
+        rows = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
+        rows = [r for r in rows if "val_acc1" in r]
+        if rows:
+            ax.plot([r["epoch"] for r in rows], [r["val_acc1"] for r in rows], marker="o", label=arm)
+        elif results[arm].get("val"):
+            ax.axhline(results[arm]["val"]["acc1"], linestyle="--", color="gray", linewidth=1)
+            ax.annotate(arm, (1, results[arm]["val"]["acc1"]), fontsize=8, color="gray")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("Reprogramming a frozen CIFAR-10 ResNet to MNIST")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = output / ".curves.png.tmp"
+    fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    os.replace(tmp, output / "curves.png")
+
+
+def _save_prompt_images(output: Path, run_dirs: dict[str, Path]) -> None:
+    """``prompt_<arm>.png``: the prompt on black (min-max scaled to be visible) beside a prompted test digit."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from .backbones import IMAGENET_STD
+    from .checkpoint import load_prompt
+    from .data import create_dataset
+    from .prompters import create_prompter
+
+    digit = None
+    for arm, run_dir in run_dirs.items():
+        if arm in ("identity", "flm"):
+            continue
+        state, cfg, _ = load_prompt(run_dir / "prompt.safetensors")
+        if digit is None:
+            test = create_dataset("mnist", cfg["data_dir"], "test", download=False)
+            digit = test[0][0].float().div(255).expand(3, -1, -1)[None]
+        prompter = create_prompter(
+            cfg["prompter"], cfg["input_size"], cfg["inner_size"], cfg["prompt_size"], scale=IMAGENET_STD
+        )
+        prompter.load_state_dict({k[len("prompter.") :]: v for k, v in state.items() if k.startswith("prompter.")})
+        prompter.eval()
+        with torch.no_grad():
+            alone = prompter.prompt_pixels()
+            prompted = prompter(digit)[0]
+        alone = (alone - alone.min()) / (alone.max() - alone.min() + 1e-12)
+        panel = torch.cat([alone, torch.ones(3, alone.shape[1], 2), prompted.clamp(0, 1)], dim=2)
+        img = Image.fromarray((panel.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+        img = img.resize((img.width * 8, img.height * 8), Image.NEAREST)
+        tmp = output / f".prompt_{arm}.png.tmp"
+        img.save(tmp, format="PNG")
+        os.replace(tmp, output / f"prompt_{arm}.png")

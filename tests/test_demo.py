@@ -1,0 +1,75 @@
+"""`vprompt demo` end to end on a tiny budget: real CIFAR-10 ResNet weights, a small slice of the real digits."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from vprompt import cli
+from vprompt.demo import ARM_DOCS
+
+from .conftest import shared_data
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    """400 training and 200 test digits of the real MNIST files, in IDX format, beside the real checkpoints."""
+    src = shared_data()
+    if not (src / "mnist").is_dir() or not (src / "cifar10_resnets").is_dir():
+        pytest.skip("../shared/data with mnist/ and cifar10_resnets/ is not available")
+    from vprompt.data.idx import read_idx, write_idx
+
+    root = tmp_path_factory.mktemp("demo_data")
+    (root / "mnist").mkdir()
+    for part, n in (("train10k", 400), ("t10k", 200)):
+        for kind in ("images-idx3", "labels-idx1"):
+            arr = read_idx(src / "mnist" / f"{part}-{kind}-ubyte.gz")[:n]
+            write_idx(root / "mnist" / f"{part}-{kind}-ubyte.gz", arr)
+    (root / "cifar10_resnets").symlink_to(src / "cifar10_resnets")
+    return root
+
+
+@pytest.mark.slow
+def test_demo_runs_every_arm_and_writes_its_report(small_data, tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--data-dir", str(small_data), "--output", str(out), "--epochs", "1", "-b", "64"]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    report = (out / "results.md").read_text()
+    for arm in ARM_DOCS:
+        assert f"| {arm} |" in report and f"| {arm} |" in printed
+    for arm in ("vp", "evp-plain", "evp-diversity", "evp-normgrad", "evp"):
+        with Image.open(out / f"prompt_{arm}.png") as img:
+            assert img.format == "PNG" and img.width > img.height  # the prompt beside a prompted digit
+    with Image.open(out / "curves.png") as img:
+        assert img.format == "PNG"
+
+    # The no-prompt identity arm is the frozen ResNet read as digits: recompute it independently.
+    results = {a: json.loads((out / "runs" / _run_name(a) / "results.json").read_text()) for a in ARM_DOCS}
+    from vprompt.cifar_resnet import create_cifar_resnet
+    from vprompt.data import create_dataset
+    from vprompt.prompters import resize_square
+
+    test = create_dataset("mnist", small_data / "mnist", "test")
+    net = create_cifar_resnet(20, small_data / "cifar10_resnets").eval()
+    x = resize_square(test.images.float().div(255).expand(-1, 3, -1, -1), 32)
+    mean, std = (
+        torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
+        torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
+    )
+    with torch.no_grad():
+        pred = net((x - mean) / std).argmax(-1)
+    expected = 100 * (pred == test.targets).float().mean().item()
+    assert results["identity"]["test"]["acc1"] == pytest.approx(expected, abs=1e-6)
+    assert results["identity"]["test"]["n"] == 200
+    assert all(results[a]["epochs"] == 1 for a in ("vp", "evp")) and results["flm"]["epochs"] == 0
+
+    # A second demo finds every arm finished and only rewrites the report.
+    before = {a: (out / "runs" / _run_name(a) / "results.json").stat().st_mtime_ns for a in ARM_DOCS}
+    assert cli.main(args) == 0
+    assert before == {a: (out / "runs" / _run_name(a) / "results.json").stat().st_mtime_ns for a in ARM_DOCS}
+
+
+def _run_name(arm: str) -> str:
+    return f"{arm}-cifar-resnet20-mnist-seed42"
