@@ -90,6 +90,18 @@ class RunConfig:
         return Path(self.output) / self.run_name
 
 
+#: VP's optimization recipe, shared by its three prompters.
+_VP: dict[str, Any] = {
+    "optimizer": "sgd",
+    "lr": 40.0,
+    "schedule": "cosine",
+    "warmup_steps": 1000,
+    "epochs": 1000,
+    "diversity": "none",
+    "templates": "single",
+}
+_VP_DOC = "SGD momentum 0.9, lr 40, warmup 1000 steps, cosine"
+
 #: Recipes: the settings each method fills in where the user left them unset.
 METHODS: dict[str, dict[str, Any]] = {
     "evp": {
@@ -103,38 +115,16 @@ METHODS: dict[str, dict[str, Any]] = {
         "templates": "single",
         "_doc": "EVP: shrink + border prompt, input diversity, normalized gradient, cosine per epoch (lr 70)",
     },
-    "vp": {
-        "prompter": "pad",
-        "optimizer": "sgd",
-        "lr": 40.0,
-        "schedule": "cosine",
-        "warmup_steps": 1000,
-        "epochs": 1000,
-        "diversity": "none",
-        "templates": "single",
-        "_doc": "VP padding (Bahng et al.): additive border, SGD momentum 0.9, lr 40, warmup 1000 steps, cosine",
-    },
+    "vp": {**_VP, "prompter": "pad", "_doc": "VP padding (Bahng et al.): additive border, " + _VP_DOC},
     "fixed_patch": {
+        **_VP,
         "prompter": "fixed_patch",
-        "optimizer": "sgd",
-        "lr": 40.0,
-        "schedule": "cosine",
-        "warmup_steps": 1000,
-        "epochs": 1000,
-        "diversity": "none",
-        "templates": "single",
-        "_doc": "VP fixed patch: additive square at the top-left corner, VP's optimizer",
+        "_doc": "VP fixed patch: additive square at the top-left, " + _VP_DOC,
     },
     "random_patch": {
+        **_VP,
         "prompter": "random_patch",
-        "optimizer": "sgd",
-        "lr": 40.0,
-        "schedule": "cosine",
-        "warmup_steps": 1000,
-        "epochs": 1000,
-        "diversity": "none",
-        "templates": "single",
-        "_doc": "VP random patch: additive square at a random place per batch, VP's optimizer",
+        "_doc": "VP random patch: additive square at a random place per batch, " + _VP_DOC,
     },
     "linprobe": {
         "prompter": "none",

@@ -324,11 +324,18 @@ def _build_for_run(
     backbone = build_backbone(cfg, device)
     prompter = build_prompter(cfg, backbone)
     diversity = create_diversity(cfg.diversity or "none", min_scale=cfg.di_min_scale, prob=cfg.di_prob)
-    data = prepare_data(
+    data = data_for_run(cfg, prompter.image_size, random_crop=augment and diversity.random_crop)
+    head = build_head(cfg, backbone, data.classnames, data.templates)
+    return PromptedModel(prompter, backbone, head), data, diversity
+
+
+def data_for_run(cfg: RunConfig, image_size: int, random_crop: bool) -> DataSplits:
+    """The train / val / test splits ``cfg`` describes, decoded at ``image_size``."""
+    return prepare_data(
         cfg.dataset,
         cfg.data_dir,
-        image_size=prompter.image_size,
-        random_crop=augment and diversity.random_crop,
+        image_size=image_size,
+        random_crop=random_crop,
         val_fraction=cfg.val_fraction,
         split_seed=cfg.split_seed,
         download=cfg.download,
@@ -336,8 +343,6 @@ def _build_for_run(
         shots=cfg.shots,
         train_fraction=cfg.train_fraction,
     )
-    head = build_head(cfg, backbone, data.classnames, data.templates)
-    return PromptedModel(prompter, backbone, head), data, diversity
 
 
 def _optimizers(

@@ -41,7 +41,7 @@ from .backbones import FrozenBackbone
 from .build import build_backbone, build_prompter, to_float_rgb
 from .checkpoint import LAST_FILE, atomic_write
 from .config import RunConfig
-from .data import make_loader, prepare_data
+from .data import make_loader
 from .distributed import DistEnv
 from .prompters import Prompter
 
@@ -315,7 +315,7 @@ def fit_linear_probe(cfg: RunConfig) -> dict[str, Any]:
     Raises:
         ValueError: launched with several processes, no validation split for a sweep, or bad settings.
     """
-    from .engine import _append_jsonl, _write_json, _write_run_files, resolve_device, setup_logging
+    from .engine import _append_jsonl, _write_json, _write_run_files, data_for_run, resolve_device, setup_logging
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("linprobe runs in one process (features are extracted once); launch it without torchrun")
@@ -328,18 +328,7 @@ def fit_linear_probe(cfg: RunConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)  # a randomly initialized backbone is then the same on every rerun
     backbone = build_backbone(cfg, device)
     prompter = build_prompter(cfg, backbone)  # the "none" prompter: resize to S only
-    data = prepare_data(
-        cfg.dataset,
-        cfg.data_dir,
-        image_size=prompter.image_size,
-        random_crop=False,
-        val_fraction=cfg.val_fraction,
-        split_seed=cfg.split_seed,
-        download=cfg.download,
-        options=cfg.dataset_options,
-        shots=cfg.shots,
-        train_fraction=cfg.train_fraction,
-    )
+    data = data_for_run(cfg, prompter.image_size, random_crop=False)
     _write_run_files(cfg, data, run_dir, resumed=cfg.resume is not None)
 
     key = _cache_key(cfg, prompter.input_size)
