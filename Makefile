@@ -18,12 +18,12 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests $(wildcard benchmarks)
-	$(BIN)/ruff format --check src tests $(wildcard benchmarks)
+	$(BIN)/ruff check src tests $(wildcard benchmarks tools)
+	$(BIN)/ruff format --check src tests $(wildcard benchmarks tools)
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests $(wildcard benchmarks)
-	$(BIN)/ruff check --fix src tests $(wildcard benchmarks)
+	$(BIN)/ruff format src tests $(wildcard benchmarks tools)
+	$(BIN)/ruff check --fix src tests $(wildcard benchmarks tools)
 
 test: lint
 	$(BIN)/python -m pytest -q
