@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import statistics
 
 import pytest
@@ -249,3 +250,9 @@ def test_parallel_jobs_give_the_same_results_as_one_at_a_time(tmp_path):
         (r.method, r.test_acc1, r.val_acc1) for r in two.records
     ]
     assert (tmp_path / "two" / "suite_results.md").read_text() == (tmp_path / "one" / "suite_results.md").read_text()
+    # A worker runs several cells one after the other: each run's log must hold its own lines only.
+    names = [r.run_dir.split("/")[-1] for r in two.records]
+    for name in names:
+        log = (tmp_path / "two" / name / "log.txt").read_text()
+        mentioned = set(re.findall(r"/two/([\w.-]+)", log))
+        assert mentioned == {name}, (name, mentioned)

@@ -386,8 +386,8 @@ def fit(cfg: RunConfig) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     run_dir = cfg.run_dir
+    setup_logging(run_dir, env)  # first, so that nothing this run logs lands in another run's log.txt
     resume_from = _resume_path(cfg)
-    setup_logging(run_dir, env)
     epochs = int(cfg.epochs or 0)
     if cfg.batch_size % env.world_size:
         raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the {env.world_size} processes")

@@ -444,9 +444,13 @@ def _worker_init(threads: int) -> None:
 
 
 def _fit_in_worker(cfg: RunConfig) -> dict[str, Any]:
-    from .engine import fit
+    from .distributed import DistEnv
+    from .engine import fit, setup_logging
 
-    return fit(cfg)
+    try:
+        return fit(cfg)
+    finally:
+        setup_logging(None, DistEnv())  # close this run's log.txt before the worker takes the next run
 
 
 def _run_parallel(
