@@ -64,22 +64,23 @@ class DemoSettings:
         vp_lr: VP's learning rate (SGD, momentum 0.9, warmup then cosine).
         seed: training seed.
         device: ``cpu``, ``cuda``... (default: CUDA when available).
-        threads: CPU threads per arm; None: one when running on the CPU. A ResNet-20 on 32-pixel inputs is made
-            of small operations, and on a two-core virtual machine one thread trained it about four times faster
-            than two (BENCHMARKS.md).
+        threads: CPU threads per arm; None: one when running on the CPU.
         jobs: arms trained at a time, each in its own process; None: one per CPU core on the CPU (at most the
-            number of trained arms), one on a GPU.
+            number of trained arms), one on a GPU. A ResNet-20 on 32-pixel inputs is made of small operations:
+            on two cores, two single-threaded arms side by side train more images per second than one arm on two
+            threads, and a two-thread arm loses 40 % of its speed when anything else takes a core
+            (BENCHMARKS.md).
     """
 
     depth: int = 20
-    epochs: int = 6
+    epochs: int = 3
     batch_size: int = 128
     input_size: int = 32
     inner_size: int = 24
     label_map: str = "ilm"
-    diversity: str = "di"
-    normgrad_lr: float = 8.0
-    sgd_lr: float = 10.0
+    diversity: str = "ref"
+    normgrad_lr: float = 10.0
+    sgd_lr: float = 2.0
     vp_lr: float = 40.0
     seed: int = 42
     device: str | None = None
