@@ -12,7 +12,7 @@ batch size, image sizes (S = 224, s = 164) and CIFAR-sized inputs. Reported: med
 timed steps and images per second; ratios relative to the reference-style loop, all measured in one run.
 
     python benchmarks/speed_evp.py --device cuda --model ViT-B-32 --batch-size 256 --steps 20 --workers 8
-    python benchmarks/speed_evp.py --device cpu --model ViT-B-32 --batch-size 16 --steps 4 --workers 2
+    python benchmarks/speed_evp.py --device cpu --model ViT-B-32 --batch-size 16 --steps 4 --workers 2 --precisions fp32
 """
 
 from __future__ import annotations
@@ -142,6 +142,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--images", type=int, default=0, help="dataset size (default: 4 batches)")
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], help="vprompt precisions to time")
     ap.add_argument("--out", default=None, help="append the JSON result to this file")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -156,7 +157,7 @@ def main() -> None:
     rows["reference-style fp32"] = measure(
         reference_style_steps(backbone, images, labels, args, device), args.warmup, args.steps
     )
-    for precision in ("fp32", "bf16"):
+    for precision in args.precisions:
         rows[f"vprompt {precision}"] = measure(
             vprompt_steps(backbone, images, labels, args, device, precision), args.warmup, args.steps
         )
