@@ -26,6 +26,13 @@ def test_di_resizes_and_pads_some_images():
     assert torch.equal(random_resize_pad(x, min_scale=0.6, prob=0.0), x)
 
 
+def test_di_never_flips():
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 8, 8)
+    out = create_diversity("di", prob=0.0)(x)  # no resize: any change would be a flip
+    assert torch.equal(out, x)
+
+
 def test_none_is_identity_and_bad_names_fail():
     x = torch.rand(2, 3, 4, 4)
     assert create_diversity("none")(x) is x

@@ -6,9 +6,10 @@ diversity" trick of transferable adversarial examples). Applied in training only
 * ``ref``: the reference code's variant, a horizontal flip with probability 0.5. (Its other part, the random
   crop of the resized image, needs the image's full aspect ratio and therefore happens when the image is
   decoded; see :func:`vprompt.data.build_transform`.)
-* ``di``: DI-FGSM style random resize-and-pad: with probability ``prob`` the image is shrunk by a random
-  factor in ``[min_scale, 1]`` and placed at a random position on a black canvas of its own size; plus the
-  flip of ``ref``.
+* ``di``: DI-FGSM's random resize-and-pad: with probability ``prob`` the image is shrunk by a random factor in
+  ``[min_scale, 1]`` and placed at a random position on a black canvas of its own size. No flip, as in
+  DI-FGSM: a mirrored digit, letter or traffic sign is not the same class, so ``di`` is the variant for such
+  datasets.
 * ``none``: identity.
 """
 
@@ -81,10 +82,9 @@ class InputDiversity:
     def __call__(self, x: Tensor) -> Tensor:
         if self.name == "none":
             return x
-        x = random_flip(x)
         if self.name == "di":
-            x = random_resize_pad(x, self.min_scale, self.prob)
-        return x
+            return random_resize_pad(x, self.min_scale, self.prob)
+        return random_flip(x)
 
     def __repr__(self) -> str:
         return f"InputDiversity({self.name!r})"
