@@ -13,7 +13,11 @@ where it stopped. Results: ``sweep/suite_results.csv``, ``chosen.json``, ``final
 ``summary.md`` in ``--output``.
 
     python benchmarks/reprogram_mnist.py --data-dir ../shared/data --output bench_out/mnist --jobs 2
+    python benchmarks/reprogram_mnist.py --chosen chosen.json --output bench_out/mnist48   # skip stage 1
     python benchmarks/reprogram_mnist.py --device cuda --epochs 40 --depths 20 56 --jobs 1
+
+The defaults (canvas 48 with the digit at 32 px, batch 32, 10 epochs) are those of the best validation runs
+recorded in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -154,11 +158,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="CPU threads per run (default: the demo's)")
     ap.add_argument("--jobs", type=int, default=None, help="runs at a time (default: the demo's)")
     ap.add_argument("--depths", type=int, nargs="+", default=[20])
-    ap.add_argument("--epochs", type=int, default=20, help="epochs of each trained arm in stage 2")
+    ap.add_argument("--epochs", type=int, default=10, help="epochs of each trained arm in stage 2")
     ap.add_argument("--sweep-epochs", type=int, default=4)
-    ap.add_argument("--input-size", type=int, default=32, help="canvas S")
-    ap.add_argument("--inner-size", type=int, default=24, help="EVP's digit size s; VP's border is (S - s) / 2")
-    ap.add_argument("-b", "--batch-size", type=int, default=128)
+    ap.add_argument("--input-size", type=int, default=48, help="canvas S")
+    ap.add_argument("--inner-size", type=int, default=32, help="EVP's digit size s; VP's border is (S - s) / 2")
+    ap.add_argument("-b", "--batch-size", type=int, default=32)
     ap.add_argument("--chosen", default=None, help="skip stage 1: a chosen.json from an earlier run")
     args = ap.parse_args()
     out = Path(args.output)
