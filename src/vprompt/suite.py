@@ -406,7 +406,7 @@ def run_suite(
         if isinstance(outcome, BaseException):  # one failing run must not stop the grid
             if fail_fast:
                 raise outcome
-            _log.error("suite %s failed: %s: %s", tag, type(outcome).__name__, outcome)
+            _log.error("suite %s failed: %s: %s", tag, type(outcome).__name__, outcome, exc_info=outcome)
             pending[id(cell)] = _record(cell, "failed", error=f"{type(outcome).__name__}: {outcome}")
         else:
             pending[id(cell)] = _record(cell, "done", outcome)
@@ -419,10 +419,7 @@ def run_suite(
         for tag, cell, cfg in queue:
             try:
                 outcome: dict[str, Any] | BaseException = fit(cfg)
-            except Exception as e:
-                if fail_fast:
-                    raise
-                _log.exception("suite %s failed", tag)
+            except Exception as e:  # logged, recorded or re-raised by finished()
                 outcome = e
             finally:
                 _free_memory()
