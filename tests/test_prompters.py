@@ -75,6 +75,13 @@ def test_pad_prompter_adds_scaled_border_on_top_of_full_image():
     assert torch.count_nonzero(p.prompt * (1 - p.mask)) == 0  # no learnable center
 
 
+def test_num_values_counts_only_what_training_can_change():
+    # A border of width p on an S x S canvas has S^2 - (S - 2p)^2 pixels, three values each.
+    assert EVPPrompter(input_size=64, inner_size=32).num_values() == 3 * (64**2 - 32**2)
+    assert PadPrompter(input_size=64, pad=16).num_values() == 3 * (64**2 - 32**2)
+    assert FixedPatchPrompter(input_size=32, patch=5).num_values() == 3 * 5 * 5
+
+
 def test_fixed_patch_touches_only_its_corner():
     p = FixedPatchPrompter(input_size=32, patch=5)
     x = torch.rand(2, 3, 32, 32)

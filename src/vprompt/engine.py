@@ -433,13 +433,11 @@ def fit(cfg: RunConfig) -> dict[str, Any]:
 
     if env.is_main:
         _write_run_files(cfg, data, run_dir, resumed=resume_from is not None)
-        n_prompt = sum(int(m.sum().item()) * 3 for m in model.prompter.grad_masks().values()) or sum(
-            p.numel() for p in model.prompter.parameters()
-        )
         _log.info(
             "run %s: %s on %s (%s), %s; %d train / %s val (%s) / %d test images; %d learnable prompt values; %s",
             run_dir, cfg.method, cfg.dataset, cfg.model, model.prompter.extra_repr(), len(data.train),
-            len(data.val) if data.val is not None else 0, data.val_source, len(data.test), n_prompt, device,
+            len(data.val) if data.val is not None else 0, data.val_source, len(data.test), model.prompter.num_values(),
+            device,
         )  # fmt: skip
 
     config = cfg.to_dict()

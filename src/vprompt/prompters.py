@@ -89,6 +89,13 @@ class Prompter(nn.Module):
         """Per-parameter masks the optimizer applies to each update (parameter name -> mask buffer)."""
         return {}
 
+    def num_values(self) -> int:
+        """How many prompt values training can change (a masked prompt counts its border only)."""
+        masks = getattr(self, "mask", None)
+        if isinstance(masks, Tensor):
+            return int(masks.sum().item()) * 3
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
     def prompt_pixels(self) -> Tensor:
         """What the prompt adds to a black image, ``(3, S, S)`` in pixel units, for visualization."""
         device = next(iter(self.buffers()), torch.empty(0)).device
