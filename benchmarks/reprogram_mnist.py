@@ -78,7 +78,6 @@ def sweep(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "data_dir": str(root / "mnist"),
         "epochs": args.sweep_epochs,
         "batch_size": args.batch_size,
-        "eval_batch_size": 1000,
         "label_map": "ilm",
         "log_every": 0,
         "workers": 0,

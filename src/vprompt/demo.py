@@ -145,7 +145,6 @@ def _suite(s: DemoSettings, data_dir: str | Path | None, output: Path) -> Any:
         "data_dir": mnist_dir,
         "epochs": s.epochs,
         "batch_size": s.batch_size,
-        "eval_batch_size": 1000,
         "device": s.device,
         "threads": s.threads if s.threads is not None else default_threads(s.device),
         "log_every": 0,
