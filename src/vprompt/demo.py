@@ -49,7 +49,7 @@ ARM_DOCS = {
 
 @dataclass
 class DemoSettings:
-    """The demo's budget and geometry; the defaults finish in about 11 minutes on two CPU cores.
+    """The demo's budget and geometry; the defaults finish in about 9 minutes on two CPU cores.
 
     The defaults come from the validation runs of ``benchmarks/reprogram_mnist.py`` (BENCHMARKS.md): batch 32
     (more steps per epoch gave VP and EVP about 3 points more at equal epochs, and trains faster on one CPU
