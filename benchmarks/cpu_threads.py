@@ -90,8 +90,9 @@ def main() -> None:
             return len(images)
 
         rates = median_rates(args.eval_batch_sizes, evaluate, args.repeats)
-        title = f"evaluation, {geometry}, {args.eval_images} images, {args.eval_threads} thread(s)"
-        title += f", {args.repeats} repeats"
+        title = (
+            f"evaluation, {geometry}, {args.eval_images} images, {args.eval_threads} thread(s), {args.repeats} repeats"
+        )
         print_table(title, "eval batch", rates)
 
 

@@ -91,9 +91,9 @@ class Prompter(nn.Module):
 
     def num_values(self) -> int:
         """How many prompt values training can change (a masked prompt counts its border only)."""
-        masks = getattr(self, "mask", None)
-        if isinstance(masks, Tensor):
-            return int(masks.sum().item()) * 3
+        mask, prompt = getattr(self, "mask", None), getattr(self, "prompt", None)
+        if isinstance(mask, Tensor) and isinstance(prompt, Tensor):
+            return int(mask.expand_as(prompt).sum().item())
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def prompt_pixels(self) -> Tensor:
