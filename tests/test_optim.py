@@ -44,10 +44,14 @@ def test_masked_sgd_never_moves_masked_entries():
     assert torch.all(p[2:] == 0) and torch.all(p[:2] < 0)
 
 
-def test_adamw_refuses_masks():
-    p = torch.nn.Parameter(torch.zeros(2))
-    with pytest.raises(ValueError, match="adamw"):
-        create_optimizer("adamw", [p], lr=0.1, masks={p: torch.ones(2)})
+def test_masked_adamw_never_moves_masked_entries():
+    # With weight decay, too: the masked entries start at zero and see zero gradients.
+    p = torch.nn.Parameter(torch.tensor([0.5, 0.5, 0.0, 0.0]))
+    opt = create_optimizer("adamw", [p], lr=0.1, weight_decay=0.1, masks={p: torch.tensor([1.0, 1.0, 0.0, 0.0])})
+    for _ in range(3):
+        p.grad = torch.ones(4)
+        opt.step()
+    assert torch.all(p[2:] == 0) and torch.all(p[:2] < 0.5)
 
 
 def test_cosine_per_epoch_schedule():

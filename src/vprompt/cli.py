@@ -74,7 +74,12 @@ def _add_run_options(p: argparse.ArgumentParser, training: bool = True) -> None:
         g = p.add_argument_group("optimization")
         g.add_argument("--epochs", type=int, default=S, help="epochs (EVP and VP: 1000)")
         g.add_argument("--lr", type=float, default=S, help="learning rate (EVP 70, VP 40)")
-        g.add_argument("--optimizer", default=S, choices=["normgrad", "sgd", "adamw"], help="prompt optimizer")
+        g.add_argument(
+            "--optimizer",
+            default=S,
+            choices=["normgrad", "sgd", "adamw"],
+            help="prompt optimizer (the method's own by default)",
+        )
         g.add_argument("--momentum", type=float, default=S, help="SGD momentum (0.9)")
         g.add_argument("--weight-decay", type=float, default=S, help="weight decay (0)")
         g.add_argument("--schedule", default=S, choices=["cosine_epoch", "cosine", "constant"], help="lr schedule")

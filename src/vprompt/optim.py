@@ -3,8 +3,9 @@
 * :class:`NormalizedGradient`: EVP's update ``P <- P - lr * M * g / (||g||_2 + eps)``: the L2 norm is taken
   over the whole gradient of the parameter group (every element, masked or not), then the mask is applied,
   then the step. No momentum, no weight decay.
-* :class:`MaskedSGD`: ``torch.optim.SGD`` that first multiplies each gradient by its mask, so SGD can train
-  an EVP prompt (the "no gradient normalization" ablation) without touching its center.
+* :class:`MaskedSGD` and :class:`MaskedAdamW`: ``torch.optim.SGD`` / ``AdamW`` that first multiply each gradient
+  by its mask, so they can train an EVP prompt (the "no gradient normalization" ablations) without touching its
+  center.
 
 Masks are given as a mapping from parameter to mask (``masks={prompt: border_mask}``). They are
 configuration, not state: they stay out of ``state_dict()`` and follow the parameters' device.
@@ -24,7 +25,15 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-__all__ = ["NormalizedGradient", "MaskedSGD", "Schedule", "create_optimizer", "create_scheduler", "list_optimizers"]
+__all__ = [
+    "NormalizedGradient",
+    "MaskedSGD",
+    "MaskedAdamW",
+    "Schedule",
+    "create_optimizer",
+    "create_scheduler",
+    "list_optimizers",
+]
 
 
 def _mask_of(masks: Mapping[Tensor, Tensor], p: Tensor) -> Tensor | None:
@@ -72,6 +81,15 @@ class NormalizedGradient(Optimizer):
         return loss
 
 
+def _mask_grads(optimizer: Optimizer, masks: Mapping[Tensor, Tensor]) -> None:
+    """Multiply each gradient by its parameter's mask, so a masked region gets no update from any optimizer."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            mask = _mask_of(masks, p)
+            if mask is not None and p.grad is not None:
+                p.grad.mul_(mask)
+
+
 class MaskedSGD(torch.optim.SGD):
     """SGD whose gradients are multiplied by their masks before the usual step."""
 
@@ -88,11 +106,30 @@ class MaskedSGD(torch.optim.SGD):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # noqa: D102
-        for group in self.param_groups:
-            for p in group["params"]:
-                mask = _mask_of(self.masks, p)
-                if mask is not None and p.grad is not None:
-                    p.grad.mul_(mask)
+        _mask_grads(self, self.masks)
+        return super().step(closure)
+
+
+class MaskedAdamW(torch.optim.AdamW):
+    """AdamW whose gradients are multiplied by their masks before the usual step.
+
+    A masked element starts at zero and sees only zero gradients, so its moments, its update and (with decoupled
+    weight decay) its value stay zero: the center of an EVP prompt is never touched.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float,
+        weight_decay: float = 0.0,
+        masks: Mapping[Tensor, Tensor] | None = None,
+    ) -> None:
+        super().__init__(params, lr=lr, weight_decay=weight_decay)
+        self.masks = dict(masks or {})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # noqa: D102
+        _mask_grads(self, self.masks)
         return super().step(closure)
 
 
@@ -114,16 +151,14 @@ def create_optimizer(
 ) -> Optimizer:
     """Build an optimizer by name (``normgrad``, ``sgd`` or ``adamw``) over ``params``.
 
-    ``adamw`` cannot respect masks, so it is refused for masked parameters (it is meant for heads).
+    Masks are honoured by all three: a masked element is never updated.
     """
     if name == "normgrad":
         return NormalizedGradient(params, lr=lr, masks=masks)
     if name == "sgd":
         return MaskedSGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, masks=masks)
     if name == "adamw":
-        if masks:
-            raise ValueError("--optimizer adamw cannot respect a prompt mask; use normgrad or sgd for this prompter")
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return MaskedAdamW(params, lr=lr, weight_decay=weight_decay, masks=masks)
     raise ValueError(f"unknown --optimizer {name!r} (choose from {', '.join(_OPTIMIZERS)})")
 
 
