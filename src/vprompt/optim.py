@@ -81,16 +81,27 @@ class NormalizedGradient(Optimizer):
         return loss
 
 
-def _mask_grads(optimizer: Optimizer, masks: Mapping[Tensor, Tensor]) -> None:
-    """Multiply each gradient by its parameter's mask, so a masked region gets no update from any optimizer."""
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            mask = _mask_of(masks, p)
-            if mask is not None and p.grad is not None:
-                p.grad.mul_(mask)
+class _MasksGradients:
+    """Mixin for a ``torch.optim`` optimizer: multiply each gradient by its parameter's mask, then the usual step.
+
+    A masked element gets no gradient step. Weight decay still acts on it, so one that is zero (a prompt's center)
+    stays zero and one that is not decays.
+    """
+
+    masks: dict[Tensor, Tensor]
+    param_groups: list[dict[str, Any]]
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # noqa: D102
+        for group in self.param_groups:
+            for p in group["params"]:
+                mask = _mask_of(self.masks, p)
+                if mask is not None and p.grad is not None:
+                    p.grad.mul_(mask)
+        return super().step(closure)  # type: ignore[misc]
 
 
-class MaskedSGD(torch.optim.SGD):
+class MaskedSGD(_MasksGradients, torch.optim.SGD):
     """SGD whose gradients are multiplied by their masks before the usual step."""
 
     def __init__(
@@ -104,16 +115,11 @@ class MaskedSGD(torch.optim.SGD):
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
         self.masks = dict(masks or {})
 
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:  # noqa: D102
-        _mask_grads(self, self.masks)
-        return super().step(closure)
 
-
-class MaskedAdamW(torch.optim.AdamW):
+class MaskedAdamW(_MasksGradients, torch.optim.AdamW):
     """AdamW whose gradients are multiplied by their masks before the usual step.
 
-    A masked element starts at zero and sees only zero gradients, so its moments, its update and (with decoupled
+    A masked element that starts at zero sees only zero gradients, so its moments, its update and (with decoupled
     weight decay) its value stay zero: the center of an EVP prompt is never touched.
     """
 
@@ -126,11 +132,6 @@ class MaskedAdamW(torch.optim.AdamW):
     ) -> None:
         super().__init__(params, lr=lr, weight_decay=weight_decay)
         self.masks = dict(masks or {})
-
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:  # noqa: D102
-        _mask_grads(self, self.masks)
-        return super().step(closure)
 
 
 _OPTIMIZERS = ("normgrad", "sgd", "adamw")
@@ -151,7 +152,8 @@ def create_optimizer(
 ) -> Optimizer:
     """Build an optimizer by name (``normgrad``, ``sgd`` or ``adamw``) over ``params``.
 
-    Masks are honoured by all three: a masked element is never updated.
+    Masks are honoured by all three: a masked element gets no gradient step (see :class:`_MasksGradients` for
+    weight decay).
     """
     if name == "normgrad":
         return NormalizedGradient(params, lr=lr, masks=masks)
