@@ -54,6 +54,23 @@ def test_masked_adamw_never_moves_masked_entries():
     assert torch.all(p[2:] == 0) and torch.all(p[:2] < 0.5)
 
 
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_masked_optimizers_mask_gradients_a_closure_computes(name):
+    # The closure runs inside step() and rewrites the gradients; the mask must apply to those.
+    p = torch.nn.Parameter(torch.zeros(4))
+    opt = create_optimizer(name, [p], lr=0.1, masks={p: torch.tensor([1.0, 1.0, 0.0, 0.0])})
+
+    def closure():
+        opt.zero_grad()
+        loss = (p - 1).pow(2).sum()
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert loss.item() == pytest.approx(4.0)
+    assert torch.all(p[2:] == 0) and torch.all(p[:2] > 0)
+
+
 def test_cosine_per_epoch_schedule():
     s = Schedule("cosine_epoch", total_steps=40, steps_per_epoch=10)
     assert s(0) == 1.0 and s(9) == 1.0

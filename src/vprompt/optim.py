@@ -93,12 +93,18 @@ class _MasksGradients:
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # noqa: D102
+        # The closure recomputes the gradients, so it runs before the mask (the parent would run it after).
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             for p in group["params"]:
                 mask = _mask_of(self.masks, p)
                 if mask is not None and p.grad is not None:
                     p.grad.mul_(mask)
-        return super().step(closure)  # type: ignore[misc]
+        super().step()  # type: ignore[misc]
+        return loss
 
 
 class MaskedSGD(_MasksGradients, torch.optim.SGD):
