@@ -5,8 +5,8 @@ Two stages; the second uses what the first selected on the *validation* split (t
 1. Sweep at ``--sweep-epochs``: EVP's learning rate (normalized gradient) with each input-diversity variant
    (``di``, ``ref``), VP's learning rate, and plain SGD's learning rate for the EVP ablations.
 2. The demo's arms (no prompt with the identity / FLM map, VP, EVP without diversity and normalization, with
-   each, with both) at ``--epochs`` for each ``--depths``, with the selected settings, through
-   :func:`vprompt.demo.run_demo`.
+   each, with both), and EVP with AdamW (``evp-adamw``, ``--adamw-lr``, selected in BENCHMARKS.md 1e), at
+   ``--epochs`` for each ``--depths``, with the selected settings, through :func:`vprompt.demo.run_demo`.
 
 Both stages run through :mod:`vprompt.suite`, ``--jobs`` runs at a time, so an interrupted benchmark continues
 where it stopped. Results: ``sweep/suite_results.csv``, ``chosen.json``, ``final-resnet<depth>/results.md`` and
@@ -14,7 +14,9 @@ where it stopped. Results: ``sweep/suite_results.csv``, ``chosen.json``, ``final
 
     python benchmarks/reprogram_mnist.py --data-dir ../shared/data --output bench_out/mnist --jobs 2
     python benchmarks/reprogram_mnist.py --chosen chosen.json --output bench_out/mnist48   # skip stage 1
-    python benchmarks/reprogram_mnist.py --device cuda --epochs 40 --depths 20 56 --jobs 1
+    python benchmarks/reprogram_mnist.py --chosen benchmarks/chosen_mnist48.json --device cuda --epochs 200 --jobs 6
+
+``benchmarks/chosen_mnist48.json`` holds the settings BENCHMARKS.md 1b-1e selected on validation.
 
 The defaults (canvas 48 with the digit at 32 px, batch 32, 10 epochs) are those of the best validation runs
 recorded in BENCHMARKS.md.
@@ -109,11 +111,12 @@ def sweep(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 def final(args: argparse.Namespace, out: Path, chosen: dict[str, Any]) -> dict[int, dict[str, Any]]:
     """Stage 2: the demo's arms at the full budget, for each depth."""
     keys = ("input_size", "inner_size", "diversity", "normgrad_lr", "vp_lr", "sgd_lr")
+    adamw_lr = args.adamw_lr if args.adamw_lr is not None else chosen.get("adamw_lr", 0.3)
     by_depth = {}
     for depth in args.depths:
         settings = DemoSettings(
             depth=depth, epochs=args.epochs, batch_size=args.batch_size, label_map="ilm", device=args.device,
-            threads=args.threads, jobs=args.jobs, **{k: chosen[k] for k in keys},
+            threads=args.threads, jobs=args.jobs, adamw_lr=adamw_lr, **{k: chosen[k] for k in keys},
         )  # fmt: skip
         start = time.perf_counter()
         results = run_demo(args.data_dir, out / f"final-resnet{depth}", settings)
@@ -142,8 +145,13 @@ def summary(out: Path, chosen: dict[str, Any], by_depth: dict[int, dict[str, Any
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     lines += ["", f"{args.epochs} epochs per trained arm, batch {args.batch_size}, device {args.device or 'auto'}."]
     for d, row in by_depth.items():
-        gap = row["arms"]["evp"]["test"]["acc1"] - row["arms"]["vp"]["test"]["acc1"]
-        lines.append(f"ResNet-{d}: EVP - VP = {gap:+.2f} points; {row['seconds'] / 60:.0f} min for all arms.")
+        vp = row["arms"]["vp"]["test"]["acc1"]
+        gaps = [
+            f"{arm} - vp = {row['arms'][arm]['test']['acc1'] - vp:+.2f}"
+            for arm in ("evp", "evp-adamw")
+            if arm in row["arms"]
+        ]
+        lines.append(f"ResNet-{d}: {', '.join(gaps)} points; {row['seconds'] / 60:.0f} min for all arms.")
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text)
     return text
@@ -163,6 +171,9 @@ def main() -> None:
     ap.add_argument("--inner-size", type=int, default=32, help="EVP's digit size s; VP's border is (S - s) / 2")
     ap.add_argument("-b", "--batch-size", type=int, default=32)
     ap.add_argument("--chosen", default=None, help="skip stage 1: a chosen.json from an earlier run")
+    ap.add_argument(
+        "--adamw-lr", type=float, default=None, help="lr of the evp-adamw arm (default: --chosen's adamw_lr, else 0.3)"
+    )
     args = ap.parse_args()
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from vprompt import cli
@@ -34,14 +35,17 @@ def small_data(tmp_path_factory):
 def test_demo_runs_every_arm_and_writes_its_report(small_data, tmp_path, capsys):
     out = tmp_path / "demo"
     args = ["demo", "--data-dir", str(small_data), "--output", str(out), "--epochs", "1", "-b", "64"]
+    args += ["--adamw-lr", "0.3"]  # and the optional evp-adamw arm
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
     report = (out / "results.md").read_text()
     for arm in ARM_DOCS:
         assert f"| {arm} |" in report and f"| {arm} |" in printed
-    for arm in ("vp", "evp-plain", "evp-diversity", "evp-normgrad", "evp"):
+    for arm in ("vp", "evp-plain", "evp-diversity", "evp-normgrad", "evp", "evp-adamw"):
         with Image.open(out / f"prompt_{arm}.png") as img:
             assert img.format == "PNG" and img.width > img.height  # the prompt beside a prompted digit
+    adamw = yaml.safe_load((out / "runs" / _run_name("evp-adamw") / "config.yaml").read_text())["config"]
+    assert (adamw["method"], adamw["optimizer"], adamw["lr"], adamw["diversity"]) == ("evp", "adamw", 0.3, "none")
     with Image.open(out / "curves.png") as img:
         assert img.format == "PNG"
 

@@ -202,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normgrad-lr", type=float, default=d.normgrad_lr, help=f"normalized-gradient lr ({d.normgrad_lr})")
     p.add_argument("--sgd-lr", type=float, default=d.sgd_lr, help=f"plain-SGD EVP lr ({d.sgd_lr})")
     p.add_argument("--vp-lr", type=float, default=d.vp_lr, help=f"VP's lr ({d.vp_lr})")
+    p.add_argument(
+        "--adamw-lr",
+        type=float,
+        default=None,
+        help="also train evp-adamw: EVP with AdamW at this lr (0.3 in the benchmark)",
+    )
     p.add_argument("--seed", type=int, default=d.seed, help=f"training seed ({d.seed})")
     p.add_argument("--device", default=None, help="cuda, cpu (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per arm (default: 1 on the CPU)")

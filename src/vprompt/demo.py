@@ -15,6 +15,8 @@ evp-plain        EVP's geometry (shrink, pad, border prompt) with plain SGD and 
 evp-diversity    + input diversity
 evp-normgrad     + normalized gradient (no diversity)
 evp              EVP: both
+evp-adamw        EVP's geometry with AdamW in place of the normalized gradient, no diversity (only with
+                 ``adamw_lr``; the benchmark's strongest EVP variant)
 ===============  ================================================================================
 
 The arms run through :mod:`vprompt.suite` (one dataset, one seed), so a second ``vprompt demo`` skips finished
@@ -44,6 +46,7 @@ ARM_DOCS = {
     "evp-diversity": "EVP geometry + input diversity, plain SGD",
     "evp-normgrad": "EVP geometry + normalized gradient, no diversity",
     "evp": "EVP: input diversity + normalized gradient",
+    "evp-adamw": "EVP geometry + AdamW, no diversity",
 }
 
 
@@ -67,6 +70,8 @@ class DemoSettings:
         normgrad_lr: learning rate of the normalized-gradient arms.
         sgd_lr: learning rate of the plain-SGD EVP arms (momentum 0.9).
         vp_lr: VP's learning rate (SGD, momentum 0.9, warmup then cosine).
+        adamw_lr: learning rate of an extra ``evp-adamw`` arm (masked AdamW, no weight decay, no diversity);
+            None: no such arm.
         seed: training seed.
         device: ``cpu``, ``cuda``... (default: CUDA when available).
         threads: CPU threads per arm; None: one when running on the CPU.
@@ -87,6 +92,7 @@ class DemoSettings:
     normgrad_lr: float = 10.0
     sgd_lr: float = 0.5
     vp_lr: float = 40.0
+    adamw_lr: float | None = None
     seed: int = 42
     device: str | None = None
     threads: int | None = None
@@ -116,7 +122,7 @@ def demo_arms(s: DemoSettings, warmup_steps: int) -> list[dict[str, Any]]:
     evp = {"name": "evp", "input_size": s.input_size, "inner_size": s.inner_size, "label_map": s.label_map}
     sgd = {"optimizer": "sgd", "lr": s.sgd_lr, "momentum": 0.9, "schedule": "cosine_epoch"}
     norm = {"optimizer": "normgrad", "lr": s.normgrad_lr}
-    return [
+    arms = [
         {"name": "zeroshot", "label": "identity", "label_map": "identity", "input_size": s.input_size, "epochs": 0},
         {"name": "zeroshot", "label": "flm", "label_map": "flm", "input_size": s.input_size, "epochs": 0},
         {
@@ -133,6 +139,9 @@ def demo_arms(s: DemoSettings, warmup_steps: int) -> list[dict[str, Any]]:
         {**evp, "label": "evp-normgrad", "diversity": "none", **norm},
         {**evp, "label": "evp", "diversity": s.diversity, **norm},
     ]
+    if s.adamw_lr is not None:
+        arms.append({**evp, "label": "evp-adamw", "diversity": "none", "optimizer": "adamw", "lr": s.adamw_lr})
+    return arms
 
 
 def _suite(s: DemoSettings, data_dir: str | Path | None, output: Path) -> Any:
@@ -209,7 +218,7 @@ def run_demo(
     results = {r.method: json.loads((Path(r.run_dir) / "results.json").read_text()) for r in report.records}
     run_dirs = {r.method: Path(r.run_dir) for r in report.records}
     table = _table(results)
-    _write_report(output, table, s, data_dir)
+    _write_report(output, table, s, data_dir, list(results))
     _plot_curves(output, run_dirs, results)
     _save_prompt_images(output, run_dirs)
     print(table)
@@ -233,7 +242,7 @@ def _table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_report(output: Path, table: str, s: DemoSettings, data_dir: str | Path | None) -> None:
+def _write_report(output: Path, table: str, s: DemoSettings, data_dir: str | Path | None, arms: list[str]) -> None:
     from .checkpoint import atomic_write
 
     settings = ", ".join(f"{k}={v}" for k, v in vars(s).items() if v is not None)
@@ -245,9 +254,7 @@ def _write_report(output: Path, table: str, s: DemoSettings, data_dir: str | Pat
         f"{table}\n"
         f"Settings: {settings}; data: {data_dir or 'downloaded'}.\n\n"
         "![validation accuracy per epoch](curves.png)\n\n"
-        "Learned prompts: "
-        + ", ".join(f"[{a}](prompt_{a}.png)" for a in ARM_DOCS if a not in ("identity", "flm"))
-        + "\n"
+        "Learned prompts: " + ", ".join(f"[{a}](prompt_{a}.png)" for a in arms if a not in ("identity", "flm")) + "\n"
     )
     atomic_write(output / "results.md", lambda tmp: Path(tmp).write_text(text))
 
