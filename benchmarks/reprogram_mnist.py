@@ -37,6 +37,7 @@ EVP_LRS = (3.0, 10.0, 30.0)
 DIVERSITY = ("di", "ref")
 VP_LRS = (4.0, 40.0)
 SGD_LRS = (0.5, 2.0, 8.0)
+ADAMW_LR = 0.3  # evp-adamw, selected on validation in BENCHMARKS.md 1e (not swept here)
 
 
 def sweep(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -111,7 +112,7 @@ def sweep(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 def final(args: argparse.Namespace, out: Path, chosen: dict[str, Any]) -> dict[int, dict[str, Any]]:
     """Stage 2: the demo's arms at the full budget, for each depth."""
     keys = ("input_size", "inner_size", "diversity", "normgrad_lr", "vp_lr", "sgd_lr")
-    adamw_lr = args.adamw_lr if args.adamw_lr is not None else chosen.get("adamw_lr", 0.3)
+    adamw_lr = args.adamw_lr if args.adamw_lr is not None else chosen.get("adamw_lr", ADAMW_LR)
     by_depth = {}
     for depth in args.depths:
         settings = DemoSettings(
@@ -172,7 +173,10 @@ def main() -> None:
     ap.add_argument("-b", "--batch-size", type=int, default=32)
     ap.add_argument("--chosen", default=None, help="skip stage 1: a chosen.json from an earlier run")
     ap.add_argument(
-        "--adamw-lr", type=float, default=None, help="lr of the evp-adamw arm (default: --chosen's adamw_lr, else 0.3)"
+        "--adamw-lr",
+        type=float,
+        default=None,
+        help=f"lr of the evp-adamw arm (default: --chosen's adamw_lr, else {ADAMW_LR})",
     )
     args = ap.parse_args()
     out = Path(args.output)
