@@ -5,8 +5,9 @@ Two stages; the second uses what the first selected on the *validation* split (t
 1. Sweep at ``--sweep-epochs``: EVP's learning rate (normalized gradient) with each input-diversity variant
    (``di``, ``ref``), VP's learning rate, and plain SGD's learning rate for the EVP ablations.
 2. The demo's arms (no prompt with the identity / FLM map, VP, EVP without diversity and normalization, with
-   each, with both), and EVP with AdamW (``evp-adamw``, ``--adamw-lr``, selected in BENCHMARKS.md 1e), at
-   ``--epochs`` for each ``--depths``, with the selected settings, through :func:`vprompt.demo.run_demo`.
+   each, with both), and EVP with AdamW and VP's warmup schedule (``evp-adamw``, ``--adamw-lr``, BENCHMARKS.md 1e
+   and 1j), at ``--epochs`` for each ``--depths``, with the selected settings, through
+   :func:`vprompt.demo.run_demo`.
 
 Both stages run through :mod:`vprompt.suite`, ``--jobs`` runs at a time, so an interrupted benchmark continues
 where it stopped. Results: ``sweep/suite_results.csv``, ``chosen.json``, ``final-resnet<depth>/results.md`` and
@@ -16,7 +17,7 @@ where it stopped. Results: ``sweep/suite_results.csv``, ``chosen.json``, ``final
     python benchmarks/reprogram_mnist.py --chosen chosen.json --output bench_out/mnist48   # skip stage 1
     python benchmarks/reprogram_mnist.py --chosen benchmarks/chosen_mnist48.json --device cuda --epochs 200 --jobs 6
 
-``benchmarks/chosen_mnist48.json`` holds the settings BENCHMARKS.md 1b-1e selected on validation.
+``benchmarks/chosen_mnist48.json`` holds the settings BENCHMARKS.md 1b-1j selected on validation.
 
 The defaults (canvas 48 with the digit at 32 px, batch 32, 10 epochs) are those of the best validation runs
 recorded in BENCHMARKS.md.
@@ -37,7 +38,7 @@ EVP_LRS = (3.0, 10.0, 30.0)
 DIVERSITY = ("di", "ref")
 VP_LRS = (4.0, 40.0)
 SGD_LRS = (0.5, 2.0, 8.0)
-ADAMW_LR = 0.3  # evp-adamw, selected on validation in BENCHMARKS.md 1e (not swept here)
+ADAMW_LR = 0.3  # evp-adamw, selected on validation in BENCHMARKS.md 1e and 1j (not swept here)
 
 
 def sweep(args: argparse.Namespace, out: Path) -> dict[str, Any]:

@@ -44,8 +44,11 @@ def test_demo_runs_every_arm_and_writes_its_report(small_data, tmp_path, capsys)
     for arm in ("vp", "evp-plain", "evp-diversity", "evp-normgrad", "evp", "evp-adamw"):
         with Image.open(out / f"prompt_{arm}.png") as img:
             assert img.format == "PNG" and img.width > img.height  # the prompt beside a prompted digit
-    adamw = yaml.safe_load((out / "runs" / _run_name("evp-adamw") / "config.yaml").read_text())["config"]
+    adamw, vp = (
+        yaml.safe_load((out / "runs" / _run_name(a) / "config.yaml").read_text())["config"] for a in ("evp-adamw", "vp")
+    )
     assert (adamw["method"], adamw["optimizer"], adamw["lr"], adamw["diversity"]) == ("evp", "adamw", 0.3, "none")
+    assert (adamw["schedule"], adamw["warmup_steps"]) == ("cosine", vp["warmup_steps"]) and vp["warmup_steps"] > 0
     with Image.open(out / "curves.png") as img:
         assert img.format == "PNG"
 

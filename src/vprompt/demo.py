@@ -15,8 +15,8 @@ evp-plain        EVP's geometry (shrink, pad, border prompt) with plain SGD and 
 evp-diversity    + input diversity
 evp-normgrad     + normalized gradient (no diversity)
 evp              EVP: both
-evp-adamw        EVP's geometry with AdamW in place of the normalized gradient, no diversity (only with
-                 ``adamw_lr``; the benchmark's strongest EVP variant)
+evp-adamw        EVP's geometry with AdamW in place of the normalized gradient and VP's warmup and cosine,
+                 no diversity (only with ``adamw_lr``; the benchmark's strongest EVP variant)
 ===============  ================================================================================
 
 The arms run through :mod:`vprompt.suite` (one dataset, one seed), so a second ``vprompt demo`` skips finished
@@ -70,8 +70,8 @@ class DemoSettings:
         normgrad_lr: learning rate of the normalized-gradient arms.
         sgd_lr: learning rate of the plain-SGD EVP arms (momentum 0.9).
         vp_lr: VP's learning rate (SGD, momentum 0.9, warmup then cosine).
-        adamw_lr: learning rate of an extra ``evp-adamw`` arm (masked AdamW, no weight decay, no diversity);
-            None: no such arm.
+        adamw_lr: learning rate of an extra ``evp-adamw`` arm (masked AdamW, no weight decay, no diversity,
+            VP's schedule: warmup over the first tenth of the steps, then cosine); None: no such arm.
         seed: training seed.
         device: ``cpu``, ``cuda``... (default: CUDA when available).
         threads: CPU threads per arm; None: one when running on the CPU.
@@ -140,7 +140,8 @@ def demo_arms(s: DemoSettings, warmup_steps: int) -> list[dict[str, Any]]:
         {**evp, "label": "evp", "diversity": s.diversity, **norm},
     ]
     if s.adamw_lr is not None:
-        arms.append({**evp, "label": "evp-adamw", "diversity": "none", "optimizer": "adamw", "lr": s.adamw_lr})
+        adamw = {"optimizer": "adamw", "lr": s.adamw_lr, "schedule": "cosine", "warmup_steps": warmup_steps}
+        arms.append({**evp, "label": "evp-adamw", "diversity": "none", **adamw})
     return arms
 
 
