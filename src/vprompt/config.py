@@ -75,6 +75,11 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def identity(self) -> dict[str, Any]:
+        """What a run is, as the first keys of its ``results.json``: what the result tables group by."""
+        keys = ("method", "model", "pretrained", "dataset", "seed", "shots", "train_fraction")
+        return {k: getattr(self, k) for k in keys}
+
     @property
     def run_name(self) -> str:
         """``--name``, or a name derived from what the run is, so re-running the same command finds its folder."""

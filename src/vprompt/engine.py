@@ -553,13 +553,7 @@ def _finish(
         best_test = evaluate(model, test_loader, device, cfg.precision, env, desc="test (best)")
         best_val = evaluate(model, val_loader, device, cfg.precision, env, desc="val (best)") if val_loader else None
     results = {
-        "method": cfg.method,
-        "model": cfg.model,
-        "pretrained": cfg.pretrained,
-        "dataset": cfg.dataset,
-        "seed": cfg.seed,
-        "shots": cfg.shots,
-        "train_fraction": cfg.train_fraction,
+        **cfg.identity(),
         "n_train": len(data.train),
         "epochs": epochs,
         "selection": "val" if data.val is not None else "last",

@@ -377,13 +377,8 @@ def fit_linear_probe(cfg: RunConfig) -> dict[str, Any]:
     atomic_write(run_dir / PROBE_FILE, lambda tmp: save_file(probe_state, tmp, metadata=meta))
 
     results = {
+        **cfg.identity(),
         "method": "linprobe",
-        "model": cfg.model,
-        "pretrained": cfg.pretrained,
-        "dataset": cfg.dataset,
-        "seed": cfg.seed,
-        "shots": cfg.shots,
-        "train_fraction": cfg.train_fraction,
         "n_train": int(train[1].numel()),
         "epochs": 0,
         "selection": "val" if val is not None else "fixed",
