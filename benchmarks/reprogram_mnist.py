@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vprompt.cli import PRECISIONS
 from vprompt.demo import DemoSettings, default_jobs, default_threads, run_demo, train_size
 from vprompt.suite import parse_suite, run_suite
 
@@ -85,6 +86,7 @@ def sweep(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "label_map": "ilm",
         "log_every": 0,
         "workers": 0,
+        "precision": args.precision,
         **({"device": args.device} if args.device else {}),
         **({"threads": threads} if threads else {}),
     }
@@ -118,7 +120,8 @@ def final(args: argparse.Namespace, out: Path, chosen: dict[str, Any]) -> dict[i
     for depth in args.depths:
         settings = DemoSettings(
             depth=depth, epochs=args.epochs, batch_size=args.batch_size, label_map="ilm", device=args.device,
-            threads=args.threads, jobs=args.jobs, adamw_lr=adamw_lr, **{k: chosen[k] for k in keys},
+            precision=args.precision, threads=args.threads, jobs=args.jobs, adamw_lr=adamw_lr,
+            **{k: chosen[k] for k in keys},
         )  # fmt: skip
         start = time.perf_counter()
         results = run_demo(args.data_dir, out / f"final-resnet{depth}", settings)
@@ -164,6 +167,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default="../shared/data", help="folder with cifar10_resnets/ and mnist/")
     ap.add_argument("--output", default="bench_out/mnist")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--precision", default="fp32", choices=PRECISIONS, help="autocast of every run")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads per run (default: the demo's)")
     ap.add_argument("--jobs", type=int, default=None, help="runs at a time (default: the demo's)")
     ap.add_argument("--depths", type=int, nargs="+", default=[20])

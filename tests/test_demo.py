@@ -8,7 +8,7 @@ import yaml
 from PIL import Image
 
 from vprompt import cli
-from vprompt.demo import ARM_DOCS
+from vprompt.demo import ARM_DOCS, _suite
 
 from .conftest import shared_data
 
@@ -29,6 +29,23 @@ def small_data(tmp_path_factory):
             write_idx(root / "mnist" / f"{part}-{kind}-ubyte.gz", arr)
     (root / "cifar10_resnets").symlink_to(src / "cifar10_resnets")
     return root
+
+
+def test_demo_settings_reach_every_arm(small_data, tmp_path):
+    """The command line's budget, precision and seed are those of every run the demo starts."""
+    from vprompt.demo import demo_arms
+    from vprompt.suite import expand_suite
+
+    args = cli.build_parser().parse_args(
+        ["demo", "--data-dir", str(small_data), "--output", str(tmp_path), "--epochs", "2", "--precision", "bf16"]
+    )
+    settings = cli.demo_settings(args)
+    cells = expand_suite(_suite(settings, args.data_dir, tmp_path))
+    assert [c.method for c in cells] == [a["label"] for a in demo_arms(settings, warmup_steps=1)]
+    assert all(c.error is None for c in cells)
+    trained = [c.cfg for c in cells if c.cfg.epochs]
+    assert len(trained) == 5 and all(cfg.epochs == 2 for cfg in trained)
+    assert {(cfg.precision, cfg.seed, cfg.batch_size) for cfg in (c.cfg for c in cells)} == {("bf16", 42, 32)}
 
 
 @pytest.mark.slow

@@ -27,6 +27,9 @@ class CLIError(Exception):
     """A user error to print as one line (exit status 2)."""
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")  # --precision: autocast dtype of the frozen model
+
+
 def _key_value(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -97,7 +100,7 @@ def _add_run_options(p: argparse.ArgumentParser, training: bool = True) -> None:
     g.add_argument("--split-seed", type=int, default=S, help="seed of the validation split and few-shot draw (0)")
     g.add_argument("--shots", type=int, default=S, metavar="K", help="train on K images per class (few-shot)")
     g.add_argument("--train-fraction", type=float, default=S, metavar="F", help="train on this share of each class")
-    g.add_argument("--precision", default=S, choices=["fp32", "bf16", "fp16"], help="autocast precision")
+    g.add_argument("--precision", default=S, choices=PRECISIONS, help="autocast precision")
     g.add_argument("--device", default=S, help="cuda, cuda:1, cpu (default: cuda if available)")
     g.add_argument("--workers", type=int, default=S, help="data-loading processes for image files (4)")
     g.add_argument("--threads", type=int, default=S, help="CPU threads of PyTorch (its default: one per core)")
@@ -130,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", default=None, help="where the backbone weights are on this machine")
     p.add_argument("--device", default=None, help="cuda, cpu, ...")
     p.add_argument("-b", "--batch-size", type=int, default=None, help="batch size")
-    p.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default=None, choices=PRECISIONS)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument(
@@ -209,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also train evp-adamw: EVP with AdamW at this lr (0.3 in the benchmark)",
     )
     p.add_argument("--seed", type=int, default=d.seed, help=f"training seed ({d.seed})")
+    p.add_argument("--precision", default=d.precision, choices=PRECISIONS, help=f"autocast ({d.precision})")
     p.add_argument("--device", default=None, help="cuda, cpu (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per arm (default: 1 on the CPU)")
     p.add_argument("--jobs", type=int, default=None, help="arms at a time (default: one per core on the CPU)")
@@ -315,15 +319,21 @@ def _cmd_suite(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import default_data_dir, run_demo
+
+    data_dir = args.data_dir if "data_dir" in args else default_data_dir()
+    run_demo(data_dir, args.output, demo_settings(args))
+    return 0
+
+
+def demo_settings(args: argparse.Namespace) -> Any:
+    """The :class:`vprompt.demo.DemoSettings` that ``vprompt demo``'s parsed options describe."""
     import dataclasses
 
-    from .demo import DemoSettings, default_data_dir, run_demo
+    from .demo import DemoSettings
 
     fields = {f.name for f in dataclasses.fields(DemoSettings)}
-    settings = DemoSettings(**{k: v for k, v in vars(args).items() if k in fields})
-    data_dir = args.data_dir if "data_dir" in args else default_data_dir()
-    run_demo(data_dir, args.output, settings)
-    return 0
+    return DemoSettings(**{k: v for k, v in vars(args).items() if k in fields})
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

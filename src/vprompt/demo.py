@@ -73,6 +73,8 @@ class DemoSettings:
         adamw_lr: learning rate of an extra ``evp-adamw`` arm (masked AdamW, no weight decay, no diversity,
             VP's schedule: warmup over the first tenth of the steps, then cosine); None: no such arm.
         seed: training seed.
+        precision: autocast precision of every arm (``fp32``, ``bf16``, ``fp16``). ``bf16`` about halves the time
+            of a ResNet-20 arm on a CPU with bf16 instructions (BENCHMARKS.md 1m); without them it is slower.
         device: ``cpu``, ``cuda``... (default: CUDA when available).
         threads: CPU threads per arm; None: one when running on the CPU.
         jobs: arms trained at a time, each in its own process; None: one per CPU core on the CPU (at most the
@@ -94,6 +96,7 @@ class DemoSettings:
     vp_lr: float = 40.0
     adamw_lr: float | None = None
     seed: int = 42
+    precision: str = "fp32"
     device: str | None = None
     threads: int | None = None
     jobs: int | None = None
@@ -156,6 +159,7 @@ def _suite(s: DemoSettings, data_dir: str | Path | None, output: Path) -> Any:
         "epochs": s.epochs,
         "batch_size": s.batch_size,
         "device": s.device,
+        "precision": s.precision,
         "threads": s.threads if s.threads is not None else default_threads(s.device),
         "log_every": 0,
         "workers": 0,
