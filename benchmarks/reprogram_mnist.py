@@ -167,7 +167,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default="../shared/data", help="folder with cifar10_resnets/ and mnist/")
     ap.add_argument("--output", default="bench_out/mnist")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--precision", default="fp32", choices=PRECISIONS, help="autocast of every run")
+    ap.add_argument("--precision", default=DemoSettings.precision, choices=PRECISIONS, help="autocast of every run")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads per run (default: the demo's)")
     ap.add_argument("--jobs", type=int, default=None, help="runs at a time (default: the demo's)")
     ap.add_argument("--depths", type=int, nargs="+", default=[20])

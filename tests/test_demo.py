@@ -8,7 +8,7 @@ import yaml
 from PIL import Image
 
 from vprompt import cli
-from vprompt.demo import ARM_DOCS, _suite
+from vprompt.demo import ARM_DOCS, _suite, demo_arms
 
 from .conftest import shared_data
 
@@ -33,7 +33,6 @@ def small_data(tmp_path_factory):
 
 def test_demo_settings_reach_every_arm(small_data, tmp_path):
     """The command line's budget, precision and seed are those of every run the demo starts."""
-    from vprompt.demo import demo_arms
     from vprompt.suite import expand_suite
 
     args = cli.build_parser().parse_args(
