@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vprompt.cli import PRECISIONS
+from vprompt.config import PRECISIONS
 from vprompt.demo import DemoSettings, default_jobs, default_threads, run_demo, train_size
 from vprompt.suite import parse_suite, run_suite
 

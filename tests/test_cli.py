@@ -10,7 +10,7 @@ import yaml
 from safetensors import safe_open
 
 from vprompt import cli, engine
-from vprompt.config import load_yaml, resolve_config
+from vprompt.config import PRECISIONS, load_yaml, resolve_config
 
 from .conftest import ROOT, TINY_MODEL, tiny_run_args
 
@@ -139,6 +139,16 @@ def test_bad_flags_give_one_clear_line(tmp_path, extra, needle):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("vprompt train: error:") and needle in last, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_every_precision_the_flag_offers_has_an_autocast():
+    x = torch.randn(2, 4)
+    for precision in PRECISIONS:
+        with engine.autocast(torch.device("cpu"), precision):
+            y = torch.nn.functional.linear(x, torch.randn(3, 4))
+        assert y.dtype == (torch.float32 if precision == "fp32" else engine._DTYPES[precision]), precision
+    with pytest.raises(ValueError, match="unknown --precision 'fp8' \\(choose from fp32, bf16, fp16\\)"):
+        engine.autocast(torch.device("cpu"), "fp8")
 
 
 def test_list_commands():

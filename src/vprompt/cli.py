@@ -18,6 +18,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .config import PRECISIONS
+
 __all__ = ["main", "build_parser"]
 
 _log = logging.getLogger("vprompt")
@@ -25,9 +27,6 @@ _log = logging.getLogger("vprompt")
 
 class CLIError(Exception):
     """A user error to print as one line (exit status 2)."""
-
-
-PRECISIONS = ("fp32", "bf16", "fp16")  # --precision: autocast dtype of the frozen model
 
 
 def _key_value(text: str) -> tuple[str, Any]:

@@ -15,7 +15,10 @@ from typing import Any
 
 import yaml
 
-__all__ = ["RunConfig", "METHODS", "resolve_config", "load_yaml", "list_methods"]
+__all__ = ["RunConfig", "METHODS", "PRECISIONS", "resolve_config", "load_yaml", "list_methods"]
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")  # autocast dtype of the frozen model; fp32 is none
 
 
 @dataclass
