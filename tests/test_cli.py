@@ -147,8 +147,18 @@ def test_every_precision_the_flag_offers_has_an_autocast():
         with engine.autocast(torch.device("cpu"), precision):
             y = torch.nn.functional.linear(x, torch.randn(3, 4))
         assert y.dtype == (torch.float32 if precision == "fp32" else engine._DTYPES[precision]), precision
-    with pytest.raises(ValueError, match="unknown --precision 'fp8' \\(choose from fp32, bf16, fp16\\)"):
+    with pytest.raises(ValueError, match="--precision: unknown precision 'fp8' \\(choose from fp32, bf16, fp16\\)"):
         engine.autocast(torch.device("cpu"), "fp8")
+
+
+def test_config_file_with_an_unknown_precision_fails_before_the_run_starts(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("precision: fp8\n")
+    proc = _run(*tiny_run_args(tmp_path, "--config", str(config)), check=False)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert f"{config}: unknown precision 'fp8' (choose from fp32, bf16, fp16)" in last, proc.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_list_commands():

@@ -15,10 +15,16 @@ from typing import Any
 
 import yaml
 
-__all__ = ["RunConfig", "METHODS", "PRECISIONS", "resolve_config", "load_yaml", "list_methods"]
+__all__ = ["RunConfig", "METHODS", "PRECISIONS", "check_precision", "resolve_config", "load_yaml", "list_methods"]
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # autocast dtype of the frozen model; fp32 is none
+
+
+def check_precision(precision: str, source: str = "--precision") -> None:
+    """Raise ValueError, naming ``source`` and the choices, unless ``precision`` is one of :data:`PRECISIONS`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{source}: unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
 
 
 @dataclass
@@ -170,7 +176,7 @@ def resolve_config(values: Mapping[str, Any], source: str = "config") -> RunConf
         source: where the values come from, for error messages (a file name, "command line").
 
     Raises:
-        ValueError: an unknown key or method, naming the source and the close matches.
+        ValueError: an unknown key, method or precision, naming the source and the close matches or choices.
     """
     unknown = [k for k in values if k not in _FIELDS]
     if unknown:
@@ -184,6 +190,7 @@ def resolve_config(values: Mapping[str, Any], source: str = "config") -> RunConf
         close = difflib.get_close_matches(method, list(METHODS), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"{source}: unknown method {method!r}{hint} (available: {', '.join(sorted(METHODS))})")
+    check_precision(explicit.get("precision", RunConfig.precision), source)
     recipe = {k: v for k, v in METHODS[method].items() if not k.startswith("_")}
     return RunConfig(**{**recipe, **explicit})
 

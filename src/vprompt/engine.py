@@ -32,7 +32,7 @@ from tqdm import tqdm
 from . import __version__
 from .build import PromptedModel, build_backbone, build_head, build_prompter, to_float_rgb
 from .checkpoint import LAST_FILE, PROMPT_FILE, atomic_write, load_prompt, load_state, save_prompt, save_state
-from .config import PRECISIONS, RunConfig, resolve_config
+from .config import RunConfig, check_precision, resolve_config
 from .data import DataSplits, make_loader, prepare_data
 from .distributed import DistEnv, all_reduce_grads, all_reduce_sum, barrier, init_distributed
 from .diversity import InputDiversity, create_diversity
@@ -76,8 +76,7 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     """Mixed precision for the frozen forward/backward: ``fp32`` (none), ``bf16`` or ``fp16``."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    if precision not in _DTYPES:
-        raise ValueError(f"unknown --precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+    check_precision(precision)
     return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
 
 
