@@ -96,6 +96,14 @@ def test_resume_refuses_changed_settings(tmp_path, capsys):
     assert "different lr" in capsys.readouterr().err
 
 
+def test_a_finished_run_is_neither_overwritten_nor_removed_by_a_second_start(tmp_path, capsys):
+    assert cli.main(tiny_run_args(tmp_path, epochs=1)) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    assert cli.main(tiny_run_args(tmp_path, epochs=1)) == 2
+    assert "already holds a run; pass --resume latest" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+
+
 def test_text_features_are_computed_once_per_run(tmp_path, monkeypatch):
     from vprompt.backbones import OpenCLIPBackbone
 
@@ -139,6 +147,7 @@ def test_bad_flags_give_one_clear_line(tmp_path, extra, needle):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("vprompt train: error:") and needle in last, proc.stderr
     assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists(), "a run that never started left its folder behind"
 
 
 def test_every_precision_the_flag_offers_has_an_autocast():

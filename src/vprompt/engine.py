@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -385,7 +386,19 @@ def fit(cfg: RunConfig) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     run_dir = cfg.run_dir
+    new_folder = not run_dir.exists()
     setup_logging(run_dir, env)  # first, so that nothing this run logs lands in another run's log.txt
+    try:
+        return _fit(cfg, env, device, run_dir)
+    except BaseException:
+        if new_folder and env.is_main and not (run_dir / "config.yaml").exists():
+            # the run never started (bad settings, missing data): leave no folder behind that looks like one
+            setup_logging(None, env)
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> dict[str, Any]:
     resume_from = _resume_path(cfg)
     epochs = int(cfg.epochs or 0)
     if cfg.batch_size % env.world_size:
