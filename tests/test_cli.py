@@ -197,3 +197,11 @@ def test_shipped_paper_configs_resolve_to_the_paper_settings():
     assert (evp.input_size, evp.inner_size, evp.prompt_size, evp.optimizer) == (224, 164, 30, "normgrad")
     vp = resolve_config(load_yaml(ROOT / "configs" / "vp_clip_vitb32.yaml"))
     assert (vp.prompter, vp.lr, vp.momentum, vp.warmup_steps, vp.prompt_size) == ("pad", 40.0, 0.9, 1000, 30)
+
+
+@pytest.mark.parametrize("flag", ["--label-map=ilm", "--head=linear", "--templates=single", "--ilm-interval=2"])
+def test_linprobe_refuses_the_options_of_a_prompted_models_head(flag, capsys):
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["linprobe", flag])
+    assert "unrecognized arguments" in capsys.readouterr().err
+    assert cli.build_parser().parse_args(["zeroshot", flag])  # zero-shot and train keep them

@@ -45,8 +45,22 @@ def _float_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def _add_run_options(p: argparse.ArgumentParser, training: bool = True) -> None:
-    """Options shared by train and zeroshot. Defaults are SUPPRESS so only explicit values reach the config."""
+def _add_head_options(g: Any) -> None:
+    """How a prompted model's outputs become class scores (not a linear probe's concern)."""
+    S = argparse.SUPPRESS
+    g.add_argument("--templates", default=S, choices=["single", "ensemble"], help="text templates of the CLIP head")
+    g.add_argument("--head", default=S, help="output head: auto (text for CLIP, flm for classifiers), text, linear")
+    g.add_argument(
+        "--label-map", default=S, choices=["identity", "rlm", "flm", "ilm"], help="label map of a classifier's logits"
+    )
+    g.add_argument("--ilm-interval", type=int, default=S, metavar="K", help="ilm: recompute the map every K epochs")
+    g.add_argument("--head-lr", type=float, default=S, help="AdamW lr of a trainable head (--head linear; 1e-3)")
+
+
+def _add_run_options(p: argparse.ArgumentParser, training: bool = True, heads: bool = True) -> None:
+    """Options shared by train, zeroshot and linprobe (``heads=False``: it has its own head, the probe).
+
+    Defaults are SUPPRESS so only explicit values reach the config."""
     S = argparse.SUPPRESS
     g = p.add_argument_group("what")
     g.add_argument("-c", "--config", dest="config_file", metavar="YAML", help="defaults from a YAML file")
@@ -59,13 +73,8 @@ def _add_run_options(p: argparse.ArgumentParser, training: bool = True) -> None:
         "--dataset-option", dest="dataset_options", action="append", type=_key_value, default=S, metavar="KEY=VALUE",
         help="dataset-specific option (repeatable)",
     )  # fmt: skip
-    g.add_argument("--templates", default=S, choices=["single", "ensemble"], help="text templates of the CLIP head")
-    g.add_argument("--head", default=S, help="output head: auto (text for CLIP, flm for classifiers), text, linear")
-    g.add_argument(
-        "--label-map", default=S, choices=["identity", "rlm", "flm", "ilm"], help="label map of a classifier's logits"
-    )
-    g.add_argument("--ilm-interval", type=int, default=S, metavar="K", help="ilm: recompute the map every K epochs")
-    g.add_argument("--head-lr", type=float, default=S, help="AdamW lr of a trainable head (--head linear; 1e-3)")
+    if heads:
+        _add_head_options(g)
     if training:
         g.add_argument("--method", default=S, help="evp, vp, fixed_patch, random_patch (`vprompt list methods`)")
         g = p.add_argument_group("prompt")
@@ -168,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Logistic regression on cached frozen features (CLIP image embeddings or a classifier's "
         "penultimate features), its L2 strength chosen on the validation split.",
     )
-    _add_run_options(p, training=False)
+    _add_run_options(p, training=False, heads=False)
     g = p.add_argument_group("linear probe")
     g.add_argument("--l2-grid", type=_float_list, default=argparse.SUPPRESS, metavar="L2,...",
                    help="L2 strengths to sweep (default 1e-6..1e2, two per decade)")  # fmt: skip
