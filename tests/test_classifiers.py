@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -104,6 +106,41 @@ def test_torchvision_backbone_with_imagenet_normalization_and_local_weights(tmp_
     torch.save({"fc.weight": torch.zeros(3, 512)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="does not match model tv:resnet18"):
         create_backbone("tv:resnet18", pretrained=str(tmp_path / "bad.pth"))
+
+
+def test_googlenet_from_a_local_file_converts_to_the_statistics_its_weights_were_trained_with(tmp_path):
+    import torchvision.models as tvm
+
+    torch.manual_seed(0)
+    reference = tvm.GoogLeNet(transform_input=True, aux_logits=True, init_weights=True).eval()  # torchvision's build
+    torch.save(reference.state_dict(), tmp_path / "googlenet.pth")
+    loaded = create_backbone("tv:googlenet", pretrained=str(tmp_path / "googlenet.pth"))
+    assert torch.allclose(loaded.mean.flatten(), torch.tensor(IMAGENET_MEAN))
+    seen = []  # what the first convolution receives (random-init logits are near constant, so compare this)
+    for model in (loaded.model, reference):
+        model.conv1.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    x = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        loaded(x), reference(loaded.normalize(x))
+    assert torch.allclose(seen[0], seen[1], atol=1e-6)
+
+
+def test_squeezenet_without_a_linear_classifier_builds_and_gives_pooled_features():
+    torch.manual_seed(0)
+    squeeze = create_backbone("tv:squeezenet1_1", pretrained="none")
+    assert squeeze.num_source_classes == 1000
+    x = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        feats, logits = squeeze.features(x), squeeze(x)
+    assert feats.shape == (2, 512) and logits.shape == (2, 1000)
+
+
+def test_the_classifier_sources_import_in_any_order():
+    for first in ("from vprompt import ClassifierBackbone", "import vprompt.classifiers", "import vprompt.backbones"):
+        check = "from vprompt.backbones import list_models\nassert {'cifar', 'timm', 'tv'} <= set(list_models())"
+        code = f"{first}\n{check}"
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, f"{first}: {proc.stderr}"
 
 
 def test_timm_local_weights_file_and_folder(tmp_path, timm_resnet):

@@ -27,7 +27,6 @@ from torch import Tensor, nn
 __all__ = [
     "FrozenBackbone",
     "OpenCLIPBackbone",
-    "ClassifierBackbone",
     "create_backbone",
     "list_models",
     "register_backbone_source",
@@ -264,5 +263,6 @@ def list_models(source: str | None = None) -> dict[str, list[str]]:
 
 
 # The classifier sources (timm:, tv:, cifar:) register themselves on import; imported last because they subclass
-# FrozenBackbone and call register_backbone_source, both defined above.
-from .classifiers import ClassifierBackbone  # noqa: E402
+# FrozenBackbone and call register_backbone_source, both defined above. A module import, not a name import, so that
+# importing vprompt.classifiers first (it imports this module) finds no half-defined name.
+from . import classifiers  # noqa: E402, F401

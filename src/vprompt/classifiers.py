@@ -192,7 +192,8 @@ def _input_of(path: str) -> FeatureFn:
             model(x)
         finally:
             handle.remove()
-        return captured[-1].flatten(1)
+        inputs = captured[-1]  # (B, D), or (B, D, H, W) in front of a 1x1-convolution classifier: average-pooled
+        return inputs.mean(dim=tuple(range(2, inputs.ndim))) if inputs.ndim > 2 else inputs
 
     return features
 
@@ -270,11 +271,15 @@ def _list_tv() -> list[str]:
     return list(tvm.list_models(module=tvm))  # classification models only (no detection, segmentation, video)
 
 
-def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
-    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError("this torchvision model has no final Linear layer, so it has no penultimate features")
-    return linears[-1]  # the classifier is defined last in every torchvision classification model
+def _classifier_layer(model: nn.Module) -> tuple[str, int]:
+    """The final classifier layer's path and number of classes: the last ``nn.Linear``, or for the models without
+    one (SqueezeNet) the last 1x1 convolution."""
+    modules = list(model.named_modules())
+    linears = [(n, m.out_features) for n, m in modules if isinstance(m, nn.Linear)]
+    convs = [(n, m.out_channels) for n, m in modules if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+    if not linears and not convs:
+        raise ValueError("this torchvision model has no final Linear layer or 1x1 convolution to read classes from")
+    return (linears or convs)[-1]  # the classifier is defined last in every torchvision classification model
 
 
 def _create_tv(name: str, pretrained: str | Path | None = None, **_: Any) -> ClassifierBackbone:
@@ -303,7 +308,9 @@ def _create_tv(name: str, pretrained: str | Path | None = None, **_: Any) -> Cla
     model = tvm.get_model(name, weights=weights)
     if local is not None:
         _load_weights(model, local, f"tv:{name}")
-    path, classifier = _last_linear(model)
+        if hasattr(model, "transform_input"):  # GoogLeNet, Inception v3: as torchvision's builder sets with weights,
+            model.transform_input = True  # their published weights expect (0.5, 0.5, 0.5) statistics, made from ours
+    path, num_classes = _classifier_layer(model)
     fixed = isinstance(model, (tvm.VisionTransformer, tvm.MaxVit))
     if weights is not None:
         tf = weights.transforms()
@@ -312,7 +319,7 @@ def _create_tv(name: str, pretrained: str | Path | None = None, **_: Any) -> Cla
     else:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
         size = int(getattr(model, "image_size", 224))
-        classnames = _imagenet_classnames(classifier.out_features)
+        classnames = _imagenet_classnames(num_classes)
     return ClassifierBackbone(
         model,
         mean=mean,
@@ -320,7 +327,7 @@ def _create_tv(name: str, pretrained: str | Path | None = None, **_: Any) -> Cla
         input_size=size,
         fixed_input_size=fixed,
         name=f"tv:{name}",
-        num_source_classes=classifier.out_features,
+        num_source_classes=num_classes,
         feature_fn=_input_of(path),
         source_classnames=classnames,
     )
