@@ -106,7 +106,7 @@ def train_one_epoch(
     log_every: int = 50,
     env: DistEnv = SINGLE_PROCESS,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns mean loss, accuracy, images and throughput (this process's share)."""
+    """One pass over ``loader``; returns mean loss, accuracy, images and throughput, summed over processes."""
     model.train()
     params = model.trainable_parameters()
     total_loss = torch.zeros((), device=device)
@@ -144,13 +144,15 @@ def train_one_epoch(
             bar.set_postfix_str(msg)
             _log.info("epoch %d step %d/%s %s lr %.4g %.1f img/s", epoch + 1, step + 1, n_steps or "?", msg, lr, rate)
     seconds = time.perf_counter() - start
-    seen = max(seen, 1)
+    sums = torch.stack([total_loss.double(), correct.double(), torch.tensor(seen, dtype=torch.float64, device=device)])
+    loss_sum, correct_sum, images = all_reduce_sum(sums, env.world_size).tolist()
+    n = max(images, 1.0)
     return {
-        "train_loss": total_loss.item() / seen,
-        "train_acc1": 100 * correct.item() / seen,
-        "images": seen,
+        "train_loss": loss_sum / n,
+        "train_acc1": 100 * correct_sum / n,
+        "images": int(images),
         "seconds": seconds,
-        "images_per_s": seen / max(seconds, 1e-9),
+        "images_per_s": images / max(seconds, 1e-9),
     }
 
 
@@ -465,7 +467,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
             epoch, cfg.log_every, env,
         )  # fmt: skip
         train_seconds += stats["seconds"]
-        train_images += stats["images"] * env.world_size
+        train_images += stats["images"]
         done = epoch + 1
         record: dict[str, Any] = {"epoch": done, "lr": optimizers[0].param_groups[0]["lr"] if optimizers else 0.0}
         record.update({k: stats[k] for k in ("train_loss", "train_acc1", "images_per_s")})
@@ -480,7 +482,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
             _log.info(
                 "epoch %d/%d train loss %.4f acc %.2f%s (%.1f img/s)%s", done, epochs, stats["train_loss"],
                 stats["train_acc1"], f" | val acc {record['val_acc1']:.2f}" if evaluate_now else "",
-                stats["images_per_s"] * env.world_size, " *best*" if improved and val_loader is not None else "",
+                stats["images_per_s"], " *best*" if improved and val_loader is not None else "",
             )  # fmt: skip
             if evaluate_now or val_loader is None:
                 _append_jsonl(metrics_path, record)

@@ -20,10 +20,17 @@ __all__ = ["epoch_order", "DeviceBatches", "OrderSampler", "make_loader"]
 
 def epoch_order(n: int, shuffle: bool, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> Tensor:
     """The indices one process visits in one epoch: a permutation seeded by (seed, epoch), then every
-    ``world_size``-th element from ``rank``. Without padding, so evaluation counts every sample exactly once."""
+    ``world_size``-th element from ``rank``.
+
+    A shuffled (training) order is first padded by wrapping around to a multiple of ``world_size``, so that every
+    process takes the same number of steps with batches of the same size (each step all-reduces the gradient);
+    an unshuffled (evaluation) order is not, so evaluation counts every sample exactly once."""
     if shuffle:
         gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         order = torch.randperm(n, generator=gen)
+        if n and n % world_size:
+            total = -(-n // world_size) * world_size
+            order = order.repeat(-(-total // n))[:total]
     else:
         order = torch.arange(n)
     return order[rank::world_size]
@@ -43,7 +50,8 @@ class OrderSampler(Sampler[int]):
         return iter(epoch_order(self.n, self.shuffle, self.seed, self.epoch, self.rank, self.world_size).tolist())
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.world_size))
+        n = -(-self.n // self.world_size) * self.world_size if self.shuffle else self.n  # padded as in epoch_order
+        return len(range(self.rank, n, self.world_size))
 
 
 class DeviceBatches:
@@ -124,6 +132,8 @@ def make_loader(
         sampler=sampler,
         num_workers=workers,
         pin_memory=torch.device(device).type == "cuda",
-        persistent_workers=workers > 0,
+        # Shuffled (training) loaders start fresh workers every epoch: their random crops are then seeded from the
+        # RNG state the engine sets per (seed, epoch), so a resumed run crops as an uninterrupted one would.
+        persistent_workers=workers > 0 and not shuffle,
     )
     return _Loader(loader, sampler)
