@@ -90,10 +90,53 @@ def test_interrupted_run_resumes_to_the_same_prompt(tmp_path, monkeypatch, metho
     assert straight["test"] == resumed["test"]
 
 
+def test_resume_rewinds_the_files_an_interruption_while_saving_left_ahead_of_last_pt(tmp_path, monkeypatch):
+    from vprompt.checkpoint import PROMPT_FILE, load_prompt, save_prompt
+
+    args, run = tiny_run_args(tmp_path, epochs=3), tmp_path / "run"
+    real_save, real_train, saves = engine.save_state, engine.train_one_epoch, []
+
+    def stops_in_the_second_save(*a, **k):
+        saves.append(1)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+        return real_save(*a, **k)
+
+    monkeypatch.setattr(engine, "save_state", stops_in_the_second_save)
+    assert cli.main(args) == 130
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["train_seconds"] > 0 and [m["epoch"] for m in _metrics(run)] == [1, 2]
+    # What a re-run of epoch 2 that does not reproduce it (another GPU) would leave: a prompt file ahead of last.pt.
+    tensors, config, meta = load_prompt(run / PROMPT_FILE)
+    save_prompt(run / PROMPT_FILE, {k: torch.zeros_like(v) for k, v in tensors.items()}, config, **{**meta, "epoch": 2})
+
+    monkeypatch.setattr(engine, "save_state", real_save)
+    monkeypatch.setattr(engine, "train_one_epoch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert cli.main([*args, "--resume", "latest"]) == 130  # rewinds, then stops in epoch 2
+    assert [m["epoch"] for m in _metrics(run)] == [1]
+    tensors, _, meta = load_prompt(run / PROMPT_FILE)
+    assert meta["epoch"] == state["best"]["epoch"] == 1
+    assert all(torch.equal(tensors[k], v) for k, v in state["best_model"].items())
+
+    monkeypatch.setattr(engine, "train_one_epoch", real_train)
+    assert cli.main([*args, "--resume", "latest"]) == 0
+    metrics = _metrics(run)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert metrics[0]["lr"] == yaml.safe_load((run / "config.yaml").read_text())["config"]["lr"]  # epoch 1's own
+    results = json.loads((run / "results.json").read_text())
+    assert results["train_seconds"] > state["train_seconds"]  # epoch 1's time is counted too
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 def test_resume_refuses_changed_settings(tmp_path, capsys):
     assert cli.main(tiny_run_args(tmp_path, epochs=1)) == 0
     assert cli.main(tiny_run_args(tmp_path, "--lr", "5", "--resume", "latest", epochs=1)) == 2
     assert "different lr" in capsys.readouterr().err
+    assert cli.main(tiny_run_args(tmp_path, "--di-prob", "0.2", "--resume", "latest", epochs=1)) == 2
+    assert "different di_prob" in capsys.readouterr().err
 
 
 def test_a_finished_run_is_neither_overwritten_nor_removed_by_a_second_start(tmp_path, capsys):

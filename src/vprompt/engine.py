@@ -44,12 +44,13 @@ __all__ = ["train_one_epoch", "evaluate", "fit", "evaluate_checkpoint", "autocas
 _log = logging.getLogger("vprompt")
 SINGLE_PROCESS = DistEnv()
 
-#: Settings that define what a run computes; resuming with any of them changed is refused.
+#: Settings that define what a run computes; resuming with any of them changed is refused. The others (device,
+#: precision, workers, threads, evaluation batch size and frequency, logging) may change, e.g. on another machine.
 _IDENTITY_KEYS = (
     "model", "pretrained", "dataset", "method", "prompter", "input_size", "inner_size", "prompt_size", "head",
     "templates", "optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_steps", "epochs", "batch_size",
-    "diversity", "val_fraction", "split_seed", "seed", "dataset_options", "shots", "train_fraction",
-    "label_map", "ilm_interval", "head_lr",
+    "diversity", "di_min_scale", "di_prob", "val_fraction", "split_seed", "seed", "dataset_options", "shots",
+    "train_fraction", "label_map", "ilm_interval", "head_lr",
 )  # fmt: skip
 
 
@@ -426,6 +427,8 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
 
     start_epoch, best = 0, {"epoch": 0, "val_acc1": -math.inf}
+    best_state: dict[str, Tensor] = {}  # the selected epoch's prompt, also kept in last.pt
+    train_seconds, train_images = 0.0, 0
     if resume_from is not None:
         state = load_state(resume_from, map_location=device)
         old = state.get("config", {})
@@ -443,10 +446,16 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start_epoch, best = int(state["epoch"]), dict(state["best"])
+        best_state = dict(state.get("best_model", {}))
+        train_seconds, train_images = float(state.get("train_seconds", 0.0)), int(state.get("train_images", 0))
         _log.info("resumed from %s at epoch %d (best so far: epoch %d)", resume_from, start_epoch, best["epoch"])
 
+    config = cfg.to_dict()
+    metrics_path = run_dir / "metrics.jsonl"
     if env.is_main:
         _write_run_files(cfg, data, run_dir, resumed=resume_from is not None)
+        if resume_from is not None:
+            _rewind_run_files(run_dir, start_epoch, best, best_state, config, data.classnames)
         _log.info(
             "run %s: %s on %s (%s), %s; %d train / %s val (%s) / %d test images; %d learnable prompt values; %s",
             run_dir, cfg.method, cfg.dataset, cfg.model, model.prompter.extra_repr(), len(data.train),
@@ -454,14 +463,12 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
             device,
         )  # fmt: skip
 
-    config = cfg.to_dict()
-    metrics_path = run_dir / "metrics.jsonl"
-    train_seconds, train_images = 0.0, 0
     for epoch in range(start_epoch, epochs):
         _seed_epoch(cfg.seed, epoch)
         train_loader.set_epoch(epoch)
         if model.head.epoch_start(epoch, lambda: collect_outputs(model, train_loader, device, cfg.precision, env)):
             _log.info("epoch %d: head updated", epoch + 1)
+        lr = optimizers[0].param_groups[0]["lr"] if optimizers else 0.0  # this epoch's (its first step's)
         stats = train_one_epoch(
             model, train_loader, optimizers, schedulers, diversity, device, cfg.precision, scaler,
             epoch, cfg.log_every, env,
@@ -469,7 +476,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
         train_seconds += stats["seconds"]
         train_images += stats["images"]
         done = epoch + 1
-        record: dict[str, Any] = {"epoch": done, "lr": optimizers[0].param_groups[0]["lr"] if optimizers else 0.0}
+        record: dict[str, Any] = {"epoch": done, "lr": lr}
         record.update({k: stats[k] for k in ("train_loss", "train_acc1", "images_per_s")})
         evaluate_now = val_loader is not None and (done % cfg.eval_every == 0 or done == epochs)
         if evaluate_now:
@@ -478,6 +485,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
         improved = (evaluate_now and record["val_acc1"] > best["val_acc1"]) or val_loader is None
         if improved:
             best = {"epoch": done, "val_acc1": record.get("val_acc1", float("nan"))}
+            best_state = {k: v.detach().clone() for k, v in model.artifact_state().items()}
         if env.is_main:
             _log.info(
                 "epoch %d/%d train loss %.4f acc %.2f%s (%.1f img/s)%s", done, epochs, stats["train_loss"],
@@ -486,15 +494,20 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
             )  # fmt: skip
             if evaluate_now or val_loader is None:
                 _append_jsonl(metrics_path, record)
+            # In this order: if the run stops before last.pt is written, resuming redoes this epoch and first
+            # rewinds these two files to what last.pt records (_rewind_run_files).
             if improved:
                 meta = {"epoch": done, "classnames": data.classnames, "val_acc1": best["val_acc1"]}
-                save_prompt(run_dir / PROMPT_FILE, model.artifact_state(), config, **meta)
+                save_prompt(run_dir / PROMPT_FILE, best_state, config, **meta)
             save_state(
                 run_dir / LAST_FILE,
                 {
                     "format": "vprompt-last/1",
                     "epoch": done,
                     "best": best,
+                    "best_model": best_state,
+                    "train_seconds": train_seconds,
+                    "train_images": train_images,
                     "model": model.artifact_state(),
                     "optimizers": [o.state_dict() for o in optimizers],
                     "schedulers": [s.state_dict() for s in schedulers],
@@ -507,6 +520,27 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
     if epochs == 0:  # no training epoch called it: a label map (FLM without a prompt) is computed here
         model.head.epoch_start(0, lambda: collect_outputs(model, train_loader, device, cfg.precision, env))
     return _finish(cfg, model, data, device, env, best, epochs, train_seconds, train_images, loader, eval_bs)
+
+
+def _rewind_run_files(
+    run_dir: Path,
+    epoch: int,
+    best: dict[str, Any],
+    best_state: dict[str, Tensor],
+    config: dict[str, Any],
+    classnames: Sequence[str],
+) -> None:
+    """On resume at ``epoch``: drop the metrics of later epochs and restore the selected prompt from ``last.pt``,
+    in case the run stopped between writing them and writing ``last.pt``."""
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.exists():
+        lines = metrics.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] <= epoch]
+        if len(kept) != len(lines):
+            atomic_write(metrics, lambda tmp: Path(tmp).write_text("".join(kept)))
+    if best_state:
+        meta = {"epoch": best["epoch"], "classnames": list(classnames), "val_acc1": best["val_acc1"]}
+        save_prompt(run_dir / PROMPT_FILE, best_state, config, **meta)
 
 
 def _write_run_files(cfg: RunConfig, data: DataSplits, run_dir: Path, resumed: bool) -> None:
