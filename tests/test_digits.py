@@ -65,6 +65,10 @@ def test_mnist_errors_name_the_files_and_the_fix(tmp_path):
     write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", np.zeros((3, 28, 28), np.uint8))
     with pytest.raises(DatasetNotFoundError, match="but not t10k-labels-idx1-ubyte"):
         create_dataset("mnist", tmp_path, "test")
+    _write_mnist(tmp_path / "mnist", "t10k", 6, gz=True)  # a half pair does not hide a whole one in a subfolder
+    assert len(create_dataset("mnist", tmp_path, "test")) == 6
+    (tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz").unlink()
+    (tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
     write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(4, np.uint8))
     with pytest.raises(ValueError, match="has 3 images but .* has 4 labels"):
         create_dataset("mnist", tmp_path, "test")
@@ -101,6 +105,9 @@ def test_mnist_download_verifies_md5_and_is_reused(tmp_path, monkeypatch):
     assert all(u.startswith(digits_module.MNIST_MIRRORS[0]) for u in urls) and len(urls) == 2
     create_dataset("mnist", root, "test", download=True)
     assert len(urls) == 2  # the files are there now
+    (root / "mnist" / "t10k-labels-idx1-ubyte.gz").unlink()  # as a download interrupted after the images leaves it
+    assert len(create_dataset("mnist", root, "test", download=True)) == 5
+    assert urls[2:] == [digits_module.MNIST_MIRRORS[0] + "t10k-labels-idx1-ubyte.gz"]  # only the missing file
 
     # A corrupt download is rejected on every mirror and leaves nothing behind.
     monkeypatch.setattr(digits_module.urllib.request, "urlopen", lambda url, timeout: _Response(b"<html>"))

@@ -78,20 +78,25 @@ def _search_folders(root: Path) -> list[Path]:
 
 
 def find_mnist_files(root: str | Path, split: str) -> tuple[Path, Path] | None:
-    """The (images, labels) IDX files of ``split`` under ``root``, or None when absent.
-
-    Raises:
-        DatasetNotFoundError: one of the pair is there without the other.
-    """
+    """The (images, labels) IDX files of ``split`` in the first folder under ``root`` that holds both, or None."""
     for folder in _search_folders(Path(root)):
         for prefix in _MNIST_PREFIXES[split]:
             images, labels = _find(folder, _stem(prefix, "images")), _find(folder, _stem(prefix, "labels"))
             if images and labels:
                 return images, labels
-            if images or labels:
-                have, lack = (images, _stem(prefix, "labels")) if images else (labels, _stem(prefix, "images"))
-                raise DatasetNotFoundError(f"dataset mnist: found {have} but not {lack}[.gz] beside it")
     return None
+
+
+def _half_pairs(root: Path, split: str) -> list[str]:
+    """'found X but not Y' for each folder under ``root`` that holds one file of a pair without the other."""
+    notes = []
+    for folder in _search_folders(root):
+        for prefix in _MNIST_PREFIXES[split]:
+            images, labels = _find(folder, _stem(prefix, "images")), _find(folder, _stem(prefix, "labels"))
+            if bool(images) != bool(labels):
+                have, lack = (images, _stem(prefix, "labels")) if images else (labels, _stem(prefix, "images"))
+                notes.append(f"found {have} but not {lack}[.gz] beside it")
+    return notes
 
 
 def _md5(path: Path) -> str:
@@ -155,12 +160,15 @@ def mnist_dataset(
         if not download:
             where = ", ".join(str(f) for f in _search_folders(root))
             alt = " (or train10k-*)" if split == "train" else ""
+            half = "".join(f"; {note}" for note in _half_pairs(root, split))
             raise DatasetNotFoundError(
-                f"dataset mnist: no {names[0][:-3]}[.gz] and {names[1][:-3]}[.gz]{alt} in {where}; pass --data-dir "
-                "to the folder holding them, or allow the download (--download)"
+                f"dataset mnist: no {names[0][:-3]}[.gz] and {names[1][:-3]}[.gz]{alt} in {where}{half}; pass "
+                "--data-dir to the folder holding them, or allow the download (--download)"
             )
         _log.info("mnist: downloading the official %s files into %s", split, root / "mnist")
-        found = (_download(names[0], root / "mnist"), _download(names[1], root / "mnist"))
+        # A file an earlier, interrupted download completed (renamed into place only once its MD5 matched) is kept.
+        images, labels = (_find(root / "mnist", name[:-3]) or _download(name, root / "mnist") for name in names)
+        found = (images, labels)
     images, labels = read_idx(found[0]), read_idx(found[1])
     _check_pair(images, labels, found)
     _log.info("mnist %s: %d digits from %s", split, len(labels), found[0].parent)
