@@ -113,6 +113,23 @@ def test_image_folder_official_val_is_used(tmp_path):
     assert data.val_source == "official" and len(data.val) == 6 and len(data.train) == 6
 
 
+def test_image_folder_labels_mean_the_same_class_in_a_split_that_lacks_one(tmp_path):
+    _write_folder(tmp_path, "train", ["ant", "bee", "cat"])
+    _write_folder(tmp_path, "test", ["ant", "cat"])
+    data = prepare_data("imagefolder", tmp_path, image_size=8, val_fraction=0, download=False)
+    assert data.classnames == ["ant", "bee", "cat"]
+    assert sorted({int(data.test[i][1]) for i in range(len(data.test))}) == [0, 2]  # cat is still 2, not 1
+
+
+def test_cifar_errors_tell_a_missing_folder_from_a_corrupt_one(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="expected .*cifar-10-batches-py/"):
+        create_dataset("cifar10", tmp_path, "test")
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"not the real file")
+    with pytest.raises(DatasetNotFoundError, match="cifar-10-batches-py is incomplete or corrupt.*delete it"):
+        create_dataset("cifar10", tmp_path, "test")
+
+
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetNotFoundError, match="train/ and test/"):
         create_dataset("imagefolder", tmp_path / "nope", "train")

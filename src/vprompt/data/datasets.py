@@ -75,8 +75,19 @@ def cifar_dataset(
     name = f"cifar{classes}"
     try:
         ds = cls(root=str(root), train=split == "train", download=download)
-    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
-        raise _missing(name, root, "pass --data-dir to the folder holding them, or allow the download") from e
+    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted" (a file missing or failing its MD5)
+        folder = Path(root) / cls.base_folder
+        if folder.is_dir():
+            raise DatasetNotFoundError(
+                f"dataset {name}: {folder} is incomplete or corrupt (a file is missing or fails torchvision's MD5 "
+                "check); delete it and download again, or copy the files of the python release there"
+            ) from e
+        raise _missing(
+            name,
+            root,
+            f"expected {folder}/ as in the python release; pass --data-dir to the folder holding it, or "
+            "allow the download",
+        ) from e
     except OSError as e:  # no network
         raise _missing(name, root, f"the download failed: {e}; copy the files there and retry") from e
     return ArrayDataset(ds.data, ds.targets, ds.classes)
@@ -97,8 +108,8 @@ for _k in (10, 100):
 def image_folder_dataset(
     root: Path, split: str = "train", transform: Callable[..., Any] | None = None, download: bool = False
 ) -> FileDataset:
-    """A user's own data: ``root/<split>/<class name>/<image>``. Class names are the folder names (sorted),
-    the same set in every split."""
+    """A user's own data: ``root/<split>/<class name>/<image>``. The classes are the class folders of all the
+    splits (sorted names), so a label means the same class in every split even when a split lacks a class."""
     folder = Path(root) / split
     if not folder.is_dir():
         have = sorted(p.name for p in Path(root).iterdir() if p.is_dir()) if Path(root).is_dir() else []
@@ -106,13 +117,14 @@ def image_folder_dataset(
             f"dataset imagefolder: no folder {folder} (--data-dir must hold train/ and test/ subfolders with one "
             f"folder per class{'; it has: ' + ', '.join(have) if have else ''})"
         )
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    if not classes:
+    if not any(p.is_dir() for p in folder.iterdir()):
         raise DatasetNotFoundError(f"dataset imagefolder: {folder} has no class subfolders")
+    splits = [Path(root) / s for s in ("train", "val", "test") if (Path(root) / s).is_dir()]
+    classes = sorted({p.name for s in splits for p in s.iterdir() if p.is_dir()})
     samples = [
         (str(f), label)
         for label, c in enumerate(classes)
-        for f in sorted((folder / c).rglob("*"))
+        for f in sorted((folder / c).rglob("*"))  # nothing for a class this split lacks
         if f.suffix.lower() in IMAGE_EXTENSIONS
     ]
     if not samples:
