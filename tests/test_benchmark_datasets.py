@@ -17,6 +17,7 @@ from PIL import Image
 from vprompt.data import DatasetNotFoundError, build_transform, create_dataset, get_dataset_spec, prepare_data
 from vprompt.data.benchmark import BENCHMARK_DATASETS
 from vprompt.data.benchmark_base import (
+    SeededSplit,
     load_metadata,
     load_seeded_split,
     make_seeded_split,
@@ -192,6 +193,24 @@ def test_eurosat_with_a_split_file(tmp_path):
     write_seeded_split(split_file, make_seeded_split(25, class_counts=[4, 2, 3, 2, 2, 2, 2, 3, 2, 3]))
     with pytest.raises(DatasetNotFoundError, match="class 0 has 3 images, expected 4"):
         _make("eurosat", tmp_path, split_file=str(split_file))
+
+
+def test_a_split_file_whose_splits_overlap_or_overrun_is_refused(tmp_path):
+    good = make_seeded_split(10, seed=0)
+    path = tmp_path / "split.npz"
+    for indices, needle in (
+        ({**good.indices, "test": np.append(good.indices["test"], good.indices["train"][0])}, "share images"),
+        ({**good.indices, "val": np.append(good.indices["val"], 10)}, "outside 0..9"),
+    ):
+        write_seeded_split(path, SeededSplit(indices, 10, (), 0, good.fractions))
+        with pytest.raises(DatasetNotFoundError, match=f"split file {path}: .*{needle}"):
+            load_seeded_split("eurosat", path)
+    np.savez(path, train=good.indices["train"])
+    with pytest.raises(DatasetNotFoundError, match="it has no val, test, num_samples"):
+        load_seeded_split("eurosat", path)
+    path.write_text("not a split")
+    with pytest.raises(DatasetNotFoundError, match=f"split file {path}"):
+        load_seeded_split("eurosat", path)
 
 
 def test_sun397(tmp_path):

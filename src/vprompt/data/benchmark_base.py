@@ -205,17 +205,36 @@ def split_path(dataset: str) -> Any:
     return _data_dir().joinpath("split_files", f"{dataset}.npz")
 
 
+_SPLIT_ARRAYS = ("train", "val", "test", "num_samples", "class_counts", "seed", "fractions")
+
+
 def load_seeded_split(dataset: str, path: str | Path | None = None) -> SeededSplit:
-    """Read a split file: ``path`` if given, else the one shipped for ``dataset``."""
+    """Read a split file: ``path`` if given, else the one shipped for ``dataset``.
+
+    Raises:
+        DatasetNotFoundError: the file is not a split file, or its splits overlap or index past its images.
+    """
     src = Path(path) if path is not None else split_path(dataset)
-    with resources.as_file(src) as p, np.load(p, allow_pickle=False) as z:
-        return SeededSplit(
-            {k: z[k].astype(np.int64) for k in ("train", "val", "test")},
-            int(z["num_samples"]),
-            tuple(int(c) for c in z["class_counts"]),
-            int(z["seed"]),
-            (float(z["fractions"][0]), float(z["fractions"][1])),
-        )
+    try:
+        with resources.as_file(src) as p, np.load(p, allow_pickle=False) as z:
+            missing = [k for k in _SPLIT_ARRAYS if k not in z.files]
+            if missing:
+                raise ValueError(f"it has no {', '.join(missing)} (a split file holds {', '.join(_SPLIT_ARRAYS)})")
+            split = SeededSplit(
+                {k: z[k].astype(np.int64) for k in ("train", "val", "test")},
+                int(z["num_samples"]),
+                tuple(int(c) for c in z["class_counts"]),
+                int(z["seed"]),
+                (float(z["fractions"][0]), float(z["fractions"][1])),
+            )
+    except (OSError, ValueError) as e:  # absent, not an .npz, pickled arrays, missing arrays
+        raise DatasetNotFoundError(f"split file {src}: {e}") from e
+    seen = np.concatenate(list(split.indices.values()))
+    if len(seen) and (seen.min() < 0 or seen.max() >= split.num_samples):
+        raise DatasetNotFoundError(f"split file {src}: an index lies outside 0..{split.num_samples - 1}")
+    if len(np.unique(seen)) != len(seen):
+        raise DatasetNotFoundError(f"split file {src}: train, val and test share images (or repeat one)")
+    return split
 
 
 def select_split(
