@@ -205,7 +205,7 @@ def test_download_verifies_then_renames(tmp_path: Path, monkeypatch: pytest.Monk
         urls.append(url)
         return _FakeResponse(good)
 
-    monkeypatch.setattr(cifar_resnet.urllib.request, "urlopen", fake_urlopen)
+    monkeypatch.setattr("urllib.request.urlopen", fake_urlopen)
     model = create_cifar_resnet(20, pretrained="default", cache_dir=tmp_path / "c")
     assert urls == [CIFAR_RESNET_URL.format(file=file_name)]
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [file_name]
@@ -216,7 +216,7 @@ def test_download_verifies_then_renames(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_corrupt_download_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cifar_resnet.urllib.request, "urlopen", lambda url, timeout: _FakeResponse(b"<html>404</html>"))
+    monkeypatch.setattr("urllib.request.urlopen", lambda url, timeout: _FakeResponse(b"<html>404</html>"))
     with pytest.raises(ValueError, match="sha256"):
         create_cifar_resnet(20, pretrained="cifar10", cache_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
@@ -226,7 +226,7 @@ def test_offline_download_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     def offline(url: str, timeout: float) -> _FakeResponse:
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(cifar_resnet.urllib.request, "urlopen", offline)
+    monkeypatch.setattr("urllib.request.urlopen", offline)
     with pytest.raises(FileNotFoundError, match="--pretrained PATH"):
         create_cifar_resnet(44, pretrained="cifar10", cache_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []

@@ -95,7 +95,7 @@ def test_mnist_download_verifies_md5_and_is_reused(tmp_path, monkeypatch):
         urls.append(url)
         return _Response(served[url.rsplit("/", 1)[1]])
 
-    monkeypatch.setattr(digits_module.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr("urllib.request.urlopen", urlopen)
     import hashlib
 
     monkeypatch.setattr(digits_module, "MNIST_MD5", {k: hashlib.md5(v).hexdigest() for k, v in served.items()})
@@ -110,7 +110,7 @@ def test_mnist_download_verifies_md5_and_is_reused(tmp_path, monkeypatch):
     assert urls[2:] == [digits_module.MNIST_MIRRORS[0] + "t10k-labels-idx1-ubyte.gz"]  # only the missing file
 
     # A corrupt download is rejected on every mirror and leaves nothing behind.
-    monkeypatch.setattr(digits_module.urllib.request, "urlopen", lambda url, timeout: _Response(b"<html>"))
+    monkeypatch.setattr("urllib.request.urlopen", lambda url, timeout: _Response(b"<html>"))
     other = tmp_path / "other"
     with pytest.raises(DatasetNotFoundError, match="MD5"):
         create_dataset("mnist", other, "test", download=True)

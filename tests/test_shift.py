@@ -1,5 +1,6 @@
 """Distribution shift: CIFAR-C in its real on-disk layout, `vprompt eval --shift`, and the WILDS adapter."""
 
+import hashlib
 import io
 import json
 import sys
@@ -115,6 +116,10 @@ def _npy(arr):
     return buf.getvalue()
 
 
+def _md5(path):
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
 def test_download_extracts_safely_and_atomically(tmp_path):
     labels = np.tile(np.arange(4), 5)
     _tar(tmp_path / "release.tar", {
@@ -122,7 +127,11 @@ def test_download_extracts_safely_and_atomically(tmp_path):
         "CIFAR-10-C/fog.npy": _npy(np.full((20, 32, 32, 3), 7, dtype=np.uint8)),
     })  # fmt: skip
     root = tmp_path / "data"
-    folder = download_cifar_c(root, 10, url=(tmp_path / "release.tar").as_uri())
+    release = (tmp_path / "release.tar").as_uri()
+    with pytest.raises(DatasetNotFoundError, match="not the published archive"):
+        download_cifar_c(root, 10, url=release)  # checked against the real release's MD5: refused, nothing kept
+    assert list(root.iterdir()) == []
+    folder = download_cifar_c(root, 10, url=release, md5=_md5(tmp_path / "release.tar"))
     assert folder == root / "CIFAR-10-C" and sorted(p.name for p in folder.iterdir()) == ["fog.npy", "labels.npy"]
     assert sorted(p.name for p in root.iterdir()) == ["CIFAR-10-C"]  # no archive, staging or .part left behind
     assert len(cifar_c_dataset(root, "fog", 2)) == 4
@@ -132,7 +141,7 @@ def test_download_extracts_safely_and_atomically(tmp_path):
         safe_extract(tmp_path / "evil.tar", tmp_path / "out")
     assert not (tmp_path / "escaped.npy").exists()
     with pytest.raises(ValueError, match="refusing"):
-        download_cifar_c(tmp_path / "data2", 10, url=(tmp_path / "evil.tar").as_uri())
+        download_cifar_c(tmp_path / "data2", 10, url=(tmp_path / "evil.tar").as_uri(), md5=_md5(tmp_path / "evil.tar"))
     assert not (tmp_path / "data2" / "CIFAR-10-C").exists()
 
 
@@ -154,7 +163,7 @@ def test_interrupted_download_leaves_nothing_that_looks_complete(tmp_path, monke
         def __exit__(self, *exc):
             return False
 
-    monkeypatch.setattr(shift_mod.urllib.request, "urlopen", lambda url, timeout: Broken())
+    monkeypatch.setattr("urllib.request.urlopen", lambda url, timeout: Broken())
     root = tmp_path / "data"
     with pytest.raises(DatasetNotFoundError, match="the download failed"):
         download_cifar_c(root, 10)

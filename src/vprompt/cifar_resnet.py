@@ -11,17 +11,15 @@ methods feed the model canvases larger than 32x32.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .download import DigestMismatch, download_verified, file_digest
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -35,7 +33,6 @@ __all__ = [
     "default_cache_dir",
     "load_cifar_resnet_state_dict",
     "resolve_cifar_resnet_checkpoint",
-    "sha256_file",
 ]
 
 #: depth -> (checkpoint file name, full sha256 of that file).
@@ -70,8 +67,6 @@ CIFAR10_CLASSES: tuple[str, ...] = (
 
 _PRETRAINED_ALIASES = ("cifar10", "default")
 _CHECKPOINT_SUFFIXES = (".th", ".pth", ".pt", ".bin", ".ckpt", ".safetensors")
-_DOWNLOAD_TIMEOUT_S = 60.0
-_CHUNK = 1 << 20
 
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -199,17 +194,8 @@ def default_cache_dir() -> Path:
     return base / "cifar10_resnets"
 
 
-def sha256_file(path: str | Path) -> str:
-    """Returns the hex sha256 digest of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _verify_sha256(path: Path, expected: str) -> None:
-    got = sha256_file(path)
+    got = file_digest(path, "sha256")
     if got != expected:
         raise ValueError(
             f"sha256 mismatch for {path}: expected {expected}, got {got}; the file is corrupt or not this checkpoint "
@@ -218,37 +204,19 @@ def _verify_sha256(path: Path, expected: str) -> None:
 
 
 def _download(url: str, dest: Path, expected_sha256: str) -> None:
-    """Downloads ``url`` to ``dest`` via a temporary file in the same folder, renamed into place if the hash matches.
-
-    Keeping the temporary file next to ``dest`` makes the final rename atomic, so an interrupted download never leaves a
-    file under the real name that a later run would trust.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
+    """Downloads ``url`` to ``dest``, kept only if its sha256 is the published one (see :mod:`vprompt.download`)."""
     try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
-                    for chunk in iter(lambda: response.read(_CHUNK), b""):
-                        digest.update(chunk)
-                        out.write(chunk)
-            except (urllib.error.URLError, OSError, TimeoutError) as exc:
-                raise FileNotFoundError(
-                    f"could not download {url} to {dest} ({exc}); if you are offline, pass --pretrained PATH "
-                    "pointing to a local copy of the checkpoint (file or folder)"
-                ) from exc
-        got = digest.hexdigest()
-        if got != expected_sha256:
-            raise ValueError(
-                f"sha256 mismatch for download of {url}: expected {expected_sha256}, got {got}; the download is "
-                "corrupt or not this checkpoint (nothing was saved; retry, or pass --pretrained PATH to a local copy)"
-            )
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        download_verified(url, dest, expected_sha256, "sha256")
+    except DigestMismatch as exc:
+        raise ValueError(
+            f"sha256 mismatch for download of {exc}; the download is corrupt or not this checkpoint (nothing was "
+            "saved; retry, or pass --pretrained PATH to a local copy)"
+        ) from exc
+    except OSError as exc:
+        raise FileNotFoundError(
+            f"could not download {url} to {dest} ({exc}); if you are offline, pass --pretrained PATH "
+            "pointing to a local copy of the checkpoint (file or folder)"
+        ) from exc
 
 
 def _checkpoint_candidates(folder: Path) -> list[str]:

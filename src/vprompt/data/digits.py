@@ -20,18 +20,14 @@ Digits: the UCI "Optical Recognition of Handwritten Digits" test set, as package
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..download import DigestMismatch, download_verified
 from .base import ArrayDataset
 from .idx import read_idx
 from .registry import DatasetNotFoundError, DatasetSpec, register_dataset
@@ -55,7 +51,6 @@ MNIST_MD5 = {
 }
 #: File stems per split, preferred first.
 _MNIST_PREFIXES = {"train": ("train", "train10k"), "test": ("t10k",)}
-_TIMEOUT_S = 60.0
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -99,35 +94,14 @@ def _half_pairs(root: Path, split: str) -> list[str]:
     return notes
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _download(name: str, folder: Path) -> Path:
-    """Fetch one official file into ``folder`` (via a temporary file, renamed once its MD5 matches)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    dest = folder / name
+    """Fetch one official file into ``folder``, from the first mirror that serves it with the published MD5."""
     errors = []
     for mirror in MNIST_MIRRORS:
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(mirror + name, timeout=_TIMEOUT_S) as response:
-                for chunk in iter(lambda: response.read(1 << 20), b""):
-                    out.write(chunk)
-            got = _md5(Path(tmp))
-            if got != MNIST_MD5[name]:
-                errors.append(f"{mirror + name}: MD5 {got}, expected {MNIST_MD5[name]}")
-                continue
-            os.replace(tmp, dest)
-            return dest
-        except (urllib.error.URLError, OSError, TimeoutError) as e:
-            errors.append(f"{mirror + name}: {e}")
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+            return download_verified(mirror + name, folder / name, MNIST_MD5[name], "md5")
+        except (DigestMismatch, OSError) as e:
+            errors.append(str(e) if isinstance(e, DigestMismatch) else f"{mirror + name}: {e}")
     raise DatasetNotFoundError(
         f"dataset mnist: could not download {name} ({'; '.join(errors)}); put the IDX files in a folder and pass "
         "it as --data-dir"

@@ -40,7 +40,6 @@ import logging
 import os
 import shutil
 import tarfile
-import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -50,6 +49,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from ..download import DigestMismatch, download_verified, file_digest
 from .base import ArrayDataset, build_transform
 from .registry import DatasetNotFoundError, DatasetSpec, default_data_dir, register_dataset
 
@@ -86,10 +86,14 @@ CORRUPTIONS = (
 EXTRA_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 SEVERITIES = (1, 2, 3, 4, 5)
 
-#: classes -> (folder name, public download).
+#: classes -> (folder name, public download, its MD5 as published with the Zenodo record).
 CIFAR_C = {
-    10: ("CIFAR-10-C", "https://zenodo.org/records/2535967/files/CIFAR-10-C.tar"),
-    100: ("CIFAR-100-C", "https://zenodo.org/records/3555552/files/CIFAR-100-C.tar"),
+    10: ("CIFAR-10-C", "https://zenodo.org/records/2535967/files/CIFAR-10-C.tar", "56bf5dcef84df0e2308c6dcbcbbd8499"),
+    100: (
+        "CIFAR-100-C",
+        "https://zenodo.org/records/3555552/files/CIFAR-100-C.tar",
+        "11f0ed0f1191edbf9fa23466ae6021d3",
+    ),
 }
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -195,35 +199,29 @@ def safe_extract(archive: str | Path, dest: str | Path) -> None:
             tar.extractall(dest, members=members)
 
 
-def _download(url: str, path: Path, chunk: int = 1 << 22) -> None:
-    """Stream ``url`` to ``path`` through ``path.part``: an interrupted download never looks complete."""
-    part = path.with_name(path.name + ".part")
-    _log.info("downloading %s to %s", url, path)
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
-            shutil.copyfileobj(response, out, chunk)
-        os.replace(part, path)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-
-
-def download_cifar_c(root: str | Path, classes: int = 10, url: str | None = None) -> Path:
+def download_cifar_c(root: str | Path, classes: int = 10, url: str | None = None, md5: str | None = None) -> Path:
     """Download and extract CIFAR-``classes``-C into ``root`` (about 3 GB each); returns the folder.
 
-    The archive is written to ``<name>.tar.part`` and renamed when complete; it is extracted into a staging
-    folder that is renamed into place at the end, so an interruption leaves no half-written dataset behind.
+    The archive (from ``url``, default the public release) is kept only if its MD5 is ``md5`` (default the
+    release's), and so is one already in ``root`` from an earlier try; it is extracted into a staging folder that is
+    renamed into place at the end, so an interruption leaves no half-written dataset behind.
     """
-    name, default_url = CIFAR_C[classes]
+    name, default_url, default_md5 = CIFAR_C[classes]
     root = Path(root).expanduser()
     folder = root / name
     if folder.is_dir():
         return folder
     root.mkdir(parents=True, exist_ok=True)
-    archive = root / f"{name}.tar"
+    archive, expected = root / f"{name}.tar", md5 or default_md5
+    if archive.is_file() and file_digest(archive, "md5") != expected:
+        _log.warning("%s is not the published archive (MD5 mismatch); downloading it again", archive)
+        archive.unlink()
     try:
         if not archive.is_file():
-            _download(url or default_url, archive)
+            _log.info("downloading %s to %s", url or default_url, archive)
+            download_verified(url or default_url, archive, expected, "md5")
+    except DigestMismatch as e:
+        raise _missing_cifar_c(folder, classes, f"the download is not the published archive ({e}); no files") from e
     except OSError as e:
         raise _missing_cifar_c(folder, classes, f"the download failed ({e}); no files") from e
     staging = root / f".{name}.extracting"
