@@ -171,6 +171,41 @@ def test_zeroshot_evaluates_without_training(tmp_path):
     assert not (tmp_path / "zs" / "last.pt").exists()
 
 
+def test_zeroshot_reuses_a_training_config_file_without_training(tmp_path, caplog):
+    train_file = tmp_path / "evp.yaml"
+    training = {"prompter": "evp", "epochs": 2, "lr": 5.0}
+    data = {"dataset": "synthetic", "dataset_options": {"n_train": 40, "n_test": 20}}
+    train_file.write_text(yaml.safe_dump({"model": TINY_MODEL, **data, **training}))
+    args = ["zeroshot", "-c", str(train_file), "--output", str(tmp_path), "--name", "zs"]
+    assert cli.main(args) == 0
+    results = json.loads((tmp_path / "zs" / "results.json").read_text())
+    assert results["epochs"] == 0 and results["method"] == "zeroshot" and results["test"]["n"] == 20
+    assert "not using the settings of" in caplog.text and "epochs, lr, prompter" in caplog.text
+    assert cli.main([*args, "--resume", "latest"]) == 0  # evaluated again in the same folder
+
+
+@pytest.mark.parametrize(
+    ("content", "command", "flags", "needle"),
+    [
+        ({"epoch": 3}, "zeroshot", [], "{file}: unknown setting 'epoch'; did you mean epochs?"),
+        ({"method": "evp"}, "train", ["--method", "evq"], "command line: unknown method 'evq'"),
+        ({"dataset_options": [1, 2]}, "train", ["--dataset-option", "n_train=8"], "{file}: dataset_options must be"),
+        ({"dataset_options": [1, 2]}, "train", [], "{file}: dataset_options must be a mapping"),
+    ],
+)
+def test_a_bad_value_is_blamed_on_where_it_came_from(tmp_path, capsys, content, command, flags, needle):
+    file = tmp_path / "c.yaml"
+    file.write_text(yaml.safe_dump(content))
+    assert cli.main([command, "-c", str(file), "--output", str(tmp_path), *flags]) == 2
+    assert needle.format(file=file) in capsys.readouterr().err
+    assert not any(p.is_dir() for p in tmp_path.iterdir())
+
+
+def test_eval_refuses_shift_options_without_shift(tmp_path, capsys):
+    assert cli.main(["eval", "--checkpoint", str(tmp_path), "--shift-severity", "3"]) == 2
+    assert "--shift-severity applies to the shift sets: add --shift" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [

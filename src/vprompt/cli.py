@@ -119,6 +119,11 @@ def _add_run_options(p: argparse.ArgumentParser, training: bool = True, heads: b
         g.add_argument("--resume", default=S, metavar="latest|PATH", help="continue from last.pt")
 
 
+def _dests(p: argparse.ArgumentParser) -> frozenset[str]:
+    """The settings a subcommand has flags for."""
+    return frozenset(a.dest for a in p._actions)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``vprompt``."""
     from . import __version__
@@ -169,7 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
         "zeroshot", help="zero-shot CLIP baseline", description="Evaluate a CLIP model zero-shot (no prompt)."
     )
     _add_run_options(p, training=False)
-    p.set_defaults(func=_cmd_zeroshot)
+    p.add_argument(
+        "--resume", default=argparse.SUPPRESS, metavar="latest", help="evaluate again in the same run folder"
+    )
+    p.set_defaults(func=_cmd_zeroshot, offered=_dests(p))
 
     p = sub.add_parser(
         "linprobe",
@@ -184,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--input-size", type=int, default=argparse.SUPPRESS, help="S (default: the model's)")
     g.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="seed (random-init backbones only)")
     g.add_argument("--resume", default=argparse.SUPPRESS, metavar="latest", help="redo on the cached features")
-    p.set_defaults(func=_cmd_linprobe)
+    p.set_defaults(func=_cmd_linprobe, offered=_dests(p))
 
     p = sub.add_parser(
         "demo",
@@ -232,21 +240,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_values(args: argparse.Namespace) -> dict[str, Any]:
-    """Config file values overlaid with the explicit command-line values."""
-    from .config import load_yaml
+def _run_values(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
+    """Config file values overlaid with the explicit command-line values, and where each came from.
+
+    zeroshot and linprobe take from a config file only the settings they offer as flags, so that the file of a
+    training run can be reused for them; the others (a prompt, an optimizer, epochs) are named and left out."""
+    import dataclasses
+
+    from .config import RunConfig, check_dataset_options, load_yaml
 
     values: dict[str, Any] = {}
-    if getattr(args, "config_file", None):
-        values.update(load_yaml(args.config_file))
-    skip = {"func", "command", "config_file"}
+    file = getattr(args, "config_file", None)
+    if file:
+        values = load_yaml(file)
+        offered = getattr(args, "offered", None)
+        if offered is not None:
+            fields = {f.name for f in dataclasses.fields(RunConfig)}
+            unused = sorted(k for k in values if k in fields and k not in offered)
+            if unused:
+                _log.warning("%s: not using the settings of %s it has no flag for: %s", args.command, file,
+                             ", ".join(unused))  # fmt: skip
+            values = {k: v for k, v in values.items() if k not in unused}
+    sources = dict.fromkeys(values, str(file))
+    skip = {"func", "command", "config_file", "offered"}
     cli = {k: v for k, v in vars(args).items() if k not in skip}
     if "dataset_options" in cli:
-        cli["dataset_options"] = {**values.get("dataset_options", {}), **dict(cli["dataset_options"])}
+        from_file = check_dataset_options(values.get("dataset_options"), str(file))
+        cli["dataset_options"] = {**from_file, **dict(cli["dataset_options"])}
     if isinstance(cli.get("pretrained"), str) and cli["pretrained"].lower() == "none":
         cli["pretrained"] = None
     values.update(cli)
-    return values
+    sources.update(dict.fromkeys(cli, "command line"))
+    return values, sources
 
 
 def _print_results(results: dict[str, Any]) -> None:
@@ -261,12 +286,14 @@ def _print_results(results: dict[str, Any]) -> None:
     print(line)
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def _cmd_train(args: argparse.Namespace, method: str | None = None) -> int:
     from .config import resolve_config
     from .engine import fit
 
-    values = _run_values(args)
-    cfg = resolve_config(values, source=getattr(args, "config_file", None) or "command line")
+    values, sources = _run_values(args)
+    if method is not None:  # zeroshot, linprobe
+        values["method"], sources["method"] = method, f"vprompt {method}"
+    cfg = resolve_config(values, source="command line", sources=sources)
     results = fit(cfg)
     _print_results(results)
     print(f"run folder: {cfg.run_dir}")
@@ -274,16 +301,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_zeroshot(args: argparse.Namespace) -> int:
-    values = _run_values(args)
-    values["method"] = "zeroshot"
-    args_ns = argparse.Namespace(**{k: v for k, v in values.items()}, config_file=None)
-    return _cmd_train(args_ns)
+    return _cmd_train(args, "zeroshot")
 
 
 def _cmd_linprobe(args: argparse.Namespace) -> int:
-    values = _run_values(args)
-    values["method"] = "linprobe"
-    return _cmd_train(argparse.Namespace(**values, config_file=None))
+    return _cmd_train(args, "linprobe")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -291,6 +313,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .engine import evaluate_checkpoint, setup_logging
 
     setup_logging(None, DistEnv())
+    if args.shift is None and (args.shift_severity or args.download):
+        given = "--shift-severity" if args.shift_severity else "--download"
+        raise CLIError(f"{given} applies to the shift sets: add --shift (all of them) or --shift NAME ...")
     result = evaluate_checkpoint(
         args.checkpoint,
         split=args.split,

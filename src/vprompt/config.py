@@ -168,29 +168,50 @@ def list_methods() -> dict[str, str]:
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 
 
-def resolve_config(values: Mapping[str, Any], source: str = "config") -> RunConfig:
+def check_dataset_options(options: Any, source: str = "dataset_options") -> dict[str, Any]:
+    """``options`` as a dict (None: empty), or a ValueError naming ``source`` when it is not a mapping."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ValueError(f"{source}: dataset_options must be a mapping of option: value, not {type(options).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in options.items()}
+
+
+def resolve_config(
+    values: Mapping[str, Any], source: str = "config", sources: Mapping[str, str] | None = None
+) -> RunConfig:
     """Build a :class:`RunConfig` from user values (explicit settings only), filling the method's recipe.
 
     Args:
         values: field name -> value; unset fields may be absent or None.
         source: where the values come from, for error messages (a file name, "command line").
+        sources: where each value came from when they came from several places (key -> source).
 
     Raises:
-        ValueError: an unknown key, method or precision, naming the source and the close matches or choices.
+        ValueError: an unknown key, method, precision or malformed dataset options, naming where the bad value
+            came from and the close matches or choices.
     """
+
+    def where(key: str) -> str:
+        return (sources or {}).get(key, source)
+
     unknown = [k for k in values if k not in _FIELDS]
     if unknown:
         k = unknown[0]
         close = difflib.get_close_matches(k, list(_FIELDS), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"{source}: unknown setting {k!r}{hint}")
+        raise ValueError(f"{where(k)}: unknown setting {k!r}{hint}")
     explicit = {k: v for k, v in values.items() if v is not None}
     method = explicit.get("method", RunConfig.method)
     if method not in METHODS:
         close = difflib.get_close_matches(method, list(METHODS), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"{source}: unknown method {method!r}{hint} (available: {', '.join(sorted(METHODS))})")
-    check_precision(explicit.get("precision", RunConfig.precision), source)
+        raise ValueError(
+            f"{where('method')}: unknown method {method!r}{hint} (available: {', '.join(sorted(METHODS))})"
+        )
+    check_precision(explicit.get("precision", RunConfig.precision), where("precision"))
+    if "dataset_options" in explicit:
+        explicit["dataset_options"] = check_dataset_options(explicit["dataset_options"], where("dataset_options"))
     recipe = {k: v for k, v in METHODS[method].items() if not k.startswith("_")}
     return RunConfig(**{**recipe, **explicit})
 
