@@ -113,6 +113,10 @@ def test_grid_runs_skips_finished_runs_resumes_and_tabulates(tmp_path, monkeypat
     out = capsys.readouterr().out
     assert "4 runs: 4 conflict" in out and "epochs=1 there, 2 here" in out
     assert not fits.configs and "| evp | – | – | – |" in report.markdown
+    data["base"].update(epochs=1, precision="bf16")  # what the runs compute with counts too, not only the recipe
+    run_suite(parse_suite(data), dry_run=True)
+    assert "4 runs: 4 conflict" in capsys.readouterr().out
+    data["base"].update(epochs=2, precision="fp32")
     assert cli.main(["suite", str(full), "--output", str(runs)]) == 0 and not fits.configs
     data["base"]["output"] = str(runs)
     full.write_text(yaml.safe_dump(data))
@@ -205,11 +209,20 @@ def test_shots_rows_labels_and_per_method_seeds():
         ({"datasets": ["a"], "methods": ["evp"], "shots": [0]}, "shots must be positive integers or null"),
         ({"datasets": ["a"], "methods": []}, "'methods' must list at least one method"),
         ({"datasets": ["a"], "methods": ["evp"], "dataset_overrides": {"b": {}}}, "which is not in 'datasets'"),
+        ({"datasets": ["a"], "methods": ["evp"], "seeds": [1, 1]}, "seed 1 is listed twice"),
+        ({"datasets": ["a"], "methods": [{"name": "evp", "shots": [4, 4]}]}, r"methods\[0\]: shots 4 is listed twice"),
+        ({"datasets": ["a"], "methods": [{"name": "evp", "output": "x"}]}, "'output' is the suite's folder"),
+        ({"datasets": ["a"], "methods": ["evp"], "base": {"dataset_options": [1]}}, "dataset_options must be a map"),
     ],
 )
 def test_bad_suite_configs(data, needle):
     with pytest.raises(ValueError, match=needle):
         parse_suite(data, source="s.yaml")
+
+
+def test_empty_dataset_options_are_no_options():
+    suite = parse_suite({"datasets": ["synthetic"], "methods": ["vp"], "base": {"dataset_options": None}})
+    assert expand_suite(suite)[0].cfg.dataset_options == {}
 
 
 def test_shipped_suite_config_expands_to_the_paper_grid(tmp_path, capsys):

@@ -66,7 +66,7 @@ from typing import Any
 
 import yaml
 
-from .config import RunConfig, load_yaml, resolve_config
+from .config import RunConfig, check_dataset_options, load_yaml, resolve_config
 
 __all__ = ["SuiteConfig", "MethodEntry", "SuiteCell", "RunRecord", "SuiteReport", "load_suite", "expand_suite",
            "run_suite", "build_table"]  # fmt: skip
@@ -160,7 +160,7 @@ def _check_keys(keys: Sequence[str], allowed: Sequence[str], where: str) -> None
             raise ValueError(f"{where}: unknown key {k!r}{hint}")
 
 
-def _settings(values: Any, where: str) -> dict[str, Any]:
+def _settings(values: Any, where: str, base: bool = False) -> dict[str, Any]:
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -169,7 +169,18 @@ def _settings(values: Any, where: str) -> dict[str, Any]:
     grid = [k for k in values if k in _GRID_KEYS]
     if grid:
         raise ValueError(f"{where}: {grid[0]!r} is set by the grid (use the suite's datasets/methods/seeds/shots)")
+    if "output" in values and not base:
+        raise ValueError(f"{where}: 'output' is the suite's folder, set once under 'base' (or with --output)")
     _check_keys(list(values), sorted(_RUN_FIELDS), where)
+    if "dataset_options" in values:
+        values["dataset_options"] = check_dataset_options(values["dataset_options"], where)
+    return values
+
+
+def _once_each(values: list[Any], what: str, where: str) -> list[Any]:
+    twice = sorted({repr(v) for v in values if values.count(v) > 1})
+    if twice:
+        raise ValueError(f"{where}: {what} {twice[0]} is listed twice (each would be the same run)")
     return values
 
 
@@ -183,7 +194,7 @@ def _seeds_list(value: Any, where: str) -> list[int]:
     seeds = _as_list(value, where)
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ValueError(f"{where}: 'seeds' must be a list of integers")
-    return seeds
+    return _once_each(seeds, "seed", where)
 
 
 def _shots_list(value: Any, where: str) -> list[int | None]:
@@ -191,13 +202,13 @@ def _shots_list(value: Any, where: str) -> list[int | None]:
     for k in shots:
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise ValueError(f"{where}: shots must be positive integers or null, not {k!r}")
-    return shots
+    return _once_each(shots, "shots", where)
 
 
 def parse_suite(data: dict[str, Any], source: str = "suite config", default_output: str = "runs/suite") -> SuiteConfig:
     """Validate a suite config mapping (see the module doc) into a :class:`SuiteConfig`."""
     _check_keys(list(data), _TOP_KEYS, source)
-    base = _settings(data.get("base"), f"{source}: base")
+    base = _settings(data.get("base"), f"{source}: base", base=True)
     datasets = [str(d) for d in _as_list(data.get("datasets"), source)]
     if not datasets or len(set(datasets)) != len(datasets):
         raise ValueError(f"{source}: 'datasets' must list at least one dataset, each once")
@@ -304,13 +315,14 @@ def _state(cell: SuiteCell) -> tuple[str, str]:
     from .checkpoint import LAST_FILE
     from .engine import _IDENTITY_KEYS
 
+    keys = (*_IDENTITY_KEYS, "precision", "eval_every")  # a run made otherwise is not this cell's result
     if cell.cfg is None:
         return "invalid", cell.error or "invalid settings"
     run_dir = cell.cfg.run_dir
     started = (run_dir / "results.json").exists() or (run_dir / LAST_FILE).exists()
     if started and (run_dir / "config.yaml").exists():
         old = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("config", {})
-        changed = [k for k in _IDENTITY_KEYS if k in old and old[k] != getattr(cell.cfg, k)]
+        changed = [k for k in keys if k in old and old[k] != getattr(cell.cfg, k)]
         if changed:
             diff = ", ".join(f"{k}={old[k]!r} there, {getattr(cell.cfg, k)!r} here" for k in changed)
             return "conflict", f"{run_dir} holds a run with other settings ({diff}); delete it or change the output"
@@ -413,6 +425,7 @@ def run_suite(
         write_tables([pending[id(c)] for c in cells], suite, table_dir)  # current while the grid runs
 
     if jobs > 1 and len(queue) > 1:
+        _fetch_data_once([cfg for _, _, cfg in queue])
         _run_parallel(queue, jobs, finished)
     else:
         fit = fit or (lambda cfg: engine.fit(cfg))
@@ -432,6 +445,24 @@ def run_suite(
         print(markdown)
         print(f"tables: {', '.join(str(f) for f in files)}")
     return SuiteReport(records, markdown, files)
+
+
+def _fetch_data_once(cfgs: Sequence[RunConfig]) -> None:
+    """Download each dataset the runs need here, once, before parallel runs would all download it into the same
+    files at the same time. A dataset that fails here is left to fail, and be recorded, in its runs."""
+    from .data import create_dataset
+
+    seen = set()
+    for cfg in cfgs:
+        key = (cfg.dataset, cfg.data_dir, repr(sorted(cfg.dataset_options.items())))
+        if not cfg.download or key in seen:
+            continue
+        seen.add(key)
+        for split in ("train", "test"):
+            try:
+                create_dataset(cfg.dataset, cfg.data_dir, split, download=True, **cfg.dataset_options)
+            except Exception as e:  # noqa: BLE001 - reported by the runs themselves
+                _log.warning("suite: could not prepare %s %s before the parallel runs: %s", cfg.dataset, split, e)
 
 
 def _worker_init(threads: int) -> None:
