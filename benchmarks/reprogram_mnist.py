@@ -134,7 +134,9 @@ def summary(out: Path, chosen: dict[str, Any], by_depth: dict[int, dict[str, Any
     lines = [
         "# Reprogramming a frozen CIFAR-10 ResNet to MNIST",
         "",
-        f"Selected on validation (ResNet-{args.depths[0]}, {args.sweep_epochs} epochs): `{json.dumps(picked)}`",
+        f"Settings from {args.chosen} (canvas from the flags when given): `{json.dumps(picked)}`"
+        if args.chosen
+        else f"Selected on validation (ResNet-{args.depths[0]}, {args.sweep_epochs} epochs): `{json.dumps(picked)}`",
         "",
         "| arm | " + " | ".join(f"ResNet-{d}: test (val) | last epoch" for d in by_depth) + " |",
         "|:--|" + "--:|--:|" * len(by_depth),
@@ -173,8 +175,11 @@ def main() -> None:
     ap.add_argument("--depths", type=int, nargs="+", default=[20])
     ap.add_argument("--epochs", type=int, default=10, help="epochs of each trained arm in stage 2")
     ap.add_argument("--sweep-epochs", type=int, default=4)
-    ap.add_argument("--input-size", type=int, default=48, help="canvas S")
-    ap.add_argument("--inner-size", type=int, default=32, help="EVP's digit size s; VP's border is (S - s) / 2")
+    ap.add_argument("--input-size", type=int, default=None, help="canvas S (default: --chosen's, else 48)")
+    ap.add_argument(
+        "--inner-size", type=int, default=None, help="EVP's digit size s (default: --chosen's, else 32); VP's border "
+        "is (S - s) / 2",
+    )  # fmt: skip
     ap.add_argument("-b", "--batch-size", type=int, default=32)
     ap.add_argument("--chosen", default=None, help="skip stage 1: a chosen.json from an earlier run")
     ap.add_argument(
@@ -186,7 +191,11 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    chosen = json.loads(Path(args.chosen).read_text()) if args.chosen else sweep(args, out)
+    earlier = json.loads(Path(args.chosen).read_text()) if args.chosen else None
+    for key, default in (("input_size", 48), ("inner_size", 32)):  # an explicit flag wins over --chosen
+        if getattr(args, key) is None:
+            setattr(args, key, earlier[key] if earlier else default)
+    chosen = {**(earlier or sweep(args, out)), "input_size": args.input_size, "inner_size": args.inner_size}
     print(summary(out, chosen, final(args, out, chosen), args))
 
 

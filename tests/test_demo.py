@@ -93,6 +93,21 @@ def test_demo_runs_every_arm_and_writes_its_report(small_data, tmp_path, capsys)
     assert cli.main(args) == 0
     assert before == {a: (out / "runs" / _run_name(a) / "results.json").stat().st_mtime_ns for a in ARM_DOCS}
 
+    # Another budget in the same folder is refused in one line, not trained over the earlier arms.
+    capsys.readouterr()
+    assert cli.main([a if a != "1" else "2" for a in args]) == 2  # --epochs 2
+    err = capsys.readouterr().err
+    assert "holds a run with other settings" in err and "another --output" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [(["-b", "0"], "--batch-size 0 must be at least 1"), (["--inner-size", "40"], "smaller than --input-size 32")],
+)
+def test_impossible_demo_settings_fail_in_one_line(tmp_path, capsys, flags, needle):
+    assert cli.main(["demo", "--output", str(tmp_path / "demo"), *flags]) == 2
+    assert needle in capsys.readouterr().err
+
 
 def _run_name(arm: str) -> str:
     return f"{arm}-cifar-resnet20-mnist-seed42"

@@ -101,6 +101,17 @@ class DemoSettings:
     threads: int | None = None
     jobs: int | None = None
 
+    def __post_init__(self) -> None:
+        for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size), ("--threads", self.threads),
+                            ("--jobs", self.jobs)):  # fmt: skip
+            if value is not None and value < 1:
+                raise ValueError(f"{flag} {value} must be at least 1")
+        if not 0 < self.inner_size < self.input_size:
+            raise ValueError(
+                f"--inner-size {self.inner_size} must be positive and smaller than --input-size {self.input_size}: "
+                "EVP's prompt is the border around the shrunk digit"
+            )
+
 
 def default_data_dir() -> Path | None:
     """``../shared/data`` (from the working directory) when it exists, for offline use; else None (download)."""
@@ -217,9 +228,9 @@ def run_demo(
     suite = _suite(s, data_dir, output)
     jobs = s.jobs if s.jobs is not None else default_jobs(s.device)
     report = run_suite(suite, output=output / "runs", quiet=True, jobs=jobs)
-    if report.failed:
+    if report.failed:  # a one-line error; each arm's log.txt has the details
         first = report.failed[0]
-        raise RuntimeError(f"demo arm {first.method} failed: {first.error}")
+        raise ValueError(f"demo arm {first.method} failed: {first.error} (another --output starts a fresh demo)")
     results = {r.method: json.loads((Path(r.run_dir) / "results.json").read_text()) for r in report.records}
     run_dirs = {r.method: Path(r.run_dir) for r in report.records}
     table = _table(results)
