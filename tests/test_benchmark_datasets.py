@@ -454,6 +454,21 @@ def test_hf_route_without_download_stays_offline(tmp_path):
         _make("resisc45", tmp_path, source="hf")  # nothing cached, and no network without --download
 
 
+def test_a_hub_copy_without_a_validation_split_gets_a_held_out_one(tmp_path, monkeypatch):
+    from vprompt.data import ArrayDataset, benchmark_hf
+
+    def hub_copy(name, hub_id, split, transform, download, cache_dir):  # a copy with train and test only
+        if split == "val":
+            raise DatasetNotFoundError(f"dataset {name}: {hub_id!r} has no 'val' split")
+        return ArrayDataset(np.zeros((20, 4, 4, 3), np.uint8), [i % 2 for i in range(20)], ["a", "b"])
+
+    monkeypatch.setattr(benchmark_hf, "hub_dataset", hub_copy)
+    options = {"hf_id": "someone/ucf101-copy"}
+    assert "val" in get_dataset_spec("ucf101").available_splits(tmp_path, options)  # unknown: it is asked for
+    data = prepare_data("ucf101", tmp_path, image_size=4, val_fraction=0.2, download=False, options=options)
+    assert data.val_source == "holdout" and len(data.val) == 4 and len(data.train) == 16
+
+
 def test_hf_route_without_the_extra_names_it(tmp_path, monkeypatch):
     import sys
 

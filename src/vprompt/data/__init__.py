@@ -125,11 +125,15 @@ def prepare_data(
     test = make(test_split, eval_tf)
     classnames = list(train_full.classnames)
     all_idx = list(range(len(train_full)))
-    val: Dataset | None
-    if "val" in spec.available_splits(root):
+    val: Dataset | None = None
+    if "val" in spec.available_splits(root, options):
+        try:
+            val = make("val", eval_tf)
+        except DatasetNotFoundError as e:  # a copy (hf_id=...) that turns out to have no validation split
+            _log.warning("%s: no official validation split (%s); holding one out of the training data", name, e)
+    if val is not None:
         _log.info("%s: using the official validation split", name)
         train_idx, val_idx, val_source = all_idx, [], "official"
-        val = make("val", eval_tf)
     else:
         train_idx, val_idx = holdout_split(train_full.targets, val_fraction, split_seed)
         val_source = "holdout" if val_idx else "none"

@@ -191,7 +191,7 @@ for _name, (_description, _n) in _HF_DESCRIPTIONS.items():
         _description,
         n=_n,
         splits=_TRAIN_VAL_TEST,
-        find_splits=lambda root, _name=_name: folder_splits(_name, root),
+        find_splits=lambda root, options, _name=_name: folder_splits(_name, root, **options),
         options={
             "source": "auto (DIR/<name> when it exists, else the hub), folder or hf",
             "hf_id": f"{HF_DEFAULTS[_name] or 'none'} (a hub id or a local folder of parquet files)",

@@ -61,11 +61,12 @@ def _layout(name: str) -> str:
     return _FOLDER_HELP.format(name=name, coop=coop)
 
 
-def folder_splits(name: str, root: Path) -> tuple[str, ...]:
-    """The splits present for ``name`` under ``root``: the folder route's, else the default hub copy's."""
+def folder_splits(name: str, root: Path, source: str = "auto", hf_id: str | None = None) -> tuple[str, ...]:
+    """The splits present for ``name`` under ``root``: the folder route's, the default hub copy's, or for another
+    copy (``hf_id``) every split, the ones it lacks failing when asked for."""
     folder = Path(root) / name
-    if not folder.is_dir():
-        return HF_SPLITS[name]
+    if source == "hf" or (source == "auto" and not folder.is_dir()):
+        return HF_SPLITS[name] if hf_id is None else _SPLITS
     if name in _COOP and (folder / _COOP[name][0]).is_file():
         return tuple(s for s in _SPLITS if _coop_entries(folder / _COOP[name][0], s))
     return tuple(s for s in _SPLITS if (folder / f"{s}.txt").is_file() or (folder / s).is_dir())

@@ -137,7 +137,7 @@ register_dataset(
         name="imagefolder",
         builder=image_folder_dataset,
         splits=("train", "val", "test"),
-        find_splits=lambda root: tuple(s for s in ("train", "val", "test") if (Path(root) / s).is_dir()),
+        find_splits=lambda root, _options: tuple(s for s in ("train", "val", "test") if (Path(root) / s).is_dir()),
         description="your own images: --data-dir DIR with DIR/{train,test[,val]}/<class>/<image>",
     )
 )

@@ -45,7 +45,7 @@ class DatasetSpec:
         description: one line for ``vprompt list datasets``.
         in_memory: whether the builder returns an in-memory :class:`~vprompt.data.base.ArrayDataset`.
         options: extra keyword options the builder accepts (documentation for the CLI).
-        find_splits: for datasets whose splits depend on the files (a user's folder), ``root -> splits``.
+        find_splits: for datasets whose splits depend on the files (a user's folder), ``(root, options) -> splits``.
     """
 
     name: str
@@ -57,11 +57,11 @@ class DatasetSpec:
     description: str = ""
     in_memory: bool = False
     options: dict[str, str] = field(default_factory=dict)
-    find_splits: Callable[[Path], tuple[str, ...]] | None = None
+    find_splits: Callable[[Path, dict[str, Any]], tuple[str, ...]] | None = None
 
-    def available_splits(self, root: Path) -> tuple[str, ...]:
-        """The splits present for data under ``root``."""
-        return self.find_splits(root) if self.find_splits else self.splits
+    def available_splits(self, root: Path, options: dict[str, Any] | None = None) -> tuple[str, ...]:
+        """The splits present for data under ``root`` read with the dataset ``options``."""
+        return self.find_splits(root, dict(options or {})) if self.find_splits else self.splits
 
 
 _REGISTRY: dict[str, DatasetSpec] = {}
