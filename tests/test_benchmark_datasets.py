@@ -455,11 +455,13 @@ def test_hf_route_without_download_stays_offline(tmp_path):
 
 
 def test_a_hub_copy_without_a_validation_split_gets_a_held_out_one(tmp_path, monkeypatch):
-    from vprompt.data import ArrayDataset, benchmark_hf
+    from vprompt.data import ArrayDataset, SplitNotFoundError, benchmark_hf
+
+    val_error = [SplitNotFoundError]
 
     def hub_copy(name, hub_id, split, transform, download, cache_dir):  # a copy with train and test only
         if split == "val":
-            raise DatasetNotFoundError(f"dataset {name}: {hub_id!r} has no 'val' split")
+            raise val_error[0](f"dataset {name}: {hub_id!r}: no val")
         return ArrayDataset(np.zeros((20, 4, 4, 3), np.uint8), [i % 2 for i in range(20)], ["a", "b"])
 
     monkeypatch.setattr(benchmark_hf, "hub_dataset", hub_copy)
@@ -467,6 +469,9 @@ def test_a_hub_copy_without_a_validation_split_gets_a_held_out_one(tmp_path, mon
     assert "val" in get_dataset_spec("ucf101").available_splits(tmp_path, options)  # unknown: it is asked for
     data = prepare_data("ucf101", tmp_path, image_size=4, val_fraction=0.2, download=False, options=options)
     assert data.val_source == "holdout" and len(data.val) == 4 and len(data.train) == 16
+    val_error[0] = DatasetNotFoundError  # the copy's validation split could not be loaded (offline): no holdout
+    with pytest.raises(DatasetNotFoundError, match="no val"):
+        prepare_data("ucf101", tmp_path, image_size=4, val_fraction=0.2, download=False, options=options)
 
 
 def test_hf_route_without_the_extra_names_it(tmp_path, monkeypatch):

@@ -25,6 +25,7 @@ from .loader import DeviceBatches, epoch_order, make_loader
 from .registry import (
     DatasetNotFoundError,
     DatasetSpec,
+    SplitNotFoundError,
     create_dataset,
     default_data_dir,
     get_dataset_spec,
@@ -39,6 +40,7 @@ __all__ = [
     "LabeledSubset",
     "DatasetSpec",
     "DatasetNotFoundError",
+    "SplitNotFoundError",
     "DataSplits",
     "DeviceBatches",
     "build_transform",
@@ -129,7 +131,7 @@ def prepare_data(
     if "val" in spec.available_splits(root, options):
         try:
             val = make("val", eval_tf)
-        except DatasetNotFoundError as e:  # a copy (hf_id=...) that turns out to have no validation split
+        except SplitNotFoundError as e:  # a copy (hf_id=...) that turns out to have no validation split
             _log.warning("%s: no official validation split (%s); holding one out of the training data", name, e)
     if val is not None:
         _log.info("%s: using the official validation split", name)

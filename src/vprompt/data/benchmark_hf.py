@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from .base import FileDataset
 from .benchmark_base import classnames, map_names
 from .datasets import IMAGE_EXTENSIONS
-from .registry import DatasetNotFoundError
+from .registry import DatasetNotFoundError, SplitNotFoundError
 
 __all__ = ["HF_DEFAULTS", "HFImageDataset", "folder_splits", "hub_or_folder_dataset"]
 
@@ -216,7 +216,7 @@ def hub_dataset(
                 f"{cache_dir} ({type(e).__name__}: {e}){hint}; offline: {_layout(name)}"
             ) from e
     if data is None:
-        raise DatasetNotFoundError(f"dataset {name}: {hub_id!r} has no {split!r} split ({last})")
+        raise SplitNotFoundError(f"dataset {name}: {hub_id!r} has no {split!r} split ({last})")
     try:
         image_key, label_key, feature = _columns(data)
     except ValueError as e:

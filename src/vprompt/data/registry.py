@@ -24,11 +24,16 @@ __all__ = [
     "list_datasets",
     "default_data_dir",
     "DatasetNotFoundError",
+    "SplitNotFoundError",
 ]
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """The dataset's files are not where they should be (and could not be downloaded)."""
+
+
+class SplitNotFoundError(DatasetNotFoundError):
+    """The dataset's copy is there but has no such split (a hub copy without a validation split)."""
 
 
 @dataclass(frozen=True)
