@@ -195,6 +195,13 @@ def main() -> None:
     for key, default in (("input_size", 48), ("inner_size", 32)):  # an explicit flag wins over --chosen
         if getattr(args, key) is None:
             setattr(args, key, earlier[key] if earlier else default)
+    try:  # impossible settings fail here, not after the sweep
+        if args.sweep_epochs < 1:
+            raise ValueError(f"--sweep-epochs {args.sweep_epochs} must be at least 1")
+        DemoSettings(epochs=args.epochs, batch_size=args.batch_size, input_size=args.input_size,
+                     inner_size=args.inner_size, threads=args.threads, jobs=args.jobs)  # fmt: skip
+    except ValueError as e:
+        ap.error(str(e))
     chosen = {**(earlier or sweep(args, out)), "input_size": args.input_size, "inner_size": args.inner_size}
     print(summary(out, chosen, final(args, out, chosen), args))
 

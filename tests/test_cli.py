@@ -109,6 +109,8 @@ def test_resume_rewinds_the_files_an_interruption_while_saving_left_ahead_of_las
     # What a re-run of epoch 2 that does not reproduce it (another GPU) would leave: a prompt file ahead of last.pt.
     tensors, config, meta = load_prompt(run / PROMPT_FILE)
     save_prompt(run / PROMPT_FILE, {k: torch.zeros_like(v) for k, v in tensors.items()}, config, **{**meta, "epoch": 2})
+    with open(run / "metrics.jsonl", "a") as f:  # and a line the interruption cut short
+        f.write('{"epoch": 3, "lr": 0.')
 
     monkeypatch.setattr(engine, "save_state", real_save)
     monkeypatch.setattr(engine, "train_one_epoch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
@@ -134,9 +136,9 @@ def _metrics(run):
 def test_resume_refuses_changed_settings(tmp_path, capsys):
     assert cli.main(tiny_run_args(tmp_path, epochs=1)) == 0
     assert cli.main(tiny_run_args(tmp_path, "--lr", "5", "--resume", "latest", epochs=1)) == 2
-    assert "different lr" in capsys.readouterr().err
+    assert "other settings (lr=70.0 there, 5.0 here)" in capsys.readouterr().err
     assert cli.main(tiny_run_args(tmp_path, "--di-prob", "0.2", "--resume", "latest", epochs=1)) == 2
-    assert "different di_prob" in capsys.readouterr().err
+    assert "other settings (di_prob=0.5 there, 0.2 here)" in capsys.readouterr().err
 
 
 def test_a_finished_run_is_neither_overwritten_nor_removed_by_a_second_start(tmp_path, capsys):
@@ -174,14 +176,17 @@ def test_zeroshot_evaluates_without_training(tmp_path):
 def test_zeroshot_reuses_a_training_config_file_without_training(tmp_path, caplog):
     train_file = tmp_path / "evp.yaml"
     training = {"prompter": "evp", "epochs": 2, "lr": 5.0}
-    data = {"dataset": "synthetic", "dataset_options": {"n_train": 40, "n_test": 20}}
+    data = {"dataset": "synthetic", "dataset_options": {"n_train": 40, "n_test": 20}, "seed": 3}
     train_file.write_text(yaml.safe_dump({"model": TINY_MODEL, **data, **training}))
     args = ["zeroshot", "-c", str(train_file), "--output", str(tmp_path), "--name", "zs"]
     assert cli.main(args) == 0
     results = json.loads((tmp_path / "zs" / "results.json").read_text())
     assert results["epochs"] == 0 and results["method"] == "zeroshot" and results["test"]["n"] == 20
-    assert "not using the settings of" in caplog.text and "epochs, lr, prompter" in caplog.text
+    assert "not using the settings of" in caplog.text and "epochs, lr, prompter\n" in caplog.text
+    assert yaml.safe_load((tmp_path / "zs" / "config.yaml").read_text())["config"]["seed"] == 3  # a zero-shot flag
     assert cli.main([*args, "--resume", "latest"]) == 0  # evaluated again in the same folder
+    assert cli.main([*args, "--templates", "single", "--resume", "latest"]) == 2  # but not another run over it
+    assert (tmp_path / "zs" / "results.json").exists()
 
 
 @pytest.mark.parametrize(

@@ -102,7 +102,11 @@ def test_demo_runs_every_arm_and_writes_its_report(small_data, tmp_path, capsys)
 
 @pytest.mark.parametrize(
     ("flags", "needle"),
-    [(["-b", "0"], "--batch-size 0 must be at least 1"), (["--inner-size", "40"], "smaller than --input-size 32")],
+    [
+        (["-b", "0"], "--batch-size 0 must be at least 1"),
+        (["--inner-size", "40"], "smaller than --input-size 32"),
+        (["--inner-size", "31"], "by an even number"),
+    ],
 )
 def test_impossible_demo_settings_fail_in_one_line(tmp_path, capsys, flags, needle):
     assert cli.main(["demo", "--output", str(tmp_path / "demo"), *flags]) == 2

@@ -220,6 +220,21 @@ def test_bad_suite_configs(data, needle):
         parse_suite(data, source="s.yaml")
 
 
+def test_an_interrupted_run_continues_with_another_precision_a_finished_one_does_not_count(tmp_path):
+    from vprompt.suite import _state
+
+    suite = parse_suite({"datasets": ["synthetic"], "methods": ["vp"], "base": {"precision": "bf16"}})
+    cell = expand_suite(suite, output=tmp_path)[0]
+    run = cell.cfg.run_dir
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"config": {**cell.cfg.to_dict(), "precision": "fp32"}}))
+    (run / "last.pt").write_bytes(b"")
+    assert _state(cell) == ("resume", "")  # as --resume allows: precision is how, not what, a run computes
+    (run / "results.json").write_text("{}")
+    state, why = _state(cell)
+    assert state == "conflict" and "precision='fp32' there, 'bf16' here" in why
+
+
 def test_empty_dataset_options_are_no_options():
     suite = parse_suite({"datasets": ["synthetic"], "methods": ["vp"], "base": {"dataset_options": None}})
     assert expand_suite(suite)[0].cfg.dataset_options == {}

@@ -265,4 +265,10 @@ def list_models(source: str | None = None) -> dict[str, list[str]]:
 # The classifier sources (timm:, tv:, cifar:) register themselves on import; imported last because they subclass
 # FrozenBackbone and call register_backbone_source, both defined above. A module import, not a name import, so that
 # importing vprompt.classifiers first (it imports this module) finds no half-defined name.
-from . import classifiers  # noqa: E402, F401
+from . import classifiers  # noqa: E402
+
+
+def __getattr__(name: str) -> Any:  # ``from vprompt.backbones import ClassifierBackbone``, as before it moved
+    if name == "ClassifierBackbone":
+        return classifiers.ClassifierBackbone
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

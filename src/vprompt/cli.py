@@ -119,6 +119,14 @@ def _add_run_options(p: argparse.ArgumentParser, training: bool = True, heads: b
         g.add_argument("--resume", default=S, metavar="latest|PATH", help="continue from last.pt")
 
 
+def _add_untrained_options(g: Any, resume_help: str) -> None:
+    """The few settings of zeroshot and linprobe beyond the run options: they train no prompt."""
+    S = argparse.SUPPRESS
+    g.add_argument("--input-size", type=int, default=S, help="S (default: the model's)")
+    g.add_argument("--seed", type=int, default=S, help="seed (random-init backbones only)")
+    g.add_argument("--resume", default=S, metavar="latest", help=resume_help)
+
+
 def _dests(p: argparse.ArgumentParser) -> frozenset[str]:
     """The settings a subcommand has flags for."""
     return frozenset(a.dest for a in p._actions)
@@ -174,9 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         "zeroshot", help="zero-shot CLIP baseline", description="Evaluate a CLIP model zero-shot (no prompt)."
     )
     _add_run_options(p, training=False)
-    p.add_argument(
-        "--resume", default=argparse.SUPPRESS, metavar="latest", help="evaluate again in the same run folder"
-    )
+    _add_untrained_options(p.add_argument_group("zero-shot"), resume_help="evaluate again in the same run folder")
     p.set_defaults(func=_cmd_zeroshot, offered=_dests(p))
 
     p = sub.add_parser(
@@ -189,9 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("linear probe")
     g.add_argument("--l2-grid", type=_float_list, default=argparse.SUPPRESS, metavar="L2,...",
                    help="L2 strengths to sweep (default 1e-6..1e2, two per decade)")  # fmt: skip
-    g.add_argument("--input-size", type=int, default=argparse.SUPPRESS, help="S (default: the model's)")
-    g.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="seed (random-init backbones only)")
-    g.add_argument("--resume", default=argparse.SUPPRESS, metavar="latest", help="redo on the cached features")
+    _add_untrained_options(g, resume_help="redo on the cached features")
     p.set_defaults(func=_cmd_linprobe, offered=_dests(p))
 
     p = sub.add_parser(

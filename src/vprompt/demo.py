@@ -106,10 +106,11 @@ class DemoSettings:
                             ("--jobs", self.jobs)):  # fmt: skip
             if value is not None and value < 1:
                 raise ValueError(f"{flag} {value} must be at least 1")
-        if not 0 < self.inner_size < self.input_size:
+        border = self.input_size - self.inner_size
+        if self.inner_size < 1 or border < 2 or border % 2:
             raise ValueError(
-                f"--inner-size {self.inner_size} must be positive and smaller than --input-size {self.input_size}: "
-                "EVP's prompt is the border around the shrunk digit"
+                f"--inner-size {self.inner_size} must be positive and smaller than --input-size {self.input_size} by "
+                "an even number: EVP's prompt is the border around the shrunk digit, as wide on every side"
             )
 
 
@@ -220,7 +221,7 @@ def run_demo(
     settings: DemoSettings | None = None,
 ) -> dict[str, Any]:
     """Run (or complete) the demo and write its report; returns ``{arm: results.json contents}``."""
-    from .suite import run_suite
+    from .suite import CONFLICT, run_suite
 
     s = settings or DemoSettings()
     output = Path(output)
@@ -230,7 +231,8 @@ def run_demo(
     report = run_suite(suite, output=output / "runs", quiet=True, jobs=jobs)
     if report.failed:  # a one-line error; each arm's log.txt has the details
         first = report.failed[0]
-        raise ValueError(f"demo arm {first.method} failed: {first.error} (another --output starts a fresh demo)")
+        fresh = " (another --output starts a fresh demo)" if CONFLICT in first.error else ""
+        raise ValueError(f"demo arm {first.method} failed: {first.error}{fresh}")
     results = {r.method: json.loads((Path(r.run_dir) / "results.json").read_text()) for r in report.records}
     run_dirs = {r.method: Path(r.run_dir) for r in report.records}
     table = _table(results)

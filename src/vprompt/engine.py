@@ -54,6 +54,19 @@ _IDENTITY_KEYS = (
 )  # fmt: skip
 
 
+def saved_config(run_dir: Path) -> dict[str, Any]:
+    """The settings an earlier run in ``run_dir`` was made with (its config.yaml), or {}."""
+    path = run_dir / "config.yaml"
+    return (yaml.safe_load(path.read_text()) or {}).get("config", {}) if path.exists() else {}
+
+
+def changed_settings(old: dict[str, Any], cfg: RunConfig, keys: Sequence[str] = _IDENTITY_KEYS) -> str:
+    """``"k=old, ..."`` for the ``keys`` whose value in an earlier run's config ``old`` differs from ``cfg``'s
+    (a saved key absent from ``old`` counts as unchanged); empty when the run is the same."""
+    changed = [k for k in keys if k in old and old[k] != getattr(cfg, k)]
+    return ", ".join(f"{k}={old[k]!r} there, {getattr(cfg, k)!r} here" for k in changed)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Small pieces
 
@@ -303,6 +316,9 @@ def _resume_path(cfg: RunConfig) -> Path | None:
     if cfg.resume == "latest":
         path = run_dir / LAST_FILE
         if not path.exists():
+            diff = changed_settings(saved_config(run_dir), cfg)  # a run without training state (zeroshot) is redone
+            if diff:
+                raise ValueError(f"--resume latest: {run_dir} holds a run with other settings ({diff})")
             _log.info("--resume latest: no %s yet, starting from scratch", path)
             return None
         return path
@@ -422,6 +438,8 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
         return make_loader(ds, bs, shuffle, cfg.seed, device, cfg.workers, env.rank, env.world_size)
 
     train_loader = loader(data.train, True, per_proc)
+    # Label maps count every training image once: in order, without the padding of a shuffled epoch.
+    map_loader = loader(data.train, False, per_proc)
     val_loader = loader(data.val, False, eval_bs) if data.val is not None else None
     optimizers, schedulers = _optimizers(cfg, model, len(train_loader))
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
@@ -431,12 +449,11 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
     train_seconds, train_images = 0.0, 0
     if resume_from is not None:
         state = load_state(resume_from, map_location=device)
-        old = state.get("config", {})
-        changed = [k for k in _IDENTITY_KEYS if k in old and old[k] != getattr(cfg, k)]
-        if changed:
+        diff = changed_settings(state.get("config", {}), cfg)
+        if diff:
             raise ValueError(
-                f"--resume {resume_from}: the run was started with different {', '.join(changed)} "
-                f"({', '.join(f'{k}={old[k]!r}' for k in changed)}); use the same settings or a new --name"
+                f"--resume {resume_from}: the run was started with other settings ({diff}); use the same settings "
+                "or a new --name"
             )
         model.load_artifact_state(state["model"])
         for opt, sd in zip(optimizers, state["optimizers"]):
@@ -466,7 +483,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
     for epoch in range(start_epoch, epochs):
         _seed_epoch(cfg.seed, epoch)
         train_loader.set_epoch(epoch)
-        if model.head.epoch_start(epoch, lambda: collect_outputs(model, train_loader, device, cfg.precision, env)):
+        if model.head.epoch_start(epoch, lambda: collect_outputs(model, map_loader, device, cfg.precision, env)):
             _log.info("epoch %d: head updated", epoch + 1)
         lr = optimizers[0].param_groups[0]["lr"] if optimizers else 0.0  # this epoch's (its first step's)
         stats = train_one_epoch(
@@ -518,7 +535,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
         barrier(env.world_size)
 
     if epochs == 0:  # no training epoch called it: a label map (FLM without a prompt) is computed here
-        model.head.epoch_start(0, lambda: collect_outputs(model, train_loader, device, cfg.precision, env))
+        model.head.epoch_start(0, lambda: collect_outputs(model, map_loader, device, cfg.precision, env))
     return _finish(cfg, model, data, device, env, best, epochs, train_seconds, train_images, loader, eval_bs)
 
 
@@ -535,12 +552,20 @@ def _rewind_run_files(
     metrics = run_dir / "metrics.jsonl"
     if metrics.exists():
         lines = metrics.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] <= epoch]
+        kept = [line for line in lines if _epoch_of(line) <= epoch]
         if len(kept) != len(lines):
             atomic_write(metrics, lambda tmp: Path(tmp).write_text("".join(kept)))
     if best_state:
         meta = {"epoch": best["epoch"], "classnames": list(classnames), "val_acc1": best["val_acc1"]}
         save_prompt(run_dir / PROMPT_FILE, best_state, config, **meta)
+
+
+def _epoch_of(line: str) -> float:
+    """The epoch of a metrics.jsonl line; infinite (dropped by a rewind) for a line cut short by an interruption."""
+    try:
+        return json.loads(line)["epoch"] if line.endswith("\n") else math.inf
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def _write_run_files(cfg: RunConfig, data: DataSplits, run_dir: Path, resumed: bool) -> None:

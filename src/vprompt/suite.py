@@ -64,14 +64,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .config import RunConfig, check_dataset_options, load_yaml, resolve_config
 
 __all__ = ["SuiteConfig", "MethodEntry", "SuiteCell", "RunRecord", "SuiteReport", "load_suite", "expand_suite",
            "run_suite", "build_table"]  # fmt: skip
 
 _log = logging.getLogger("vprompt")
+
+#: How a cell whose folder holds a run made with other settings is reported.
+CONFLICT = "holds a run with other settings"
 
 _TOP_KEYS = ("base", "datasets", "methods", "seeds", "shots", "dataset_overrides", "table")
 _GRID_KEYS = ("dataset", "method", "seed", "shots", "name", "resume")
@@ -313,19 +314,20 @@ def expand_suite(suite: SuiteConfig, output: str | Path | None = None) -> list[S
 def _state(cell: SuiteCell) -> tuple[str, str]:
     """(``invalid``, ``conflict``, ``done``, ``resume`` or ``new``, and a reason for the first two)."""
     from .checkpoint import LAST_FILE
-    from .engine import _IDENTITY_KEYS
+    from .engine import _IDENTITY_KEYS, changed_settings, saved_config
 
-    keys = (*_IDENTITY_KEYS, "precision", "eval_every")  # a run made otherwise is not this cell's result
     if cell.cfg is None:
         return "invalid", cell.error or "invalid settings"
     run_dir = cell.cfg.run_dir
     started = (run_dir / "results.json").exists() or (run_dir / LAST_FILE).exists()
-    if started and (run_dir / "config.yaml").exists():
-        old = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("config", {})
-        changed = [k for k in keys if k in old and old[k] != getattr(cell.cfg, k)]
-        if changed:
-            diff = ", ".join(f"{k}={old[k]!r} there, {getattr(cell.cfg, k)!r} here" for k in changed)
-            return "conflict", f"{run_dir} holds a run with other settings ({diff}); delete it or change the output"
+    if started:
+        old = saved_config(run_dir)
+        finished = (run_dir / "results.json").exists()
+        # A finished run computed with another precision or validation frequency is not this cell's result; an
+        # unfinished one may continue with them, as --resume allows.
+        diff = changed_settings(old, cell.cfg, (*_IDENTITY_KEYS, *(("precision", "eval_every") if finished else ())))
+        if diff:
+            return "conflict", f"{run_dir} {CONFLICT} ({diff}); delete it or change the output"
     if (run_dir / "results.json").exists():
         return "done", ""
     return ("resume", "") if (run_dir / LAST_FILE).exists() else ("new", "")
