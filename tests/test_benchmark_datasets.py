@@ -14,7 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-from vprompt.data import DatasetNotFoundError, build_transform, create_dataset, get_dataset_spec, prepare_data
+from vprompt.data import (
+    DatasetNotFoundError,
+    MissingDependencyError,
+    build_transform,
+    create_dataset,
+    get_dataset_spec,
+    prepare_data,
+)
 from vprompt.data.benchmark import BENCHMARK_DATASETS
 from vprompt.data.benchmark_base import (
     SeededSplit,
@@ -478,7 +485,7 @@ def test_hf_route_without_the_extra_names_it(tmp_path, monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if `datasets` were not installed
-    with pytest.raises(ImportError, match=re.escape("pip install 'vprompt[hf]'")):
+    with pytest.raises(MissingDependencyError, match=re.escape("pip install 'vprompt[hf]'")):  # one CLI line
         _make("dmlab", tmp_path, source="hf")
 
 

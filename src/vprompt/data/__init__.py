@@ -25,6 +25,7 @@ from .loader import DeviceBatches, epoch_order, make_loader
 from .registry import (
     DatasetNotFoundError,
     DatasetSpec,
+    MissingDependencyError,
     SplitNotFoundError,
     create_dataset,
     default_data_dir,
@@ -41,6 +42,7 @@ __all__ = [
     "DatasetSpec",
     "DatasetNotFoundError",
     "SplitNotFoundError",
+    "MissingDependencyError",
     "DataSplits",
     "DeviceBatches",
     "build_transform",

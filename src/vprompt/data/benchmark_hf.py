@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from .base import FileDataset
 from .benchmark_base import classnames, map_names
 from .datasets import IMAGE_EXTENSIONS
-from .registry import DatasetNotFoundError, SplitNotFoundError
+from .registry import DatasetNotFoundError, MissingDependencyError, SplitNotFoundError
 
 __all__ = ["HF_DEFAULTS", "HFImageDataset", "folder_splits", "hub_or_folder_dataset"]
 
@@ -194,7 +194,7 @@ def hub_dataset(
     try:
         import datasets
     except ImportError:
-        raise ImportError(
+        raise MissingDependencyError(
             f"dataset {name} from the Hugging Face hub needs the `datasets` package: pip install 'vprompt[hf]' "
             f"(or put the files in the offline layout: {_layout(name)})"
         ) from None

@@ -21,7 +21,7 @@ import torch
 
 from .base import ArrayDataset, FileDataset
 from .benchmark_base import classnames, map_folders, map_names, missing, name_key, select_split
-from .registry import DatasetNotFoundError
+from .registry import DatasetNotFoundError, MissingDependencyError
 
 __all__ = [
     "aircraft",
@@ -80,7 +80,7 @@ def _open(name: str, root: Path, download: bool | str, make: Callable[[], Any]) 
     try:
         return make()
     except ImportError as e:  # Flowers102, SVHN and Stanford Cars read .mat files
-        raise ImportError(f"dataset {name} reads MATLAB files and needs scipy: pip install scipy") from e
+        raise MissingDependencyError(f"dataset {name} reads MATLAB files and needs scipy: pip install scipy") from e
     except RuntimeError as e:  # torchvision: "Dataset not found (or corrupted)"
         raise missing(name, root / sub, layout, hint) from e
     except OSError as e:  # a failed download (URLError) or a file torchvision expected

@@ -8,8 +8,8 @@
   verified) unless ``--no-download``.
 * ``digits``: scikit-learn's ``load_digits()`` (1,797 digits of 8x8 pixels with values 0..16, shipped inside the
   scikit-learn wheel; needs ``pip install 'vprompt[digits]'``). It has no official test split, so a fixed,
-  stratified one is drawn with seed 0: 500 test / 1,297 train digits (``--dataset-option test_size=...,
-  test_seed=...`` change it). Pixel values are scaled to 0..255 (``round(v * 255 / 16)``).
+  stratified one is drawn with seed 0: 500 test / 1,297 train digits (``--dataset-option test_size=N`` and
+  ``--dataset-option test_seed=S`` change it). Pixel values are scaled to 0..255 (``round(v * 255 / 16)``).
 
 Class names are the digits ``"0"`` .. ``"9"``, as in CLIP's own MNIST evaluation, whose one template
 ``a photo of the number: "{}".`` is the ``--templates ensemble`` of both datasets.

@@ -25,11 +25,16 @@ __all__ = [
     "default_data_dir",
     "DatasetNotFoundError",
     "SplitNotFoundError",
+    "MissingDependencyError",
 ]
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """The dataset's files are not where they should be (and could not be downloaded)."""
+
+
+class MissingDependencyError(ImportError, ValueError):
+    """An optional dependency is not installed (a ValueError too, so the CLI prints it as one line)."""
 
 
 class SplitNotFoundError(DatasetNotFoundError):

@@ -51,7 +51,7 @@ from torch.utils.data import Dataset
 
 from ..download import DigestMismatch, download_verified, file_digest
 from .base import ArrayDataset, build_transform
-from .registry import DatasetNotFoundError, DatasetSpec, default_data_dir, register_dataset
+from .registry import DatasetNotFoundError, DatasetSpec, MissingDependencyError, default_data_dir, register_dataset
 
 __all__ = [
     "CORRUPTIONS",
@@ -97,10 +97,6 @@ CIFAR_C = {
 }
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-
-class MissingDependencyError(ImportError, ValueError):
-    """An optional dependency is not installed (a ValueError too, so the CLI prints it as one line)."""
 
 
 # --------------------------------------------------------------------------------------------------------------
