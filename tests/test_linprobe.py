@@ -96,7 +96,13 @@ def test_linprobe_run_folder_results_and_feature_cache(tmp_path, monkeypatch, ca
     again = json.loads((run / "results.json").read_text())
     assert again["test"] == results["test"] and again["l2"] == results["l2"]
 
-    # Other data makes other features: the cache is not reused.
+    # Another run's settings are refused, not written over this one...
+    capsys.readouterr()
+    assert cli.main(_args(tmp_path, "--resume", "latest", "--dataset-option", "n_train=100")) == 2
+    assert "holds a run with other settings (dataset_options=" in capsys.readouterr().err
+    assert json.loads((run / "results.json").read_text()) == again
+
+    # ... and features computed otherwise (another precision) are not reused.
     class Recomputed(Exception):
         pass
 
@@ -105,7 +111,7 @@ def test_linprobe_run_folder_results_and_feature_cache(tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(linprobe, "extract_features", recompute)
     with pytest.raises(Recomputed):
-        cli.main(_args(tmp_path, "--resume", "latest", "--dataset-option", "n_train=100"))
+        cli.main(_args(tmp_path, "--resume", "latest", "--precision", "bf16"))
 
 
 def test_linprobe_through_fit_on_a_classifier_uses_penultimate_features(tmp_path):
@@ -117,6 +123,23 @@ def test_linprobe_through_fit_on_a_classifier_uses_penultimate_features(tmp_path
     results = fit(cfg)
     assert results["feature_dim"] == 64 and results["test"]["n"] == 40
     assert "linprobe" in list_methods()
+
+
+def test_linprobe_refuses_a_prompter_and_is_no_checkpoint_for_eval(tmp_path, capsys):
+    assert cli.main(["train", "--method", "linprobe", "--prompter", "evp", *_args(tmp_path)[1:]]) == 2
+    assert (
+        "--prompter evp: a linear probe reads the frozen model's features without a prompt" in capsys.readouterr().err
+    )
+    assert not (tmp_path / "lp").exists()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert cli.main([*_args(tmp_path), "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1  # --threads reaches the probe too
+    finally:
+        torch.set_num_threads(threads)
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "lp")]) == 2
+    assert "is a linear probe: vprompt eval evaluates prompts" in capsys.readouterr().err
 
 
 def test_linprobe_refuses_torchrun(tmp_path, monkeypatch):

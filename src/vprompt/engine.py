@@ -396,18 +396,19 @@ def _optimizers(
 
 def fit(cfg: RunConfig) -> dict[str, Any]:
     """Run ``cfg`` end to end in its run folder and return the results (also written to ``results.json``)."""
-    if cfg.method == "linprobe":  # no prompt to train: logistic regression on cached features
-        from .linprobe import fit_linear_probe
-
-        return fit_linear_probe(cfg)
-    env = init_distributed(cfg.device)
-    device = resolve_device(cfg.device, env)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    linprobe = cfg.method == "linprobe"  # no prompt to train: logistic regression on cached features
+    env = SINGLE_PROCESS if linprobe else init_distributed(cfg.device)  # (a probe refuses several processes)
     run_dir = cfg.run_dir
     new_folder = not run_dir.exists()
-    setup_logging(run_dir, env)  # first, so that nothing this run logs lands in another run's log.txt
     try:
+        if linprobe:
+            from .linprobe import fit_linear_probe
+
+            return fit_linear_probe(cfg)
+        device = resolve_device(cfg.device, env)
+        setup_logging(run_dir, env)  # first, so that nothing this run logs lands in another run's log.txt
         return _fit(cfg, env, device, run_dir)
     except BaseException:
         if new_folder and env.is_main and not (run_dir / "config.yaml").exists():
@@ -677,11 +678,19 @@ def evaluate_checkpoint(
     missing shift data.
     """
     from .checkpoint import find_checkpoint
+    from .linprobe import PROBE_FILE
 
+    given = Path(checkpoint)
+    if given.name == PROBE_FILE or ((given / PROBE_FILE).is_file() and not (given / PROMPT_FILE).is_file()):
+        raise ValueError(
+            f"{checkpoint} is a linear probe: vprompt eval evaluates prompts; the probe's test accuracy (L2 strength "
+            "selected on validation) is in its run folder's results.json"
+        )
     path = find_checkpoint(checkpoint)
     state, config, meta = load_prompt(path)
     overrides = {"resume": None, "device": device, "data_dir": data_dir, "pretrained": pretrained}
-    overrides.update({"batch_size": batch_size, "precision": precision, "workers": workers})
+    overrides.update({"batch_size": batch_size, "eval_batch_size": batch_size, "precision": precision})
+    overrides["workers"] = workers
     cfg = resolve_config({**config, **{k: v for k, v in overrides.items() if v is not None}}, source=str(path))
     env = DistEnv()
     dev = resolve_device(cfg.device, env)

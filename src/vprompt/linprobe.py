@@ -117,8 +117,7 @@ def _cache_key(cfg: RunConfig, input_size: int) -> dict[str, Any]:
     """What the cached features depend on; a cache made with anything else is recomputed."""
     keys = ("model", "pretrained", "dataset", "dataset_options", "val_fraction", "split_seed", "shots")
     key = {k: getattr(cfg, k, None) for k in (*keys, "train_fraction", "precision")}
-    # A randomly initialized backbone depends on the seed; a pretrained one does not.
-    key.update(input_size=input_size, seed=cfg.seed if cfg.pretrained is None else None)
+    key.update(input_size=input_size, seed=cfg.seed)  # (a randomly initialized backbone depends on it)
     return key
 
 
@@ -299,9 +298,18 @@ def sweep_l2(
 
 
 def _check_run_folder(cfg: RunConfig) -> None:
+    from .engine import _IDENTITY_KEYS, changed_settings, saved_config
+
     run_dir = cfg.run_dir
+    if cfg.prompter not in (None, "none"):
+        raise ValueError(
+            f"--prompter {cfg.prompter}: a linear probe reads the frozen model's features without a prompt"
+        )
     if cfg.resume not in (None, "latest"):
         raise ValueError(f"--resume {cfg.resume!r}: a linear probe resumes only as 'latest' (reusing cached features)")
+    diff = changed_settings(saved_config(run_dir), cfg, (*_IDENTITY_KEYS, "l2_grid")) if cfg.resume else ""
+    if diff:
+        raise ValueError(f"--resume latest: {run_dir} holds a run with other settings ({diff})")
     if cfg.resume is None and ((run_dir / "results.json").exists() or (run_dir / LAST_FILE).exists()):
         raise FileExistsError(
             f"run folder {run_dir} already holds a run; pass --resume latest to redo the probe on its cached "
