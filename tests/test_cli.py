@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -88,6 +89,44 @@ def test_interrupted_run_resumes_to_the_same_prompt(tmp_path, monkeypatch, metho
     straight = json.loads((tmp_path / "straight" / "results.json").read_text())
     resumed = json.loads((tmp_path / "broken" / "results.json").read_text())
     assert straight["test"] == resumed["test"]
+
+
+def test_a_trainable_head_skips_the_prompts_warmup(tmp_path):
+    cfg = resolve_config({"model": TINY_MODEL, "dataset": "synthetic", "method": "vp", "head": "linear",
+                          "epochs": 2, "output": str(tmp_path)})  # fmt: skip
+    model, _, _ = engine._build_for_run(cfg, torch.device("cpu"))
+    (prompt_opt, head_opt), _ = engine._optimizers(cfg, model, steps_per_epoch=10)
+    assert prompt_opt.param_groups[0]["lr"] < 0.01 * cfg.lr  # VP warms up over its first 1000 steps
+    assert head_opt.param_groups[0]["lr"] == pytest.approx(cfg.head_lr or 1e-3)  # the head does not
+
+
+def test_ilm_on_image_files_with_workers_and_random_crops_resumes_exactly(tmp_path, monkeypatch):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("test", 4)):
+        for c in ("a", "b", "c"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "data" / split / c / f"{i}.png")
+    args = ["--model", "cifar:resnet20", "--pretrained", "none", "--dataset", "imagefolder", "--data-dir",
+            str(tmp_path / "data"), "--label-map", "ilm", "--diversity", "ref", "--workers", "1", "--lr", "1",
+            "--val-fraction", "0.25", "-b", "8"]  # fmt: skip
+    assert cli.main(tiny_run_args(tmp_path, *args, name="straight", epochs=3)) == 0
+    real, calls = engine.train_one_epoch, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "train_one_epoch", interrupted)
+    assert cli.main(tiny_run_args(tmp_path, *args, name="broken", epochs=3)) == 130
+    monkeypatch.setattr(engine, "train_one_epoch", real)
+    assert cli.main(tiny_run_args(tmp_path, *args, "--resume", "latest", name="broken", epochs=3)) == 0
+    assert torch.equal(_final_prompt(tmp_path / "straight"), _final_prompt(tmp_path / "broken"))
 
 
 def test_resume_rewinds_the_files_an_interruption_while_saving_left_ahead_of_last_pt(tmp_path, monkeypatch):
@@ -231,6 +270,7 @@ def test_eval_refuses_shift_options_without_shift(tmp_path, capsys):
         (["--dataset", "cifar10", "--dataset-option", "n=3"], "dataset 'cifar10' has no option 'n'"),
         (["--input-size", "96"], "--input-size 96 does not fit model"),
         (["--method", "zeroshot"], "has nothing to train; use --epochs 0"),
+        (["--method", "zeroshot", "--head", "linear", "--epochs", "0"], "--head linear is trained with the prompt"),
     ],
 )
 def test_bad_flags_give_one_clear_line(tmp_path, extra, needle):

@@ -106,3 +106,9 @@ def test_prompters_never_normalize_identity_is_resize_only():
     p = create_prompter("none", 48)
     x = torch.rand(2, 3, 48, 48)
     assert p(x) is x
+
+
+@pytest.mark.parametrize("size", [32, 63, 64, 96, 224])
+def test_vp_default_border_keeps_the_papers_share_at_every_size(size):
+    pad = create_prompter("pad", input_size=size).pad
+    assert pad == max(1, round(size * 30 / 224)) and size - 2 * pad >= size * 0.7  # most of the image stays visible

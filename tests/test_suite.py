@@ -235,6 +235,14 @@ def test_an_interrupted_run_continues_with_another_precision_a_finished_one_does
     assert state == "conflict" and "precision='fp32' there, 'bf16' here" in why
 
 
+def test_a_train_fraction_is_labelled_as_such_and_cannot_meet_shots(tmp_path):
+    suite = parse_suite({"datasets": ["synthetic"], "methods": ["evp"], "shots": [None, 5],
+                         "base": {"train_fraction": 0.05}})  # fmt: skip
+    full, five = expand_suite(suite, output=tmp_path)
+    assert full.error is None and "5-shot and train_fraction 0.05 together" in five.error
+    assert "| evp | 0.05 of train | – | – |" in run_suite(suite, output=tmp_path, dry_run=True).markdown
+
+
 def test_empty_dataset_options_are_no_options():
     suite = parse_suite({"datasets": ["synthetic"], "methods": ["vp"], "base": {"dataset_options": None}})
     assert expand_suite(suite)[0].cfg.dataset_options == {}

@@ -118,7 +118,7 @@ def _is_default(pretrained: str | Path | None) -> bool:
 
 
 def _warn_random(name: str) -> None:
-    _log.warning("model %s: no --pretrained given, using RANDOM weights (pass --pretrained default or a file)", name)
+    _log.warning("model %s: RANDOM weights (no --pretrained, or none); pass --pretrained default or a file", name)
 
 
 def _weights_file(path: Path, flag_name: str) -> Path:

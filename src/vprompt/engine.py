@@ -387,9 +387,11 @@ def _optimizers(
         head_lr = getattr(model.head, "lr", 1e-3)
         optimizers.append(create_optimizer("adamw", head_params, lr=head_lr, weight_decay=cfg.weight_decay))
     total = steps_per_epoch * int(cfg.epochs or 0)
+    # The run's schedule for every optimizer; its warmup (VP's 1000 steps) is the prompt's, not the head's.
+    warmups = [int(cfg.warmup_steps or 0) if prompt_params else 0, 0]
     schedulers = [
-        create_scheduler(opt, cfg.schedule or "constant", total, steps_per_epoch, int(cfg.warmup_steps or 0))
-        for opt in optimizers
+        create_scheduler(opt, cfg.schedule or "constant", total, steps_per_epoch, warmup)
+        for opt, warmup in zip(optimizers, warmups)
     ]
     return optimizers, schedulers
 
@@ -432,15 +434,20 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
             f"--epochs {epochs}: method {cfg.method} with prompter {cfg.prompter} and head {cfg.head} has nothing to "
             "train; use --epochs 0 to evaluate it as is"
         )
+    if not epochs and any(p.requires_grad for p in model.head.parameters()):
+        raise ValueError(
+            f"--head {cfg.head} is trained with the prompt, and --epochs 0 trains nothing: it would be reported "
+            "untrained (give --epochs, or a label map)"
+        )
     per_proc = cfg.batch_size // env.world_size
     eval_bs = (cfg.eval_batch_size or cfg.batch_size) // env.world_size or 1
 
-    def loader(ds: Any, shuffle: bool, bs: int) -> Any:
-        return make_loader(ds, bs, shuffle, cfg.seed, device, cfg.workers, env.rank, env.world_size)
+    def loader(ds: Any, shuffle: bool, bs: int, random: bool | None = None) -> Any:
+        return make_loader(ds, bs, shuffle, cfg.seed, device, cfg.workers, env.rank, env.world_size, random)
 
     train_loader = loader(data.train, True, per_proc)
     # Label maps count every training image once: in order, without the padding of a shuffled epoch.
-    map_loader = loader(data.train, False, per_proc)
+    map_loader = loader(data.train, False, per_proc, random=True)  # the training images' crops
     val_loader = loader(data.val, False, eval_bs) if data.val is not None else None
     optimizers, schedulers = _optimizers(cfg, model, len(train_loader))
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None

@@ -18,7 +18,6 @@ Prompters:
 from __future__ import annotations
 
 import difflib
-import math
 from collections.abc import Sequence
 
 import torch
@@ -55,10 +54,14 @@ def resize_square(x: Tensor, size: int) -> Tensor:
     return x[..., top : top + size, left : left + size].clamp(0.0, 1.0)
 
 
+def default_pad(input_size: int) -> int:
+    """The default prompt width for a backbone input size: the papers' 30 pixels at 224, the same share elsewhere."""
+    return max(1, round(input_size * 30 / 224))
+
+
 def default_inner_size(input_size: int) -> int:
     """EVP's inner image size for a backbone input size: 164 for 224, the same ratio elsewhere, even border."""
-    pad = round(input_size * 30 / 224)
-    return input_size - 2 * max(pad, 1)
+    return input_size - 2 * default_pad(input_size)
 
 
 def _border_mask(size: int, width: int) -> Tensor:
@@ -295,8 +298,7 @@ def create_prompter(
         return EVPPrompter(input_size, inner_size)
     if name == "none":
         return IdentityPrompter(input_size)
-    default_p = 30 if input_size >= 64 else max(1, math.ceil(input_size * 30 / 224))
-    p = default_p if prompt_size is None else prompt_size
+    p = default_pad(input_size) if prompt_size is None else prompt_size
     if name == "pad":
         return PadPrompter(input_size, p, scale)
     return _PROMPTERS[name](input_size, p, scale)

@@ -297,6 +297,11 @@ def expand_suite(suite: SuiteConfig, output: str | Path | None = None) -> list[S
                 cfg, error = None, ds_error
                 try:
                     cfg = resolve_config(values, source=f"{suite.source} ({m.label} on {dataset})")
+                    if cfg.shots and cfg.train_fraction:
+                        raise ValueError(
+                            f"{suite.source} ({m.label} on {dataset}): {shots}-shot and train_fraction "
+                            f"{cfg.train_fraction} together; give one of them (e.g. set train_fraction per method)"
+                        )
                     if m.label != m.name:  # the run name with the label in place of the method
                         name = cfg.run_name
                         rest = name[len(cfg.method) :] if name.startswith(cfg.method) else f"-{name}"
@@ -556,7 +561,9 @@ def build_table(records: Sequence[RunRecord], suite: SuiteConfig) -> tuple[str, 
         average = statistics.fmean(means) if complete and means else None
         row["Average"] = average
         rows.append(row)
-        shot_cell = [("full" if shots is None else str(shots))] if with_shots else []
+        fraction = m.overrides.get("train_fraction", suite.base.get("train_fraction"))
+        full = "full" if fraction is None else f"{fraction:g} of train"
+        shot_cell = [(full if shots is None else str(shots))] if with_shots else []
         avg_text = f"{average:.2f}" if average is not None else "–"
         lines.append("| " + " | ".join([m.label, *shot_cell, *texts, avg_text]) + " |")
     seeds = sorted({r.seed for r in records})

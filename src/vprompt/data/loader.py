@@ -121,8 +121,13 @@ def make_loader(
     workers: int = 4,
     rank: int = 0,
     world_size: int = 1,
+    random: bool | None = None,
 ) -> DeviceBatches | _Loader:
-    """Batches of ``(uint8 images (B, C, H, W), labels (B,))``; in-memory datasets are served from the device."""
+    """Batches of ``(uint8 images (B, C, H, W), labels (B,))``; in-memory datasets are served from the device.
+
+    ``random``: whether the images are decoded with random crops (default: for shuffled, training, loaders). The
+    workers of such a loader start afresh each epoch, so that their crops follow the RNG state the engine seeds per
+    (seed, epoch) and a resumed run crops as an uninterrupted one; the others keep their workers between passes."""
     if isinstance(dataset, ArrayDataset):
         return DeviceBatches(dataset, batch_size, shuffle, seed, device, rank, world_size)
     sampler = OrderSampler(len(dataset), shuffle, seed, rank, world_size)
@@ -132,8 +137,6 @@ def make_loader(
         sampler=sampler,
         num_workers=workers,
         pin_memory=torch.device(device).type == "cuda",
-        # Shuffled (training) loaders start fresh workers every epoch: their random crops are then seeded from the
-        # RNG state the engine sets per (seed, epoch), so a resumed run crops as an uninterrupted one would.
-        persistent_workers=workers > 0 and not shuffle,
+        persistent_workers=workers > 0 and not (shuffle if random is None else random),
     )
     return _Loader(loader, sampler)

@@ -104,8 +104,8 @@ def subsample_per_class(
             if len(idx) < shots:
                 name = f" ({classnames[c]!r})" if classnames is not None and c < len(classnames) else ""
                 raise ValueError(
-                    f"--shots {shots}: class {c}{name} has only {len(idx)} training image(s) after the validation "
-                    "split is held out (lower --shots or --val-fraction)"
+                    f"--shots {shots}: class {c}{name} has only {len(idx)} training image(s) to draw from (lower "
+                    "--shots, or --val-fraction when validation is held out of the training data)"
                 )
             k = int(shots)
         else:
