@@ -31,6 +31,7 @@ def test_two_processes_match_one(tmp_path):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert multi.returncode == 0, multi.stderr
+    assert multi.stdout.count("run folder:") == 1  # printed by the first process only
 
     def prompt(name):
         return torch.load(tmp_path / name / "last.pt", weights_only=True)["model"]["prompter.prompt"]
