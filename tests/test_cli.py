@@ -1,5 +1,6 @@
 """End to end through the real command line: train, eval, zeroshot, resume, list, config files, bad input."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -98,6 +99,21 @@ def test_a_trainable_head_skips_the_prompts_warmup(tmp_path):
     (prompt_opt, head_opt), _ = engine._optimizers(cfg, model, steps_per_epoch=10)
     assert prompt_opt.param_groups[0]["lr"] < 0.01 * cfg.lr  # VP warms up over its first 1000 steps
     assert head_opt.param_groups[0]["lr"] == pytest.approx(cfg.head_lr or 1e-3)  # the head does not
+    only_head = dataclasses.replace(cfg, prompter="none", warmup_steps=50)  # ... unless it is all there is
+    model, _, _ = engine._build_for_run(only_head, torch.device("cpu"))
+    (head_opt,), _ = engine._optimizers(only_head, model, steps_per_epoch=10)
+    assert head_opt.param_groups[0]["lr"] < 0.1 * (cfg.head_lr or 1e-3)
+
+
+def test_sizes_left_to_defaults_are_saved_and_a_prompt_of_other_sizes_is_a_clear_error(tmp_path):
+    assert cli.main(tiny_run_args(tmp_path, "--method", "vp", epochs=1)) == 0
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["config"]
+    assert (saved["input_size"], saved["prompt_size"]) == (64, 9)  # the model's 64 pixels, 30/224 of them
+    cfg = resolve_config({**saved, "prompt_size": 4})
+    model, _, _ = engine._build_for_run(cfg, torch.device("cpu"))
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
+    with pytest.raises(ValueError, match="the saved prompter does not fit this run's .*--prompt-size"):
+        model.load_artifact_state(state)
 
 
 def test_ilm_on_image_files_with_workers_and_random_crops_resumes_exactly(tmp_path, monkeypatch):

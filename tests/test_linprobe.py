@@ -125,6 +125,11 @@ def test_linprobe_through_fit_on_a_classifier_uses_penultimate_features(tmp_path
     assert "linprobe" in list_methods()
 
 
+def test_linprobe_resume_ignores_settings_a_probe_does_not_use(tmp_path):
+    assert cli.main(["train", "--method", "linprobe", "--lr", "5", "-b", "64", *_args(tmp_path)[1:]]) == 0
+    assert cli.main([*_args(tmp_path), "-b", "32", "--resume", "latest"]) == 0
+
+
 def test_linprobe_refuses_a_prompter_and_is_no_checkpoint_for_eval(tmp_path, capsys):
     assert cli.main(["train", "--method", "linprobe", "--prompter", "evp", *_args(tmp_path)[1:]]) == 2
     assert (

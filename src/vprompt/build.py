@@ -59,10 +59,24 @@ class PromptedModel(nn.Module):
         return out
 
     def load_artifact_state(self, state: dict[str, Tensor]) -> None:
-        """Inverse of :meth:`artifact_state`, strict."""
+        """Inverse of :meth:`artifact_state`, strict.
+
+        Raises:
+            ValueError: the saved state does not fit this prompter or head (other sizes)."""
         for prefix, module in (("prompter.", self.prompter), ("head.", self.head)):
             sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            module.load_state_dict(sub, strict=True)
+            mask = getattr(module, "mask", None)  # fixed by the sizes: a saved one must be the same
+            mask = mask.clone() if isinstance(mask, Tensor) else None
+            try:
+                module.load_state_dict(sub, strict=True)
+                if mask is not None and not torch.equal(mask, module.mask):
+                    raise RuntimeError("\nits mask has another border")
+            except RuntimeError as e:
+                detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+                raise ValueError(
+                    f"the saved {prefix[:-1]} does not fit this run's ({detail}); was it saved with other sizes "
+                    "(--input-size, --inner-size, --prompt-size)?"
+                ) from e
 
 
 def build_backbone(cfg: RunConfig, device: torch.device | str) -> FrozenBackbone:

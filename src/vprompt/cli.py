@@ -299,7 +299,7 @@ def _cmd_train(args: argparse.Namespace, method: str | None = None) -> int:
         values["method"], sources["method"] = method, f"vprompt {method}"
     cfg = resolve_config(values, source="command line", sources=sources)
     results = fit(cfg)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, once
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0:  # under torchrun, once
         _print_results(results)
         print(f"run folder: {cfg.run_dir}")
     return 0

@@ -61,9 +61,10 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
 
 
 def changed_settings(old: dict[str, Any], cfg: RunConfig, keys: Sequence[str] = _IDENTITY_KEYS) -> str:
-    """``"k=old, ..."`` for the ``keys`` whose value in an earlier run's config ``old`` differs from ``cfg``'s
-    (a saved key absent from ``old`` counts as unchanged); empty when the run is the same."""
-    changed = [k for k in keys if k in old and old[k] != getattr(cfg, k)]
+    """``"k=old, ..."`` for the ``keys`` whose value in an earlier run's config ``old`` differs from ``cfg``'s;
+    empty when the run is the same. A key absent or None on either side (a size left to its default, resolved when
+    the model is built) counts as unchanged: the saved prompt's shape then decides."""
+    changed = [k for k in keys if old.get(k) is not None and getattr(cfg, k) is not None and old[k] != getattr(cfg, k)]
     return ", ".join(f"{k}={old[k]!r} there, {getattr(cfg, k)!r} here" for k in changed)
 
 
@@ -342,6 +343,9 @@ def _build_for_run(
     torch.manual_seed(cfg.seed)
     backbone = build_backbone(cfg, device)
     prompter = build_prompter(cfg, backbone)
+    for key, value in prompter.geometry().items():  # sizes left to defaults are saved as they came out
+        if getattr(cfg, key) is None:
+            setattr(cfg, key, value)
     diversity = create_diversity(cfg.diversity or "none", min_scale=cfg.di_min_scale, prob=cfg.di_prob)
     data = data_for_run(cfg, prompter.image_size, random_crop=augment and diversity.random_crop)
     head = build_head(cfg, backbone, data.classnames, data.templates)
@@ -387,8 +391,9 @@ def _optimizers(
         head_lr = getattr(model.head, "lr", 1e-3)
         optimizers.append(create_optimizer("adamw", head_params, lr=head_lr, weight_decay=cfg.weight_decay))
     total = steps_per_epoch * int(cfg.epochs or 0)
-    # The run's schedule for every optimizer; its warmup (VP's 1000 steps) is the prompt's, not the head's.
-    warmups = [int(cfg.warmup_steps or 0) if prompt_params else 0, 0]
+    # The run's schedule for every optimizer; its warmup (VP's 1000 steps) is the prompt's, not the head's, unless
+    # the head is all there is to train.
+    warmups = [int(cfg.warmup_steps or 0), 0]
     schedulers = [
         create_scheduler(opt, cfg.schedule or "constant", total, steps_per_epoch, warmup)
         for opt, warmup in zip(optimizers, warmups)

@@ -113,11 +113,17 @@ def extract_features(
     return torch.cat(feats), torch.cat(labels).long()
 
 
+#: The settings a probe's features depend on (its cache key, with the input size and the precision).
+_FEATURE_KEYS = (
+    "model", "pretrained", "dataset", "dataset_options", "val_fraction", "split_seed", "shots", "train_fraction",
+    "seed",
+)  # fmt: skip
+
+
 def _cache_key(cfg: RunConfig, input_size: int) -> dict[str, Any]:
     """What the cached features depend on; a cache made with anything else is recomputed."""
-    keys = ("model", "pretrained", "dataset", "dataset_options", "val_fraction", "split_seed", "shots")
-    key = {k: getattr(cfg, k, None) for k in (*keys, "train_fraction", "precision")}
-    key.update(input_size=input_size, seed=cfg.seed)  # (a randomly initialized backbone depends on it)
+    key = {k: getattr(cfg, k, None) for k in (*_FEATURE_KEYS, "precision")}
+    key["input_size"] = input_size  # (the seed is there for a randomly initialized backbone)
     return key
 
 
@@ -298,7 +304,7 @@ def sweep_l2(
 
 
 def _check_run_folder(cfg: RunConfig) -> None:
-    from .engine import _IDENTITY_KEYS, changed_settings, saved_config
+    from .engine import changed_settings, saved_config
 
     run_dir = cfg.run_dir
     if cfg.prompter not in (None, "none"):
@@ -307,7 +313,8 @@ def _check_run_folder(cfg: RunConfig) -> None:
         )
     if cfg.resume not in (None, "latest"):
         raise ValueError(f"--resume {cfg.resume!r}: a linear probe resumes only as 'latest' (reusing cached features)")
-    diff = changed_settings(saved_config(run_dir), cfg, (*_IDENTITY_KEYS, "l2_grid")) if cfg.resume else ""
+    keys = (*_FEATURE_KEYS, "input_size", "method", "l2_grid")  # what a probe depends on, nothing it ignores
+    diff = changed_settings(saved_config(run_dir), cfg, keys) if cfg.resume else ""
     if diff:
         raise ValueError(f"--resume latest: {run_dir} holds a run with other settings ({diff})")
     if cfg.resume is None and ((run_dir / "results.json").exists() or (run_dir / LAST_FILE).exists()):

@@ -110,6 +110,18 @@ class Prompter(nn.Module):
         self.train(was_training)
         return out[0]
 
+    def geometry(self) -> dict[str, int]:
+        """The sizes that define this prompter (config keys): saved with a run, so that its prompt loads the same
+        way even if a default changes."""
+        out = {"input_size": self.input_size}
+        if getattr(self, "pad", None) is not None:
+            out["prompt_size"] = int(self.pad)
+        if getattr(self, "patch", None) is not None:
+            out["prompt_size"] = int(self.patch)
+        if "prompt_size" in out and self.image_size != self.input_size:  # EVP: the shrunk image
+            out["inner_size"] = self.image_size
+        return out
+
     def extra_repr(self) -> str:
         return f"input_size={self.input_size}, image_size={self.image_size}"
 

@@ -561,8 +561,12 @@ def build_table(records: Sequence[RunRecord], suite: SuiteConfig) -> tuple[str, 
         average = statistics.fmean(means) if complete and means else None
         row["Average"] = average
         rows.append(row)
-        fraction = m.overrides.get("train_fraction", suite.base.get("train_fraction"))
-        full = "full" if fraction is None else f"{fraction:g} of train"
+        fractions = {
+            str({**suite.base, **suite.dataset_overrides.get(ds, {}), **m.overrides}.get("train_fraction"))
+            for ds in suite.datasets
+        }
+        fraction = fractions.pop() if len(fractions) == 1 else "mixed"
+        full = "full" if fraction == "None" else f"{fraction} of train"
         shot_cell = [(full if shots is None else str(shots))] if with_shots else []
         avg_text = f"{average:.2f}" if average is not None else "–"
         lines.append("| " + " | ".join([m.label, *shot_cell, *texts, avg_text]) + " |")
