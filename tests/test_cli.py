@@ -60,6 +60,19 @@ def f_mask(prompt: torch.Tensor) -> torch.Tensor:
     return EVPPrompter(prompt.shape[-1]).mask
 
 
+def _stops_at_call(n, real):
+    """``real``, except that its ``n``-th call is interrupted (as by Ctrl-C)."""
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    return wrapper
+
+
 def _final_prompt(run_dir):
     return torch.load(run_dir / "last.pt", weights_only=True)["model"]["prompter.prompt"]
 
@@ -70,15 +83,7 @@ def test_interrupted_run_resumes_to_the_same_prompt(tmp_path, monkeypatch, metho
     assert cli.main(tiny_run_args(tmp_path, *extra, name="straight", epochs=3)) == 0
 
     real = engine.train_one_epoch
-    calls = {"n": 0}
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "train_one_epoch", interrupted)
+    monkeypatch.setattr(engine, "train_one_epoch", _stops_at_call(3, real))
     assert cli.main(tiny_run_args(tmp_path, *extra, name="broken", epochs=3)) == 130
     assert torch.load(tmp_path / "broken" / "last.pt", weights_only=True)["epoch"] == 2
     assert not (tmp_path / "broken" / "results.json").exists()
@@ -130,15 +135,8 @@ def test_ilm_on_image_files_with_workers_and_random_crops_resumes_exactly(tmp_pa
             str(tmp_path / "data"), "--label-map", "ilm", "--diversity", "ref", "--workers", "1", "--lr", "1",
             "--val-fraction", "0.25", "-b", "8"]  # fmt: skip
     assert cli.main(tiny_run_args(tmp_path, *args, name="straight", epochs=3)) == 0
-    real, calls = engine.train_one_epoch, []
-
-    def interrupted(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(engine, "train_one_epoch", interrupted)
+    real = engine.train_one_epoch
+    monkeypatch.setattr(engine, "train_one_epoch", _stops_at_call(3, real))
     assert cli.main(tiny_run_args(tmp_path, *args, name="broken", epochs=3)) == 130
     monkeypatch.setattr(engine, "train_one_epoch", real)
     assert cli.main(tiny_run_args(tmp_path, *args, "--resume", "latest", name="broken", epochs=3)) == 0
@@ -149,15 +147,8 @@ def test_resume_rewinds_the_files_an_interruption_while_saving_left_ahead_of_las
     from vprompt.checkpoint import PROMPT_FILE, load_prompt, save_prompt
 
     args, run = tiny_run_args(tmp_path, epochs=3), tmp_path / "run"
-    real_save, real_train, saves = engine.save_state, engine.train_one_epoch, []
-
-    def stops_in_the_second_save(*a, **k):
-        saves.append(1)
-        if len(saves) == 2:
-            raise KeyboardInterrupt
-        return real_save(*a, **k)
-
-    monkeypatch.setattr(engine, "save_state", stops_in_the_second_save)
+    real_save, real_train = engine.save_state, engine.train_one_epoch
+    monkeypatch.setattr(engine, "save_state", _stops_at_call(2, real_save))
     assert cli.main(args) == 130
     state = torch.load(run / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and state["train_seconds"] > 0 and [m["epoch"] for m in _metrics(run)] == [1, 2]
