@@ -246,6 +246,18 @@ def test_a_train_fraction_is_labelled_as_such_and_cannot_meet_shots(tmp_path):
     assert "| evp | 0.1 of train |" in run_suite(per_dataset, output=tmp_path, dry_run=True).markdown
 
 
+def test_a_finished_few_shot_run_is_not_the_full_data_cell(tmp_path):
+    from vprompt.suite import _state
+
+    cell = expand_suite(parse_suite({"datasets": ["synthetic"], "methods": ["vp"]}), output=tmp_path)[0]
+    run = cell.cfg.run_dir
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"config": {**cell.cfg.to_dict(), "shots": 16}}))
+    (run / "results.json").write_text("{}")
+    state, why = _state(cell)  # None shots (all the data) is a value, unlike a size left to the model
+    assert state == "conflict" and "shots=16 there, None here" in why
+
+
 def test_empty_dataset_options_are_no_options():
     suite = parse_suite({"datasets": ["synthetic"], "methods": ["vp"], "base": {"dataset_options": None}})
     assert expand_suite(suite)[0].cfg.dataset_options == {}

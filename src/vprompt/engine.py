@@ -60,11 +60,21 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
     return (yaml.safe_load(path.read_text()) or {}).get("config", {}) if path.exists() else {}
 
 
+#: Sizes a config may leave to the model (None until the prompter is built, then saved as resolved).
+_SIZES = ("input_size", "inner_size", "prompt_size")
+
+
 def changed_settings(old: dict[str, Any], cfg: RunConfig, keys: Sequence[str] = _IDENTITY_KEYS) -> str:
     """``"k=old, ..."`` for the ``keys`` whose value in an earlier run's config ``old`` differs from ``cfg``'s;
-    empty when the run is the same. A key absent or None on either side (a size left to its default, resolved when
-    the model is built) counts as unchanged: the saved prompt's shape then decides."""
-    changed = [k for k in keys if old.get(k) is not None and getattr(cfg, k) is not None and old[k] != getattr(cfg, k)]
+    empty when the run is the same. A key absent from ``old`` counts as unchanged, and so does a size left to its
+    default (None) on either side: the saved prompt's shape then decides. Any other None is a value (no few-shot
+    draw, random weights) and is compared."""
+
+    def differs(k: str) -> bool:
+        new = getattr(cfg, k)
+        return old[k] != new and not (k in _SIZES and (old[k] is None or new is None))
+
+    changed = [k for k in keys if k in old and differs(k)]
     return ", ".join(f"{k}={old[k]!r} there, {getattr(cfg, k)!r} here" for k in changed)
 
 
