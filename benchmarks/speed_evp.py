@@ -148,6 +148,8 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     backbone = create_backbone(args.model, pretrained=None, device=device)
+    if backbone.input_size != 224:  # both loops are the paper's geometry: S = 224, s = 164
+        raise SystemExit(f"--model {args.model} takes {backbone.input_size}-pixel inputs; this benchmark needs 224")
     n = args.images or 4 * args.batch_size
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
