@@ -48,6 +48,15 @@ def test_training_shards_are_padded_to_the_same_length_and_evaluation_shards_are
     assert {len(make_loader(ds, 16, True, rank=r, world_size=2)) for r in range(2)} == {2}
 
 
+def test_an_in_order_pass_shares_the_training_loaders_images_without_padding():
+    ds = ArrayDataset(np.zeros((10, 4, 4, 3), np.uint8), list(range(10)), [str(i) for i in range(10)])
+    shards = [make_loader(ds, 4, True, rank=r, world_size=3) for r in range(3)]
+    ordered = [s.in_order() for s in shards]
+    assert all(o.images is s.images for o, s in zip(ordered, shards))  # no second copy of the data
+    seen = [int(y) for o in ordered for _, labels in o for y in labels]
+    assert sorted(seen) == list(range(10)) and torch.cat([y for _, y in ordered[0]]).tolist() == [0, 3, 6, 9]
+
+
 def test_random_crops_of_a_file_dataset_with_workers_resume_exactly(tmp_path):
     from vprompt.data.base import FileDataset
     from vprompt.engine import _seed_epoch

@@ -457,12 +457,12 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
     per_proc = cfg.batch_size // env.world_size
     eval_bs = (cfg.eval_batch_size or cfg.batch_size) // env.world_size or 1
 
-    def loader(ds: Any, shuffle: bool, bs: int, random: bool | None = None) -> Any:
-        return make_loader(ds, bs, shuffle, cfg.seed, device, cfg.workers, env.rank, env.world_size, random)
+    def loader(ds: Any, shuffle: bool, bs: int) -> Any:
+        return make_loader(ds, bs, shuffle, cfg.seed, device, cfg.workers, env.rank, env.world_size)
 
     train_loader = loader(data.train, True, per_proc)
     # Label maps count every training image once: in order, without the padding of a shuffled epoch.
-    map_loader = loader(data.train, False, per_proc, random=True)  # the training images' crops
+    map_loader = train_loader.in_order()
     val_loader = loader(data.val, False, eval_bs) if data.val is not None else None
     optimizers, schedulers = _optimizers(cfg, model, len(train_loader))
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None

@@ -7,6 +7,7 @@ no workers, no per-image decoding, no host-to-device copy per step. File dataset
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import torch
@@ -16,6 +17,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .base import ArrayDataset
 
 __all__ = ["epoch_order", "DeviceBatches", "OrderSampler", "make_loader"]
+
+
+def _epoch_length(n: int, shuffle: bool, world_size: int) -> int:
+    """Indices in one epoch over all processes: ``n``, padded to a multiple of ``world_size`` when shuffled."""
+    return -(-n // world_size) * world_size if shuffle else n
 
 
 def epoch_order(n: int, shuffle: bool, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> Tensor:
@@ -28,8 +34,8 @@ def epoch_order(n: int, shuffle: bool, seed: int, epoch: int, rank: int = 0, wor
     if shuffle:
         gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         order = torch.randperm(n, generator=gen)
-        if n and n % world_size:
-            total = -(-n // world_size) * world_size
+        total = _epoch_length(n, shuffle, world_size)
+        if total != n:
             order = order.repeat(-(-total // n))[:total]
     else:
         order = torch.arange(n)
@@ -50,8 +56,7 @@ class OrderSampler(Sampler[int]):
         return iter(epoch_order(self.n, self.shuffle, self.seed, self.epoch, self.rank, self.world_size).tolist())
 
     def __len__(self) -> int:
-        n = -(-self.n // self.world_size) * self.world_size if self.shuffle else self.n  # padded as in epoch_order
-        return len(range(self.rank, n, self.world_size))
+        return len(range(self.rank, _epoch_length(self.n, self.shuffle, self.world_size), self.world_size))
 
 
 class DeviceBatches:
@@ -85,6 +90,12 @@ class DeviceBatches:
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
+    def in_order(self) -> DeviceBatches:
+        """The same images, each once and in order (no shuffle, no padding), sharing this loader's device copy."""
+        s, other = self.sampler, copy.copy(self)
+        other.sampler = OrderSampler(s.n, False, s.seed, s.rank, s.world_size)
+        return other
+
     def __len__(self) -> int:
         return -(-len(self.sampler) // self.batch_size)
 
@@ -105,6 +116,16 @@ class _Loader:
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
+    def in_order(self) -> _Loader:
+        """The same images, each once and in order, decoded as this loader decodes them (random crops included);
+        its workers start afresh at each pass, so their crops follow the RNG state seeded per (seed, epoch)."""
+        s, dl = self.sampler, self.loader
+        sampler = OrderSampler(s.n, False, s.seed, s.rank, s.world_size)
+        loader = DataLoader(
+            dl.dataset, batch_size=dl.batch_size, sampler=sampler, num_workers=dl.num_workers, pin_memory=dl.pin_memory
+        )
+        return _Loader(loader, sampler)
+
     def __len__(self) -> int:
         return len(self.loader)
 
@@ -121,13 +142,8 @@ def make_loader(
     workers: int = 4,
     rank: int = 0,
     world_size: int = 1,
-    random: bool | None = None,
 ) -> DeviceBatches | _Loader:
-    """Batches of ``(uint8 images (B, C, H, W), labels (B,))``; in-memory datasets are served from the device.
-
-    ``random``: whether the images are decoded with random crops (default: for shuffled, training, loaders). The
-    workers of such a loader start afresh each epoch, so that their crops follow the RNG state the engine seeds per
-    (seed, epoch) and a resumed run crops as an uninterrupted one; the others keep their workers between passes."""
+    """Batches of ``(uint8 images (B, C, H, W), labels (B,))``; in-memory datasets are served from the device."""
     if isinstance(dataset, ArrayDataset):
         return DeviceBatches(dataset, batch_size, shuffle, seed, device, rank, world_size)
     sampler = OrderSampler(len(dataset), shuffle, seed, rank, world_size)
@@ -137,6 +153,8 @@ def make_loader(
         sampler=sampler,
         num_workers=workers,
         pin_memory=torch.device(device).type == "cuda",
-        persistent_workers=workers > 0 and not (shuffle if random is None else random),
+        # Shuffled (training) loaders start fresh workers every epoch: their random crops are then seeded from the
+        # RNG state the engine sets per (seed, epoch), so a resumed run crops as an uninterrupted one would.
+        persistent_workers=workers > 0 and not shuffle,
     )
     return _Loader(loader, sampler)
