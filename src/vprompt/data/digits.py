@@ -21,7 +21,7 @@ Digits: the UCI "Optical Recognition of Handwritten Digits" test set, as package
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,26 +72,26 @@ def _search_folders(root: Path) -> list[Path]:
     return [root, root / "mnist", root / "MNIST" / "raw"]
 
 
+def _pairs(root: Path, split: str) -> Iterator[tuple[str, Path | None, Path | None]]:
+    """(prefix, images file, labels file) for each searched folder and file prefix of ``split``, in the order
+    preferred; a file that is not there is None."""
+    for folder in _search_folders(root):
+        for prefix in _MNIST_PREFIXES[split]:
+            yield prefix, _find(folder, _stem(prefix, "images")), _find(folder, _stem(prefix, "labels"))
+
+
 def find_mnist_files(root: str | Path, split: str) -> tuple[Path, Path] | None:
     """The (images, labels) IDX files of ``split`` in the first folder under ``root`` that holds both, or None."""
-    for folder in _search_folders(Path(root)):
-        for prefix in _MNIST_PREFIXES[split]:
-            images, labels = _find(folder, _stem(prefix, "images")), _find(folder, _stem(prefix, "labels"))
-            if images and labels:
-                return images, labels
-    return None
+    return next(((i, lab) for _, i, lab in _pairs(Path(root), split) if i and lab), None)
 
 
 def _half_pairs(root: Path, split: str) -> list[str]:
     """'found X but not Y' for each folder under ``root`` that holds one file of a pair without the other."""
-    notes = []
-    for folder in _search_folders(root):
-        for prefix in _MNIST_PREFIXES[split]:
-            images, labels = _find(folder, _stem(prefix, "images")), _find(folder, _stem(prefix, "labels"))
-            if bool(images) != bool(labels):
-                have, lack = (images, _stem(prefix, "labels")) if images else (labels, _stem(prefix, "images"))
-                notes.append(f"found {have} but not {lack}[.gz] beside it")
-    return notes
+    return [
+        f"found {images or labels} but not {_stem(prefix, 'labels' if images else 'images')}[.gz] beside it"
+        for prefix, images, labels in _pairs(root, split)
+        if bool(images) != bool(labels)
+    ]
 
 
 def _download(name: str, folder: Path) -> Path:
@@ -141,8 +141,7 @@ def mnist_dataset(
             )
         _log.info("mnist: downloading the official %s files into %s", split, root / "mnist")
         # A file an earlier, interrupted download completed (renamed into place only once its MD5 matched) is kept.
-        images, labels = (_find(root / "mnist", name[:-3]) or _download(name, root / "mnist") for name in names)
-        found = (images, labels)
+        found = tuple(_find(root / "mnist", name[:-3]) or _download(name, root / "mnist") for name in names)
     images, labels = read_idx(found[0]), read_idx(found[1])
     _check_pair(images, labels, found)
     _log.info("mnist %s: %d digits from %s", split, len(labels), found[0].parent)
