@@ -221,7 +221,8 @@ def run_demo(
     settings: DemoSettings | None = None,
 ) -> dict[str, Any]:
     """Run (or complete) the demo and write its report; returns ``{arm: results.json contents}``."""
-    from .suite import CONFLICT, run_suite
+    from .engine import CONFLICT
+    from .suite import run_suite
 
     s = settings or DemoSettings()
     output = Path(output)

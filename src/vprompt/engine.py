@@ -54,6 +54,10 @@ _IDENTITY_KEYS = (
 )  # fmt: skip
 
 
+#: How a run folder that holds a run made with other settings is reported (the demo looks for it).
+CONFLICT = "holds a run with other settings"
+
+
 def saved_config(run_dir: Path) -> dict[str, Any]:
     """The settings an earlier run in ``run_dir`` was made with (its config.yaml), or {}."""
     path = run_dir / "config.yaml"
@@ -76,6 +80,14 @@ def changed_settings(old: dict[str, Any], cfg: RunConfig, keys: Sequence[str] = 
 
     changed = [k for k in keys if k in old and differs(k)]
     return ", ".join(f"{k}={old[k]!r} there, {getattr(cfg, k)!r} here" for k in changed)
+
+
+def refuse_other_run(cfg: RunConfig, keys: Sequence[str] = _IDENTITY_KEYS) -> None:
+    """Raise ValueError when ``cfg``'s run folder holds a run made with other ``keys`` (--resume latest would
+    otherwise write over it)."""
+    diff = changed_settings(saved_config(cfg.run_dir), cfg, keys)
+    if diff:
+        raise ValueError(f"--resume latest: {cfg.run_dir} {CONFLICT} ({diff})")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -327,9 +339,7 @@ def _resume_path(cfg: RunConfig) -> Path | None:
     if cfg.resume == "latest":
         path = run_dir / LAST_FILE
         if not path.exists():
-            diff = changed_settings(saved_config(run_dir), cfg)  # a run without training state (zeroshot) is redone
-            if diff:
-                raise ValueError(f"--resume latest: {run_dir} holds a run with other settings ({diff})")
+            refuse_other_run(cfg)  # a run without training state (zeroshot) is redone
             _log.info("--resume latest: no %s yet, starting from scratch", path)
             return None
         return path

@@ -304,7 +304,7 @@ def sweep_l2(
 
 
 def _check_run_folder(cfg: RunConfig) -> None:
-    from .engine import changed_settings, saved_config
+    from .engine import refuse_other_run
 
     run_dir = cfg.run_dir
     if cfg.prompter not in (None, "none"):
@@ -313,10 +313,8 @@ def _check_run_folder(cfg: RunConfig) -> None:
         )
     if cfg.resume not in (None, "latest"):
         raise ValueError(f"--resume {cfg.resume!r}: a linear probe resumes only as 'latest' (reusing cached features)")
-    keys = (*_FEATURE_KEYS, "input_size", "method", "l2_grid")  # what a probe depends on, nothing it ignores
-    diff = changed_settings(saved_config(run_dir), cfg, keys) if cfg.resume else ""
-    if diff:
-        raise ValueError(f"--resume latest: {run_dir} holds a run with other settings ({diff})")
+    if cfg.resume:  # compared on what a probe depends on, nothing it ignores
+        refuse_other_run(cfg, (*_FEATURE_KEYS, "input_size", "method", "l2_grid"))
     if cfg.resume is None and ((run_dir / "results.json").exists() or (run_dir / LAST_FILE).exists()):
         raise FileExistsError(
             f"run folder {run_dir} already holds a run; pass --resume latest to redo the probe on its cached "

@@ -71,9 +71,6 @@ __all__ = ["SuiteConfig", "MethodEntry", "SuiteCell", "RunRecord", "SuiteReport"
 
 _log = logging.getLogger("vprompt")
 
-#: How a cell whose folder holds a run made with other settings is reported.
-CONFLICT = "holds a run with other settings"
-
 _TOP_KEYS = ("base", "datasets", "methods", "seeds", "shots", "dataset_overrides", "table")
 _GRID_KEYS = ("dataset", "method", "seed", "shots", "name", "resume")
 _TABLE_KEYS = ("name", "title", "output")
@@ -319,23 +316,22 @@ def expand_suite(suite: SuiteConfig, output: str | Path | None = None) -> list[S
 def _state(cell: SuiteCell) -> tuple[str, str]:
     """(``invalid``, ``conflict``, ``done``, ``resume`` or ``new``, and a reason for the first two)."""
     from .checkpoint import LAST_FILE
-    from .engine import _IDENTITY_KEYS, changed_settings, saved_config
+    from .engine import _IDENTITY_KEYS, CONFLICT, changed_settings, saved_config
 
     if cell.cfg is None:
         return "invalid", cell.error or "invalid settings"
     run_dir = cell.cfg.run_dir
-    started = (run_dir / "results.json").exists() or (run_dir / LAST_FILE).exists()
-    if started:
-        old = saved_config(run_dir)
-        finished = (run_dir / "results.json").exists()
+    finished, interrupted = (run_dir / "results.json").exists(), (run_dir / LAST_FILE).exists()
+    if finished or interrupted:
         # A finished run computed with another precision or validation frequency is not this cell's result; an
         # unfinished one may continue with them, as --resume allows.
-        diff = changed_settings(old, cell.cfg, (*_IDENTITY_KEYS, *(("precision", "eval_every") if finished else ())))
+        keys = (*_IDENTITY_KEYS, *(("precision", "eval_every") if finished else ()))
+        diff = changed_settings(saved_config(run_dir), cell.cfg, keys)
         if diff:
             return "conflict", f"{run_dir} {CONFLICT} ({diff}); delete it or change the output"
-    if (run_dir / "results.json").exists():
+    if finished:
         return "done", ""
-    return ("resume", "") if (run_dir / LAST_FILE).exists() else ("new", "")
+    return ("resume", "") if interrupted else ("new", "")
 
 
 def _record(cell: SuiteCell, status: str, results: dict[str, Any] | None = None, error: str = "") -> RunRecord:
