@@ -267,6 +267,17 @@ def _rows(suite: SuiteConfig) -> list[tuple[MethodEntry, int | None]]:
     return [(m, k) for m in suite.methods for k in (m.shots or suite.shots)]
 
 
+def _cell_settings(suite: SuiteConfig, dataset: str, m: MethodEntry) -> dict[str, Any]:
+    """The settings a method entry runs with on a dataset: the suite's base, under the dataset's overrides, under
+    the entry's own (dataset options merged key by key the same way)."""
+    layers = [suite.base, suite.dataset_overrides.get(dataset, {}), m.overrides]
+    values = {k: v for layer in layers for k, v in layer.items()}
+    options = {k: v for layer in layers for k, v in layer.get("dataset_options", {}).items()}
+    if options:
+        values["dataset_options"] = options
+    return values
+
+
 def expand_suite(suite: SuiteConfig, output: str | Path | None = None) -> list[SuiteCell]:
     """Every run of the grid, dataset by dataset. Cells whose settings do not resolve (an unknown method or
     dataset, e.g. one not installed yet) come back with ``cfg=None`` and the reason in ``error``."""
@@ -282,15 +293,8 @@ def expand_suite(suite: SuiteConfig, output: str | Path | None = None) -> list[S
             ds_error = str(e)
         for m, shots in _rows(suite):
             for seed in m.seeds or suite.seeds:
-                values = {**suite.base, **suite.dataset_overrides.get(dataset, {}), **m.overrides}
-                options = {
-                    **suite.base.get("dataset_options", {}),
-                    **suite.dataset_overrides.get(dataset, {}).get("dataset_options", {}),
-                    **m.overrides.get("dataset_options", {}),
-                }
+                values = _cell_settings(suite, dataset, m)
                 values.update(dataset=dataset, method=m.name, seed=seed, shots=shots, output=out)
-                if options:
-                    values["dataset_options"] = options
                 cfg, error = None, ds_error
                 try:
                     cfg = resolve_config(values, source=f"{suite.source} ({m.label} on {dataset})")
@@ -557,10 +561,7 @@ def build_table(records: Sequence[RunRecord], suite: SuiteConfig) -> tuple[str, 
         average = statistics.fmean(means) if complete and means else None
         row["Average"] = average
         rows.append(row)
-        fractions = {
-            str({**suite.base, **suite.dataset_overrides.get(ds, {}), **m.overrides}.get("train_fraction"))
-            for ds in suite.datasets
-        }
+        fractions = {str(_cell_settings(suite, ds, m).get("train_fraction")) for ds in suite.datasets}
         fraction = fractions.pop() if len(fractions) == 1 else "mixed"
         full = "full" if fraction == "None" else f"{fraction} of train"
         shot_cell = [(full if shots is None else str(shots))] if with_shots else []
