@@ -720,9 +720,10 @@ def evaluate_checkpoint(
         )
     path = find_checkpoint(checkpoint)
     state, config, meta = load_prompt(path)
-    overrides = {"resume": None, "device": device, "data_dir": data_dir, "pretrained": pretrained}
-    overrides.update({"batch_size": batch_size, "eval_batch_size": batch_size, "precision": precision})
-    overrides["workers"] = workers
+    overrides = {
+        "resume": None, "device": device, "data_dir": data_dir, "pretrained": pretrained, "batch_size": batch_size,
+        "eval_batch_size": batch_size, "precision": precision, "workers": workers,
+    }  # fmt: skip
     cfg = resolve_config({**config, **{k: v for k, v in overrides.items() if v is not None}}, source=str(path))
     env = DistEnv()
     dev = resolve_device(cfg.device, env)
