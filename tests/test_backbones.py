@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -65,3 +67,47 @@ def test_fixed_input_size_is_enforced(tiny_backbone):
     tiny_backbone.check_input_size(64)
     with pytest.raises(ValueError, match="--input-size 96"):
         tiny_backbone.check_input_size(96)
+
+
+@pytest.mark.parametrize(
+    ("name", "pretrained", "weights_like", "quick_gelu", "mean"),
+    [
+        ("ViT-B-32", "openai", None, True, OPENAI_CLIP_MEAN),  # OpenAI's weights were trained with QuickGELU
+        ("ViT-L-14", "FILE", "laion2b_s32b_b82k", False, (0.5, 0.5, 0.5)),  # eval --pretrained FILE of that tag
+        ("ViT-B-32", "FILE", "openai", True, OPENAI_CLIP_MEAN),
+        ("ViT-L-14", "FILE", None, False, OPENAI_CLIP_MEAN),  # a bare file: the model config's own
+    ],
+)
+def test_open_clip_weights_get_the_activation_and_normalization_they_were_trained_with(
+    monkeypatch, tmp_path, name, pretrained, weights_like, quick_gelu, mean
+):
+    import open_clip
+    from open_clip.transformer import QuickGELU
+
+    real_create = open_clip.create_model
+    seen = {}
+
+    def create_tiny(model_name, pretrained=None, **kwargs):  # the options open_clip gets, on a tiny model
+        seen.update(kwargs, name=model_name, pretrained=pretrained)
+        kwargs.pop("cache_dir", None)
+        return real_create(TINY_MODEL, pretrained=None, **kwargs)
+
+    monkeypatch.setattr(open_clip, "create_model", create_tiny)
+    if pretrained == "FILE":
+        pretrained = str(tmp_path / "weights.bin")
+        Path(pretrained).write_bytes(b"")
+    backbone = create_backbone(name, pretrained=pretrained, weights_like=weights_like)
+    assert (seen["name"], seen["pretrained"]) == (name, pretrained)
+    assert any(isinstance(m, QuickGELU) for m in backbone.model.modules()) == quick_gelu
+    assert torch.allclose(backbone.mean.flatten(), torch.tensor(mean))
+
+
+def test_clip_head_logits_stay_fp32_under_autocast():
+    torch.manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(100, 32), dim=-1)
+    head = ClipTextHead(text, 100.0)
+    feats = text[torch.randint(0, 100, (256,))] + 0.3 * torch.randn(256, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = head(feats)
+    assert logits.dtype == torch.float32
+    assert torch.allclose(logits, head(feats), atol=1e-4)  # bf16 rounds these to steps of 0.125

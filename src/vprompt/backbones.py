@@ -189,8 +189,15 @@ def _list_open_clip() -> list[str]:
 
 
 def _create_open_clip(
-    name: str, pretrained: str | None = None, cache_dir: str | None = None, **_: Any
+    name: str,
+    pretrained: str | None = None,
+    cache_dir: str | None = None,
+    weights_like: str | None = None,
+    **_: Any,
 ) -> FrozenBackbone:
+    """An open_clip model with the activation (QuickGELU or GELU) and normalization its weights were trained with:
+    those of the pretrained tag, or for a checkpoint file those of the tag ``weights_like`` names (the tag the run
+    was trained with, when ``vprompt eval --pretrained FILE`` points to its weights on this machine)."""
     import open_clip
 
     known = _list_open_clip()
@@ -210,7 +217,17 @@ def _create_open_clip(
             f"--pretrained {pretrained!r} is neither a file nor a pretrained tag of {name}"
             + (f" (tags: {', '.join(tags)})" if tags else " (it has no pretrained tags; give a checkpoint file)")
         )
-    model = open_clip.create_model(name, pretrained=pretrained, cache_dir=cache_dir)
+    is_file = pretrained is not None and Path(pretrained).is_file()
+    tag = weights_like if is_file else pretrained
+    tag_cfg = open_clip.get_pretrained_cfg(name, tag) if tag else {}
+    from_tag = {"mean": tag_cfg["mean"], "std": tag_cfg["std"]} if is_file and "mean" in tag_cfg else None
+    model = open_clip.create_model(
+        name,
+        pretrained=pretrained,
+        cache_dir=cache_dir,
+        force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),  # open_clip only warns when a tag needs it
+        force_preprocess_cfg=from_tag,
+    )
     return OpenCLIPBackbone(model, open_clip.get_tokenizer(name), name=name)
 
 

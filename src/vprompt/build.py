@@ -79,9 +79,10 @@ class PromptedModel(nn.Module):
                 ) from e
 
 
-def build_backbone(cfg: RunConfig, device: torch.device | str) -> FrozenBackbone:
-    """The frozen backbone named by ``cfg.model`` / ``cfg.pretrained``."""
-    return create_backbone(cfg.model, pretrained=cfg.pretrained, device=device)
+def build_backbone(cfg: RunConfig, device: torch.device | str, weights_like: str | None = None) -> FrozenBackbone:
+    """The frozen backbone named by ``cfg.model`` / ``cfg.pretrained``; ``weights_like`` is the pretrained tag whose
+    activation and normalization a checkpoint file in ``cfg.pretrained`` holds weights of."""
+    return create_backbone(cfg.model, pretrained=cfg.pretrained, device=device, weights_like=weights_like)
 
 
 def build_prompter(cfg: RunConfig, backbone: FrozenBackbone) -> Prompter:

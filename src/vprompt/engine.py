@@ -355,13 +355,14 @@ def _resume_path(cfg: RunConfig) -> Path | None:
 
 
 def _build_for_run(
-    cfg: RunConfig, device: torch.device, augment: bool = True
+    cfg: RunConfig, device: torch.device, augment: bool = True, weights_like: str | None = None
 ) -> tuple[PromptedModel, DataSplits, InputDiversity]:
-    """Model, data and input diversity of a run; ``augment=False`` decodes training images without random crops.
+    """Model, data and input diversity of a run; ``augment=False`` decodes training images without random crops,
+    ``weights_like`` is passed to :func:`build_backbone`.
 
     Seeded first, so that a randomly initialized backbone or prompt is the same in training and in evaluation."""
     torch.manual_seed(cfg.seed)
-    backbone = build_backbone(cfg, device)
+    backbone = build_backbone(cfg, device, weights_like)
     prompter = build_prompter(cfg, backbone)
     for key, value in prompter.geometry().items():  # sizes left to defaults are saved as they came out
         if getattr(cfg, key) is None:
@@ -727,7 +728,8 @@ def evaluate_checkpoint(
     cfg = resolve_config({**config, **{k: v for k, v in overrides.items() if v is not None}}, source=str(path))
     env = DistEnv()
     dev = resolve_device(cfg.device, env)
-    model, data, _ = _build_for_run(cfg, dev, augment=False)
+    # weights given as a file here keep the activation and normalization of the tag the prompt was trained with
+    model, data, _ = _build_for_run(cfg, dev, augment=False, weights_like=config.get("pretrained"))
     if "classnames" in meta and list(meta["classnames"]) != list(data.classnames):
         raise ValueError(f"{path}: the dataset's classes differ from those the prompt was trained on")
     model.load_artifact_state({k: v.to(dev) for k, v in state.items()})

@@ -112,8 +112,11 @@ class ClipTextHead(Head):
         self.num_classes = text_features.shape[0]
 
     def forward(self, features: Tensor) -> Tensor:
-        feats = F.normalize(features.float(), dim=-1)
-        return self.logit_scale * feats @ self.text_features.t()
+        # fp32 even under autocast: logits of about 100 x cosine in bf16 are rounded to steps of 0.125, which ties
+        # and flips the top class
+        with torch.autocast(features.device.type, enabled=False):
+            feats = F.normalize(features.float(), dim=-1)
+            return self.logit_scale * feats @ self.text_features.t()
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, logit_scale={self.logit_scale:.2f}"
