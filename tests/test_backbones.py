@@ -111,3 +111,17 @@ def test_clip_head_logits_stay_fp32_under_autocast():
         logits = head(feats)
     assert logits.dtype == torch.float32
     assert torch.allclose(logits, head(feats), atol=1e-4)  # bf16 rounds these to steps of 0.125
+
+
+def test_template_sets():
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    from vprompt.heads import EVP_TEMPLATE, resolve_templates
+
+    own = ["a photo of the number: {}."]
+    assert resolve_templates("single", own) == [EVP_TEMPLATE]
+    assert resolve_templates("ensemble", own) == own
+    assert resolve_templates("ensemble") == list(OPENAI_IMAGENET_TEMPLATES)
+    assert len(resolve_templates("imagenet80", own)) == 80  # METHOD 4's 80-template ensemble for any dataset
+    with pytest.raises(ValueError, match="imagenet80"):
+        resolve_templates("many")

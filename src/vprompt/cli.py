@@ -48,7 +48,12 @@ def _float_list(text: str) -> list[float]:
 def _add_head_options(g: Any) -> None:
     """How a prompted model's outputs become class scores (not a linear probe's concern)."""
     S = argparse.SUPPRESS
-    g.add_argument("--templates", default=S, choices=["single", "ensemble"], help="text templates of the CLIP head")
+    g.add_argument(
+        "--templates",
+        default=S,
+        choices=["single", "ensemble", "imagenet80"],
+        help="text templates of the CLIP head: single, the dataset's ensemble, or the 80 ImageNet templates",
+    )
     g.add_argument("--head", default=S, help="output head: auto (text for CLIP, flm for classifiers), text, linear")
     g.add_argument(
         "--label-map", default=S, choices=["identity", "rlm", "flm", "ilm"], help="label map of a classifier's logits"

@@ -50,17 +50,17 @@ def clean_classname(name: str) -> str:
 
 
 def resolve_templates(kind: str, dataset_templates: Sequence[Template] | None = None) -> list[Template]:
-    """Templates by name: ``single`` (EVP's one template) or ``ensemble`` (the dataset's own ensemble where the
-    registry has one, else the 80 ImageNet templates of the CLIP paper)."""
+    """Templates by name: ``single`` (EVP's one template), ``ensemble`` (the dataset's own ensemble where the
+    registry has one, else the 80 ImageNet templates of the CLIP paper) or ``imagenet80`` (those 80 always)."""
     if kind == "single":
         return [EVP_TEMPLATE]
-    if kind == "ensemble":
-        if dataset_templates:
-            return list(dataset_templates)
+    if kind == "ensemble" and dataset_templates:
+        return list(dataset_templates)
+    if kind in ("ensemble", "imagenet80"):
         from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
         return list(OPENAI_IMAGENET_TEMPLATES)
-    raise ValueError(f"unknown --templates {kind!r} (choose from single, ensemble)")
+    raise ValueError(f"unknown --templates {kind!r} (choose from single, ensemble, imagenet80)")
 
 
 def _fill(template: Template, classname: str) -> str:
