@@ -8,6 +8,7 @@ import csv
 import json
 import pickle
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -433,6 +434,21 @@ def test_ucf101_coop_layout(tmp_path):
     _check(_make("ucf101", tmp_path), "ucf101", 2, [0, 100])
     _check(_make("ucf101", tmp_path, "val"), "ucf101", 1, [_names("ucf101").index("Hammering")])
     assert prepare_data("ucf101", tmp_path, image_size=16, download=False).val_source == "official"
+
+
+def test_ucf101_integer_labels_follow_classind(tmp_path):
+    # split files carry ucfTrainTestlist/classInd.txt's ids minus 1; CLIP's list sorts two pairs the other way
+    base = tmp_path / "ucf101"
+    official = {"Haircut": 34, "Hammering": 35, "HammerThrow": 36, "JumpingJack": 47, "JumpRope": 48, "YoYo": 101}
+    lines = []
+    for cls, y in official.items():
+        _img(base / "frames" / cls / "v_1.jpg")
+        lines.append(f"frames/{cls}/v_1.jpg {y - 1}")
+    for split in ("train", "test"):
+        (base / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    ds = _make("ucf101", tmp_path)
+    named = {Path(path).parent.name: ds.classnames[y].replace(" ", "").lower() for path, y in ds.samples}
+    assert named == {cls: cls.lower() for cls in official}
 
 
 def test_ucf101_without_files_names_both_routes(tmp_path):
