@@ -264,6 +264,11 @@ def caltech101(
     folder = root / "caltech101" / "101_ObjectCategories"
     if not download and not folder.is_dir():  # torchvision would create root/caltech101 before failing
         raise missing("caltech101", root / "caltech101", LAYOUTS["caltech101"][1])
+    if folder.is_dir() and not (folder / "BACKGROUND_Google").is_dir():  # torchvision removes it by name
+        raise missing(
+            "caltech101", folder / "BACKGROUND_Google", "the folder torchvision leaves out of the classes",
+            f"create it, empty (mkdir {folder / 'BACKGROUND_Google'}); vprompt does not read it",
+        )  # fmt: skip
     ds = _open("caltech101", root, download, lambda: Caltech101(str(root), target_type="category", download=download))
     categories = _attr(ds, "categories")
     to_ours = map_folders("caltech101", categories)
