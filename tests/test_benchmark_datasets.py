@@ -438,6 +438,8 @@ def test_ucf101_coop_layout(tmp_path):
     _check(_make("ucf101", tmp_path), "ucf101", 2, [0, 100])
     _check(_make("ucf101", tmp_path, "val"), "ucf101", 1, [_names("ucf101").index("Hammering")])
     assert prepare_data("ucf101", tmp_path, image_size=16, download=False).val_source == "official"
+    strict = prepare_data("ucf101", tmp_path, image_size=16, val_fraction=0, download=False)  # strictly K-shot
+    assert (strict.val, strict.val_source, len(strict.train)) == (None, "none", 2)
 
 
 def test_ucf101_integer_labels_follow_classind(tmp_path):

@@ -68,7 +68,7 @@ class DataSplits:
 
     Attributes:
         train: what the prompt is trained on.
-        val: what selects the best epoch (None when ``val_fraction`` is 0 and there is no official split).
+        val: what selects the best epoch (None when ``val_fraction`` is 0: the last epoch is selected).
         test: reported only.
         classnames: target class names.
         templates: the dataset's own prompt ensemble, if any.
@@ -105,7 +105,8 @@ def prepare_data(
         root: data folder.
         image_size: the prompter's image size; file datasets are resized to it when decoded.
         random_crop: random (vs center) crop when decoding training images.
-        val_fraction: share of the training data held out for validation when there is no official split.
+        val_fraction: share of the training data held out for validation when there is no official split; 0 uses
+            no validation split at all, not even an official one (the last epoch is selected).
         split_seed: seed of the held-out split (independent of the training seed).
         download: fetch missing files where possible.
         test_split: the split reported as test.
@@ -130,7 +131,7 @@ def prepare_data(
     classnames = list(train_full.classnames)
     all_idx = list(range(len(train_full)))
     val: Dataset | None = None
-    if "val" in spec.available_splits(root, options):
+    if val_fraction > 0 and "val" in spec.available_splits(root, options):
         try:
             val = make("val", eval_tf)
         except SplitNotFoundError as e:  # a copy (hf_id=...) that turns out to have no validation split
