@@ -148,3 +148,17 @@ def test_transform_is_shrink_then_crop():
     img = Image.fromarray(np.zeros((40, 80, 3), np.uint8))
     assert build_transform(20)(img).shape == (3, 20, 20)
     assert build_transform(20, random_crop=True)(img).shape == (3, 20, 20)
+
+
+def test_16bit_and_float_grayscale_images_decode_to_their_8bit_values(tmp_path):
+    from PIL import Image
+
+    from vprompt.data.base import load_rgb
+
+    ramp = np.arange(0, 65536, 257, dtype=np.uint16).reshape(16, 16)  # 0, 257, ..., 65535
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    expected = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "g16.png"))[..., 0], expected)  # PIL alone: 99 % white
+    Image.fromarray(expected.astype(np.float32) / 255).save(tmp_path / "f.tif")
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "f.tif"))[..., 1], expected)

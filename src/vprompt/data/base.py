@@ -63,8 +63,17 @@ class ArrayDataset(Dataset):
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image file as RGB (grayscale, palette and RGBA images are converted)."""
+    """Open an image file as RGB (grayscale, palette and RGBA images are converted; 16-bit, 32-bit and float
+    grayscale are scaled to 8 bits first, where PIL's own conversion would clip them to white)."""
     with Image.open(path) as img:
+        if img.mode.startswith("I") or img.mode == "F":
+            a = np.asarray(img, dtype=np.float64)
+            top = a.max(initial=0)
+            if img.mode.startswith("I;16") or (img.mode == "I" and top > 255):
+                a = a / 257.0  # 0..65535 -> 0..255
+            elif img.mode == "F" and top <= 1:
+                a = a * 255.0  # 0..1 -> 0..255
+            return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
         return img.convert("RGB")
 
 
