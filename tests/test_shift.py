@@ -91,6 +91,8 @@ def test_shift_set_selection(tmp_path):
     assert len(find_shift_sets("cifar10", tmp_path, ["cifar10c/spatter"])) == 5  # a name selects what lies under it
     assert [s.name for s in find_shift_sets("cifar10", tmp_path, ["cifar10c/fog"], severities=[2, 4])] == [
         "cifar10c/fog/2", "cifar10c/fog/4"]  # fmt: skip
+    with pytest.raises(ValueError, match="cifar10c/fog/5 with --shift-severity 3 selects no shift set of cifar10"):
+        find_shift_sets("cifar10", tmp_path, ["cifar10c/fog/5"], severities=[3])
     with pytest.raises(ValueError, match="'cifar10c/snow' matches no shift set of cifar10"):
         find_shift_sets("cifar10", tmp_path, ["cifar10c/snow"])
     with pytest.raises(ValueError, match="no distribution-shift sets for dataset 'synthetic'"):

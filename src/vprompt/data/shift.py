@@ -361,6 +361,12 @@ def find_shift_sets(
         if bad:
             raise ValueError(f"--shift-severity {bad[0]} must be one of 1..5")
         sets = [s for s in sets if s.severity is None or s.severity in severities]
+        if not sets:
+            asked = " ".join(patterns) if patterns else "(the default sets)"
+            raise ValueError(
+                f"--shift {asked} with --shift-severity {' '.join(map(str, severities))} selects no shift set of "
+                f"{dataset}: name sets of those severities, or drop --shift-severity"
+            )
     return sets
 
 
