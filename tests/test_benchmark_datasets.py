@@ -306,6 +306,9 @@ def test_dtd(tmp_path):
     _check(_make("dtd", tmp_path), "dtd", 2, [0, 46])
     _check(_make("dtd", tmp_path, "val"), "dtd", 1, [30])
     assert prepare_data("dtd", tmp_path, image_size=16, download=False).val_source == "official"
+    for bad in (11, "x"):
+        with pytest.raises(ValueError, match=f"partition={bad!r} must be one of 1..10"):
+            _make("dtd", tmp_path, partition=bad)
 
 
 def test_clevr_count(tmp_path):

@@ -127,6 +127,10 @@ def dtd(
     """Describable Textures, official train / val / test of partition ``partition`` (1, as the literature)."""
     from torchvision.datasets import DTD
 
+    if str(partition) not in {str(k) for k in range(1, 11)}:
+        raise ValueError(
+            f"dataset dtd: --dataset-option partition={partition!r} must be one of 1..10 (DTD's ten splits)"
+        )
     ds = _open("dtd", root, download, lambda: DTD(str(root), split=split, partition=int(partition), download=download))
     to_ours = map_names("dtd", ds.classes)
     return _files("dtd", _attr(ds, "_image_files"), [to_ours[y] for y in _attr(ds, "_labels")], transform)
