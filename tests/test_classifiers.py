@@ -230,3 +230,24 @@ def test_resnet20_through_backbone_and_imagefolder_and_flm_recovers_the_identity
     head = LabelMappingHead(10, 10, "flm", classnames=ds.classnames, source_classnames=backbone.source_classnames)
     assert head.epoch_start(0, lambda: (logits, y))
     assert head.mapping.tolist() == list(range(10))
+
+
+def test_offline_weight_downloads_are_one_line(monkeypatch):
+    import urllib.error
+
+    import open_clip
+    import torchvision.models as tvm
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    def open_clip_offline(*args, **kwargs):  # what open_clip raises after its own retries
+        raise RuntimeError("Failed to download weights for tag 'openai': Failed to download file")
+
+    monkeypatch.setattr(tvm, "get_model", no_network)
+    monkeypatch.setattr(open_clip, "create_model", open_clip_offline)
+    for model, tag in (("tv:resnet18", "default"), ("ViT-B-32", "openai")):
+        with pytest.raises(
+            FileNotFoundError, match=f"weights of --model {model} --pretrained {tag} .*--pretrained PATH"
+        ):
+            create_backbone(model, pretrained=tag)

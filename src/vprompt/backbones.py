@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,6 +24,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from .download import fetching_weights
 
 __all__ = [
     "FrozenBackbone",
@@ -221,13 +224,14 @@ def _create_open_clip(
     tag = weights_like if is_file else pretrained
     tag_cfg = open_clip.get_pretrained_cfg(name, tag) if tag else {}
     from_tag = {"mean": tag_cfg["mean"], "std": tag_cfg["std"]} if is_file and "mean" in tag_cfg else None
-    model = open_clip.create_model(
-        name,
-        pretrained=pretrained,
-        cache_dir=cache_dir,
-        force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),  # open_clip only warns when a tag needs it
-        force_preprocess_cfg=from_tag,
-    )
+    with fetching_weights(f"--model {name} --pretrained {pretrained}") if tag and not is_file else nullcontext():
+        model = open_clip.create_model(
+            name,
+            pretrained=pretrained,
+            cache_dir=cache_dir,
+            force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),  # open_clip only warns when a tag needs it
+            force_preprocess_cfg=from_tag,
+        )
     return OpenCLIPBackbone(model, open_clip.get_tokenizer(name), name=name)
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .download import DigestMismatch, download_verified, file_digest
+from .download import DigestMismatch, download_verified, fetching_weights, file_digest
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -206,16 +206,12 @@ def _verify_sha256(path: Path, expected: str) -> None:
 def _download(url: str, dest: Path, expected_sha256: str) -> None:
     """Downloads ``url`` to ``dest``, kept only if its sha256 is the published one (see :mod:`vprompt.download`)."""
     try:
-        download_verified(url, dest, expected_sha256, "sha256")
+        with fetching_weights(f"{url} (to {dest})"):
+            download_verified(url, dest, expected_sha256, "sha256")
     except DigestMismatch as exc:
         raise ValueError(
             f"sha256 mismatch for download of {exc}; the download is corrupt or not this checkpoint (nothing was "
             "saved; retry, or pass --pretrained PATH to a local copy)"
-        ) from exc
-    except OSError as exc:
-        raise FileNotFoundError(
-            f"could not download {url} to {dest} ({exc}); if you are offline, pass --pretrained PATH "
-            "pointing to a local copy of the checkpoint (file or folder)"
         ) from exc
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import difflib
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from .backbones import IMAGENET_MEAN, IMAGENET_STD, FrozenBackbone, register_backbone_source
+from .download import fetching_weights
 
 __all__ = ["ClassifierBackbone", "load_state_dict_file", "TIMM_EXAMPLES"]
 
@@ -241,7 +243,8 @@ def _create_timm(
     if _is_none(pretrained):
         _warn_random(f"timm:{name}")
     kwargs: dict[str, Any] = {"cache_dir": cache_dir} if cache_dir else {}
-    model = timm.create_model(name, pretrained=download, **kwargs)
+    with fetching_weights(f"--model timm:{name} --pretrained {pretrained}") if download else nullcontext():
+        model = timm.create_model(name, pretrained=download, **kwargs)
     if local is not None:
         _load_weights(model, local, f"timm:{name}")
     if not getattr(model, "num_classes", 0):
@@ -305,7 +308,8 @@ def _create_tv(name: str, pretrained: str | Path | None = None, **_: Any) -> Cla
             raise ValueError(
                 f"--pretrained {pretrained!r} is neither a file nor a weights name of tv:{name} (weights: {tags}, none)"
             ) from None
-    model = tvm.get_model(name, weights=weights)
+    with fetching_weights(f"--model tv:{name} --pretrained {pretrained}") if weights is not None else nullcontext():
+        model = tvm.get_model(name, weights=weights)
     if local is not None:
         _load_weights(model, local, f"tv:{name}")
         if hasattr(model, "transform_input"):  # GoogLeNet, Inception v3: as torchvision's builder sets with weights,

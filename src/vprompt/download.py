@@ -11,10 +11,12 @@ import hashlib
 import os
 import tempfile
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["file_digest", "download_verified", "DigestMismatch"]
+__all__ = ["file_digest", "download_verified", "DigestMismatch", "fetching_weights"]
 
 _CHUNK = 1 << 20
 TIMEOUT_S = 60.0
@@ -22,6 +24,21 @@ TIMEOUT_S = 60.0
 
 class DigestMismatch(ValueError):
     """A file's digest is not the published one."""
+
+
+@contextmanager
+def fetching_weights(what: str) -> Iterator[None]:
+    """Around a download of pretrained weights (by us, open_clip, timm or torchvision): a failure to fetch them
+    (no network: ``OSError``; open_clip wraps it in ``RuntimeError``) becomes one line naming ``what`` (the model and
+    its tag) and the way round it offline."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise FileNotFoundError(
+            f"could not get the weights of {what} ({reason[:300]}); if you are offline, pass --pretrained PATH "
+            "pointing to a local copy"
+        ) from exc
 
 
 def _hasher(algorithm: str) -> Any:
