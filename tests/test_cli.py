@@ -309,6 +309,33 @@ def test_config_file_with_an_unknown_precision_fails_before_the_run_starts(tmp_p
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("epochs: abc", "epochs 'abc' must be an integer"),
+        ("lr: fast", "lr 'fast' must be a number"),
+        ("batch_size: 8.5", "batch_size 8.5 must be an integer"),
+        ("epochs: -1", "epochs -1 must be at least 0"),
+        ("val_fraction: 1.5", "val_fraction 1.5 must be in [0, 1)"),
+        ("download: maybe", "download 'maybe' must be true or false"),
+    ],
+)
+def test_config_file_values_of_the_wrong_type_or_range_name_file_and_key(tmp_path, text, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text + "\n")
+    with pytest.raises(ValueError) as info:
+        resolve_config(load_yaml(bad), source=str(bad))
+    assert str(info.value) == f"{bad}: {message}"
+
+
+def test_settings_are_typed_and_range_checked_whatever_their_source(tmp_path):
+    assert resolve_config({"lr": "1e-3", "epochs": "3"}).lr == 1e-3  # YAML reads 1e-3 as a string
+    for flag, value in (("--epochs", "-1"), ("--threads", "0"), ("-b", "0"), ("--workers", "-1")):
+        proc = _run(*tiny_run_args(tmp_path, flag, value), check=False)
+        assert proc.returncode == 2 and "must be at least" in proc.stderr.splitlines()[-1], proc.stderr
+        assert not (tmp_path / "run").exists()
+
+
 def test_list_commands():
     assert "evp" in _run("list", "methods").stdout
     datasets = _run("list", "datasets").stdout

@@ -81,6 +81,10 @@ class RunConfig:
     name: str | None = None
     resume: str | None = None
 
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _checked(f, getattr(self, f.name)))
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -102,6 +106,66 @@ class RunConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.output) / self.run_name
+
+
+class SettingError(ValueError):
+    """A setting of the wrong type or out of range; ``key`` names it."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+#: The smallest value of numeric settings (None, where a setting allows it, always means "unset").
+_AT_LEAST: dict[str, float] = {
+    "epochs": 0, "warmup_steps": 0, "workers": 0, "log_every": 0, "lr": 0, "head_lr": 0, "momentum": 0,
+    "weight_decay": 0, "batch_size": 1, "eval_batch_size": 1, "threads": 1, "input_size": 1, "inner_size": 1,
+    "prompt_size": 1, "ilm_interval": 1, "eval_every": 1, "shots": 1,
+}  # fmt: skip
+#: Shares: (low, high, low allowed, high allowed).
+_SHARES: dict[str, tuple[float, float, bool, bool]] = {
+    "val_fraction": (0, 1, True, False), "train_fraction": (0, 1, False, True),
+    "di_prob": (0, 1, True, True), "di_min_scale": (0, 1, False, True),
+}  # fmt: skip
+
+
+def _checked(f: dataclasses.Field, value: Any) -> Any:
+    """``value`` of setting ``f`` as its type (a number in a string, as YAML reads ``1e-3``, becomes one), or a
+    :class:`SettingError` saying what it must be."""
+    kind = str(f.type).split(" | ")[0]
+    if value is None or kind not in ("int", "float", "bool", "str"):
+        return value
+    shown = f"{f.name} {value!r}"
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise SettingError(f.name, f"{shown} must be true or false")
+        return value
+    if kind == "str":
+        if isinstance(value, (dict, list)):
+            raise SettingError(f.name, f"{shown} must be a single value")
+        return str(value)
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value) if kind == "float" else int(value)
+        except ValueError:
+            number = None
+    if (
+        isinstance(number, bool)
+        or not isinstance(number, (int, float))
+        or (kind == "int" and not isinstance(number, int))
+    ):
+        raise SettingError(f.name, f"{shown} must be {'an integer' if kind == 'int' else 'a number'}")
+    number = float(number) if kind == "float" else number
+    if f.name in _AT_LEAST and number < _AT_LEAST[f.name]:
+        raise SettingError(f.name, f"{shown} must be at least {_AT_LEAST[f.name]:g}")
+    if f.name in _SHARES:
+        lo, hi, lo_ok, hi_ok = _SHARES[f.name]
+        if not ((lo <= number if lo_ok else lo < number) and (number <= hi if hi_ok else number < hi)):
+            raise SettingError(
+                f.name, f"{shown} must be in {'[' if lo_ok else '('}{lo:g}, {hi:g}{']' if hi_ok else ')'}"
+            )
+    return number
 
 
 #: VP's optimization recipe, shared by its three prompters.
@@ -213,7 +277,11 @@ def resolve_config(
     if "dataset_options" in explicit:
         explicit["dataset_options"] = check_dataset_options(explicit["dataset_options"], where("dataset_options"))
     recipe = {k: v for k, v in METHODS[method].items() if not k.startswith("_")}
-    return RunConfig(**{**recipe, **explicit})
+    try:
+        return RunConfig(**{**recipe, **explicit})
+    except SettingError as e:
+        flag = f"--{e.key.replace('_', '-')}" if where(e.key) == "command line" else e.key
+        raise ValueError(f"{where(e.key)}: {str(e).replace(e.key, flag, 1)}") from None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -451,8 +451,6 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
     epochs = int(cfg.epochs or 0)
     if cfg.batch_size % env.world_size:
         raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the {env.world_size} processes")
-    if cfg.eval_every < 1:
-        raise ValueError(f"--eval-every {cfg.eval_every} must be at least 1")
 
     model, data, diversity = _build_for_run(cfg, device)
     if epochs and not model.trainable_parameters():
