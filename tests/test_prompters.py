@@ -60,6 +60,11 @@ def test_create_prompter_prompt_size_and_conflicts():
     assert create_prompter("evp", 224, prompt_size=30).image_size == 164
     with pytest.raises(ValueError, match="disagree"):
         create_prompter("evp", 224, inner_size=160, prompt_size=30)
+    for p in (0, -3, 40):  # named as given, not as the inner size it implies
+        with pytest.raises(
+            ValueError, match=f"--prompt-size {p} must be positive and less than half of --input-size 64"
+        ):
+            create_prompter("evp", 64, prompt_size=p)
     with pytest.raises(ValueError, match="did you mean evp"):
         create_prompter("evpp")
 

@@ -185,6 +185,12 @@ class _AdditivePrompter(Prompter):
         self.register_buffer("scale", _scale_buffer(scale, 3))
 
 
+def _check_border(width: int, input_size: int) -> None:
+    """A border of ``width`` pixels must leave a center inside an ``input_size`` canvas."""
+    if not 0 < 2 * width < input_size:
+        raise ValueError(f"--prompt-size {width} must be positive and less than half of --input-size {input_size}")
+
+
 class PadPrompter(_AdditivePrompter):
     """VP padding: a learnable border of width ``pad`` (randn init), added on top of the image.
 
@@ -198,8 +204,7 @@ class PadPrompter(_AdditivePrompter):
 
     def __init__(self, input_size: int = 224, pad: int = 30, scale: Sequence[float] | None = None) -> None:
         super().__init__(input_size, scale)
-        if not 0 < 2 * pad < input_size:
-            raise ValueError(f"--prompt-size {pad} must be positive and less than half of --input-size {input_size}")
+        _check_border(pad, input_size)
         self.pad = pad
         self.register_buffer("mask", _border_mask(input_size, pad))
         # The center is not a parameter of VP's prompt: it starts at zero and, masked in forward, stays there.
@@ -300,6 +305,7 @@ def create_prompter(
         raise ValueError(f"unknown prompter {name!r}{hint} (available: {', '.join(list_prompters())})")
     if name == "evp":
         if prompt_size is not None:
+            _check_border(prompt_size, input_size)
             derived = input_size - 2 * prompt_size
             if inner_size is not None and inner_size != derived:
                 raise ValueError(
