@@ -252,13 +252,17 @@ def test_a_bad_value_is_blamed_on_where_it_came_from(tmp_path, capsys, content, 
     assert not any(p.is_dir() for p in tmp_path.iterdir())
 
 
-def test_eval_batch_size_flag_wins_over_the_runs_evaluation_batch_size(tmp_path, monkeypatch):
+def test_eval_batch_size_and_threads_flags_win_over_the_runs_settings(tmp_path, monkeypatch):
     assert cli.main(tiny_run_args(tmp_path, "--eval-batch-size", "16", epochs=1)) == 0
     sizes = []
     real = engine.make_loader
     monkeypatch.setattr(engine, "make_loader", lambda ds, bs, *a, **k: sizes.append(bs) or real(ds, bs, *a, **k))
     engine.evaluate_checkpoint(tmp_path / "run", batch_size=7)
     assert sizes == [7]
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: sizes.append(f"{n} threads"))
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "run"), "--threads", "1"]) == 0
+    assert sizes[-2:] == ["1 threads", 16] and torch.get_num_threads() == threads
 
 
 def test_eval_refuses_shift_options_without_shift(tmp_path, capsys):

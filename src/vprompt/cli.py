@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-b", "--batch-size", type=int, default=None, help="batch size")
     p.add_argument("--precision", default=None, choices=PRECISIONS)
     p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (its default)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument(
         "--shift", nargs="*", default=None, metavar="NAME",
@@ -335,6 +336,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         precision=args.precision,
         pretrained=args.pretrained,
         workers=args.workers,
+        threads=args.threads,
         shift=args.shift,
         shift_severities=args.shift_severity,
         download_shift=args.download,

@@ -422,10 +422,15 @@ def _optimizers(
     return optimizers, schedulers
 
 
-def fit(cfg: RunConfig) -> dict[str, Any]:
-    """Run ``cfg`` end to end in its run folder and return the results (also written to ``results.json``)."""
+def _use_threads(cfg: RunConfig) -> None:
+    """PyTorch's CPU threads as ``--threads`` asks (unset: its default)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+
+
+def fit(cfg: RunConfig) -> dict[str, Any]:
+    """Run ``cfg`` end to end in its run folder and return the results (also written to ``results.json``)."""
+    _use_threads(cfg)
     linprobe = cfg.method == "linprobe"  # no prompt to train: logistic regression on cached features
     env = SINGLE_PROCESS if linprobe else init_distributed(cfg.device)  # (a probe refuses several processes)
     run_dir = cfg.run_dir
@@ -693,6 +698,7 @@ def evaluate_checkpoint(
     precision: str | None = None,
     pretrained: str | None = None,
     workers: int = 4,
+    threads: int | None = None,
     shift: Sequence[str] | None = None,
     shift_severities: Sequence[int] | None = None,
     download_shift: bool = False,
@@ -721,9 +727,10 @@ def evaluate_checkpoint(
     state, config, meta = load_prompt(path)
     overrides = {
         "resume": None, "device": device, "data_dir": data_dir, "pretrained": pretrained, "batch_size": batch_size,
-        "eval_batch_size": batch_size, "precision": precision, "workers": workers,
+        "eval_batch_size": batch_size, "precision": precision, "workers": workers, "threads": threads,
     }  # fmt: skip
     cfg = resolve_config({**config, **{k: v for k, v in overrides.items() if v is not None}}, source=str(path))
+    _use_threads(cfg)
     env = DistEnv()
     dev = resolve_device(cfg.device, env)
     # weights given as a file here keep the activation and normalization of the tag the prompt was trained with
