@@ -258,6 +258,19 @@ def test_a_finished_few_shot_run_is_not_the_full_data_cell(tmp_path):
     assert state == "conflict" and "shots=16 there, None here" in why
 
 
+def test_untrained_methods_take_only_their_settings_from_the_shared_base():
+    suite = parse_suite({
+        "datasets": ["synthetic"], "base": {"epochs": 3, "lr": 1.0, "batch_size": 8, "diversity": "di"},
+        "dataset_overrides": {"synthetic": {"epochs": 5}},
+        "methods": ["evp", "zeroshot", "linprobe", {"name": "zeroshot", "label": "zs-epochs", "epochs": 2}],
+    })  # fmt: skip
+    cells = {c.method: c for c in expand_suite(suite, output="out")}
+    assert (cells["evp"].cfg.epochs, cells["evp"].cfg.lr, cells["evp"].cfg.diversity) == (5, 1.0, "di")
+    for m in ("zeroshot", "linprobe"):  # the shared epochs, lr and diversity are for the prompts
+        assert (cells[m].cfg.epochs, cells[m].cfg.batch_size, cells[m].cfg.diversity) == (0, 8, "none"), m
+    assert cells["zs-epochs"].cfg.epochs == 2  # an entry's own setting is meant for it (fit refuses it, named)
+
+
 def test_empty_dataset_options_are_no_options():
     suite = parse_suite({"datasets": ["synthetic"], "methods": ["vp"], "base": {"dataset_options": None}})
     assert expand_suite(suite)[0].cfg.dataset_options == {}

@@ -137,6 +137,11 @@ def _dests(p: argparse.ArgumentParser) -> frozenset[str]:
     return frozenset(a.dest for a in p._actions)
 
 
+def offered_settings(command: str) -> frozenset[str]:
+    """The settings ``vprompt COMMAND`` (zeroshot, linprobe) has flags for: what it takes of a shared config."""
+    return build_parser().parse_args([command]).offered
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``vprompt``."""
     from . import __version__

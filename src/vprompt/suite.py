@@ -269,8 +269,16 @@ def _rows(suite: SuiteConfig) -> list[tuple[MethodEntry, int | None]]:
 
 def _cell_settings(suite: SuiteConfig, dataset: str, m: MethodEntry) -> dict[str, Any]:
     """The settings a method entry runs with on a dataset: the suite's base, under the dataset's overrides, under
-    the entry's own (dataset options merged key by key the same way)."""
-    layers = [suite.base, suite.dataset_overrides.get(dataset, {}), m.overrides]
+    the entry's own (dataset options merged key by key the same way). zeroshot and linprobe take from the base and
+    the dataset's overrides only the settings they have flags for, as from a config file: they train no prompt, so
+    a shared ``epochs`` or ``lr`` is not theirs."""
+    shared = [suite.base, suite.dataset_overrides.get(dataset, {})]
+    if m.name in ("zeroshot", "linprobe"):
+        from .cli import offered_settings
+
+        offered = offered_settings(m.name)
+        shared = [{k: v for k, v in layer.items() if k in offered} for layer in shared]
+    layers = [*shared, m.overrides]
     values = {k: v for layer in layers for k, v in layer.items()}
     options = {k: v for layer in layers for k, v in layer.get("dataset_options", {}).items()}
     if options:
