@@ -252,17 +252,18 @@ def test_a_bad_value_is_blamed_on_where_it_came_from(tmp_path, capsys, content, 
     assert not any(p.is_dir() for p in tmp_path.iterdir())
 
 
-def test_eval_batch_size_and_threads_flags_win_over_the_runs_settings(tmp_path, monkeypatch):
-    assert cli.main(tiny_run_args(tmp_path, "--eval-batch-size", "16", epochs=1)) == 0
-    sizes = []
+def test_eval_batch_size_and_threads_flags_win_over_the_runs_settings(tmp_path, monkeypatch, capsys):
+    assert cli.main(tiny_run_args(tmp_path, "--eval-batch-size", "16", "--threads", "1", epochs=1)) == 0
+    calls = []
     real = engine.make_loader
-    monkeypatch.setattr(engine, "make_loader", lambda ds, bs, *a, **k: sizes.append(bs) or real(ds, bs, *a, **k))
+    monkeypatch.setattr(engine, "make_loader", lambda ds, bs, *a, **k: calls.append(bs) or real(ds, bs, *a, **k))
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(f"{n} threads"))
     engine.evaluate_checkpoint(tmp_path / "run", batch_size=7)
-    assert sizes == [7]
-    threads = torch.get_num_threads()
-    monkeypatch.setattr(torch, "set_num_threads", lambda n: sizes.append(f"{n} threads"))
-    assert cli.main(["eval", "--checkpoint", str(tmp_path / "run"), "--threads", "1"]) == 0
-    assert sizes[-2:] == ["1 threads", 16] and torch.get_num_threads() == threads
+    assert calls == [7]  # and not the run's --threads 1, which was for the machine it trained on
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "run"), "--threads", "2"]) == 0
+    assert calls[1:] == ["2 threads", 16]
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "run"), "-b", "0"]) == 2  # blamed on the flag
+    assert "command line: --batch-size 0 must be at least 1" in capsys.readouterr().err
 
 
 def test_eval_refuses_shift_options_without_shift(tmp_path, capsys):
@@ -334,7 +335,11 @@ def test_config_file_values_of_the_wrong_type_or_range_name_file_and_key(tmp_pat
 
 def test_settings_are_typed_and_range_checked_whatever_their_source(tmp_path):
     assert resolve_config({"lr": "1e-3", "epochs": "3"}).lr == 1e-3  # YAML reads 1e-3 as a string
-    for flag, value in (("--epochs", "-1"), ("--threads", "0"), ("-b", "0"), ("--workers", "-1")):
+    assert resolve_config({"epochs": 2.0, "warmup_steps": "1e3"}).warmup_steps == 1000  # integral: an integer
+    for bad in ({"lr": float("nan")}, {"lr": "inf"}, {"epochs": 1.5}, {"epochs": True}):
+        with pytest.raises(ValueError, match="must be (a finite number|an integer)"):
+            resolve_config(bad)
+    for flag, value in (("--epochs", "-1"), ("--eval-batch-size", "0"), ("-b", "0"), ("--workers", "-1")):
         proc = _run(*tiny_run_args(tmp_path, flag, value), check=False)
         assert proc.returncode == 2 and "must be at least" in proc.stderr.splitlines()[-1], proc.stderr
         assert not (tmp_path / "run").exists()

@@ -116,7 +116,7 @@ def _add_run_options(p: argparse.ArgumentParser, training: bool = True, heads: b
     g.add_argument("--precision", default=S, choices=PRECISIONS, help="autocast precision")
     g.add_argument("--device", default=S, help="cuda, cuda:1, cpu (default: cuda if available)")
     g.add_argument("--workers", type=int, default=S, help="data-loading processes for image files (4)")
-    g.add_argument("--threads", type=int, default=S, help="CPU threads of PyTorch (its default: one per core)")
+    g.add_argument("--threads", type=int, default=S, help="CPU threads of PyTorch (0 or unset: its default)")
     g.add_argument("--log-every", type=int, default=S, help="log a line every N steps (50; 0: never)")
     g.add_argument("--output", default=S, help="parent folder of run folders (runs)")
     g.add_argument("--name", default=S, help="run folder name (default: method-model-dataset-seedN)")

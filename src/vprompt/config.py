@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +74,7 @@ class RunConfig:
     # engine
     precision: str = "fp32"
     device: str | None = None
-    threads: int | None = None  # CPU threads for PyTorch (None: its default)
+    threads: int | None = None  # CPU threads for PyTorch (None or 0: its default)
     workers: int = 4
     eval_batch_size: int | None = None
     log_every: int = 50
@@ -118,8 +119,8 @@ class SettingError(ValueError):
 
 #: The smallest value of numeric settings (None, where a setting allows it, always means "unset").
 _AT_LEAST: dict[str, float] = {
-    "epochs": 0, "warmup_steps": 0, "workers": 0, "log_every": 0, "lr": 0, "head_lr": 0, "momentum": 0,
-    "weight_decay": 0, "batch_size": 1, "eval_batch_size": 1, "threads": 1, "input_size": 1, "inner_size": 1,
+    "epochs": 0, "warmup_steps": 0, "workers": 0, "log_every": 0, "threads": 0, "lr": 0, "head_lr": 0,
+    "momentum": 0, "weight_decay": 0, "batch_size": 1, "eval_batch_size": 1, "input_size": 1, "inner_size": 1,
     "prompt_size": 1, "ilm_interval": 1, "eval_every": 1, "shots": 1,
 }  # fmt: skip
 #: Shares: (low, high, low allowed, high allowed).
@@ -127,6 +128,17 @@ _SHARES: dict[str, tuple[float, float, bool, bool]] = {
     "val_fraction": (0, 1, True, False), "train_fraction": (0, 1, False, True),
     "di_prob": (0, 1, True, True), "di_min_scale": (0, 1, False, True),
 }  # fmt: skip
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float (numbers, and numbers written as strings, as YAML reads ``1e-3``), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value) if isinstance(value, (int, float, str)) else None
+    except ValueError:
+        return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def _checked(f: dataclasses.Field, value: Any) -> Any:
@@ -144,19 +156,10 @@ def _checked(f: dataclasses.Field, value: Any) -> Any:
         if isinstance(value, (dict, list)):
             raise SettingError(f.name, f"{shown} must be a single value")
         return str(value)
-    number = value
-    if isinstance(value, str):
-        try:
-            number = float(value) if kind == "float" else int(value)
-        except ValueError:
-            number = None
-    if (
-        isinstance(number, bool)
-        or not isinstance(number, (int, float))
-        or (kind == "int" and not isinstance(number, int))
-    ):
-        raise SettingError(f.name, f"{shown} must be {'an integer' if kind == 'int' else 'a number'}")
-    number = float(number) if kind == "float" else number
+    number = _number(value)
+    if number is None or (kind == "int" and not number.is_integer()):
+        raise SettingError(f.name, f"{shown} must be {'an integer' if kind == 'int' else 'a finite number'}")
+    number = int(number) if kind == "int" else number
     if f.name in _AT_LEAST and number < _AT_LEAST[f.name]:
         raise SettingError(f.name, f"{shown} must be at least {_AT_LEAST[f.name]:g}")
     if f.name in _SHARES:
