@@ -48,6 +48,15 @@ def test_mnist_from_idx_files(tmp_path, gz):
     assert torch.equal(test.images[:, 0], torch.from_numpy(test_images))
 
 
+def test_mnist_crop_keeps_the_central_box(tmp_path):
+    images, _ = _write_mnist(tmp_path, "train", 12, gz=False)
+    cropped = create_dataset("mnist", tmp_path, "train", crop="20")  # as --dataset-option crop=20 gives it
+    assert torch.equal(cropped.images[:, 0], torch.from_numpy(images[:, 4:24, 4:24]))
+    for bad in (29, 0, "abc", 20.5, True):
+        with pytest.raises(ValueError, match=f"crop={bad} must be a whole number of pixels, 1 to 28"):
+            create_dataset("mnist", tmp_path, "train", crop=bad)
+
+
 def test_official_train_set_is_preferred_over_train10k_and_subfolders_are_searched(tmp_path):
     _write_mnist(tmp_path / "mnist", "train10k", 10, gz=True, seed=2)
     assert len(create_dataset("mnist", tmp_path, "train")) == 10  # found in DIR/mnist

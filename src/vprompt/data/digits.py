@@ -5,7 +5,7 @@
   ``train10k-images-idx3-ubyte`` / ``train10k-labels-idx1-ubyte`` (the 10,000-digit training set shipped beside this
   project); the test split is the official ``t10k-*`` (10,000). The files are looked up in ``DIR``, ``DIR/mnist``
   and ``DIR/MNIST/raw`` (torchvision's layout). Missing official files are downloaded into ``DIR/mnist`` (MD5
-  verified) unless ``--no-download``.
+  verified) unless ``--no-download``. ``--dataset-option crop=N`` keeps the central N x N pixels.
 * ``digits``: scikit-learn's ``load_digits()`` (1,797 digits of 8x8 pixels with values 0..16, shipped inside the
   scikit-learn wheel; needs ``pip install 'vprompt[digits]'``). It has no official test split, so a fixed,
   stratified one is drawn with seed 0: 500 test / 1,297 train digits (``--dataset-option test_size=N`` and
@@ -124,9 +124,17 @@ def mnist_dataset(
     split: str = "train",
     transform: Callable[..., Any] | None = None,
     download: bool = False,
+    crop: int | str | None = None,
 ) -> ArrayDataset:
-    """MNIST from IDX files under ``root`` (see the module doc), as a 1-channel uint8 :class:`ArrayDataset`."""
+    """MNIST from IDX files under ``root`` (see the module doc), as a 1-channel uint8 :class:`ArrayDataset`;
+    ``crop`` keeps the central ``crop`` x ``crop`` pixels (20: the box NIST's digits were scaled into, without the
+    black margin that centring them in 28 x 28 added)."""
     root = Path(root)
+    side = None
+    if crop not in (None, ""):
+        if not str(crop).isdigit() or not 0 < int(str(crop)) <= 28:
+            raise ValueError(f"dataset mnist: --dataset-option crop={crop} must be a whole number of pixels, 1 to 28")
+        side = int(str(crop))
     found = find_mnist_files(root, split)
     if found is None:
         prefix = _MNIST_PREFIXES[split][0]
@@ -145,6 +153,9 @@ def mnist_dataset(
     images, labels = read_idx(found[0]), read_idx(found[1])
     _check_pair(images, labels, found)
     _log.info("mnist %s: %d digits from %s", split, len(labels), found[0].parent)
+    if side is not None:
+        top, left = (images.shape[1] - side) // 2, (images.shape[2] - side) // 2
+        images = np.ascontiguousarray(images[:, top : top + side, left : left + side])
     return ArrayDataset(images, labels.astype(np.int64), DIGIT_CLASSES)
 
 
@@ -157,6 +168,7 @@ register_dataset(
         templates=DIGIT_TEMPLATES,
         description="MNIST digits from IDX files in --data-dir (60,000 or train10k / 10,000 test, 28x28 gray)",
         in_memory=True,
+        options={"crop": ""},
     )
 )
 
