@@ -251,3 +251,8 @@ def test_offline_weight_downloads_are_one_line(monkeypatch):
             FileNotFoundError, match=f"weights of --model {model} --pretrained {tag} .*--pretrained PATH"
         ):
             create_backbone(model, pretrained=tag)
+    # a corrupt cached file or too little memory is not a download failure: its own message passes through
+    corrupt = RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory")
+    monkeypatch.setattr(tvm, "get_model", lambda *a, **k: (_ for _ in ()).throw(corrupt))
+    with pytest.raises(RuntimeError, match="PytorchStreamReader"):
+        create_backbone("tv:resnet18", pretrained="default")

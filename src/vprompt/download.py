@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,14 +27,25 @@ class DigestMismatch(ValueError):
     """A file's digest is not the published one."""
 
 
+def _is_fetch_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the weights could not be fetched (no network, or not in an offline cache), as opposed
+    to a corrupt file, a full disk or too little memory, which keep their own message."""
+    if isinstance(exc, (urllib.error.URLError, ConnectionError, TimeoutError)):
+        return True
+    if type(exc).__module__.split(".")[0] in ("huggingface_hub", "requests", "urllib3"):  # hub (timm, open_clip)
+        return True
+    return isinstance(exc, RuntimeError) and "failed to download" in str(exc).lower()  # open_clip wraps the above
+
+
 @contextmanager
 def fetching_weights(what: str) -> Iterator[None]:
     """Around a download of pretrained weights (by us, open_clip, timm or torchvision): a failure to fetch them
-    (no network: ``OSError``; open_clip wraps it in ``RuntimeError``) becomes one line naming ``what`` (the model and
-    its tag) and the way round it offline."""
+    becomes one line naming ``what`` (the model and its tag) and the way round it offline; other errors pass."""
     try:
         yield
     except (OSError, RuntimeError) as exc:
+        if not _is_fetch_failure(exc):
+            raise
         reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise FileNotFoundError(
             f"could not get the weights of {what} ({reason[:300]}); if you are offline, pass --pretrained PATH "
