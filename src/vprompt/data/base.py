@@ -68,11 +68,10 @@ def load_rgb(path: str | Path) -> Image.Image:
     with Image.open(path) as img:
         if img.mode.startswith("I") or img.mode == "F":
             a = np.asarray(img, dtype=np.float64)
-            top = a.max(initial=0)
-            if img.mode.startswith("I;16") or (img.mode == "I" and top > 255):
+            if img.mode.startswith("I"):  # 16-bit files open as I;16 or, with older Pillow, as I
                 a = a / 257.0  # 0..65535 -> 0..255
-            elif img.mode == "F" and top <= 1:
-                a = a * 255.0  # 0..1 -> 0..255
+            elif a.max(initial=0) <= 1.01:  # float images hold 0..1 (with some overshoot) or 0..255
+                a = a * 255.0
             return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
         return img.convert("RGB")
 
