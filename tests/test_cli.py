@@ -318,7 +318,7 @@ def test_config_file_with_an_unknown_precision_fails_before_the_run_starts(tmp_p
     ("text", "message"),
     [
         ("epochs: abc", "epochs 'abc' must be an integer"),
-        ("lr: fast", "lr 'fast' must be a number"),
+        ("lr: fast", "lr 'fast' must be a finite number"),
         ("batch_size: 8.5", "batch_size 8.5 must be an integer"),
         ("epochs: -1", "epochs -1 must be at least 0"),
         ("val_fraction: 1.5", "val_fraction 1.5 must be in [0, 1)"),

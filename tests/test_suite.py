@@ -258,7 +258,7 @@ def test_a_finished_few_shot_run_is_not_the_full_data_cell(tmp_path):
     assert state == "conflict" and "shots=16 there, None here" in why
 
 
-def test_untrained_methods_take_only_their_settings_from_the_shared_base():
+def test_untrained_methods_take_only_their_settings_from_the_shared_base(tmp_path, caplog):
     suite = parse_suite({
         "datasets": ["synthetic"], "base": {"epochs": 3, "lr": 1.0, "batch_size": 8, "diversity": "di"},
         "dataset_overrides": {"synthetic": {"epochs": 5}},
@@ -269,6 +269,19 @@ def test_untrained_methods_take_only_their_settings_from_the_shared_base():
     for m in ("zeroshot", "linprobe"):  # the shared epochs, lr and diversity are for the prompts
         assert (cells[m].cfg.epochs, cells[m].cfg.batch_size, cells[m].cfg.diversity) == (0, 8, "none"), m
     assert cells["zs-epochs"].cfg.epochs == 2  # an entry's own setting is meant for it (fit refuses it, named)
+    assert "linprobe is not using the shared settings (base, dataset_overrides) it has no flag for: diversity, " \
+        "epochs, lr" in caplog.text  # fmt: skip
+    from vprompt.suite import _state
+
+    probe = expand_suite(suite, output=tmp_path)[2]
+    run = probe.cfg.run_dir
+    run.mkdir(parents=True)
+    saved = {**probe.cfg.to_dict(), "epochs": 50, "lr": 10.0}  # a finished probe given the base's epochs and lr
+    (run / "config.yaml").write_text(yaml.safe_dump({"config": saved}))
+    (run / "results.json").write_text("{}")
+    assert _state(probe) == ("done", "")  # settings a probe has no use for are no conflict
+    (run / "config.yaml").write_text(yaml.safe_dump({"config": {**saved, "batch_size": 4}}))
+    assert _state(probe)[0] == "conflict"
 
 
 def test_empty_dataset_options_are_no_options():

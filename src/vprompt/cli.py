@@ -137,6 +137,21 @@ def _dests(p: argparse.ArgumentParser) -> frozenset[str]:
     return frozenset(a.dest for a in p._actions)
 
 
+def keep_offered(values: dict[str, Any], offered: frozenset[str], warn: str | None = None) -> dict[str, Any]:
+    """The settings of ``values`` a command has flags for (``offered``): zeroshot and linprobe train no prompt, so a
+    training config's ``epochs`` or ``lr`` is not theirs. The run settings left out are named after ``warn`` (None:
+    silently); keys that are no setting at all are kept, for :func:`~vprompt.config.resolve_config` to refuse."""
+    import dataclasses
+
+    from .config import RunConfig
+
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    unused = sorted(k for k in values if k in fields and k not in offered)
+    if unused and warn:
+        _log.warning("%s it has no flag for: %s", warn, ", ".join(unused))
+    return {k: v for k, v in values.items() if k not in unused}
+
+
 def offered_settings(command: str) -> frozenset[str]:
     """The settings ``vprompt COMMAND`` (zeroshot, linprobe) has flags for: what it takes of a shared config."""
     return build_parser().parse_args([command]).offered
@@ -260,9 +275,7 @@ def _run_values(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str
 
     zeroshot and linprobe take from a config file only the settings they offer as flags, so that the file of a
     training run can be reused for them; the others (a prompt, an optimizer, epochs) are named and left out."""
-    import dataclasses
-
-    from .config import RunConfig, check_dataset_options, load_yaml
+    from .config import check_dataset_options, load_yaml
 
     values: dict[str, Any] = {}
     file = getattr(args, "config_file", None)
@@ -270,12 +283,7 @@ def _run_values(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str
         values = load_yaml(file)
         offered = getattr(args, "offered", None)
         if offered is not None:
-            fields = {f.name for f in dataclasses.fields(RunConfig)}
-            unused = sorted(k for k in values if k in fields and k not in offered)
-            if unused:
-                _log.warning("%s: not using the settings of %s it has no flag for: %s", args.command, file,
-                             ", ".join(unused))  # fmt: skip
-            values = {k: v for k, v in values.items() if k not in unused}
+            values = keep_offered(values, offered, f"{args.command}: not using the settings of {file}")
     sources = dict.fromkeys(values, str(file))
     skip = {"func", "command", "config_file", "offered"}
     cli = {k: v for k, v in vars(args).items() if k not in skip}

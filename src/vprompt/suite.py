@@ -242,6 +242,15 @@ def parse_suite(data: dict[str, Any], source: str = "suite config", default_outp
     if not isinstance(table, dict):
         raise ValueError(f"{source}: 'table' must be a mapping (name, title, output)")
     _check_keys(list(table), _TABLE_KEYS, f"{source}: table")
+    for m in methods:
+        offered = _untrained_settings(m.name)
+        if offered is not None:
+            from .cli import keep_offered
+
+            shared = {k: v for layer in (base, *ds_over.values()) for k, v in layer.items()}
+            keep_offered(
+                shared, offered, f"{source}: {m.label} is not using the shared settings (base, dataset_overrides)"
+            )
     return SuiteConfig(
         base=base,
         datasets=datasets,
@@ -267,17 +276,26 @@ def _rows(suite: SuiteConfig) -> list[tuple[MethodEntry, int | None]]:
     return [(m, k) for m in suite.methods for k in (m.shots or suite.shots)]
 
 
+def _untrained_settings(method: str) -> frozenset[str] | None:
+    """The settings zeroshot and linprobe use (those their commands have flags for); None for the other methods."""
+    if method not in ("zeroshot", "linprobe"):
+        return None
+    from .cli import offered_settings
+
+    return offered_settings(method) | {"method"}
+
+
 def _cell_settings(suite: SuiteConfig, dataset: str, m: MethodEntry) -> dict[str, Any]:
     """The settings a method entry runs with on a dataset: the suite's base, under the dataset's overrides, under
     the entry's own (dataset options merged key by key the same way). zeroshot and linprobe take from the base and
     the dataset's overrides only the settings they have flags for, as from a config file: they train no prompt, so
     a shared ``epochs`` or ``lr`` is not theirs."""
     shared = [suite.base, suite.dataset_overrides.get(dataset, {})]
-    if m.name in ("zeroshot", "linprobe"):
-        from .cli import offered_settings
+    offered = _untrained_settings(m.name)
+    if offered is not None:
+        from .cli import keep_offered
 
-        offered = offered_settings(m.name)
-        shared = [{k: v for k, v in layer.items() if k in offered} for layer in shared]
+        shared = [keep_offered(layer, offered) for layer in shared]
     layers = [*shared, m.overrides]
     values = {k: v for layer in layers for k, v in layer.items()}
     options = {k: v for layer in layers for k, v in layer.get("dataset_options", {}).items()}
@@ -338,6 +356,8 @@ def _state(cell: SuiteCell) -> tuple[str, str]:
         # A finished run computed with another precision or validation frequency is not this cell's result; an
         # unfinished one may continue with them, as --resume allows.
         keys = (*_IDENTITY_KEYS, *(("precision", "eval_every") if finished else ()))
+        used = _untrained_settings(cell.cfg.method)  # a setting zeroshot or linprobe has no use for is no conflict
+        keys = tuple(k for k in keys if used is None or k in used)
         diff = changed_settings(saved_config(run_dir), cell.cfg, keys)
         if diff:
             return "conflict", f"{run_dir} {CONFLICT} ({diff}); delete it or change the output"
