@@ -380,3 +380,16 @@ def test_linprobe_refuses_the_options_of_a_prompted_models_head(flag, capsys):
         cli.build_parser().parse_args(["linprobe", flag])
     assert "unrecognized arguments" in capsys.readouterr().err
     assert cli.build_parser().parse_args(["zeroshot", flag])  # zero-shot and train keep them
+
+
+def test_eval_refuses_a_prompt_whose_classes_are_in_another_order(tmp_path, monkeypatch):
+    assert cli.main(tiny_run_args(tmp_path, epochs=1)) == 0
+    real = engine.load_prompt
+
+    def reordered(path):
+        state, config, meta = real(path)
+        return state, config, {**meta, "classnames": list(reversed(meta["classnames"]))}
+
+    monkeypatch.setattr(engine, "load_prompt", reordered)
+    with pytest.raises(ValueError, match="classes are in another order than those the prompt was trained on"):
+        engine.evaluate_checkpoint(tmp_path / "run")

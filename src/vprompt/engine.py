@@ -739,7 +739,11 @@ def evaluate_checkpoint(
     # weights given as a file here keep the activation and normalization of the tag the prompt was trained with
     model, data, _ = _build_for_run(cfg, dev, augment=False, weights_like=config.get("pretrained"))
     if "classnames" in meta and list(meta["classnames"]) != list(data.classnames):
-        raise ValueError(f"{path}: the dataset's classes differ from those the prompt was trained on")
+        how = "are in another order than" if sorted(meta["classnames"]) == sorted(data.classnames) else "differ from"
+        raise ValueError(
+            f"{path}: the dataset's classes {how} those the prompt was trained on (its head maps by position); "
+            "train the prompt again on this dataset"
+        )
     model.load_artifact_state({k: v.to(dev) for k, v in state.items()})
     parts = {"train": data.train, "val": data.val, "test": data.test}
     if split not in parts:
