@@ -164,3 +164,11 @@ def test_16bit_and_float_grayscale_images_decode_to_their_8bit_values(tmp_path):
     assert np.array_equal(np.asarray(load_rgb(tmp_path / "f.tif"))[..., 1], expected)
     Image.fromarray(ramp // 256).save(tmp_path / "dark.png")  # a dark 16-bit image: all its values below 256
     assert np.asarray(load_rgb(tmp_path / "dark.png")).max() <= 1  # as dark as it is, not read as 8-bit
+
+
+def test_synthetic_options_are_checked():
+    from vprompt.data import create_dataset
+
+    for key, value in (("n_train", -5), ("n_test", "abc"), ("size", 2)):
+        with pytest.raises(ValueError, match=f"--dataset-option {key}={value!r} must be an integer"):
+            create_dataset("synthetic", None, "train" if key != "n_test" else "test", **{key: value})
