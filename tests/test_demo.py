@@ -31,7 +31,7 @@ def small_data(tmp_path_factory):
     return root
 
 
-def test_demo_settings_reach_every_arm(small_data, tmp_path):
+def test_demo_settings_reach_every_arm(small_data, tmp_path, caplog):
     """The command line's budget, precision and seed are those of every run the demo starts."""
     from vprompt.suite import expand_suite
 
@@ -45,6 +45,7 @@ def test_demo_settings_reach_every_arm(small_data, tmp_path):
     trained = [c.cfg for c in cells if c.cfg.epochs]
     assert len(trained) == 5 and all(cfg.epochs == 2 for cfg in trained)
     assert {(cfg.precision, cfg.seed, cfg.batch_size) for cfg in (c.cfg for c in cells)} == {("bf16", 42, 32)}
+    assert "not using" not in caplog.text  # the demo's shared settings are those of every arm
 
 
 @pytest.mark.slow

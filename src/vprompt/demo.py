@@ -134,15 +134,17 @@ def _sources(data_dir: str | Path | None) -> tuple[str, str | None]:
 
 def demo_arms(s: DemoSettings, warmup_steps: int) -> list[dict[str, Any]]:
     """The suite method entries of the demo, in table order (``warmup_steps``: VP's warmup)."""
-    evp = {"name": "evp", "input_size": s.input_size, "inner_size": s.inner_size, "label_map": s.label_map}
+    evp = {"name": "evp", "epochs": s.epochs, "input_size": s.input_size, "inner_size": s.inner_size,
+           "label_map": s.label_map}  # fmt: skip
     sgd = {"optimizer": "sgd", "lr": s.sgd_lr, "momentum": 0.9, "schedule": "cosine_epoch"}
     norm = {"optimizer": "normgrad", "lr": s.normgrad_lr}
     arms = [
-        {"name": "zeroshot", "label": "identity", "label_map": "identity", "input_size": s.input_size, "epochs": 0},
-        {"name": "zeroshot", "label": "flm", "label_map": "flm", "input_size": s.input_size, "epochs": 0},
+        {"name": "zeroshot", "label": "identity", "label_map": "identity", "input_size": s.input_size},
+        {"name": "zeroshot", "label": "flm", "label_map": "flm", "input_size": s.input_size},
         {
             "name": "vp",
             "label": "vp",
+            "epochs": s.epochs,
             "input_size": s.input_size,
             "prompt_size": (s.input_size - s.inner_size) // 2,
             "label_map": s.label_map,
@@ -168,7 +170,6 @@ def _suite(s: DemoSettings, data_dir: str | Path | None, output: Path) -> Any:
         "model": f"cifar:resnet{s.depth}",
         "pretrained": pretrained,
         "data_dir": mnist_dir,
-        "epochs": s.epochs,
         "batch_size": s.batch_size,
         "device": s.device,
         "precision": s.precision,
