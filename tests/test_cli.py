@@ -336,6 +336,8 @@ def test_config_file_values_of_the_wrong_type_or_range_name_file_and_key(tmp_pat
 def test_settings_are_typed_and_range_checked_whatever_their_source(tmp_path):
     assert resolve_config({"lr": "1e-3", "epochs": "3"}).lr == 1e-3  # YAML reads 1e-3 as a string
     assert resolve_config({"epochs": 2.0, "warmup_steps": "1e3"}).warmup_steps == 1000  # integral: an integer
+    assert resolve_config({"seed": 2**53 + 1, "split_seed": "12345678901234567891"}).split_seed == 12345678901234567891
+    assert resolve_config({"seed": 2**53 + 1}).seed == 2**53 + 1  # exact, not through a float
     for bad in ({"lr": float("nan")}, {"lr": "inf"}, {"epochs": 1.5}, {"epochs": True}):
         with pytest.raises(ValueError, match="must be (a finite number|an integer)"):
             resolve_config(bad)

@@ -162,13 +162,14 @@ def test_16bit_and_float_grayscale_images_decode_to_their_8bit_values(tmp_path):
     assert np.array_equal(np.asarray(load_rgb(tmp_path / "g16.png"))[..., 0], expected)  # PIL alone: 99 % white
     Image.fromarray(expected.astype(np.float32) / 255).save(tmp_path / "f.tif")
     assert np.array_equal(np.asarray(load_rgb(tmp_path / "f.tif"))[..., 1], expected)
-    Image.fromarray(ramp // 256).save(tmp_path / "dark.png")  # a dark 16-bit image: all its values below 256
-    assert np.asarray(load_rgb(tmp_path / "dark.png")).max() <= 1  # as dark as it is, not read as 8-bit
+    Image.fromarray(ramp // 256).save(tmp_path / "dark.pgm")  # a dark 16-bit image: all its values below 256
+    assert Image.open(tmp_path / "dark.pgm").mode == "I"  # as Pillow opens 16-bit PGM (and, once, PNG) files
+    assert np.asarray(load_rgb(tmp_path / "dark.pgm")).max() <= 1  # as dark as it is, not read as 8-bit
 
 
 def test_synthetic_options_are_checked():
     from vprompt.data import create_dataset
 
-    for key, value in (("n_train", -5), ("n_test", "abc"), ("size", 2)):
+    for key, value in (("n_train", -5), ("n_test", "abc"), ("size", 1)):
         with pytest.raises(ValueError, match=f"--dataset-option {key}={value!r} must be an integer"):
             create_dataset("synthetic", None, "train" if key != "n_test" else "test", **{key: value})

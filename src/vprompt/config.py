@@ -130,15 +130,25 @@ _SHARES: dict[str, tuple[float, float, bool, bool]] = {
 }  # fmt: skip
 
 
-def _number(value: Any) -> float | None:
-    """``value`` as a finite float (numbers, and numbers written as strings, as YAML reads ``1e-3``), else None."""
-    if isinstance(value, bool):
+def _number(value: Any, kind: str) -> int | float | None:
+    """``value`` as a finite number of ``kind`` (``int`` or ``float``; numbers written as strings too, as YAML reads
+    ``1e-3``; an integral float is an int), else None. Ints stay exact, however large."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return None
+    if kind == "int" and isinstance(value, (int, str)):
+        try:
+            return int(value)
+        except ValueError:
+            pass
     try:
-        number = float(value) if isinstance(value, (int, float, str)) else None
-    except ValueError:
+        number = float(value)
+    except (ValueError, OverflowError):
         return None
-    return number if number is not None and math.isfinite(number) else None
+    if not math.isfinite(number):
+        return None
+    if kind == "int":
+        return int(number) if number.is_integer() else None
+    return number
 
 
 def _checked(f: dataclasses.Field, value: Any) -> Any:
@@ -156,10 +166,9 @@ def _checked(f: dataclasses.Field, value: Any) -> Any:
         if isinstance(value, (dict, list)):
             raise SettingError(f.name, f"{shown} must be a single value")
         return str(value)
-    number = _number(value)
-    if number is None or (kind == "int" and not number.is_integer()):
+    number = _number(value, kind)
+    if number is None:
         raise SettingError(f.name, f"{shown} must be {'an integer' if kind == 'int' else 'a finite number'}")
-    number = int(number) if kind == "int" else number
     if f.name in _AT_LEAST and number < _AT_LEAST[f.name]:
         raise SettingError(f.name, f"{shown} must be at least {_AT_LEAST[f.name]:g}")
     if f.name in _SHARES:

@@ -39,6 +39,8 @@ Config schema (YAML)::
 Settings apply in this order, later ones winning: the method's recipe, ``base``, ``dataset_overrides[dataset]``,
 the method entry; then the cell's dataset, method, seed and shots. ``dataset``, ``method``, ``seed``, ``shots``,
 ``name`` and ``resume`` are set by the grid and may not appear in ``base``, overrides or method entries.
+``zeroshot`` and ``linprobe`` take from ``base`` and ``dataset_overrides`` only the settings their commands have
+flags for (a shared ``epochs`` or ``lr`` is for the prompts), and a finished run of theirs is compared on those.
 
 The table: one row per method entry (x shots), one column per dataset and an ``Average`` column. A cell is the
 mean test top-1 accuracy (%) over the seeds, ``± `` the sample standard deviation (ddof 1) when there are two or

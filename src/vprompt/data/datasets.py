@@ -30,7 +30,7 @@ def synthetic_dataset(
     """A small learnable task: each class is a colored square of its own color and rough size on a noisy
     background, at a random position. Deterministic for a given seed and split; needs no files."""
     for key, value in (("num_classes", num_classes), ("size", size), ("n_train", n_train), ("n_test", n_test)):
-        least = 4 if key == "size" else 1
+        least = 2 if key == "size" else 1
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"dataset synthetic: --dataset-option {key}={value!r} must be an integer >= {least}")
     n = n_train if split == "train" else n_test
