@@ -11,6 +11,7 @@ vprompt suite configs/suite_clip_vitb32.yaml [--dry-run]
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -152,6 +153,7 @@ def keep_offered(values: dict[str, Any], offered: frozenset[str], warn: str | No
     return {k: v for k, v in values.items() if k not in unused}
 
 
+@functools.cache  # a suite asks for every cell and table row; the parser is the same each time
 def offered_settings(command: str) -> frozenset[str]:
     """The settings ``vprompt COMMAND`` (zeroshot, linprobe) has flags for: what it takes of a shared config."""
     return build_parser().parse_args([command]).offered

@@ -725,14 +725,14 @@ def evaluate_checkpoint(
         )
     path = find_checkpoint(checkpoint)
     state, config, meta = load_prompt(path)
-    given = {
+    flags = {
         "device": device, "data_dir": data_dir, "pretrained": pretrained, "batch_size": batch_size,
         "eval_batch_size": batch_size, "precision": precision, "workers": workers, "threads": threads,
     }  # fmt: skip
-    given = {k: v for k, v in given.items() if v is not None}
+    flags = {k: v for k, v in flags.items() if v is not None}
     # this machine's threads, not the training machine's
-    values = {**config, "resume": None, "threads": None, **given}
-    cfg = resolve_config(values, source=str(path), sources=dict.fromkeys(given, "command line"))
+    values = {**config, "resume": None, "threads": None, **flags}
+    cfg = resolve_config(values, source=str(path), sources=dict.fromkeys(flags, "command line"))
     _use_threads(cfg)
     env = DistEnv()
     dev = resolve_device(cfg.device, env)
