@@ -54,6 +54,26 @@ _IDENTITY_KEYS = (
 )  # fmt: skip
 
 
+#: What the features of a run without a prompt depend on: the frozen model, the data and its split, and the seed
+#: (which draws a randomly initialized backbone).
+DATA_KEYS = (
+    "model", "pretrained", "dataset", "dataset_options", "val_fraction", "split_seed", "shots", "train_fraction",
+    "seed",
+)  # fmt: skip
+
+#: The settings that identify a run of the methods that train no prompt; the others use _IDENTITY_KEYS.
+_UNTRAINED_IDENTITY = {
+    "zeroshot": (*DATA_KEYS, "method", "input_size", "head", "templates", "label_map"),
+    "linprobe": (*DATA_KEYS, "method", "input_size", "l2_grid"),
+}
+
+
+def identity_keys(method: str) -> tuple[str, ...]:
+    """The settings that identify a run of ``method``: a run folder made with any of them changed holds another
+    run (resuming there is refused, and a suite reports a conflict)."""
+    return _UNTRAINED_IDENTITY.get(method, _IDENTITY_KEYS)
+
+
 #: How a run folder that holds a run made with other settings is reported (the demo looks for it).
 CONFLICT = "holds a run with other settings"
 
@@ -82,10 +102,10 @@ def changed_settings(old: dict[str, Any], cfg: RunConfig, keys: Sequence[str] = 
     return ", ".join(f"{k}={old[k]!r} there, {getattr(cfg, k)!r} here" for k in changed)
 
 
-def refuse_other_run(cfg: RunConfig, keys: Sequence[str] = _IDENTITY_KEYS) -> None:
-    """Raise ValueError when ``cfg``'s run folder holds a run made with other ``keys`` (--resume latest would
-    otherwise write over it)."""
-    diff = changed_settings(saved_config(cfg.run_dir), cfg, keys)
+def refuse_other_run(cfg: RunConfig) -> None:
+    """Raise ValueError when ``cfg``'s run folder holds another run (made with other :func:`identity_keys`):
+    --resume latest would otherwise write over it."""
+    diff = changed_settings(saved_config(cfg.run_dir), cfg, identity_keys(cfg.method))
     if diff:
         raise ValueError(f"--resume latest: {cfg.run_dir} {CONFLICT} ({diff})")
 

@@ -113,16 +113,11 @@ def extract_features(
     return torch.cat(feats), torch.cat(labels).long()
 
 
-#: The settings a probe's features depend on (its cache key, with the input size and the precision).
-_FEATURE_KEYS = (
-    "model", "pretrained", "dataset", "dataset_options", "val_fraction", "split_seed", "shots", "train_fraction",
-    "seed",
-)  # fmt: skip
-
-
 def _cache_key(cfg: RunConfig, input_size: int) -> dict[str, Any]:
     """What the cached features depend on; a cache made with anything else is recomputed."""
-    key = {k: getattr(cfg, k, None) for k in (*_FEATURE_KEYS, "precision")}
+    from .engine import DATA_KEYS
+
+    key = {k: getattr(cfg, k, None) for k in (*DATA_KEYS, "precision")}
     key["input_size"] = input_size  # (the seed is there for a randomly initialized backbone)
     return key
 
@@ -314,7 +309,7 @@ def _check_run_folder(cfg: RunConfig) -> None:
     if cfg.resume not in (None, "latest"):
         raise ValueError(f"--resume {cfg.resume!r}: a linear probe resumes only as 'latest' (reusing cached features)")
     if cfg.resume:  # compared on what a probe depends on, nothing it ignores
-        refuse_other_run(cfg, (*_FEATURE_KEYS, "input_size", "method", "l2_grid"))
+        refuse_other_run(cfg)
     if cfg.resume is None and ((run_dir / "results.json").exists() or (run_dir / LAST_FILE).exists()):
         raise FileExistsError(
             f"run folder {run_dir} already holds a run; pass --resume latest to redo the probe on its cached "

@@ -348,7 +348,7 @@ def expand_suite(suite: SuiteConfig, output: str | Path | None = None) -> list[S
 def _state(cell: SuiteCell) -> tuple[str, str]:
     """(``invalid``, ``conflict``, ``done``, ``resume`` or ``new``, and a reason for the first two)."""
     from .checkpoint import LAST_FILE
-    from .engine import _IDENTITY_KEYS, CONFLICT, changed_settings, saved_config
+    from .engine import CONFLICT, changed_settings, identity_keys, saved_config
 
     if cell.cfg is None:
         return "invalid", cell.error or "invalid settings"
@@ -357,9 +357,7 @@ def _state(cell: SuiteCell) -> tuple[str, str]:
     if finished or interrupted:
         # A finished run computed with another precision or validation frequency is not this cell's result; an
         # unfinished one may continue with them, as --resume allows.
-        keys = (*_IDENTITY_KEYS, *(("precision", "eval_every") if finished else ()))
-        used = _untrained_settings(cell.cfg.method)  # a setting zeroshot or linprobe has no use for is no conflict
-        keys = tuple(k for k in keys if used is None or k in used)
+        keys = (*identity_keys(cell.cfg.method), *(("precision", "eval_every") if finished else ()))
         diff = changed_settings(saved_config(run_dir), cell.cfg, keys)
         if diff:
             return "conflict", f"{run_dir} {CONFLICT} ({diff}); delete it or change the output"
