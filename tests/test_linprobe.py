@@ -112,6 +112,27 @@ def test_linprobe_run_folder_results_and_feature_cache(tmp_path, monkeypatch, ca
     monkeypatch.setattr(linprobe, "extract_features", recompute)
     with pytest.raises(Recomputed):
         cli.main(_args(tmp_path, "--resume", "latest", "--precision", "bf16"))
+    with pytest.raises(Recomputed):  # nor images read from another folder
+        cli.main(_args(tmp_path, "--resume", "latest", "--data-dir", str(tmp_path / "elsewhere")))
+
+
+def test_the_feature_cache_knows_the_labels_and_the_weights_file(tmp_path):
+    from vprompt.data import ArrayDataset, DataSplits
+
+    images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+
+    def splits(train_labels):
+        train = ArrayDataset(images, train_labels, ["a", "b"])
+        return DataSplits(train, None, ArrayDataset(images, [0, 1, 0, 1], ["a", "b"]), ["a", "b"])
+
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"one")
+    cfg = resolve_config({"method": "linprobe", "pretrained": str(weights), "output": str(tmp_path)})
+    key = linprobe._cache_key(cfg, 32, splits([0, 0, 1, 1]))
+    assert key == linprobe._cache_key(cfg, 32, splits([0, 0, 1, 1]))
+    assert key != linprobe._cache_key(cfg, 32, splits([1, 1, 0, 0]))  # same folder and sizes, other images
+    weights.write_bytes(b"other weights")
+    assert key != linprobe._cache_key(cfg, 32, splits([0, 0, 1, 1]))
 
 
 def test_linprobe_through_fit_on_a_classifier_uses_penultimate_features(tmp_path):

@@ -23,6 +23,7 @@ Reached as ``vprompt linprobe ...``, ``vprompt train --method linprobe ...``, or
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -41,7 +42,7 @@ from .backbones import FrozenBackbone
 from .build import build_backbone, build_prompter, to_float_rgb
 from .checkpoint import LAST_FILE, atomic_write
 from .config import RunConfig
-from .data import make_loader
+from .data import DataSplits, default_data_dir, make_loader
 from .distributed import DistEnv
 from .prompters import Prompter
 
@@ -113,12 +114,34 @@ def extract_features(
     return torch.cat(feats), torch.cat(labels).long()
 
 
-def _cache_key(cfg: RunConfig, input_size: int) -> dict[str, Any]:
-    """What the cached features depend on; a cache made with anything else is recomputed."""
+def _labels_digest(ds: Any) -> str:
+    """A digest of a split's labels in order (its size where it keeps no ``targets``)."""
+    targets = getattr(ds, "targets", None)
+    if targets is None:
+        return f"n={len(ds)}"
+    labels = torch.as_tensor(targets, dtype=torch.int64).cpu().numpy().tobytes()
+    return hashlib.sha256(labels).hexdigest()[:16]
+
+
+def _file_stamp(path: str | None) -> list[Any] | None:
+    """Size and modification time of a weights file (a file replaced under the same name is other weights)."""
+    if not path or not Path(path).expanduser().is_file():
+        return None
+    st = Path(path).expanduser().stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _cache_key(cfg: RunConfig, input_size: int, data: DataSplits) -> dict[str, Any]:
+    """What the cached features depend on; a cache made with anything else is recomputed. Beyond the settings,
+    the images: the folder they were read from, the labels of every split, and the weights file."""
     from .engine import DATA_KEYS
 
     key = {k: getattr(cfg, k, None) for k in (*DATA_KEYS, "precision")}
     key["input_size"] = input_size  # (the seed is there for a randomly initialized backbone)
+    key["data_dir"] = str(Path(cfg.data_dir or default_data_dir()).expanduser().resolve())
+    key["weights_file"] = _file_stamp(cfg.pretrained)
+    parts = {"train": data.train, "val": data.val, "test": data.test}
+    key["labels"] = {name: _labels_digest(ds) for name, ds in parts.items() if ds is not None}
     return key
 
 
@@ -339,7 +362,7 @@ def fit_linear_probe(cfg: RunConfig) -> dict[str, Any]:
     data = data_for_run(cfg, prompter.image_size, random_crop=False)
     _write_run_files(cfg, data, run_dir, resumed=cfg.resume is not None)
 
-    key = _cache_key(cfg, prompter.input_size)
+    key = _cache_key(cfg, prompter.input_size, data)
     cache_path = run_dir / FEATURES_FILE
     cached = _load_cache(cache_path, key)
     start = time.perf_counter()
