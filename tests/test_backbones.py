@@ -63,6 +63,17 @@ def test_unknown_pretrained_tag_is_a_clear_error():
         create_backbone(TINY_MODEL, pretrained="openai")
 
 
+def test_a_file_that_is_no_checkpoint_of_the_model_is_one_line(tmp_path):
+    (tmp_path / "notes.pt").write_text("not weights\n")
+    torch.save({"visual.proj": torch.zeros(3, 3)}, tmp_path / "other.pt")  # some other model's state dict
+    for bad in ("notes.pt", "other.pt"):
+        with pytest.raises(ValueError, match=f"--pretrained .*{bad}: not a checkpoint of {TINY_MODEL} ") as info:
+            create_backbone(TINY_MODEL, pretrained=str(tmp_path / bad))
+        assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match=r"notes.pt: not a PyTorch checkpoint .*\(\w+Error: "):
+        create_backbone("tv:resnet18", pretrained=str(tmp_path / "notes.pt"))
+
+
 def test_fixed_input_size_is_enforced(tiny_backbone):
     tiny_backbone.check_input_size(64)
     with pytest.raises(ValueError, match="--input-size 96"):

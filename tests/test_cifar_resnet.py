@@ -64,7 +64,7 @@ def test_checkpoint_keys_match_exactly(depth: int) -> None:
 
 
 @needs_resnets
-def test_folder_and_alias_resolution(tmp_path: Path) -> None:
+def test_folder_and_alias_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from_folder = create_cifar_resnet(20, pretrained=RESNET_DIR)
     # "cifar10" must use the cache without touching the network when the file is there.
     cache = tmp_path / "cache"
@@ -72,6 +72,13 @@ def test_folder_and_alias_resolution(tmp_path: Path) -> None:
     shutil.copy(RESNET_DIR / CIFAR_RESNET_CHECKPOINTS[20][0], cache)
     from_cache = create_cifar_resnet(20, pretrained="cifar10", cache_dir=cache, download=False)
     assert torch.equal(from_folder.linear.weight, from_cache.linear.weight)
+    # The alias means the cache even beside a folder of that name (a data folder called cifar10, say) ...
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cifar10").mkdir()
+    aliased = create_cifar_resnet(20, pretrained="cifar10", cache_dir=cache, download=False)
+    assert torch.equal(from_folder.linear.weight, aliased.linear.weight)
+    with pytest.raises(FileNotFoundError, match="folder cifar10 has no resnet20"):  # ... which is ./cifar10
+        create_cifar_resnet(20, pretrained="./cifar10", cache_dir=cache, download=False)
 
 
 @needs_resnets

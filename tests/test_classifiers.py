@@ -125,6 +125,16 @@ def test_googlenet_from_a_local_file_converts_to_the_statistics_its_weights_were
     assert torch.allclose(seen[0], seen[1], atol=1e-6)
 
 
+def test_a_torchvision_weights_file_gets_the_size_of_the_models_own_weights(tmp_path):
+    import torchvision.models as tvm
+
+    torch.save(tvm.get_model("efficientnet_b3").state_dict(), tmp_path / "b3.pth")
+    from_file = create_backbone("tv:efficientnet_b3", pretrained=str(tmp_path / "b3.pth"))
+    random_init = create_backbone("tv:efficientnet_b3", pretrained="none")
+    assert from_file.input_size == random_init.input_size == 300  # as with --pretrained default, not 224
+    assert from_file.source_classnames[0] == "tench"
+
+
 def test_squeezenet_without_a_linear_classifier_builds_and_gives_pooled_features():
     torch.manual_seed(0)
     squeeze = create_backbone("tv:squeezenet1_1", pretrained="none")

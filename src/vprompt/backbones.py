@@ -224,15 +224,26 @@ def _create_open_clip(
     tag = weights_like if is_file else pretrained
     tag_cfg = open_clip.get_pretrained_cfg(name, tag) if tag else {}
     from_tag = {"mean": tag_cfg["mean"], "std": tag_cfg["std"]} if is_file and "mean" in tag_cfg else None
-    with fetching_weights(f"--model {name} --pretrained {pretrained}") if tag and not is_file else nullcontext():
-        model = open_clip.create_model(
-            name,
-            pretrained=pretrained,
-            cache_dir=cache_dir,
-            force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),  # open_clip only warns when a tag needs it
-            force_preprocess_cfg=from_tag,
-        )
+    try:
+        with fetching_weights(f"--model {name} --pretrained {pretrained}") if tag and not is_file else nullcontext():
+            model = open_clip.create_model(
+                name,
+                pretrained=pretrained,
+                cache_dir=cache_dir,
+                force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),  # open_clip only warns when a tag needs it
+                force_preprocess_cfg=from_tag,
+            )
+    except Exception as e:  # what open_clip raises on a file it cannot use varies (KeyError, AssertionError, ...)
+        if not is_file:
+            raise
+        raise ValueError(f"--pretrained {pretrained}: not a checkpoint of {name} ({error_line(e)})") from e
     return OpenCLIPBackbone(model, open_clip.get_tokenizer(name), name=name)
+
+
+def error_line(e: BaseException) -> str:
+    """``Type: the first line of the message`` (a state-dict mismatch runs to hundreds of lines)."""
+    first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    return f"{type(e).__name__}: {first[:300]}" if first else type(e).__name__
 
 
 def _unknown_model_message(name: str, known: Sequence[str]) -> str:

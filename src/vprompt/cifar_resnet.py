@@ -230,7 +230,8 @@ def resolve_cifar_resnet_checkpoint(
     Args:
         depth: One of :data:`CIFAR_RESNET_DEPTHS`.
         pretrained: Path to a checkpoint file, a folder holding the standard file name, or ``"cifar10"``/``"default"``
-            for the cache folder (downloading into it if the file is absent and ``download`` is true).
+            for the cache folder (downloading into it if the file is absent and ``download`` is true); the aliases
+            always mean the cache, so a folder of that name is given as ``./cifar10``.
         cache_dir: Cache folder for ``"cifar10"``/``"default"``; defaults to :func:`default_cache_dir`.
         download: Whether a missing cached checkpoint may be downloaded from :data:`CIFAR_RESNET_URL`.
 
@@ -243,7 +244,7 @@ def resolve_cifar_resnet_checkpoint(
     """
     file_name, expected = _check_depth(depth)
     path = Path(pretrained).expanduser()
-    if isinstance(pretrained, str) and pretrained.lower() in _PRETRAINED_ALIASES and not path.exists():
+    if isinstance(pretrained, str) and pretrained.lower() in _PRETRAINED_ALIASES:  # a folder of that name: ./cifar10
         folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         path = folder / file_name
         if not path.is_file():

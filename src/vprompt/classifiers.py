@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .backbones import IMAGENET_MEAN, IMAGENET_STD, FrozenBackbone, register_backbone_source
+from .backbones import IMAGENET_MEAN, IMAGENET_STD, FrozenBackbone, error_line, register_backbone_source
 from .download import fetching_weights
 
 __all__ = ["ClassifierBackbone", "load_state_dict_file", "TIMM_EXAMPLES"]
@@ -162,7 +162,10 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # unpickling refused or not a torch file: say which file and why
-            raise ValueError(f"--pretrained {path}: not loadable with torch.load(weights_only=True): {e}") from e
+            raise ValueError(
+                f"--pretrained {path}: not a PyTorch checkpoint that torch.load(weights_only=True) reads "
+                f"({error_line(e)})"
+            ) from e
     for key in _STATE_DICT_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -285,6 +288,16 @@ def _classifier_layer(model: nn.Module) -> tuple[str, int]:
     return (linears or convs)[-1]  # the classifier is defined last in every torchvision classification model
 
 
+def _default_tv_weights(name: str) -> Any:
+    """torchvision's default weights of ``name`` (their description, nothing is downloaded), or None."""
+    import torchvision.models as tvm
+
+    try:
+        return tvm.get_model_weights(name).DEFAULT
+    except (KeyError, ValueError, AttributeError):
+        return None
+
+
 def _create_tv(name: str, pretrained: str | Path | None = None, **_: Any) -> ClassifierBackbone:
     import torchvision.models as tvm
 
@@ -316,10 +329,13 @@ def _create_tv(name: str, pretrained: str | Path | None = None, **_: Any) -> Cla
             model.transform_input = True  # their published weights expect (0.5, 0.5, 0.5) statistics, made from ours
     path, num_classes = _classifier_layer(model)
     fixed = isinstance(model, (tvm.VisionTransformer, tvm.MaxVit))
-    if weights is not None:
-        tf = weights.transforms()
+    # A weights file or random weights take their statistics and size from the default weights' transforms
+    # (metadata only, nothing is downloaded): EfficientNet-B3 is a 300-pixel model whichever way it was loaded.
+    described = weights if weights is not None else _default_tv_weights(name)
+    if described is not None and len(described.meta.get("categories") or ()) == num_classes:
+        tf = described.transforms()
         mean, std, size = tf.mean, tf.std, int(tf.crop_size[0])
-        classnames = weights.meta.get("categories")
+        classnames = described.meta.get("categories")
     else:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
         size = int(getattr(model, "image_size", 224))
