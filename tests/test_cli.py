@@ -345,6 +345,10 @@ def test_settings_are_typed_and_range_checked_whatever_their_source(tmp_path):
         proc = _run(*tiny_run_args(tmp_path, flag, value), check=False)
         assert proc.returncode == 2 and "must be at least" in proc.stderr.splitlines()[-1], proc.stderr
         assert not (tmp_path / "run").exists()
+    proc = _run(*tiny_run_args(tmp_path, "--device", "gpu"), check=False)
+    assert proc.returncode == 2 and "--device 'gpu' is not a device; use cpu, cuda" in proc.stderr, proc.stderr
+    # Any integer seeds a run: PyTorch takes 64 bits, and larger seeds wrap as negative ones do.
+    assert cli.main(tiny_run_args(tmp_path, "--seed", str(2**70 + 5), "--split-seed", "-3", name="big", epochs=1)) == 0
 
 
 def test_list_commands():

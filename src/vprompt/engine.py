@@ -35,6 +35,7 @@ from .build import PromptedModel, build_backbone, build_head, build_prompter, to
 from .checkpoint import LAST_FILE, PROMPT_FILE, atomic_write, load_prompt, load_state, save_prompt, save_state
 from .config import RunConfig, check_precision, resolve_config
 from .data import DataSplits, make_loader, prepare_data
+from .data.splits import torch_seed
 from .distributed import DistEnv, all_reduce_grads, all_reduce_sum, barrier, init_distributed
 from .diversity import InputDiversity, create_diversity
 from .optim import create_optimizer, create_scheduler
@@ -118,7 +119,10 @@ def resolve_device(device: str | None, env: DistEnv | None = None) -> torch.devi
     """``--device``, or CUDA (this process's GPU under torchrun) when available, else the CPU."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a device; use cpu, cuda, cuda:1, ...") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
@@ -139,7 +143,7 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 def _seed_epoch(seed: int, epoch: int) -> None:
-    torch.manual_seed(seed * 1_000_003 + epoch + 1)
+    torch.manual_seed(torch_seed(seed * 1_000_003 + epoch + 1))
 
 
 def _show_progress(env: DistEnv) -> bool:
@@ -381,7 +385,7 @@ def _build_for_run(
     ``weights_like`` is passed to :func:`build_backbone`.
 
     Seeded first, so that a randomly initialized backbone or prompt is the same in training and in evaluation."""
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(torch_seed(cfg.seed))
     backbone = build_backbone(cfg, device, weights_like)
     prompter = build_prompter(cfg, backbone)
     for key, value in prompter.geometry().items():  # sizes left to defaults are saved as they came out

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .data.splits import torch_seed
+
 __all__ = [
     "Head",
     "ClipTextHead",
@@ -212,7 +214,7 @@ class LabelMappingHead(Head):
         self.register_buffer("mapping", torch.full((num_classes,), -1, dtype=torch.long))
         self._ready = False  # a Python mirror of "mapping is computed", so forward never syncs with the device
         if mode == "rlm":
-            gen = torch.Generator().manual_seed(seed)
+            gen = torch.Generator().manual_seed(torch_seed(seed))
             self.mapping.copy_(torch.randperm(num_source_classes, generator=gen)[:num_classes])
             self._ready = True
         elif mode == "identity":

@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .base import ArrayDataset
+from .splits import torch_seed
 
 __all__ = ["epoch_order", "DeviceBatches", "OrderSampler", "make_loader"]
 
@@ -32,7 +33,7 @@ def epoch_order(n: int, shuffle: bool, seed: int, epoch: int, rank: int = 0, wor
     process takes the same number of steps with batches of the same size (each step all-reduces the gradient);
     an unshuffled (evaluation) order is not, so evaluation counts every sample exactly once."""
     if shuffle:
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        gen = torch.Generator().manual_seed(torch_seed(seed * 1_000_003 + epoch))
         order = torch.randperm(n, generator=gen)
         total = _epoch_length(n, shuffle, world_size)
         if total != n:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["holdout_split", "subsample_per_class", "derive_seed"]
+__all__ = ["holdout_split", "subsample_per_class", "derive_seed", "torch_seed"]
 
 
 def _as_long(labels: Sequence[int] | torch.Tensor) -> torch.Tensor:
@@ -38,7 +38,7 @@ def holdout_split(labels: Sequence[int] | torch.Tensor, fraction: float, seed: i
     y = _as_long(labels)
     if fraction == 0 or len(y) == 0:
         return list(range(len(y))), []
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(torch_seed(seed))
     val: list[torch.Tensor] = []
     for c in torch.unique(y).tolist():
         idx = torch.nonzero(y == c).flatten()
@@ -49,6 +49,12 @@ def holdout_split(labels: Sequence[int] | torch.Tensor, fraction: float, seed: i
     keep = torch.ones(len(y), dtype=torch.bool)
     keep[val_idx] = False
     return torch.nonzero(keep).flatten().tolist(), val_idx.tolist()
+
+
+def torch_seed(n: int) -> int:
+    """``n`` as a seed PyTorch takes (64 bits): larger seeds wrap around as negative ones already do in PyTorch,
+    so every seed that worked before draws what it drew, and any integer works."""
+    return n % (1 << 64)
 
 
 def derive_seed(seed: int, purpose: str) -> int:
