@@ -179,6 +179,32 @@ def _metrics(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def test_a_first_epoch_cut_short_starts_again_with_clean_files(tmp_path, monkeypatch):
+    args, run = tiny_run_args(tmp_path, epochs=2), tmp_path / "run"
+    monkeypatch.setattr(engine, "save_state", _stops_at_call(1, engine.save_state))
+    assert cli.main(args) == 130  # epoch 1's metrics and prompt were written, last.pt was not
+    assert [m["epoch"] for m in _metrics(run)] == [1] and not (run / "last.pt").exists()
+    monkeypatch.undo()
+    assert cli.main([*args, "--resume", "latest"]) == 0  # from scratch: no epoch 1 of the first attempt left
+    assert [m["epoch"] for m in _metrics(run)] == [1, 2]
+
+
+def test_resume_from_another_folder_goes_only_to_a_folder_without_a_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(engine, "train_one_epoch", _stops_at_call(2, engine.train_one_epoch))
+    assert cli.main(tiny_run_args(tmp_path, name="a", epochs=2)) == 130  # a's last.pt is at epoch 1
+    monkeypatch.undo()
+    assert cli.main(tiny_run_args(tmp_path, "--lr", "5", name="b", epochs=2)) == 0  # another, finished run
+    before = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()}
+    capsys.readouterr()
+    assert cli.main(tiny_run_args(tmp_path, "--resume", str(tmp_path / "a"), name="b", epochs=2)) == 2
+    assert f"run folder {tmp_path / 'b'} already holds another run" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()} == before
+    # Into a new folder a's run continues, with a's history of epoch 1.
+    assert cli.main(tiny_run_args(tmp_path, "--resume", str(tmp_path / "a"), name="c", epochs=2)) == 0
+    assert _metrics(tmp_path / "c")[0] == _metrics(tmp_path / "a")[0]
+    assert [m["epoch"] for m in _metrics(tmp_path / "c")] == [1, 2]
+
+
 def test_resume_refuses_changed_settings(tmp_path, capsys):
     assert cli.main(tiny_run_args(tmp_path, epochs=1)) == 0
     assert cli.main(tiny_run_args(tmp_path, "--lr", "5", "--resume", "latest", epochs=1)) == 2

@@ -351,10 +351,12 @@ def _append_jsonl(path: Path, obj: dict[str, Any]) -> None:
 
 
 def _resume_path(cfg: RunConfig) -> Path | None:
-    """The ``last.pt`` to resume from, or None to start afresh (refusing to overwrite a finished or started run)."""
+    """The ``last.pt`` to resume from, or None to start afresh (refusing to overwrite a finished or started run).
+    ``--resume PATH`` of another run folder continues that run's state in this one, which must hold no run."""
     run_dir = cfg.run_dir
+    holds_run = (run_dir / LAST_FILE).exists() or (run_dir / "results.json").exists()
     if cfg.resume is None:
-        if (run_dir / LAST_FILE).exists() or (run_dir / "results.json").exists():
+        if holds_run:
             raise FileExistsError(
                 f"run folder {run_dir} already holds a run; pass --resume latest to continue it, "
                 "or --name to start another"
@@ -371,6 +373,11 @@ def _resume_path(cfg: RunConfig) -> Path | None:
     path = path / LAST_FILE if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(f"--resume {cfg.resume}: no training state at {path}")
+    if holds_run and path.resolve().parent != run_dir.resolve():
+        raise FileExistsError(
+            f"--resume {cfg.resume}: run folder {run_dir} already holds another run; the state of {path.parent} "
+            "continues in a new folder (--name) or in its own"
+        )
     return path
 
 
@@ -532,8 +539,8 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
     metrics_path = run_dir / "metrics.jsonl"
     if env.is_main:
         _write_run_files(cfg, data, run_dir, resumed=resume_from is not None)
-        if resume_from is not None:
-            _rewind_run_files(run_dir, start_epoch, best, best_state, config, data.classnames)
+        source = resume_from.parent if resume_from is not None else run_dir
+        _rewind_run_files(run_dir, source, start_epoch, best, best_state, config, data.classnames)
         _log.info(
             "run %s: %s on %s (%s), %s; %d train / %s val (%s) / %d test images; %d learnable prompt values; %s",
             run_dir, cfg.method, cfg.dataset, cfg.model, model.prompter.extra_repr(), len(data.train),
@@ -602,23 +609,31 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
 
 def _rewind_run_files(
     run_dir: Path,
+    source: Path,
     epoch: int,
     best: dict[str, Any],
     best_state: dict[str, Tensor],
     config: dict[str, Any],
     classnames: Sequence[str],
 ) -> None:
-    """On resume at ``epoch``: drop the metrics of later epochs and restore the selected prompt from ``last.pt``,
-    in case the run stopped between writing them and writing ``last.pt``."""
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.exists():
-        lines = metrics.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if _epoch_of(line) <= epoch]
-        if len(kept) != len(lines):
-            atomic_write(metrics, lambda tmp: Path(tmp).write_text("".join(kept)))
+    """Make ``run_dir`` hold what the run's start says, in case it stopped between writing its files and writing
+    ``last.pt``: the metrics of ``source`` (the folder of the state resumed from, or ``run_dir``) up to ``epoch``
+    (0: a fresh start, which keeps none and no prompt of an earlier attempt), and the prompt selected so far."""
+
+    def lines_of(folder: Path) -> list[str]:
+        path = folder / "metrics.jsonl"
+        return path.read_text().splitlines(keepends=True) if path.exists() else []
+
+    metrics, old = run_dir / "metrics.jsonl", lines_of(run_dir)
+    lines = old if source.resolve() == run_dir.resolve() else lines_of(source)
+    kept = [line for line in lines if _epoch_of(line) <= epoch]
+    if kept != old:
+        atomic_write(metrics, lambda tmp: Path(tmp).write_text("".join(kept)))
     if best_state:
         meta = {"epoch": best["epoch"], "classnames": list(classnames), "val_acc1": best["val_acc1"]}
         save_prompt(run_dir / PROMPT_FILE, best_state, config, **meta)
+    elif epoch == 0:
+        (run_dir / PROMPT_FILE).unlink(missing_ok=True)
 
 
 def _epoch_of(line: str) -> float:
