@@ -213,6 +213,18 @@ def test_resume_refuses_changed_settings(tmp_path, capsys):
     assert "other settings (di_prob=0.5 there, 0.2 here)" in capsys.readouterr().err
 
 
+def test_weights_spelled_otherwise_or_moved_are_the_same_run(tmp_path, monkeypatch):
+    for path in ("w/m.pt", "v/other.pt"):
+        (tmp_path / path).parent.mkdir()
+        (tmp_path / path).write_bytes(b"weights")
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve_config({"pretrained": str(tmp_path / "w" / "m.pt")})
+    assert engine.changed_settings({"pretrained": "w/m.pt"}, cfg) == ""  # the same file, relative
+    assert engine.changed_settings({"pretrained": "/on/another/machine/m.pt"}, cfg) == ""  # moved
+    for other in ("v/other.pt", "openai", None):  # another file that is there, a tag, random weights
+        assert "pretrained=" in engine.changed_settings({"pretrained": other}, cfg), other
+
+
 def test_a_finished_run_is_neither_overwritten_nor_removed_by_a_second_start(tmp_path, capsys):
     assert cli.main(tiny_run_args(tmp_path, epochs=1)) == 0
     before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}

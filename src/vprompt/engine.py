@@ -89,14 +89,27 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
 _SIZES = ("input_size", "inner_size", "prompt_size")
 
 
+def _same_weights(old: Any, new: Any) -> bool:
+    """Whether two ``pretrained`` values name the same weights: equal, paths to the same file or folder, or, where
+    the old path is not there (another machine, another working directory), a path of the same name."""
+    if old == new:
+        return True
+    if not (isinstance(old, str) and isinstance(new, str)) or not Path(new).expanduser().exists():
+        return False
+    was, now = Path(old).expanduser(), Path(new).expanduser()
+    return was.resolve() == now.resolve() if was.exists() else was.name == now.name
+
+
 def changed_settings(old: dict[str, Any], cfg: RunConfig, keys: Sequence[str] = _IDENTITY_KEYS) -> str:
     """``"k=old, ..."`` for the ``keys`` whose value in an earlier run's config ``old`` differs from ``cfg``'s;
     empty when the run is the same. A key absent from ``old`` counts as unchanged, and so does a size left to its
     default (None) on either side: the saved prompt's shape then decides. Any other None is a value (no few-shot
-    draw, random weights) and is compared."""
+    draw, random weights) and is compared. Weights files are compared by where they are (:func:`_same_weights`)."""
 
     def differs(k: str) -> bool:
         new = getattr(cfg, k)
+        if k == "pretrained":
+            return not _same_weights(old[k], new)
         return old[k] != new and not (k in _SIZES and (old[k] is None or new is None))
 
     changed = [k for k in keys if k in old and differs(k)]
