@@ -81,6 +81,27 @@ def test_random_crops_of_a_file_dataset_with_workers_resume_exactly(tmp_path):
     assert torch.equal(straight[2], resumed[0])
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_processes_crop_the_files_they_decode_each_their_own_way(tmp_path, workers):
+    from vprompt.data.base import FileDataset
+    from vprompt.engine import _seed_epoch
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "x.png")
+    ds = FileDataset([(tmp_path / "x.png", 0)] * 8, ["a"], build_transform(24, random_crop=True))  # one image
+
+    def crops(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        loader = make_loader(ds, 4, True, seed=42, workers=workers, rank=rank, world_size=2)
+        _seed_epoch(42, 0)  # the engine's RNG state, the same in every process
+        loader.set_epoch(0)
+        images = torch.cat([x for x, _ in loader])
+        return images, torch.get_rng_state()
+
+    (first, first_rng), (second, second_rng) = crops(0), crops(1)
+    assert not torch.equal(first, second)  # the same image, cropped otherwise by the two processes
+    assert torch.equal(crops(0)[0], first)  # and again alike on a rerun (or resume)
+    assert torch.equal(first_rng, second_rng)  # the engine's RNG stays alike: diversity draws for the whole batch
+
+
 def test_device_batches_serve_in_memory_data():
     ds = ArrayDataset(np.zeros((10, 4, 4, 3), np.uint8), list(range(10)), [str(i) for i in range(10)])
     loader = make_loader(ds, 4, shuffle=False)

@@ -17,9 +17,9 @@ def test_two_processes_match_one(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists() and shutil.which("torchrun") is None:
         pytest.skip("torchrun not installed")
-    # No input diversity: its random flips would differ per process. VP's optimizer has state (momentum), so
-    # it checks the averaged gradient too.
-    common = ("--method", "vp", "--warmup-steps", "2", "--diversity", "none", "--lr", "1")
+    # Input diversity is drawn for the whole batch, each process taking its share, so its images are resized and
+    # placed as in one process. VP's optimizer has state (momentum), so it checks the averaged gradient too.
+    common = ("--method", "vp", "--warmup-steps", "2", "--diversity", "di", "--di-prob", "0.8", "--lr", "1")
     single = subprocess.run(
         [sys.executable, "-m", "vprompt", *tiny_run_args(tmp_path, *common, name="one", epochs=2)],
         capture_output=True, text=True, timeout=300,

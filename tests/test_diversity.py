@@ -39,3 +39,14 @@ def test_none_is_identity_and_bad_names_fail():
     assert not create_diversity("none").random_crop
     with pytest.raises(ValueError, match="--diversity"):
         create_diversity("flip")
+
+
+@pytest.mark.parametrize("name", ["ref", "di"])
+def test_processes_draw_for_their_share_what_one_process_draws(name):
+    x = torch.rand(12, 3, 8, 8)
+    torch.manual_seed(3)
+    whole = create_diversity(name, prob=0.7)(x)
+    for rank in range(3):  # each of 3 processes holds every 3rd image of the batch, from its rank
+        torch.manual_seed(3)  # as the engine seeds every process alike
+        share = create_diversity(name, prob=0.7, shard=(rank, 3))(x[rank::3])
+        assert torch.allclose(share, whole[rank::3])

@@ -16,6 +16,7 @@ diversity" trick of transferable adversarial examples). Applied in training only
 from __future__ import annotations
 
 import difflib
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,26 +25,34 @@ from torch import Tensor
 __all__ = ["InputDiversity", "create_diversity", "list_diversity", "random_flip", "random_resize_pad"]
 
 
-def random_flip(x: Tensor, prob: float = 0.5) -> Tensor:
+def _uniform(x: Tensor, *shape: int, low: float = 0.0, high: float = 1.0, shard: tuple[int, int] = (0, 1)) -> Tensor:
+    """Uniform draws in [low, high) for each image of ``x``. ``shard = (rank, processes)``: ``x`` is this process's
+    share of a batch spread over the processes (every ``processes``-th image from ``rank``, see
+    :func:`~vprompt.data.loader.epoch_order`): the draws of the whole batch are made, and this share taken, so that
+    every image gets what it would get in one process, and no two processes draw alike."""
+    rank, processes = shard
+    return torch.empty(x.shape[0] * processes, *shape, device=x.device).uniform_(low, high)[rank::processes]
+
+
+def random_flip(x: Tensor, prob: float = 0.5, shard: tuple[int, int] = (0, 1)) -> Tensor:
     """Flip each image of the batch horizontally with probability ``prob``."""
-    flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < prob
+    flip = _uniform(x, 1, 1, 1, shard=shard) < prob
     return torch.where(flip, x.flip(-1), x)
 
 
-def random_resize_pad(x: Tensor, min_scale: float = 0.9, prob: float = 0.5) -> Tensor:
+def random_resize_pad(x: Tensor, min_scale: float = 0.9, prob: float = 0.5, shard: tuple[int, int] = (0, 1)) -> Tensor:
     """Shrink each image by a random factor in [min_scale, 1] and place it randomly on a black canvas.
 
     One ``grid_sample`` over the whole batch: each sample gets its own scale and offset through an affine
     grid, so no per-image Python loop and no size change.
     """
     b = x.shape[0]
-    dev = x.device
-    scale = torch.empty(b, device=dev).uniform_(min_scale, 1.0)
-    apply = torch.rand(b, device=dev) < prob
+    scale = _uniform(x, low=min_scale, shard=shard)
+    apply = _uniform(x, shard=shard) < prob
     scale = torch.where(apply, scale, torch.ones_like(scale))
     # In normalized coordinates the shrunk image spans 2*scale; its center may move by up to (1 - scale).
-    shift = (torch.rand(b, 2, device=dev) * 2 - 1) * (1 - scale)[:, None]
-    theta = torch.zeros(b, 2, 3, device=dev, dtype=x.dtype)
+    shift = (_uniform(x, 2, shard=shard) * 2 - 1) * (1 - scale)[:, None]
+    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
     theta[:, 0, 0] = 1 / scale
     theta[:, 1, 1] = 1 / scale
     theta[:, :, 2] = -shift / scale[:, None]
@@ -59,9 +68,12 @@ class InputDiversity:
         name: ``ref``, ``di`` or ``none``.
         min_scale: ``di`` only, the smallest shrink factor.
         prob: ``di`` only, the probability to resize-and-pad an image.
+        shard: ``(rank, processes)`` of a run spread over several processes (see :func:`_uniform`).
     """
 
-    def __init__(self, name: str = "ref", min_scale: float = 0.9, prob: float = 0.5) -> None:
+    def __init__(
+        self, name: str = "ref", min_scale: float = 0.9, prob: float = 0.5, shard: tuple[int, int] = (0, 1)
+    ) -> None:
         if name not in _VARIANTS:
             close = difflib.get_close_matches(name, _VARIANTS, n=2)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -73,6 +85,7 @@ class InputDiversity:
         self.name = name
         self.min_scale = min_scale
         self.prob = prob
+        self.shard = shard
 
     @property
     def random_crop(self) -> bool:
@@ -83,8 +96,8 @@ class InputDiversity:
         if self.name == "none":
             return x
         if self.name == "di":
-            return random_resize_pad(x, self.min_scale, self.prob)
-        return random_flip(x)
+            return random_resize_pad(x, self.min_scale, self.prob, self.shard)
+        return random_flip(x, shard=self.shard)
 
     def __repr__(self) -> str:
         return f"InputDiversity({self.name!r})"
@@ -98,6 +111,6 @@ def list_diversity() -> list[str]:
     return list(_VARIANTS)
 
 
-def create_diversity(name: str, **kwargs: float) -> InputDiversity:
+def create_diversity(name: str, **kwargs: Any) -> InputDiversity:
     """Build the diversity transform ``name`` (see :class:`InputDiversity`)."""
     return InputDiversity(name, **kwargs)

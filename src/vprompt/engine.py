@@ -399,10 +399,14 @@ def _resume_path(cfg: RunConfig) -> Path | None:
 
 
 def _build_for_run(
-    cfg: RunConfig, device: torch.device, augment: bool = True, weights_like: str | None = None
+    cfg: RunConfig,
+    device: torch.device,
+    augment: bool = True,
+    weights_like: str | None = None,
+    env: DistEnv = SINGLE_PROCESS,
 ) -> tuple[PromptedModel, DataSplits, InputDiversity]:
-    """Model, data and input diversity of a run; ``augment=False`` decodes training images without random crops,
-    ``weights_like`` is passed to :func:`build_backbone`.
+    """Model, data and input diversity of a run (of this process, in ``env``); ``augment=False`` decodes training
+    images without random crops, ``weights_like`` is passed to :func:`build_backbone`.
 
     Seeded first, so that a randomly initialized backbone or prompt is the same in training and in evaluation."""
     torch.manual_seed(torch_seed(cfg.seed))
@@ -411,7 +415,9 @@ def _build_for_run(
     for key, value in prompter.geometry().items():  # sizes left to defaults are saved as they came out
         if getattr(cfg, key) is None:
             setattr(cfg, key, value)
-    diversity = create_diversity(cfg.diversity or "none", min_scale=cfg.di_min_scale, prob=cfg.di_prob)
+    diversity = create_diversity(
+        cfg.diversity or "none", min_scale=cfg.di_min_scale, prob=cfg.di_prob, shard=(env.rank, env.world_size)
+    )
     data = data_for_run(cfg, prompter.image_size, random_crop=augment and diversity.random_crop)
     head = build_head(cfg, backbone, data.classnames, data.templates)
     return PromptedModel(prompter, backbone, head), data, diversity
@@ -501,7 +507,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
     if cfg.batch_size % env.world_size:
         raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the {env.world_size} processes")
 
-    model, data, diversity = _build_for_run(cfg, device)
+    model, data, diversity = _build_for_run(cfg, device, env=env)
     if epochs and not model.trainable_parameters():
         raise ValueError(
             f"--epochs {epochs}: method {cfg.method} with prompter {cfg.prompter} and head {cfg.head} has nothing to "

@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .base import ArrayDataset
-from .splits import torch_seed
+from .splits import derive_seed, torch_seed
 
 __all__ = ["epoch_order", "DeviceBatches", "OrderSampler", "make_loader"]
 
@@ -109,13 +109,25 @@ class DeviceBatches:
 
 
 class _Loader:
-    """A DataLoader with an :class:`OrderSampler`, exposing ``set_epoch`` like :class:`DeviceBatches`."""
+    """A DataLoader with an :class:`OrderSampler`, exposing ``set_epoch`` like :class:`DeviceBatches`.
+
+    Random crops made while decoding follow the RNG the engine seeds per (seed, epoch), the same in every process;
+    with several processes each draws its crops from a stream of its own rank instead, so that the processes do
+    not crop their images alike."""
 
     def __init__(self, loader: DataLoader, sampler: OrderSampler) -> None:
         self.loader, self.sampler = loader, sampler
+        self._crop_rng: torch.Tensor | None = None  # this process's decoding RNG state (several, without workers)
 
     def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
+        s = self.sampler
+        s.set_epoch(epoch)
+        if s.world_size > 1:
+            gen = torch.Generator().manual_seed(derive_seed(s.seed, f"decode:{epoch}:{s.rank}"))
+            if self.loader.num_workers:
+                self.loader.generator = gen  # the workers' seeds come from it
+            else:
+                self._crop_rng = gen.get_state()
 
     def in_order(self) -> _Loader:
         """The same images, each once and in order, decoded as this loader decodes them (random crops included);
@@ -131,7 +143,18 @@ class _Loader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        return iter(self.loader)
+        if self._crop_rng is None:
+            yield from self.loader
+            return
+        batches = iter(self.loader)
+        while True:
+            with torch.random.fork_rng(devices=[]):  # decode with this process's stream, leave the global one
+                torch.set_rng_state(self._crop_rng)
+                batch = next(batches, None)
+                self._crop_rng = torch.get_rng_state()
+            if batch is None:
+                return
+            yield batch
 
 
 def make_loader(
