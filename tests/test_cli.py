@@ -291,7 +291,14 @@ def test_a_bad_value_is_blamed_on_where_it_came_from(tmp_path, capsys, content, 
 
 
 def test_eval_batch_size_and_threads_flags_win_over_the_runs_settings(tmp_path, monkeypatch, capsys):
-    assert cli.main(tiny_run_args(tmp_path, "--eval-batch-size", "16", "--threads", "1", epochs=1)) == 0
+    assert (
+        cli.main(tiny_run_args(tmp_path, "--eval-batch-size", "16", "--threads", "1", "--device", "cpu", epochs=1)) == 0
+    )
+    devices = []
+    real_device = engine.resolve_device
+    monkeypatch.setattr(engine, "resolve_device", lambda d, env=None: devices.append(d) or real_device(d, env))
+    engine.evaluate_checkpoint(tmp_path / "run")
+    assert devices == [None]  # this machine's default, not the device the run was trained on
     calls = []
     real = engine.make_loader
     monkeypatch.setattr(engine, "make_loader", lambda ds, bs, *a, **k: calls.append(bs) or real(ds, bs, *a, **k))

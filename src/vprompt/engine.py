@@ -788,8 +788,8 @@ def evaluate_checkpoint(
         "eval_batch_size": batch_size, "precision": precision, "workers": workers, "threads": threads,
     }  # fmt: skip
     flags = {k: v for k, v in flags.items() if v is not None}
-    # this machine's threads, not the training machine's
-    values = {**config, "resume": None, "threads": None, **flags}
+    # this machine's device and threads, not the training machine's
+    values = {**config, "resume": None, "threads": None, "device": None, **flags}
     cfg = resolve_config(values, source=str(path), sources=dict.fromkeys(flags, "command line"))
     _use_threads(cfg)
     env = DistEnv()
