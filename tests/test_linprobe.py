@@ -95,6 +95,10 @@ def test_linprobe_run_folder_results_and_feature_cache(tmp_path, monkeypatch, ca
     assert cli.main(_args(tmp_path, "--resume", "latest")) == 0
     again = json.loads((run / "results.json").read_text())
     assert again["test"] == results["test"] and again["l2"] == results["l2"]
+    assert cli.main(_args(tmp_path, "--resume", "latest", "--l2-grid", "1e-3")) == 0  # another sweep, same features
+    assert json.loads((run / "results.json").read_text())["l2"] == 1e-3
+    assert cli.main(_args(tmp_path, "--resume", "latest")) == 0
+    again = json.loads((run / "results.json").read_text())
 
     # Another run's settings are refused, not written over this one...
     capsys.readouterr()

@@ -280,8 +280,8 @@ def test_untrained_methods_take_only_their_settings_from_the_shared_base(tmp_pat
     (run / "config.yaml").write_text(yaml.safe_dump({"config": saved}))
     (run / "results.json").write_text("{}")
     assert _state(probe) == ("done", "")  # settings a probe has no use for are no conflict
-    # What identifies a probe is what `linprobe --resume latest` compares: the batch size of the feature
-    # extraction does not, the swept L2 strengths do.
+    # What identifies a probe is what `linprobe --resume latest` compares, which the batch size of the feature
+    # extraction is not; a finished probe that swept other L2 strengths is another result.
     (run / "config.yaml").write_text(yaml.safe_dump({"config": {**saved, "batch_size": 4}}))
     assert _state(probe) == ("done", "")
     (run / "config.yaml").write_text(yaml.safe_dump({"config": {**saved, "l2_grid": [1.0]}}))

@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("linear probe")
     g.add_argument("--l2-grid", type=_float_list, default=argparse.SUPPRESS, metavar="L2,...",
                    help="L2 strengths to sweep (default 1e-6..1e2, two per decade)")  # fmt: skip
-    _add_untrained_options(g, resume_help="redo on the cached features")
+    _add_untrained_options(g, resume_help="redo on the cached features (e.g. with another --l2-grid)")
     p.set_defaults(func=_cmd_linprobe, offered=_dests(p))
 
     p = sub.add_parser(

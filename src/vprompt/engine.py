@@ -62,11 +62,14 @@ DATA_KEYS = (
     "seed",
 )  # fmt: skip
 
-#: The settings that identify a run of the methods that train no prompt; the others use _IDENTITY_KEYS.
+#: The settings that identify a run of the methods that train no prompt; the others use _IDENTITY_KEYS. (A probe's
+#: L2 strengths are not among them: redoing it on its cached features with others is what --resume latest is for.)
 _UNTRAINED_IDENTITY = {
     "zeroshot": (*DATA_KEYS, "method", "input_size", "head", "templates", "label_map"),
-    "linprobe": (*DATA_KEYS, "method", "input_size", "l2_grid"),
+    "linprobe": (*DATA_KEYS, "method", "input_size"),
 }
+#: Settings that may change when a run continues, but make a finished run's results another run's.
+RESULT_KEYS = ("precision", "eval_every", "l2_grid")
 
 
 def identity_keys(method: str) -> tuple[str, ...]:
