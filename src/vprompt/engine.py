@@ -34,7 +34,7 @@ from . import __version__
 from .build import PromptedModel, build_backbone, build_head, build_prompter, to_float_rgb
 from .checkpoint import LAST_FILE, PROMPT_FILE, atomic_write, load_prompt, load_state, save_prompt, save_state
 from .config import RunConfig, check_precision, resolve_config
-from .data import DataSplits, make_loader, prepare_data
+from .data import DataSplits, check_dataset, make_loader, prepare_data
 from .data.splits import torch_seed
 from .distributed import DistEnv, all_reduce_grads, all_reduce_sum, barrier, init_distributed
 from .diversity import InputDiversity, create_diversity
@@ -412,6 +412,7 @@ def _build_for_run(
     images without random crops, ``weights_like`` is passed to :func:`build_backbone`.
 
     Seeded first, so that a randomly initialized backbone or prompt is the same in training and in evaluation."""
+    check_dataset(cfg.dataset, cfg.dataset_options)  # a mistyped name is told before a model is downloaded
     torch.manual_seed(torch_seed(cfg.seed))
     backbone = build_backbone(cfg, device, weights_like)
     prompter = build_prompter(cfg, backbone)

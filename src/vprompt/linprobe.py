@@ -42,7 +42,7 @@ from .backbones import FrozenBackbone
 from .build import build_backbone, build_prompter, to_float_rgb
 from .checkpoint import LAST_FILE, atomic_write
 from .config import RunConfig
-from .data import DataSplits, default_data_dir, make_loader
+from .data import DataSplits, check_dataset, default_data_dir, make_loader
 from .data.splits import torch_seed
 from .distributed import DistEnv
 from .prompters import Prompter
@@ -357,6 +357,7 @@ def fit_linear_probe(cfg: RunConfig) -> dict[str, Any]:
     run_dir = cfg.run_dir
     setup_logging(run_dir, env)
 
+    check_dataset(cfg.dataset, cfg.dataset_options)  # a mistyped name is told before a model is downloaded
     torch.manual_seed(torch_seed(cfg.seed))  # a randomly initialized backbone is then the same on every rerun
     backbone = build_backbone(cfg, device)
     prompter = build_prompter(cfg, backbone)  # the "none" prompter: resize to S only

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ __all__ = [
     "register_dataset",
     "create_dataset",
     "get_dataset_spec",
+    "check_dataset",
     "list_datasets",
     "default_data_dir",
     "DatasetNotFoundError",
@@ -98,6 +99,17 @@ def get_dataset_spec(name: str) -> DatasetSpec:
         raise ValueError(f"unknown --dataset {name!r}{hint} (`vprompt list datasets` shows them)") from None
 
 
+def check_dataset(name: str, options: Mapping[str, Any] | None = None) -> DatasetSpec:
+    """The spec of ``name`` once its ``options`` are known to be its own; an unknown name or option fails with
+    what there is (before a run builds its model)."""
+    spec = get_dataset_spec(name)
+    unknown = sorted(set(options or {}) - set(spec.options))
+    if unknown:
+        known = ", ".join(sorted(spec.options)) or "none"
+        raise ValueError(f"dataset {name!r} has no option {unknown[0]!r} (--dataset-option; it takes: {known})")
+    return spec
+
+
 def default_data_dir() -> Path:
     """``$VPROMPT_DATA`` or ``~/.cache/vprompt/data``."""
     return Path(os.environ.get("VPROMPT_DATA", Path.home() / ".cache" / "vprompt" / "data")).expanduser()
@@ -121,13 +133,9 @@ def create_dataset(
         download: fetch missing files where the dataset has a public download.
         **options: dataset-specific options.
     """
-    spec = get_dataset_spec(name)
+    spec = check_dataset(name, options)
     if split not in spec.splits:
         raise ValueError(f"dataset {name!r} has no split {split!r} (it has: {', '.join(spec.splits)})")
-    unknown = sorted(set(options) - set(spec.options))
-    if unknown:
-        known = ", ".join(sorted(spec.options)) or "none"
-        raise ValueError(f"dataset {name!r} has no option {unknown[0]!r} (--dataset-option; it takes: {known})")
     root = Path(root).expanduser() if root is not None else default_data_dir()
     ds = spec.builder(root=root, split=split, transform=transform, download=download, **options)
     if spec.classnames is not None and not getattr(ds, "classnames", None):
