@@ -323,6 +323,9 @@ def test_eval_refuses_shift_options_without_shift(tmp_path, capsys):
         (["--model", "ViT-B-33"], "unknown --model 'ViT-B-33'; did you mean"),
         (["--dataset", "imagefolder", "--data-dir", "/nonexistent/folder"], "/nonexistent/folder/train"),
         (["--dataset", "cifar1000"], "unknown --dataset 'cifar1000'; did you mean"),
+        # told before the model is built: weights that cannot be had would hide it (offline, after a download)
+        (["--dataset", "cifar1000", "--pretrained", "nosuchtag"], "unknown --dataset 'cifar1000'"),
+        (["--dataset-option", "n_trian=3", "--pretrained", "nosuchtag"], "dataset 'synthetic' has no option 'n_trian'"),
         (["--method", "evq"], "unknown method 'evq'"),
         (["--dataset", "cifar10", "--dataset-option", "n=3"], "dataset 'cifar10' has no option 'n'"),
         (["--input-size", "96"], "--input-size 96 does not fit model"),
