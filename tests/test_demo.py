@@ -114,5 +114,16 @@ def test_impossible_demo_settings_fail_in_one_line(tmp_path, capsys, flags, need
     assert needle in capsys.readouterr().err
 
 
+def test_a_demo_arm_that_cannot_get_its_files_points_to_the_demos_own_flag(tmp_path, monkeypatch, capsys):
+    from vprompt import suite
+    from vprompt.suite import RunRecord, SuiteReport
+
+    error = "FileNotFoundError: could not get the weights of ... if you are offline, pass --pretrained PATH ..."
+    failed = RunRecord("identity", None, "mnist", 42, "failed", error=error)
+    monkeypatch.setattr(suite, "run_suite", lambda *a, **k: SuiteReport([failed], "", []))
+    assert cli.main(["demo", "--output", str(tmp_path / "demo")]) == 2
+    assert "the demo reads both from --data-dir DIR (the ResNets in DIR/cifar10_resnets" in capsys.readouterr().err
+
+
 def _run_name(arm: str) -> str:
     return f"{arm}-cifar-resnet20-mnist-seed42"

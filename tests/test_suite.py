@@ -120,6 +120,7 @@ def test_grid_runs_skips_finished_runs_resumes_and_tabulates(tmp_path, monkeypat
     assert cli.main(["suite", str(full), "--output", str(runs)]) == 0 and not fits.configs
     data["base"]["output"] = str(runs)
     full.write_text(yaml.safe_dump(data))
+    assert cli.main(["suite", str(full), "--dry-run"]) == 1  # runs that cannot run: told by the status too
     assert cli.main(["suite", str(full)]) == 1  # refused runs count as failed
     assert not fits.configs and "holds a run with other settings" in (runs / "suite_results.md").read_text()
 
@@ -180,6 +181,20 @@ def test_table_mean_std_partial_and_failed_cells(tmp_path, monkeypatch, capsys):
 
     with pytest.raises(RuntimeError, match="simulated"):
         run_suite(_small_suite(tmp_path / "again"), fit=_fake_fit(accs, fail), fail_fast=True)
+
+
+def test_a_failure_of_the_users_making_is_logged_without_a_traceback(tmp_path, monkeypatch, caplog):
+    for name in ("d1", "d2"):
+        monkeypatch.setitem(data_registry._REGISTRY, name, DatasetSpec(name=name, builder=synthetic_dataset))
+
+    def fit(cfg):
+        if cfg.dataset == "d1":
+            raise FileNotFoundError(f"no such folder for {cfg.dataset}")
+        raise RuntimeError("a bug")
+
+    run_suite(_small_suite(tmp_path), fit=fit)
+    failures = [r for r in caplog.records if "failed:" in r.getMessage()]
+    assert failures and all(("FileNotFoundError" in r.getMessage()) == (r.exc_info is None) for r in failures)
 
 
 def test_shots_rows_labels_and_per_method_seeds():

@@ -200,7 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
         "interrupted ones) and write a paper-style table (Markdown and CSV).",
     )  # fmt: skip
     p.add_argument("suite_config", metavar="CONFIG.yaml", help="the suite config (see configs/suite_clip_vitb32.yaml)")
-    p.add_argument("--dry-run", action="store_true", help="list the runs and their state; run nothing")
+    p.add_argument(
+        "--dry-run", action="store_true", help="list the runs and their state; run nothing (status 1: some cannot run)"
+    )
     p.add_argument("--output", default=None, help="folder of the run folders and tables (overrides base.output)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failing run")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (1)")
@@ -375,7 +377,7 @@ def _cmd_suite(args: argparse.Namespace) -> int:
 
     suite = load_suite(args.suite_config)
     report = run_suite(suite, output=args.output, dry_run=args.dry_run, fail_fast=args.fail_fast, jobs=args.jobs)
-    return 1 if report.failed and not args.dry_run else 0
+    return 1 if report.failed else 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -422,7 +424,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, CLIError)
+#: Errors of the user's making (settings, files): one line, no traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, CLIError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -432,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except _USER_ERRORS as e:
+    except USER_ERRORS as e:
         if os.environ.get("VPROMPT_DEBUG"):
             raise
         print(f"vprompt {args.command}: error: {e}", file=sys.stderr)

@@ -233,8 +233,10 @@ def run_demo(
     report = run_suite(suite, output=output / "runs", quiet=True, jobs=jobs)
     if report.failed:  # a one-line error; each arm's log.txt has the details
         first = report.failed[0]
-        fresh = " (another --output starts a fresh demo)" if CONFLICT in first.error else ""
-        raise ValueError(f"demo arm {first.method} failed: {first.error}{fresh}")
+        hint = " (another --output starts a fresh demo)" if CONFLICT in first.error else ""
+        if "--pretrained PATH" in first.error or "--data-dir" in first.error:
+            hint = "; the demo reads both from --data-dir DIR (the ResNets in DIR/cifar10_resnets, MNIST in DIR/mnist)"
+        raise ValueError(f"demo arm {first.method} failed: {first.error}{hint}")
     results = {r.method: json.loads((Path(r.run_dir) / "results.json").read_text()) for r in report.records}
     run_dirs = {r.method: Path(r.run_dir) for r in report.records}
     table = _table(results)

@@ -399,7 +399,7 @@ def run_suite(
         suite: the parsed config.
         output: the suite folder, overriding ``base.output``.
         dry_run: print each run's state (done, resume, new, invalid, conflict) and the table of what is finished;
-            run and write nothing.
+            run and write nothing. The invalid and conflicting runs come back as failed.
         fail_fast: re-raise the first failure instead of recording it and going on.
         fit: the function that runs one config (default :func:`vprompt.engine.fit`).
         quiet: do not print the table at the end (a caller that reports on its own).
@@ -428,7 +428,9 @@ def run_suite(
             records.append(_record(cell, "done", _read_results(cell)) if state == "done" else _record(cell, "pending"))
         markdown = build_table(records, suite)[0]
         print(markdown)
-        return SuiteReport(records, markdown, [])
+        cannot = {id(c): why for c, (state, why) in zip(cells, states) if state in ("invalid", "conflict")}
+        records = [_record(c, "failed", error=cannot[id(c)]) if id(c) in cannot else r for c, r in zip(cells, records)]
+        return SuiteReport(records, markdown, [])  # the runs that cannot run count as failed
 
     pending = {id(c): _record(c, "pending") for c in cells}
     queue: list[tuple[str, SuiteCell, RunConfig]] = []
@@ -453,7 +455,10 @@ def run_suite(
         if isinstance(outcome, BaseException):  # one failing run must not stop the grid
             if fail_fast:
                 raise outcome
-            _log.error("suite %s failed: %s: %s", tag, type(outcome).__name__, outcome, exc_info=outcome)
+            from .cli import USER_ERRORS  # a bad setting or missing file is one line; a bug keeps its traceback
+
+            trace = None if isinstance(outcome, USER_ERRORS) else outcome
+            _log.error("suite %s failed: %s: %s", tag, type(outcome).__name__, outcome, exc_info=trace)
             pending[id(cell)] = _record(cell, "failed", error=f"{type(outcome).__name__}: {outcome}")
         else:
             pending[id(cell)] = _record(cell, "done", outcome)
