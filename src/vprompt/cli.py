@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         "all by default, or these names/globs (cifar10c/fog, 'cifar10c/*/5')",
     )  # fmt: skip
     p.add_argument("--shift-severity", nargs="+", type=int, default=None, metavar="S", help="CIFAR-C severities")
-    p.add_argument("--download", action="store_true", help="download missing shift data (CIFAR-C)")
+    p.add_argument("--download", action="store_true", help="download missing data (the dataset's, CIFAR-C)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser(
@@ -356,7 +356,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         threads=args.threads,
         shift=args.shift,
         shift_severities=args.shift_severity,
-        download_shift=args.download,
+        download=args.download,
     )
     if args.json:
         print(json.dumps(result))

@@ -407,9 +407,11 @@ def _build_for_run(
     augment: bool = True,
     weights_like: str | None = None,
     env: DistEnv = SINGLE_PROCESS,
+    test_only: bool = False,
 ) -> tuple[PromptedModel, DataSplits, InputDiversity]:
     """Model, data and input diversity of a run (of this process, in ``env``); ``augment=False`` decodes training
-    images without random crops, ``weights_like`` is passed to :func:`build_backbone`.
+    images without random crops, ``weights_like`` is passed to :func:`build_backbone`, ``test_only`` reads only the
+    test split.
 
     Seeded first, so that a randomly initialized backbone or prompt is the same in training and in evaluation."""
     check_dataset(cfg.dataset, cfg.dataset_options)  # a mistyped name is told before a model is downloaded
@@ -422,13 +424,13 @@ def _build_for_run(
     diversity = create_diversity(
         cfg.diversity or "none", min_scale=cfg.di_min_scale, prob=cfg.di_prob, shard=(env.rank, env.world_size)
     )
-    data = data_for_run(cfg, prompter.image_size, random_crop=augment and diversity.random_crop)
+    data = data_for_run(cfg, prompter.image_size, augment and diversity.random_crop, test_only)
     head = build_head(cfg, backbone, data.classnames, data.templates)
     return PromptedModel(prompter, backbone, head), data, diversity
 
 
-def data_for_run(cfg: RunConfig, image_size: int, random_crop: bool) -> DataSplits:
-    """The train / val / test splits ``cfg`` describes, decoded at ``image_size``."""
+def data_for_run(cfg: RunConfig, image_size: int, random_crop: bool, test_only: bool = False) -> DataSplits:
+    """The train / val / test splits ``cfg`` describes, decoded at ``image_size`` (only test with ``test_only``)."""
     return prepare_data(
         cfg.dataset,
         cfg.data_dir,
@@ -440,6 +442,7 @@ def data_for_run(cfg: RunConfig, image_size: int, random_crop: bool) -> DataSpli
         options=cfg.dataset_options,
         shots=cfg.shots,
         train_fraction=cfg.train_fraction,
+        test_only=test_only,
     )
 
 
@@ -763,7 +766,7 @@ def evaluate_checkpoint(
     threads: int | None = None,
     shift: Sequence[str] | None = None,
     shift_severities: Sequence[int] | None = None,
-    download_shift: bool = False,
+    download: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a saved prompt (``prompt.safetensors`` or its run folder) on ``split`` (train, val or test).
 
@@ -773,8 +776,8 @@ def evaluate_checkpoint(
     With ``shift`` (a list of shift-set names or globs; empty for the default sets), the prompt is also evaluated
     on the dataset's distribution-shift sets (:mod:`vprompt.data.shift`, e.g. CIFAR-10-C for cifar10, the OOD
     splits for the WILDS datasets), filtered by ``shift_severities``; the result then has ``shift`` (name ->
-    accuracy) and ``shift_summary`` (mean over corruptions per severity and overall). ``download_shift`` fetches
-    missing shift data.
+    accuracy) and ``shift_summary`` (mean over corruptions per severity and overall). ``download`` fetches
+    missing data (the dataset's and the shift sets'); only the files of ``split`` are read.
     """
     from .checkpoint import find_checkpoint
     from .linprobe import PROBE_FILE
@@ -792,14 +795,18 @@ def evaluate_checkpoint(
         "eval_batch_size": batch_size, "precision": precision, "workers": workers, "threads": threads,
     }  # fmt: skip
     flags = {k: v for k, v in flags.items() if v is not None}
-    # this machine's device and threads, not the training machine's
-    values = {**config, "resume": None, "threads": None, "device": None, **flags}
+    # this machine's device and threads, not the training machine's; downloads only when asked for here
+    values = {**config, "resume": None, "threads": None, "device": None, "download": download, **flags}
     cfg = resolve_config(values, source=str(path), sources=dict.fromkeys(flags, "command line"))
     _use_threads(cfg)
     env = DistEnv()
     dev = resolve_device(cfg.device, env)
     # weights given as a file here keep the activation and normalization of the tag the prompt was trained with
-    model, data, _ = _build_for_run(cfg, dev, augment=False, weights_like=config.get("pretrained"))
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"--split {split!r}: choose from train, val, test")
+    model, data, _ = _build_for_run(
+        cfg, dev, augment=False, weights_like=config.get("pretrained"), test_only=split == "test"
+    )
     if "classnames" in meta and list(meta["classnames"]) != list(data.classnames):
         how = "are in another order than" if sorted(meta["classnames"]) == sorted(data.classnames) else "differ from"
         raise ValueError(
@@ -808,8 +815,6 @@ def evaluate_checkpoint(
         )
     model.load_artifact_state({k: v.to(dev) for k, v in state.items()})
     parts = {"train": data.train, "val": data.val, "test": data.test}
-    if split not in parts:
-        raise ValueError(f"--split {split!r}: choose from train, val, test")
     if parts[split] is None:
         raise ValueError(f"--split val: this run has no validation split (val_fraction {cfg.val_fraction})")
     shift_sets = None
@@ -818,7 +823,7 @@ def evaluate_checkpoint(
 
         shift_sets = find_shift_sets(
             cfg.dataset, cfg.data_dir, shift, shift_severities, model.prompter.image_size, data.classnames,
-            download_shift, cfg.dataset_options,
+            download, cfg.dataset_options,
         )  # fmt: skip
     bs = cfg.eval_batch_size or cfg.batch_size
     loader = make_loader(parts[split], bs, False, cfg.seed, dev, cfg.workers)

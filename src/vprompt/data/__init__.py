@@ -69,7 +69,7 @@ class DataSplits:
     """The data of one run.
 
     Attributes:
-        train: what the prompt is trained on.
+        train: what the prompt is trained on (None where only the test split was asked for).
         val: what selects the best epoch (None when ``val_fraction`` is 0: the last epoch is selected).
         test: reported only.
         classnames: target class names.
@@ -78,7 +78,7 @@ class DataSplits:
         split_indices: indices into the official train split, per part (``train``, ``val``), for the run folder.
     """
 
-    train: Dataset
+    train: Dataset | None
     val: Dataset | None
     test: Dataset
     classnames: list[str]
@@ -99,8 +99,9 @@ def prepare_data(
     options: dict[str, Any] | None = None,
     shots: int | None = None,
     train_fraction: float | None = None,
+    test_only: bool = False,
 ) -> DataSplits:
-    """Build train / val / test for a run.
+    """Build train / val / test for a run (only test, with ``test_only``: no training files are read).
 
     Args:
         name: registered dataset name.
@@ -128,8 +129,10 @@ def prepare_data(
     def make(split: str, tf: Any) -> Dataset:
         return create_dataset(name, root, split, transform=tf, download=download, **options)
 
-    train_full = make("train", train_tf)
+    train_full = None if test_only else make("train", train_tf)
     test = make(test_split, eval_tf)
+    if train_full is None:
+        return DataSplits(None, None, test, list(test.classnames), spec.templates, "none")
     classnames = list(train_full.classnames)
     all_idx = list(range(len(train_full)))
     val: Dataset | None = None
