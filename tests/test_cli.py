@@ -350,7 +350,7 @@ def test_eval_refuses_shift_options_without_shift(tmp_path, capsys):
         (["--dataset-option", "n_trian=3", "--pretrained", "nosuchtag"], "dataset 'synthetic' has no option 'n_trian'"),
         (["--method", "evq"], "unknown method 'evq'"),
         (["--dataset", "cifar10", "--dataset-option", "n=3"], "dataset 'cifar10' has no option 'n'"),
-        (["--input-size", "96"], "--input-size 96 does not fit model"),
+        (["--input-size", "96"], "input size 96 (--input-size, or input_size in a config file) does not fit model"),
         (["--method", "zeroshot"], "has nothing to train; use --epochs 0"),
         (["--method", "zeroshot", "--head", "linear", "--epochs", "0"], "--head linear is trained with the prompt"),
     ],
@@ -438,7 +438,7 @@ def test_config_file_gives_defaults_and_cli_overrides(tmp_path):
     assert saved["lr"] == 5.0 and saved["epochs"] == 1 and saved["dataset_options"]["n_train"] == 40
     bad = tmp_path / "bad.yaml"
     bad.write_text("learning_rate: 3\n")
-    with pytest.raises(ValueError, match="bad.yaml: unknown setting 'learning_rate'"):
+    with pytest.raises(ValueError, match=r"bad.yaml: unknown setting 'learning_rate' \(settings are the flags' nam"):
         resolve_config(load_yaml(bad), source=str(bad))
 
 

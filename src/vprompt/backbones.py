@@ -109,8 +109,8 @@ class FrozenBackbone(nn.Module):
         """Raise a clear error when ``size`` cannot be fed to this model."""
         if self.fixed_input_size and size != self.input_size:
             raise ValueError(
-                f"--input-size {size} does not fit model {self.name!r}, which takes {self.input_size}-pixel inputs; "
-                f"drop --input-size or set it to {self.input_size}"
+                f"input size {size} (--input-size, or input_size in a config file) does not fit model {self.name!r}, "
+                f"which takes {self.input_size}-pixel inputs; leave it out or set it to {self.input_size}"
             )
 
     def extra_repr(self) -> str:
@@ -209,8 +209,9 @@ def _create_open_clip(
     if pretrained in (None, "", "none"):
         tags = open_clip.list_pretrained_tags_by_model(name)
         _log.warning(
-            "model %s: no --pretrained given, using RANDOM weights%s",
+            "model %s: %s, using RANDOM weights%s",
             name,
+            "--pretrained none" if pretrained else "no --pretrained given",
             f" (pretrained tags: {', '.join(tags[:6])})" if tags else "",
         )
         pretrained = None

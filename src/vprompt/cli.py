@@ -55,7 +55,9 @@ def _add_head_options(g: Any) -> None:
         choices=["single", "ensemble", "imagenet80"],
         help="text templates of the CLIP head: single, the dataset's ensemble, or the 80 ImageNet templates",
     )
-    g.add_argument("--head", default=S, help="output head: auto (text for CLIP, flm for classifiers), text, linear")
+    g.add_argument(
+        "--head", default=S, help="output head: auto (text for CLIP, the flm label map for classifiers), text, linear"
+    )
     g.add_argument(
         "--label-map", default=S, choices=["identity", "rlm", "flm", "ilm"], help="label map of a classifier's logits"
     )
@@ -82,7 +84,11 @@ def _add_run_options(p: argparse.ArgumentParser, training: bool = True, heads: b
     if heads:
         _add_head_options(g)
     if training:
-        g.add_argument("--method", default=S, help="evp, vp, fixed_patch, random_patch (`vprompt list methods`)")
+        g.add_argument(
+            "--method",
+            default=S,
+            help="evp, vp, fixed_patch, random_patch, zeroshot, linprobe (`vprompt list methods`)",
+        )
         g = p.add_argument_group("prompt")
         g.add_argument("--prompter", default=S, help="override the method's prompter (evp, pad, ...)")
         g.add_argument("--input-size", type=int, default=S, help="S, the backbone input size (default: the model's)")
@@ -181,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", default=None, help="where the backbone weights are on this machine")
     p.add_argument("--device", default=None, help="cuda, cpu, ...")
     p.add_argument("-b", "--batch-size", type=int, default=None, help="batch size")
-    p.add_argument("--precision", default=None, choices=PRECISIONS)
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--precision", default=None, choices=PRECISIONS, help="autocast precision (the run's)")
+    p.add_argument("--workers", type=int, default=4, help="data-loading processes for image files (4)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (its default)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument(

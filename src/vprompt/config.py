@@ -275,7 +275,7 @@ def resolve_config(
     if unknown:
         k = unknown[0]
         close = difflib.get_close_matches(k, list(_FIELDS), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = f"; did you mean {', '.join(close)}?" if close else " (settings are the flags' names: lr for --lr)"
         raise ValueError(f"{where(k)}: unknown setting {k!r}{hint}")
     explicit = {k: v for k, v in values.items() if v is not None}
     method = explicit.get("method", RunConfig.method)
