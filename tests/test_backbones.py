@@ -76,7 +76,7 @@ def test_a_file_that_is_no_checkpoint_of_the_model_is_one_line(tmp_path):
 
 def test_fixed_input_size_is_enforced(tiny_backbone):
     tiny_backbone.check_input_size(64)
-    with pytest.raises(ValueError, match="--input-size 96"):
+    with pytest.raises(ValueError, match="input size 96 "):
         tiny_backbone.check_input_size(96)
 
 

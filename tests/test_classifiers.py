@@ -189,7 +189,7 @@ def test_random_weights_are_announced(caplog):
         ("timm:resnet5O", None, "unknown --model 'timm:resnet5O'; did you mean timm:resnet50"),
         ("timm:resnet50.nosuchtag", None, "unknown --model 'timm:resnet50.nosuchtag'"),
         ("tv:resnet19", None, "unknown --model 'tv:resnet19'; did you mean tv:resnet18"),
-        ("cifar:resnet21", None, "choose from cifar:resnet20, cifar:resnet32, cifar:resnet44, cifar:resnet56"),
+        ("cifar:resnet21", None, "unknown --model 'cifar:resnet21'; did you mean cifar:resnet32, cifar:resnet20"),
         ("tv:resnet18", "IMAGENET1K_V9", "weights: DEFAULT, IMAGENET1K_V1, none"),
     ],
 )

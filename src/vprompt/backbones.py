@@ -155,6 +155,7 @@ class _Source:
     factory: Callable[..., FrozenBackbone]
     lister: Callable[[], list[str]]
     description: str
+    checker: Callable[[str], None] | None = None
 
 
 _SOURCES: dict[str, _Source] = {}
@@ -162,14 +163,32 @@ _TINY_CONFIGS_ADDED = False
 
 
 def register_backbone_source(
-    prefix: str, factory: Callable[..., FrozenBackbone], lister: Callable[[], list[str]], description: str = ""
+    prefix: str,
+    factory: Callable[..., FrozenBackbone],
+    lister: Callable[[], list[str]],
+    description: str = "",
+    checker: Callable[[str], None] | None = None,
 ) -> None:
     """Register a model source, reached as ``"<prefix>:<name>"``.
 
     ``factory(name, pretrained=..., **kwargs)`` returns a :class:`FrozenBackbone`; ``lister()`` returns example or
-    known names (without the prefix) for ``vprompt list models``.
+    known names (without the prefix) for ``vprompt list models``; ``checker(name)`` raises ValueError for a name
+    the source does not have (default: a name ``lister()`` does not return).
     """
-    _SOURCES[prefix] = _Source(factory, lister, description)
+    _SOURCES[prefix] = _Source(factory, lister, description, checker)
+
+
+def check_model(name: str) -> None:
+    """Raise ValueError, with the close matches, when ``--model name`` names no model (nothing is built)."""
+    source, model_name = _split_name(name)
+    src = _SOURCES[source]
+    if src.checker is not None:
+        src.checker(model_name)
+        return
+    known = src.lister()
+    if model_name not in known:
+        prefix = "" if source == "openclip" else f"{source}:"
+        raise ValueError(_unknown_model_message(model_name, known, prefix))
 
 
 def _add_packaged_configs() -> None:
@@ -203,9 +222,7 @@ def _create_open_clip(
     was trained with, when ``vprompt eval --pretrained FILE`` points to its weights on this machine)."""
     import open_clip
 
-    known = _list_open_clip()
-    if name not in known:
-        raise ValueError(_unknown_model_message(name, known))
+    check_model(name)
     if pretrained in (None, "", "none"):
         tags = open_clip.list_pretrained_tags_by_model(name)
         _log.warning(
@@ -247,10 +264,10 @@ def error_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {first[:300]}" if first else type(e).__name__
 
 
-def _unknown_model_message(name: str, known: Sequence[str]) -> str:
+def _unknown_model_message(name: str, known: Sequence[str], prefix: str = "") -> str:
     close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return f"unknown --model {name!r}{hint} (`vprompt list models` shows them)"
+    hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
+    return f"unknown --model {prefix + name!r}{hint} (`vprompt list models` shows them)"
 
 
 register_backbone_source("openclip", _create_open_clip, _list_open_clip, "open_clip CLIP models (bare names)")

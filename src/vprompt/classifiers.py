@@ -31,7 +31,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .backbones import IMAGENET_MEAN, IMAGENET_STD, FrozenBackbone, error_line, register_backbone_source
+from .backbones import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    FrozenBackbone,
+    check_model,
+    error_line,
+    register_backbone_source,
+)
 from .download import fetching_weights
 
 __all__ = ["ClassifierBackbone", "load_state_dict_file", "TIMM_EXAMPLES"]
@@ -240,7 +247,7 @@ def _create_timm(
 ) -> ClassifierBackbone:
     import timm
 
-    _check_timm_name(name)
+    check_model(f"timm:{name}")
     download = _is_default(pretrained)
     local = None if _is_none(pretrained) or download else _weights_file(Path(str(pretrained)).expanduser(), "timm")
     if _is_none(pretrained):
@@ -301,11 +308,7 @@ def _default_tv_weights(name: str) -> Any:
 def _create_tv(name: str, pretrained: str | Path | None = None, **_: Any) -> ClassifierBackbone:
     import torchvision.models as tvm
 
-    known = _list_tv()
-    if name not in known:
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join('tv:' + c for c in close)}?" if close else ""
-        raise ValueError(f"unknown --model 'tv:{name}'{hint} (`vprompt list models` shows them)")
+    check_model(f"tv:{name}")
     weights, local = None, None
     if _is_none(pretrained):
         _warn_random(f"tv:{name}")
@@ -376,11 +379,7 @@ def _create_cifar(
 ) -> ClassifierBackbone:
     from .cifar_resnet import CIFAR10_CLASSES, CIFAR10_MEAN_STD, create_cifar_resnet
 
-    known = _list_cifar()
-    if name not in known:
-        close = difflib.get_close_matches(name, known, n=2, cutoff=0.5)
-        hint = f"; did you mean {', '.join('cifar:' + c for c in close)}?" if close else ""
-        raise ValueError(f"unknown --model 'cifar:{name}'{hint} (choose from {', '.join('cifar:' + k for k in known)})")
+    check_model(f"cifar:{name}")
     depth = int(name.removeprefix("resnet"))
     if _is_none(pretrained):
         _warn_random(f"cifar:{name}")
@@ -403,7 +402,11 @@ def _create_cifar(
 
 
 register_backbone_source(
-    "timm", _create_timm, _list_timm, "timm classifiers, any timm name (--pretrained default | FILE | none)"
+    "timm",
+    _create_timm,
+    _list_timm,
+    "timm classifiers, any timm name (--pretrained default | FILE | none)",
+    _check_timm_name,
 )
 register_backbone_source(
     "tv", _create_tv, _list_tv, "torchvision classifiers (--pretrained default | IMAGENET1K_V1 | FILE | none)"

@@ -309,6 +309,7 @@ def _cell_settings(suite: SuiteConfig, dataset: str, m: MethodEntry) -> dict[str
 def expand_suite(suite: SuiteConfig, output: str | Path | None = None) -> list[SuiteCell]:
     """Every run of the grid, dataset by dataset. Cells whose settings do not resolve (an unknown method or
     dataset, e.g. one not installed yet) come back with ``cfg=None`` and the reason in ``error``."""
+    from .backbones import check_model
     from .data import get_dataset_spec
 
     out = str(output) if output is not None else suite.output
@@ -326,6 +327,7 @@ def expand_suite(suite: SuiteConfig, output: str | Path | None = None) -> list[S
                 cfg, error = None, ds_error
                 try:
                     cfg = resolve_config(values, source=f"{suite.source} ({m.label} on {dataset})")
+                    check_model(cfg.model)  # a mistyped name is invalid in a dry run too, not a new run
                     if cfg.shots and cfg.train_fraction:
                         raise ValueError(
                             f"{suite.source} ({m.label} on {dataset}): {shots}-shot and train_fraction "
