@@ -630,7 +630,9 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
 
     if epochs == 0:  # no training epoch called it: a label map (FLM without a prompt) is computed here
         model.head.epoch_start(0, lambda: collect_outputs(model, map_loader, device, cfg.precision, env))
-    return _finish(cfg, model, data, device, env, best, epochs, train_seconds, train_images, loader, eval_bs)
+    return _finish(
+        cfg, model, data, device, env, best, best_state, epochs, train_seconds, train_images, loader, eval_bs
+    )
 
 
 def _rewind_run_files(
@@ -703,6 +705,7 @@ def _finish(
     device: torch.device,
     env: DistEnv,
     best: dict[str, Any],
+    best_state: dict[str, Tensor],
     epochs: int,
     train_seconds: float,
     train_images: int,
@@ -722,8 +725,8 @@ def _finish(
     barrier(env.world_size)
     if best["epoch"] == epochs:
         best_test, best_val = last_test, last_val
-    else:
-        state, _, _ = load_prompt(run_dir / PROMPT_FILE)
+    else:  # every process holds the selected prompt (a run over several machines shares no files)
+        state = best_state or load_prompt(run_dir / PROMPT_FILE)[0]
         model.load_artifact_state({k: v.to(device) for k, v in state.items()})
         best_test = evaluate(model, test_loader, device, cfg.precision, env, desc="test (best)")
         best_val = evaluate(model, val_loader, device, cfg.precision, env, desc="val (best)") if val_loader else None
