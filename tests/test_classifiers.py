@@ -134,6 +134,17 @@ def test_a_torchvision_weights_file_gets_the_size_of_the_models_own_weights(tmp_
     assert from_file.input_size == random_init.input_size == 300  # as with --pretrained default, not 224
     assert from_file.source_classnames[0] == "tench"
 
+def test_a_torchvision_vit_keeps_the_one_size_it_was_built_for(monkeypatch):
+    import torchvision.models as tvm
+
+    from vprompt import classifiers
+
+    # As tv:vit_h_14, whose default weights take 518 pixels while the model built without them takes 224.
+    swag = tvm.ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1
+    monkeypatch.setattr(classifiers, "_default_tv_weights", lambda name: swag)
+    vit = create_backbone("tv:vit_b_16", pretrained="none")
+    assert swag.transforms().crop_size[0] == 384 and vit.input_size == vit.model.image_size == 224
+
 
 def test_squeezenet_without_a_linear_classifier_builds_and_gives_pooled_features():
     torch.manual_seed(0)

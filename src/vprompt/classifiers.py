@@ -337,7 +337,8 @@ def _create_tv(name: str, pretrained: str | Path | None = None, **_: Any) -> Cla
     described = weights if weights is not None else _default_tv_weights(name)
     if described is not None and len(described.meta.get("categories") or ()) == num_classes:
         tf = described.transforms()
-        mean, std, size = tf.mean, tf.std, int(tf.crop_size[0])
+        # A ViT is built for one size: vit_h_14 without weights takes 224, though its default weights take 518.
+        mean, std, size = tf.mean, tf.std, int(getattr(model, "image_size", None) or tf.crop_size[0])
         classnames = described.meta.get("categories")
     else:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
