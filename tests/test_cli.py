@@ -271,6 +271,10 @@ def test_zeroshot_reuses_a_training_config_file_without_training(tmp_path, caplo
     assert cli.main([*args, "--resume", "latest"]) == 0  # evaluated again in the same folder
     assert cli.main([*args, "--templates", "single", "--resume", "latest"]) == 2  # but not another run over it
     assert (tmp_path / "zs" / "results.json").exists()
+    # A zero-shot run through a prompter (train --method zeroshot) is another run with another prompter.
+    zs = ["train", "--method", "zeroshot", "--model", TINY_MODEL, "--dataset", "synthetic", "--output", str(tmp_path)]
+    assert cli.main([*zs, "--name", "zsp", "--prompter", "evp"]) == 0
+    assert cli.main([*zs, "--name", "zsp", "--prompter", "pad", "--resume", "latest"]) == 2
 
 
 @pytest.mark.parametrize(

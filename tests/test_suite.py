@@ -261,6 +261,25 @@ def test_a_train_fraction_is_labelled_as_such_and_cannot_meet_shots(tmp_path):
     assert "| evp | 0.1 of train |" in run_suite(per_dataset, output=tmp_path, dry_run=True).markdown
 
 
+def test_a_finished_probe_is_judged_by_its_last_sweep_and_only_probes_by_l2_strengths(tmp_path):
+    from vprompt.suite import _state
+
+    suite = {"datasets": ["synthetic"], "methods": ["evp", "linprobe"], "base": {"l2_grid": [0.1, 1.0]}}
+    cells = expand_suite(parse_suite(suite), output=tmp_path)
+    for cell in cells:  # both finished with the suite's settings
+        cell.cfg.run_dir.mkdir(parents=True)
+        (cell.cfg.run_dir / "config.yaml").write_text(yaml.safe_dump({"config": cell.cfg.to_dict()}))
+        (cell.cfg.run_dir / "results.json").write_text("{}")
+    assert [_state(c)[0] for c in cells] == ["done", "done"]
+    suite["base"]["l2_grid"] = [0.1, 1.0, 10.0]  # another sweep: another probe, the same prompt
+    assert [_state(c)[0] for c in expand_suite(parse_suite(suite), output=tmp_path)] == ["done", "conflict"]
+    suite["base"]["l2_grid"] = [0.1, 1.0]
+    probe = cells[1].cfg  # redone on its features with another sweep (linprobe --resume latest --l2-grid ...)
+    redone = {**probe.to_dict(), "l2_grid": [5.0]}
+    (probe.run_dir / "config.resumed.yaml").write_text(yaml.safe_dump({"config": redone}))
+    assert _state(expand_suite(parse_suite(suite), output=tmp_path)[1])[0] == "conflict"
+
+
 def test_a_finished_few_shot_run_is_not_the_full_data_cell(tmp_path):
     from vprompt.suite import _state
 

@@ -62,20 +62,32 @@ DATA_KEYS = (
     "seed",
 )  # fmt: skip
 
-#: The settings that identify a run of the methods that train no prompt; the others use _IDENTITY_KEYS. (A probe's
-#: L2 strengths are not among them: redoing it on its cached features with others is what --resume latest is for.)
+#: The settings that identify a run that trains nothing (zero-shot, with or without a prompter, and the linear
+#: probe); a training run is identified by _IDENTITY_KEYS. (A probe's L2 strengths are not among them: redoing it
+#: on its cached features with others is what --resume latest is for.)
 _UNTRAINED_IDENTITY = {
-    "zeroshot": (*DATA_KEYS, "method", "input_size", "head", "templates", "label_map"),
+    "zeroshot": (
+        *DATA_KEYS, "method", "prompter", "input_size", "inner_size", "prompt_size", "head", "templates", "label_map",
+    ),
     "linprobe": (*DATA_KEYS, "method", "input_size"),
-}
-#: Settings that may change when a run continues, but make a finished run's results another run's.
-RESULT_KEYS = ("precision", "eval_every", "l2_grid")
+}  # fmt: skip
 
 
-def identity_keys(method: str) -> tuple[str, ...]:
-    """The settings that identify a run of ``method``: a run folder made with any of them changed holds another
-    run (resuming there is refused, and a suite reports a conflict)."""
-    return _UNTRAINED_IDENTITY.get(method, _IDENTITY_KEYS)
+def _untrained(cfg: RunConfig) -> bool:
+    return cfg.method in _UNTRAINED_IDENTITY and not cfg.epochs
+
+
+def identity_keys(cfg: RunConfig) -> tuple[str, ...]:
+    """The settings that identify ``cfg``'s run: a run folder made with any of them changed holds another run
+    (resuming there is refused, and a suite reports a conflict)."""
+    return _UNTRAINED_IDENTITY[cfg.method] if _untrained(cfg) else _IDENTITY_KEYS
+
+
+def result_keys(cfg: RunConfig) -> tuple[str, ...]:
+    """Settings that may change when ``cfg``'s run continues, but make a finished run's results another run's."""
+    if not _untrained(cfg):
+        return ("precision", "eval_every")
+    return ("precision", "l2_grid") if cfg.method == "linprobe" else ("precision",)
 
 
 #: How a run folder that holds a run made with other settings is reported (the demo looks for it).
@@ -83,9 +95,10 @@ CONFLICT = "holds a run with other settings"
 
 
 def saved_config(run_dir: Path) -> dict[str, Any]:
-    """The settings an earlier run in ``run_dir`` was made with (its config.yaml), or {}."""
-    path = run_dir / "config.yaml"
-    return (yaml.safe_load(path.read_text()) or {}).get("config", {}) if path.exists() else {}
+    """The settings the run in ``run_dir`` was last made with (its config.resumed.yaml when it was continued or
+    redone, else its config.yaml), or {}."""
+    path = next((p for p in (run_dir / "config.resumed.yaml", run_dir / "config.yaml") if p.exists()), run_dir)
+    return (yaml.safe_load(path.read_text()) or {}).get("config", {}) if path.is_file() else {}
 
 
 #: Sizes a config may leave to the model (None until the prompter is built, then saved as resolved).
@@ -122,7 +135,7 @@ def changed_settings(old: dict[str, Any], cfg: RunConfig, keys: Sequence[str] = 
 def refuse_other_run(cfg: RunConfig) -> None:
     """Raise ValueError when ``cfg``'s run folder holds another run (made with other :func:`identity_keys`):
     --resume latest would otherwise write over it."""
-    diff = changed_settings(saved_config(cfg.run_dir), cfg, identity_keys(cfg.method))
+    diff = changed_settings(saved_config(cfg.run_dir), cfg, identity_keys(cfg))
     if diff:
         raise ValueError(f"--resume latest: {cfg.run_dir} {CONFLICT} ({diff})")
 

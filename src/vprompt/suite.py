@@ -350,7 +350,7 @@ def expand_suite(suite: SuiteConfig, output: str | Path | None = None) -> list[S
 def _state(cell: SuiteCell) -> tuple[str, str]:
     """(``invalid``, ``conflict``, ``done``, ``resume`` or ``new``, and a reason for the first two)."""
     from .checkpoint import LAST_FILE
-    from .engine import CONFLICT, RESULT_KEYS, changed_settings, identity_keys, saved_config
+    from .engine import CONFLICT, changed_settings, identity_keys, result_keys, saved_config
 
     if cell.cfg is None:
         return "invalid", cell.error or "invalid settings"
@@ -359,7 +359,7 @@ def _state(cell: SuiteCell) -> tuple[str, str]:
     if finished or interrupted:
         # A finished run computed with another precision, validation frequency or L2 sweep is not this cell's
         # result; an unfinished one may continue with them, as --resume allows.
-        keys = (*identity_keys(cell.cfg.method), *(RESULT_KEYS if finished else ()))
+        keys = (*identity_keys(cell.cfg), *(result_keys(cell.cfg) if finished else ()))
         diff = changed_settings(saved_config(run_dir), cell.cfg, keys)
         if diff:
             return "conflict", f"{run_dir} {CONFLICT} ({diff}); delete it or change the output"
