@@ -323,9 +323,15 @@ def test_untrained_methods_take_only_their_settings_from_the_shared_base(tmp_pat
     assert state == "conflict" and "l2_grid=[1.0] there, None here" in why
 
 
-def test_a_mistyped_model_is_an_invalid_run():
+def test_a_mistyped_model_is_an_invalid_run(monkeypatch):
     cells = expand_suite(parse_suite({"datasets": ["synthetic"], "methods": ["vp"], "base": {"model": "ViT-B-23"}}))
     assert cells[0].cfg is None and "unknown --model 'ViT-B-23'; did you mean ViT-B-32" in cells[0].error
+    # A source registered without a checker (its lister gives examples) leaves the name to its factory.
+    from vprompt import backbones
+
+    monkeypatch.setitem(backbones._SOURCES, "mine", backbones._Source(lambda n, **k: None, lambda: ["a"], ""))
+    suite = {"datasets": ["synthetic"], "methods": ["vp"], "base": {"model": "mine:any-name"}}
+    assert expand_suite(parse_suite(suite))[0].cfg.model == "mine:any-name"
 
 
 def test_empty_dataset_options_are_no_options():

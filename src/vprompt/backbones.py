@@ -172,23 +172,30 @@ def register_backbone_source(
     """Register a model source, reached as ``"<prefix>:<name>"``.
 
     ``factory(name, pretrained=..., **kwargs)`` returns a :class:`FrozenBackbone`; ``lister()`` returns example or
-    known names (without the prefix) for ``vprompt list models``; ``checker(name)`` raises ValueError for a name
-    the source does not have (default: a name ``lister()`` does not return).
+    known names (without the prefix) for ``vprompt list models``; ``checker(name)``, where given, raises ValueError
+    for a name the source does not have (see :func:`listed_names`), so that a suite can tell without building it.
     """
     _SOURCES[prefix] = _Source(factory, lister, description, checker)
 
 
+def listed_names(lister: Callable[[], list[str]], prefix: str = "") -> Callable[[str], None]:
+    """A checker for a source whose ``lister`` returns every name it has (``prefix``: how users write them)."""
+
+    def check(name: str) -> None:
+        known = lister()
+        if name not in known:
+            raise ValueError(_unknown_model_message(name, known, prefix))
+
+    return check
+
+
 def check_model(name: str) -> None:
-    """Raise ValueError, with the close matches, when ``--model name`` names no model (nothing is built)."""
+    """Raise ValueError, with the close matches, when ``--model name`` names no model of a source that can tell
+    (one registered with a checker); nothing is built."""
     source, model_name = _split_name(name)
-    src = _SOURCES[source]
-    if src.checker is not None:
-        src.checker(model_name)
-        return
-    known = src.lister()
-    if model_name not in known:
-        prefix = "" if source == "openclip" else f"{source}:"
-        raise ValueError(_unknown_model_message(model_name, known, prefix))
+    checker = _SOURCES[source].checker
+    if checker is not None:
+        checker(model_name)
 
 
 def _add_packaged_configs() -> None:
@@ -270,7 +277,9 @@ def _unknown_model_message(name: str, known: Sequence[str], prefix: str = "") ->
     return f"unknown --model {prefix + name!r}{hint} (`vprompt list models` shows them)"
 
 
-register_backbone_source("openclip", _create_open_clip, _list_open_clip, "open_clip CLIP models (bare names)")
+register_backbone_source(
+    "openclip", _create_open_clip, _list_open_clip, "open_clip CLIP models (bare names)", listed_names(_list_open_clip)
+)
 
 
 def _split_name(name: str) -> tuple[str, str]:

@@ -37,6 +37,7 @@ from .backbones import (
     FrozenBackbone,
     check_model,
     error_line,
+    listed_names,
     register_backbone_source,
 )
 from .download import fetching_weights
@@ -410,8 +411,16 @@ register_backbone_source(
     _check_timm_name,
 )
 register_backbone_source(
-    "tv", _create_tv, _list_tv, "torchvision classifiers (--pretrained default | IMAGENET1K_V1 | FILE | none)"
+    "tv",
+    _create_tv,
+    _list_tv,
+    "torchvision classifiers (--pretrained default | IMAGENET1K_V1 | FILE | none)",
+    listed_names(_list_tv, "tv:"),
 )
 register_backbone_source(
-    "cifar", _create_cifar, _list_cifar, "CIFAR-10 ResNets (--pretrained FILE | FOLDER | cifar10 | none)"
+    "cifar",
+    _create_cifar,
+    _list_cifar,
+    "CIFAR-10 ResNets (--pretrained FILE | FOLDER | cifar10 | none)",
+    listed_names(_list_cifar, "cifar:"),
 )
