@@ -134,6 +134,7 @@ def test_a_torchvision_weights_file_gets_the_size_of_the_models_own_weights(tmp_
     assert from_file.input_size == random_init.input_size == 300  # as with --pretrained default, not 224
     assert from_file.source_classnames[0] == "tench"
 
+
 def test_a_torchvision_vit_keeps_the_one_size_it_was_built_for(monkeypatch):
     import torchvision.models as tvm
 

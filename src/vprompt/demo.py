@@ -240,9 +240,9 @@ def run_demo(
     results = {r.method: json.loads((Path(r.run_dir) / "results.json").read_text()) for r in report.records}
     run_dirs = {r.method: Path(r.run_dir) for r in report.records}
     table = _table(results)
-    _write_report(output, table, s, data_dir, list(results))
+    _write_report(output, table, s, data_dir, results)
     _plot_curves(output, run_dirs, results)
-    _save_prompt_images(output, run_dirs)
+    _save_prompt_images(output, run_dirs, suite.base.get("data_dir"))  # this demo's digits, wherever it runs
     print(table)
     print(f"report: {output / 'results.md'}")
     return results
@@ -264,15 +264,20 @@ def _table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_report(output: Path, table: str, s: DemoSettings, data_dir: str | Path | None, arms: list[str]) -> None:
+def _write_report(
+    output: Path, table: str, s: DemoSettings, data_dir: str | Path | None, results: dict[str, dict[str, Any]]
+) -> None:
     from .checkpoint import atomic_write
 
     settings = ", ".join(f"{k}={v}" for k, v in vars(s).items() if v is not None)
+    arms = list(results)
+    r = next(iter(results.values()))
+    n_val = r["val"]["n"] if r.get("val") else 0
     text = (
         "# vprompt demo: a frozen CIFAR-10 ResNet reads handwritten digits\n\n"
         f"Frozen `cifar:resnet{s.depth}` (CIFAR-10 weights), MNIST digits on a {s.input_size}-pixel canvas; "
-        "trained on the training digits minus a 10 % validation split (which selects the epoch), tested on the "
-        "10,000 official MNIST test digits. Same budget for every arm.\n\n"
+        f"trained on {r['n_train']:,} training digits, {n_val:,} more held out for validation (which selects the "
+        f"epoch), tested on {r['test']['n']:,} MNIST test digits. Same budget for every arm.\n\n"
         f"{table}\n"
         f"Settings: {settings}; data: {data_dir or 'downloaded'}.\n\n"
         "![validation accuracy per epoch](curves.png)\n\n"
@@ -312,8 +317,9 @@ def _plot_curves(output: Path, run_dirs: dict[str, Path], results: dict[str, dic
     os.replace(tmp, output / "curves.png")
 
 
-def _save_prompt_images(output: Path, run_dirs: dict[str, Path]) -> None:
-    """``prompt_<arm>.png``: the prompt on black (min-max scaled to be visible) beside a prompted test digit."""
+def _save_prompt_images(output: Path, run_dirs: dict[str, Path], mnist_dir: str | None) -> None:
+    """``prompt_<arm>.png``: the prompt on black (min-max scaled to be visible) beside a prompted test digit (the
+    first of ``mnist_dir``'s)."""
     import numpy as np
     import torch
     from PIL import Image
@@ -329,7 +335,7 @@ def _save_prompt_images(output: Path, run_dirs: dict[str, Path]) -> None:
             continue
         state, cfg, _ = load_prompt(run_dir / "prompt.safetensors")
         if digit is None:
-            test = create_dataset("mnist", cfg["data_dir"], "test", download=False)
+            test = create_dataset("mnist", mnist_dir, "test", download=False)
             digit = test[0][0].float().div(255).expand(3, -1, -1)[None]
         prompter = create_prompter(
             cfg["prompter"], cfg["input_size"], cfg["inner_size"], cfg["prompt_size"], scale=IMAGENET_STD
