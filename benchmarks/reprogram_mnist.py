@@ -93,7 +93,10 @@ def sweep(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     suite = parse_suite({"base": base, "datasets": ["mnist"], "methods": methods, "seeds": [42]}, "sweep")
     jobs = args.jobs if args.jobs is not None else default_jobs(args.device)
     records = run_suite(suite, output=out / "sweep", jobs=jobs, quiet=True).records
-    val = {r.method: r.val_acc1 for r in records if r.status == "done"}
+    unfinished = [f"{r.method} ({r.status}: {r.error})" for r in records if r.status != "done"]
+    if unfinished:  # a selection over part of the sweep would not be the one it claims to be
+        raise SystemExit(f"sweep: not every setting finished, so none is selected: {'; '.join(unfinished)}")
+    val = {r.method: r.val_acc1 for r in records}
 
     def best(prefix: str) -> str:
         return max((k for k in val if k.startswith(prefix)), key=lambda k: val[k])
