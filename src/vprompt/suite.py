@@ -508,9 +508,14 @@ def _fetch_data_once(cfgs: Sequence[RunConfig]) -> None:
 
 
 def _worker_init(threads: int) -> None:
+    import signal
+
     import torch
 
     torch.set_num_threads(threads)
+    # Ctrl-C reaches the whole process group: the suite's process stops the runs, a worker must not go on to the
+    # next one (an interrupted run's last.pt keeps it resumable).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _fit_in_worker(cfg: RunConfig) -> dict[str, Any]:
@@ -541,9 +546,11 @@ def _run_parallel(
                 tag, cell = futures[fut]
                 error = fut.exception()
                 finished(tag, cell, error if error is not None else fut.result())
-        except BaseException:
+        except BaseException:  # Ctrl-C, or --fail-fast: stop now, not after the runs in progress and queued
             for fut in futures:
                 fut.cancel()
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
             raise
 
 
