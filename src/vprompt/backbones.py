@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .download import fetching_weights
+from .download import fetching_weights, first_line
 
 __all__ = [
     "FrozenBackbone",
@@ -266,9 +266,9 @@ def _create_open_clip(
 
 
 def error_line(e: BaseException) -> str:
-    """``Type: the first line of the message`` (a state-dict mismatch runs to hundreds of lines)."""
-    first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
-    return f"{type(e).__name__}: {first[:300]}" if first else type(e).__name__
+    """``Type: the first line of the message`` (see :func:`~vprompt.download.first_line`)."""
+    first = first_line(e)
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def _unknown_model_message(name: str, known: Sequence[str], prefix: str = "") -> str:

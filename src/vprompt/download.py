@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["file_digest", "download_verified", "DigestMismatch", "fetching_weights"]
+__all__ = ["file_digest", "download_verified", "DigestMismatch", "fetching_weights", "first_line"]
 
 _CHUNK = 1 << 20
 TIMEOUT_S = 60.0
@@ -25,6 +25,12 @@ TIMEOUT_S = 60.0
 
 class DigestMismatch(ValueError):
     """A file's digest is not the published one."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of ``exc``'s message, at most 300 characters ("" when it has none): a state-dict
+    mismatch or a hub error runs to many lines."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")[:300]
 
 
 def _is_fetch_failure(exc: BaseException) -> bool:
@@ -46,9 +52,9 @@ def fetching_weights(what: str) -> Iterator[None]:
     except (OSError, RuntimeError) as exc:
         if not _is_fetch_failure(exc):
             raise
-        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        reason = first_line(exc) or type(exc).__name__
         raise FileNotFoundError(
-            f"could not get the weights of {what} ({reason[:300]}); if you are offline, pass --pretrained PATH "
+            f"could not get the weights of {what} ({reason}); if you are offline, pass --pretrained PATH "
             "pointing to a local copy"
         ) from exc
 
