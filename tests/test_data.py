@@ -57,49 +57,51 @@ def test_an_in_order_pass_shares_the_training_loaders_images_without_padding():
     assert sorted(seen) == list(range(10)) and torch.cat([y for _, y in ordered[0]]).tolist() == [0, 3, 6, 9]
 
 
-def test_random_crops_of_a_file_dataset_with_workers_resume_exactly(tmp_path):
-    from vprompt.data.base import FileDataset
-    from vprompt.engine import _seed_epoch
-
+def _noise_files(tmp_path, n: int) -> list:
     rng = np.random.default_rng(0)
-    files = []
-    for i in range(8):
+    for i in range(n):
         Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
-        files.append((tmp_path / f"{i}.png", i % 2))
-    ds = FileDataset(files, ["a", "b"], build_transform(24, random_crop=True))
+    return [(tmp_path / f"{i}.png", i % 2) for i in range(n)]
 
-    def images_of_epochs(start: int, stop: int) -> list[torch.Tensor]:
-        loader, out = make_loader(ds, 8, True, seed=42, workers=1), []
-        for epoch in range(start, stop):  # as the engine does: RNGs seeded per (seed, epoch), then the epoch
-            _seed_epoch(42, epoch)
+
+def test_random_crops_of_a_file_dataset_resume_exactly_with_any_workers(tmp_path):
+    from vprompt.data.base import FileDataset
+
+    ds = FileDataset(_noise_files(tmp_path, 8), ["a", "b"], build_transform(24, random_crop=True))
+
+    def images_of_epochs(start: int, stop: int, workers: int) -> list[torch.Tensor]:
+        loader, out = make_loader(ds, 8, True, seed=42, workers=workers), []
+        for epoch in range(start, stop):
+            torch.manual_seed(epoch)  # the crops do not follow the global RNG, which they leave as it was
             loader.set_epoch(epoch)
             out.append(torch.cat([x for x, _ in loader]))
+            assert torch.equal(torch.get_rng_state(), torch.manual_seed(epoch).get_state())
         return out
 
-    straight, resumed = images_of_epochs(0, 3), images_of_epochs(2, 3)
+    straight = images_of_epochs(0, 3, workers=2)  # persistent workers, their state carried from epoch to epoch
     assert not torch.equal(straight[1], straight[2])  # each epoch its own order and crops
-    assert torch.equal(straight[2], resumed[0])
+    assert torch.equal(straight[2], images_of_epochs(2, 3, workers=1)[0])
+    assert torch.equal(straight[1], images_of_epochs(1, 2, workers=0)[0])
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-def test_processes_crop_the_files_they_decode_each_their_own_way(tmp_path, workers):
+def test_processes_decode_their_shares_of_a_batch_as_one_process_does(tmp_path, workers):
     from vprompt.data.base import FileDataset
-    from vprompt.engine import _seed_epoch
 
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "x.png")
-    ds = FileDataset([(tmp_path / "x.png", 0)] * 8, ["a"], build_transform(24, random_crop=True))  # one image
+    files = _noise_files(tmp_path, 1) * 7 + _noise_files(tmp_path, 8)[1:]  # one image 7 times, then 7 others
+    ds = FileDataset(files, ["a", "b"], build_transform(24, random_crop=True))
 
-    def crops(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-        loader = make_loader(ds, 4, True, seed=42, workers=workers, rank=rank, world_size=2)
-        _seed_epoch(42, 0)  # the engine's RNG state, the same in every process
-        loader.set_epoch(0)
-        images = torch.cat([x for x, _ in loader])
-        return images, torch.get_rng_state()
+    def epoch(rank: int = 0, world_size: int = 1) -> list[torch.Tensor]:
+        loader = make_loader(ds, 8 // world_size, True, seed=42, workers=workers, rank=rank, world_size=world_size)
+        loader.set_epoch(1)
+        return [x for x, _ in loader]
 
-    (first, first_rng), (second, second_rng) = crops(0), crops(1)
-    assert not torch.equal(first, second)  # the same image, cropped otherwise by the two processes
-    assert torch.equal(crops(0)[0], first)  # and again alike on a rerun (or resume)
-    assert torch.equal(first_rng, second_rng)  # the engine's RNG stays alike: diversity draws for the whole batch
+    one, shares = epoch(), [epoch(rank, 2) for rank in (0, 1)]
+    assert len(one) == len(shares[0]) == 2
+    for batch, first, second in zip(one, *shares, strict=True):  # process r holds the global batch's r, r + 2, ...
+        assert torch.equal(batch[0::2], first) and torch.equal(batch[1::2], second)
+    copies = torch.cat(one)[[i for i, (path, _) in enumerate(files) if path == files[0][0]]]
+    assert len({c.numpy().tobytes() for c in copies}) > 1  # the same image cropped anew where it recurs
 
 
 def test_device_batches_serve_in_memory_data():

@@ -6,56 +6,83 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from .conftest import tiny_run_args
 
 
-@pytest.mark.slow
-def test_two_processes_match_one(tmp_path):
+def _torchrun() -> Path:
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists() and shutil.which("torchrun") is None:
         pytest.skip("torchrun not installed")
+    return torchrun if torchrun.exists() else Path(shutil.which("torchrun"))
+
+
+def _train(tmp_path: Path, processes: int, *args: str, name: str, epochs: int = 2, timeout: int = 300) -> None:
+    launch = [sys.executable, "-m", "vprompt"] if processes == 1 else [
+        str(_torchrun()), "--standalone", "--nproc-per-node", str(processes), "-m", "vprompt",
+    ]  # fmt: skip
+    done = subprocess.run(
+        [*launch, *tiny_run_args(tmp_path, *args, name=name, epochs=epochs)],
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("run folder:") == 1  # printed by the first process only
+
+
+def _prompt(run: Path) -> torch.Tensor:
+    return torch.load(run / "last.pt", weights_only=True)["model"]["prompter.prompt"]
+
+
+def _assert_trained_alike(one: Path, two: Path) -> None:
+    assert torch.allclose(_prompt(one), _prompt(two), atol=1e-5, rtol=1e-4)
+    a, b = (json.loads((run / "results.json").read_text()) for run in (one, two))
+    assert b["test"]["n"] == a["test"]["n"]  # every test image counted once across processes
+    assert b["test"]["acc1"] == pytest.approx(a["test"]["acc1"])
+    assert b["n_train"] % 2 == 0  # so that no padding is needed: training metrics summed over both processes
+    for x, y in zip(_metrics(one), _metrics(two), strict=True):
+        assert y["train_loss"] == pytest.approx(x["train_loss"], rel=1e-4) and y["train_acc1"] == x["train_acc1"]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    _torchrun()
     # Input diversity is drawn for the whole batch, each process taking its share, so its images are resized and
     # placed as in one process. VP's optimizer has state (momentum), so it checks the averaged gradient too.
     common = ("--method", "vp", "--warmup-steps", "2", "--diversity", "di", "--di-prob", "0.8", "--lr", "1")
-    single = subprocess.run(
-        [sys.executable, "-m", "vprompt", *tiny_run_args(tmp_path, *common, name="one", epochs=2)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert single.returncode == 0, single.stderr
-    multi = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "vprompt",
-         *tiny_run_args(tmp_path, *common, name="two", epochs=2)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert multi.returncode == 0, multi.stderr
-    assert multi.stdout.count("run folder:") == 1  # printed by the first process only
-
-    def prompt(name):
-        return torch.load(tmp_path / name / "last.pt", weights_only=True)["model"]["prompter.prompt"]
-
-    assert torch.allclose(prompt("one"), prompt("two"), atol=1e-5, rtol=1e-4)
-    one = json.loads((tmp_path / "one" / "results.json").read_text())
-    two = json.loads((tmp_path / "two" / "results.json").read_text())
-    assert two["test"]["n"] == one["test"]["n"] == 48  # every test image counted once across processes
-    assert two["test"]["acc1"] == pytest.approx(one["test"]["acc1"])
-    assert two["n_train"] % 2 == 0  # so that no padding is needed: training metrics summed over both processes
-    for a, b in zip(*(_metrics(tmp_path / name) for name in ("one", "two")), strict=True):
-        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4) and b["train_acc1"] == a["train_acc1"]
+    _train(tmp_path, 1, *common, name="one")
+    _train(tmp_path, 2, *common, name="two")
+    _assert_trained_alike(tmp_path / "one", tmp_path / "two")
+    assert json.loads((tmp_path / "two" / "results.json").read_text())["test"]["n"] == 48
 
     # 33 training images, batch 32: unpadded shards of 17 and 16 would take 2 and 1 steps, and the first process
     # would wait in the gradient all-reduce for ever.
     odd = ("--dataset", "synthetic", "--dataset-option", "n_train=33", "--dataset-option", "n_test=8",
            "--val-fraction", "0")  # fmt: skip
-    uneven = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "vprompt",
-         *tiny_run_args(tmp_path, *common, *odd, name="odd", epochs=1)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert uneven.returncode == 0, uneven.stderr
+    _train(tmp_path, 2, *common, *odd, name="odd", epochs=1, timeout=120)
     assert _metrics(tmp_path / "odd")[0]["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_two_processes_decode_image_files_as_one(tmp_path):
+    _torchrun()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 16), ("test", 4)):
+        for c in ("a", "b"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (40, 52, 3), dtype=np.uint8)).save(
+                    tmp_path / "data" / split / c / f"{i}.png"
+                )
+    # ref diversity: a random crop of each decoded file (in the data workers), then a flip drawn for the batch.
+    common = ("--method", "vp", "--warmup-steps", "2", "--diversity", "ref", "--lr", "1", "--dataset", "imagefolder",
+              "--data-dir", str(tmp_path / "data"), "--val-fraction", "0", "--workers", "1", "-b", "8")  # fmt: skip
+    _train(tmp_path, 1, *common, name="one")
+    _train(tmp_path, 2, *common, name="two")
+    _assert_trained_alike(tmp_path / "one", tmp_path / "two")
 
 
 def _metrics(run):

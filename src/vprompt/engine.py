@@ -590,6 +590,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
     for epoch in range(start_epoch, epochs):
         _seed_epoch(cfg.seed, epoch)
         train_loader.set_epoch(epoch)
+        map_loader.set_epoch(epoch)  # the crops of decoded files that label mapping sees
         if model.head.epoch_start(epoch, lambda: collect_outputs(model, map_loader, device, cfg.precision, env)):
             _log.info("epoch %d: head updated", epoch + 1)
         lr = optimizers[0].param_groups[0]["lr"] if optimizers else 0.0  # this epoch's (its first step's)

@@ -2,7 +2,9 @@
 
 In-memory datasets (:class:`~vprompt.data.base.ArrayDataset`) are moved to the device once and batched there:
 no workers, no per-image decoding, no host-to-device copy per step. File datasets go through a
-``DataLoader`` whose sampler uses the same order.
+``DataLoader`` whose sampler uses the same order and gives each image the seed of its random crop, drawn from
+(seed, epoch, place in the epoch's global order): an image is cropped alike whatever the number of processes
+or workers, and on a resumed run.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .base import ArrayDataset
 from .splits import derive_seed, torch_seed
 
-__all__ = ["epoch_order", "DeviceBatches", "OrderSampler", "make_loader"]
+__all__ = ["epoch_order", "DeviceBatches", "OrderSampler", "SeededDecoding", "make_loader"]
 
 
 def _epoch_length(n: int, shuffle: bool, world_size: int) -> int:
@@ -43,21 +45,50 @@ def epoch_order(n: int, shuffle: bool, seed: int, epoch: int, rank: int = 0, wor
     return order[rank::world_size]
 
 
-class OrderSampler(Sampler[int]):
-    """A sampler over :func:`epoch_order`; call :meth:`set_epoch` before each epoch."""
+class OrderSampler(Sampler):
+    """A sampler over :func:`epoch_order`; call :meth:`set_epoch` before each epoch.
 
-    def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    With ``keyed`` it yields ``(index, decode seed)`` pairs for :class:`SeededDecoding`: the seed is drawn from
+    (seed, epoch, the image's place in the order of all processes), so that N processes decode the images of a
+    global batch as one process does."""
+
+    def __init__(
+        self, n: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1, keyed: bool = False
+    ) -> None:
         self.n, self.shuffle, self.seed, self.rank, self.world_size = n, shuffle, seed, rank, world_size
-        self.epoch = 0
+        self.keyed, self.epoch = keyed, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(epoch_order(self.n, self.shuffle, self.seed, self.epoch, self.rank, self.world_size).tolist())
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
+        order = epoch_order(self.n, self.shuffle, self.seed, self.epoch, self.rank, self.world_size).tolist()
+        if not self.keyed:
+            return iter(order)
+        stream = f"decode:{'train' if self.shuffle else 'in-order'}:{self.epoch}"
+        places = range(self.rank, self.rank + len(order) * self.world_size, self.world_size)
+        return iter([(i, derive_seed(self.seed, f"{stream}:{p}")) for i, p in zip(order, places, strict=True)])
 
     def __len__(self) -> int:
         return len(range(self.rank, _epoch_length(self.n, self.shuffle, self.world_size), self.world_size))
+
+
+class SeededDecoding(Dataset):
+    """``dataset``, indexed by ``(index, seed)``: each image is decoded (randomly cropped) under the global RNG
+    seeded with its own seed, which is left as it was. Its crop then depends on that seed only, not on the
+    process, the worker or the images decoded before it."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
 
 
 class DeviceBatches:
@@ -109,52 +140,30 @@ class DeviceBatches:
 
 
 class _Loader:
-    """A DataLoader with an :class:`OrderSampler`, exposing ``set_epoch`` like :class:`DeviceBatches`.
-
-    Random crops made while decoding follow the RNG the engine seeds per (seed, epoch), the same in every process;
-    with several processes each draws its crops from a stream of its own rank instead, so that the processes do
-    not crop their images alike."""
+    """A DataLoader with a keyed :class:`OrderSampler`, exposing ``set_epoch`` like :class:`DeviceBatches`."""
 
     def __init__(self, loader: DataLoader, sampler: OrderSampler) -> None:
         self.loader, self.sampler = loader, sampler
-        self._crop_rng: torch.Tensor | None = None  # this process's decoding RNG state (several, without workers)
 
     def set_epoch(self, epoch: int) -> None:
-        s = self.sampler
-        s.set_epoch(epoch)
-        if s.world_size > 1:
-            gen = torch.Generator().manual_seed(derive_seed(s.seed, f"decode:{epoch}:{s.rank}"))
-            if self.loader.num_workers:
-                self.loader.generator = gen  # the workers' seeds come from it
-            else:
-                self._crop_rng = gen.get_state()
+        self.sampler.set_epoch(epoch)
 
     def in_order(self) -> _Loader:
-        """The same images, each once and in order, decoded as this loader decodes them (random crops included);
-        its workers start afresh at each pass, so their crops follow the RNG state seeded per (seed, epoch)."""
+        """The same images, each once and in order, decoded as this loader decodes them (random crops included,
+        seeded per (seed, epoch) of their own: call ``set_epoch``)."""
         s, dl = self.sampler, self.loader
-        sampler = OrderSampler(s.n, False, s.seed, s.rank, s.world_size)
+        sampler = OrderSampler(s.n, False, s.seed, s.rank, s.world_size, keyed=True)
         loader = DataLoader(
-            dl.dataset, batch_size=dl.batch_size, sampler=sampler, num_workers=dl.num_workers, pin_memory=dl.pin_memory
-        )
+            dl.dataset, batch_size=dl.batch_size, sampler=sampler, num_workers=dl.num_workers, pin_memory=dl.pin_memory,
+            generator=torch.Generator(),
+        )  # fmt: skip
         return _Loader(loader, sampler)
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        if self._crop_rng is None:
-            yield from self.loader
-            return
-        batches = iter(self.loader)
-        while True:
-            with torch.random.fork_rng(devices=[]):  # decode with this process's stream, leave the global one
-                torch.set_rng_state(self._crop_rng)
-                batch = next(batches, None)
-                self._crop_rng = torch.get_rng_state()
-            if batch is None:
-                return
-            yield batch
+        return iter(self.loader)
 
 
 def make_loader(
@@ -170,15 +179,14 @@ def make_loader(
     """Batches of ``(uint8 images (B, C, H, W), labels (B,))``; in-memory datasets are served from the device."""
     if isinstance(dataset, ArrayDataset):
         return DeviceBatches(dataset, batch_size, shuffle, seed, device, rank, world_size)
-    sampler = OrderSampler(len(dataset), shuffle, seed, rank, world_size)
+    sampler = OrderSampler(len(dataset), shuffle, seed, rank, world_size, keyed=True)
     loader = DataLoader(
-        dataset,
+        SeededDecoding(dataset),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
         pin_memory=torch.device(device).type == "cuda",
-        # Shuffled (training) loaders start fresh workers every epoch: their random crops are then seeded from the
-        # RNG state the engine sets per (seed, epoch), so a resumed run crops as an uninterrupted one would.
-        persistent_workers=workers > 0 and not shuffle,
+        persistent_workers=workers > 0,  # the crops do not depend on the workers' state
+        generator=torch.Generator(),  # for the workers' base seed, which would otherwise be drawn from the global RNG
     )
     return _Loader(loader, sampler)
