@@ -26,6 +26,16 @@ def test_backbone_applies_its_own_normalization(tiny_backbone):
         assert torch.allclose(tiny_backbone(x), expected)
 
 
+def test_a_clip_vit_probe_reads_the_features_before_the_projection(tiny_backbone):
+    proj = tiny_backbone.model.visual.proj
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        features = tiny_backbone.features(x)
+        assert features.shape == (2, proj.shape[0]) and proj.shape[0] != proj.shape[1]
+        assert torch.allclose(features @ proj, tiny_backbone(x), atol=1e-5)
+    assert tiny_backbone.model.visual.proj is proj  # put back
+
+
 def test_only_the_prompt_gets_gradients(tiny_backbone):
     text = build_text_classifier(tiny_backbone.encode_text, ["cat", "dog"], ["a photo of a {}"])
     model = PromptedModel(create_prompter("evp", 64), tiny_backbone, ClipTextHead(text, 100.0))

@@ -85,7 +85,7 @@ def test_linprobe_run_folder_results_and_feature_cache(tmp_path, monkeypatch, ca
     assert results["method"] == "linprobe" and results["model"] == TINY_MODEL and results["selection"] == "val"
     assert results["test"]["n"] == 60 and results["val"]["n"] + results["n_train"] == 120
     assert results["l2"] in (1e-4, 1e-2, 1.0) and [r["l2"] for r in results["sweep"]] == [1.0, 1e-2, 1e-4]
-    assert results["feature_dim"] == 32  # the tiny CLIP's image embedding
+    assert results["feature_dim"] == 64  # the tiny CLIP ViT's width, before its projection to 32
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
 
     # A finished run is not overwritten by accident...

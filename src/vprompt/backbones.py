@@ -101,8 +101,8 @@ class FrozenBackbone(nn.Module):
         return self.encode(self.normalize(x))
 
     def features(self, x: Tensor) -> Tensor:
-        """Pixels in [0, 1] -> the representation a linear probe reads: the output itself (CLIP's image embedding);
-        classifiers override it with their penultimate features."""
+        """Pixels in [0, 1] -> the representation a linear probe reads: the output itself; CLIP and classifiers
+        override it."""
         return self.forward(x)
 
     def check_input_size(self, size: int) -> None:
@@ -138,6 +138,19 @@ class OpenCLIPBackbone(FrozenBackbone):
 
     def encode(self, x: Tensor) -> Tensor:
         return self.model.encode_image(x)
+
+    def features(self, x: Tensor) -> Tensor:
+        """What the CLIP paper's linear probes read: for a ViT the pooled features before the projection to the
+        embedding space (its appendix A.3), otherwise the image embedding."""
+        visual = self.model.visual
+        proj = getattr(visual, "proj", None)
+        if not isinstance(proj, torch.Tensor):
+            return self.forward(x)
+        visual.proj = None  # open_clip's vision transformer applies it only when set
+        try:
+            return visual(self.normalize(x))
+        finally:
+            visual.proj = proj
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> Tensor:

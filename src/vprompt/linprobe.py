@@ -64,7 +64,7 @@ DEFAULT_L2_GRID: tuple[float, ...] = tuple(10.0 ** (e / 2) for e in range(-12, 5
 
 FEATURES_FILE = "features.safetensors"
 PROBE_FILE = "probe.safetensors"
-_FEATURES_FORMAT = "vprompt-features/1"
+_FEATURES_FORMAT = "vprompt-features/2"  # 2: a CLIP ViT's features before its projection
 _PARTS = ("train", "val", "test")
 
 
