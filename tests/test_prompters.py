@@ -36,6 +36,18 @@ def test_evp_shrinks_larger_images_first():
     assert torch.all(out[..., :6, :] == 0)  # the prompt starts at zero
 
 
+@pytest.mark.parametrize("size", [48, 20])
+def test_resize_square_is_pils_bicubic_both_ways(size):
+    """In-memory images are resized on the device as decoded files are by PIL (and the reference code)."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    pil = np.asarray(Image.fromarray(pixels).resize((size, size), Image.BICUBIC), dtype=np.float32) / 255
+    ours = resize_square(torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255, size)[0].permute(1, 2, 0)
+    assert np.abs(ours.numpy() - pil).mean() < 2 / 255  # 8-bit rounding; another kernel is 4/255 off
+
+
 def test_evp_prompt_starts_at_zero_and_mask_is_a_buffer():
     p = EVPPrompter(224, 164)
     assert p.pad == 30
@@ -113,7 +125,14 @@ def test_prompters_never_normalize_identity_is_resize_only():
     assert p(x) is x
 
 
+@pytest.mark.parametrize("name", ["pad", "fixed_patch", "random_patch"])
+def test_vp_prompters_need_the_scale_that_makes_them_vp(name):
+    with pytest.raises(ValueError, match=r"scale=backbone\.std"):
+        create_prompter(name, input_size=32)
+    assert torch.equal(create_prompter(name, input_size=32, scale=[0.5]).scale.flatten(), torch.full((3,), 0.5))
+
+
 @pytest.mark.parametrize("size", [32, 63, 64, 96, 224])
 def test_vp_default_border_keeps_the_papers_share_at_every_size(size):
-    pad = create_prompter("pad", input_size=size).pad
+    pad = create_prompter("pad", input_size=size, scale=[1.0]).pad
     assert pad == max(1, round(size * 30 / 224)) and size - 2 * pad >= size * 0.7  # most of the image stays visible

@@ -41,15 +41,17 @@ __all__ = [
 def resize_square(x: Tensor, size: int) -> Tensor:
     """Resize a float image batch so its shorter side is ``size`` (bicubic), then center-crop ``size x size``.
 
-    Bicubic overshoots, so the result is clamped back to [0, 1] as an 8-bit image library would. Returns
-    ``x`` itself when it already has the size, which keeps the common path free.
+    The bicubic kernel is PIL's (the one file datasets are decoded with, and the reference code's resize), in
+    both directions: PyTorch's plain bicubic upsampling uses another (a = -0.75). Bicubic overshoots, so the
+    result is clamped back to [0, 1] as an 8-bit image library would. Returns ``x`` itself when it already has the
+    size, which keeps the common path free.
     """
     h, w = x.shape[-2:]
     if h == size and w == size:
         return x
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=nh < h or nw < w)
+    x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
     top, left = (nh - size) // 2, (nw - size) // 2
     return x[..., top : top + size, left : left + size].clamp(0.0, 1.0)
 
@@ -294,7 +296,7 @@ def create_prompter(
         inner_size: s, EVP's shrunk image size (default: 164 at S = 224, same ratio elsewhere).
         prompt_size: p. For ``evp`` the border width (``s = S - 2p``; give s or p, or both consistently); for
             ``pad`` the border width (default 30); for the patch prompters the patch side (default 30).
-        scale: per-channel prompt scale of the additive VP prompters (the backbone's std).
+        scale: per-channel prompt scale of the additive VP prompters, required for them: the backbone's std.
 
     Raises:
         ValueError: unknown name or inconsistent sizes, with a message naming the flag to fix.
@@ -316,6 +318,12 @@ def create_prompter(
         return EVPPrompter(input_size, inner_size)
     if name == "none":
         return IdentityPrompter(input_size)
+    if scale is None:
+        raise ValueError(
+            f"prompter {name!r} is VP's, added to the normalized image: pass scale=backbone.std.flatten().tolist() "
+            "(the backbone's std, so that VP's initialization and learning rate mean what they do in VP), or "
+            "scale=[1.0] for a prompt added in pixel units"
+        )
     p = default_pad(input_size) if prompt_size is None else prompt_size
     if name == "pad":
         return PadPrompter(input_size, p, scale)
