@@ -5,10 +5,12 @@ decoded images)."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import pickle
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -200,7 +202,8 @@ def test_eurosat_with_a_split_file(tmp_path):
     sea = [p for p, y in parts["train"].samples if "SeaLake" in p]
     assert sea and all(y == _names("eurosat").index("lake or sea") for p, y in parts["train"].samples if p in sea)
     write_seeded_split(split_file, make_seeded_split(25, class_counts=[4, 2, 3, 2, 2, 2, 2, 3, 2, 3]))
-    with pytest.raises(DatasetNotFoundError, match="class 0 has 3 images, expected 4"):
+    where = tmp_path / "eurosat" / "2750" / "AnnualCrop"  # the class's name and folder
+    with pytest.raises(DatasetNotFoundError, match=re.escape(f"class 0 ('annual crop land', {where}) has 3 images")):
         _make("eurosat", tmp_path, split_file=str(split_file))
 
 
@@ -339,8 +342,8 @@ def test_gtsrb(tmp_path):
     _check(_make("gtsrb", tmp_path, "test"), "gtsrb", 2, [14, 3])
 
 
-def test_cars(tmp_path):
-    base = tmp_path / "stanford_cars"
+def _cars_files(root):
+    base = root / "stanford_cars"
     (base / "devkit").mkdir(parents=True)
     sio.savemat(base / "devkit" / "cars_meta.mat", {"class_names": np.array(_names("cars"), dtype=object)[None]})
 
@@ -354,6 +357,10 @@ def test_cars(tmp_path):
     annos(base / "devkit" / "cars_train_annos.mat", "cars_train", [("00001.jpg", 1), ("00002.jpg", 196)])
     # (two rows at least: torchvision cannot iterate the 0-d array scipy makes of a single annotation)
     annos(base / "cars_test_annos_withlabels.mat", "cars_test", [("00001.jpg", 24), ("00002.jpg", 2)])
+
+
+def test_cars(tmp_path):
+    _cars_files(tmp_path)
     _check(_make("cars", tmp_path), "cars", 2, [0, 195])
     _check(_make("cars", tmp_path, "test"), "cars", 2, [23, 1])
 
@@ -460,21 +467,43 @@ def test_ucf101_integer_labels_follow_classind(tmp_path):
     assert named == {cls: cls.lower() for cls in official}
 
 
+@pytest.mark.parametrize("name,folder", [("resisc45", "baseball_field"), ("dmlab", "6")])  # dmlab's labels: 0..5
+def test_a_class_folder_of_no_known_class_is_named(tmp_path, name, folder):
+    bad = tmp_path / name / "train" / folder
+    _img(bad / "a.jpg")
+    with pytest.raises(ValueError, match=re.escape(f"dataset {name}: class {folder!r} of the folder {bad} ")):
+        _make(name, tmp_path)
+
+
 def test_ucf101_without_files_names_both_routes(tmp_path):
     with pytest.raises(DatasetNotFoundError, match="hf_id"):
         _make("ucf101", tmp_path)
 
 
+def _png(color):
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 14), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def test_hf_route_reads_hub_parquet_files(tmp_path):
-    datasets = pytest.importorskip("datasets")
+    pytest.importorskip("datasets")
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
     raw = ["airplane", "baseball_diamond", "wetland"]  # a hub copy with its own (raw) names and order
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=raw)})
+    # As the hub stores an image dataset: an image struct {bytes, path}, an integer label, and the features
+    # (Image, ClassLabel with the names) in the schema's "huggingface" metadata.
+    features = {"image": {"_type": "Image"}, "label": {"names": raw, "_type": "ClassLabel"}}
+    schema = pa.schema(
+        [("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])), ("label", pa.int64())],
+        metadata={"huggingface": json.dumps({"info": {"features": features}})},
+    )
     hub = tmp_path / "hub"
+    (hub / "data").mkdir(parents=True)
     for split, labels in (("train", [0, 2, 1]), ("validation", [1])):
-        imgs = [Image.new("RGB", (20, 14), (10 * y, 0, 0)) for y in labels]
-        ds = datasets.Dataset.from_dict({"image": imgs, "label": labels}, features=features)
-        (hub / "data").mkdir(parents=True, exist_ok=True)
-        ds.to_parquet(str(hub / "data" / f"{split}-00000-of-00001.parquet"))
+        images = [{"bytes": _png((10 * y, 0, 0)), "path": None} for y in labels]
+        table = pa.table({"image": images, "label": labels}, schema=schema)
+        pq.write_table(table, hub / "data" / f"{split}-00000-of-00001.parquet")
     kw = {"source": "hf", "hf_id": str(hub)}
     _check(_make("resisc45", tmp_path, **kw), "resisc45", 3, [0, 44, 2])
     _check(_make("resisc45", tmp_path, "val", **kw), "resisc45", 1, [2])
@@ -507,8 +536,6 @@ def test_a_hub_copy_without_a_validation_split_gets_a_held_out_one(tmp_path, mon
 
 
 def test_hf_route_without_the_extra_names_it(tmp_path, monkeypatch):
-    import sys
-
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if `datasets` were not installed
     with pytest.raises(MissingDependencyError, match=re.escape("pip install 'vprompt[hf]'")):  # one CLI line
         _make("dmlab", tmp_path, source="hf")
@@ -521,7 +548,6 @@ def test_hf_route_without_the_extra_names_it(tmp_path, monkeypatch):
         "flowers102",
         "food101",
         "eurosat",
-        "sun397",
         "svhn",
         "pets",
         "dtd",
@@ -534,6 +560,27 @@ def test_hf_route_without_the_extra_names_it(tmp_path, monkeypatch):
 def test_missing_files_is_one_clear_error(tmp_path, name):
     with pytest.raises(DatasetNotFoundError, match=rf"dataset {name}: files not found under .*--download fetches them"):
         _make(name, tmp_path / "empty")
+
+
+def test_sun397_is_not_downloaded_and_says_how_to_get_it(tmp_path, monkeypatch):
+    import torchvision.datasets.sun397 as tv_sun397
+
+    def dead_url(*args, **kwargs):
+        raise AssertionError("SUN397's download URL is dead (pytorch/vision#9348); it must not be tried")
+
+    monkeypatch.setattr(tv_sun397, "download_and_extract_archive", dead_url)
+    hint = r"pytorch/vision#9348.*SUN397\.tar\.gz by hand .*docs/DATASETS\.md"
+    with pytest.raises(DatasetNotFoundError, match=rf"dataset sun397: files not found under .*SUN397 .*{hint}"):
+        _make("sun397", tmp_path, download=True)
+
+
+@pytest.mark.parametrize("name", ["cars", "flowers102", "svhn"])
+def test_without_scipy_the_matlab_datasets_ask_for_it(tmp_path, monkeypatch, name):
+    _cars_files(tmp_path)  # Stanford Cars' files are there: only scipy is missing
+    monkeypatch.setitem(sys.modules, "scipy", None)  # as if scipy were not installed
+    monkeypatch.setitem(sys.modules, "scipy.io", None)
+    with pytest.raises(MissingDependencyError, match=rf"dataset {name} .*needs scipy: pip install scipy"):
+        _make(name, tmp_path)
 
 
 def test_missing_cars_and_folder_routes_explain_the_layout(tmp_path):

@@ -106,7 +106,8 @@ _register(
 _register(
     "sun397",
     tv.sun397,
-    "SUN397, 397 classes, 54,377 / 21,751 / 32,626 (shipped seeded split; torchvision; downloads) in DIR/SUN397",
+    "SUN397, 397 classes, 54,377 / 21,751 / 32,626 (shipped seeded split; torchvision; no download: files by hand "
+    "in DIR/SUN397)",
     n=397,
     splits=_TRAIN_VAL_TEST,
     options=_SPLIT_FILE,

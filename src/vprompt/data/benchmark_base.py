@@ -102,8 +102,11 @@ def name_key(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-def map_names(dataset: str, raw: Sequence[str], names: Sequence[str] | None = None) -> list[int]:
-    """The label (index into the clean list) of each raw class name, matched by :func:`name_key`.
+def map_names(
+    dataset: str, raw: Sequence[str], names: Sequence[str] | None = None, where: str = "the files"
+) -> list[int]:
+    """The label (index into the clean list) of each raw class name, matched by :func:`name_key`; ``where`` says
+    where the names come from, for the error.
 
     Raises:
         ValueError: a raw name matches no clean name (the metadata and the files disagree).
@@ -115,7 +118,7 @@ def map_names(dataset: str, raw: Sequence[str], names: Sequence[str] | None = No
         k = name_key(r)
         if k not in index:
             raise ValueError(
-                f"dataset {dataset}: class {r!r} of the files is not one of the {len(names)} known classes "
+                f"dataset {dataset}: class {r!r} of {where} is not one of the {len(names)} known classes "
                 f"(vprompt/data/metadata/{dataset}.json)"
             )
         out.append(index[k])
@@ -242,6 +245,7 @@ def select_split(
 ) -> list[int]:
     """The indices of ``split`` among the loader's ``len(labels)`` images, after checking that the images are the
     ones the split was made for (same count; for stratified splits, the same per-class counts in label order).
+    ``folder`` holds the images (for datasets with ``folders`` in their metadata, the class folders).
 
     Raises:
         DatasetNotFoundError: the images under ``folder`` are not the ones the split file indexes.
@@ -259,8 +263,13 @@ def select_split(
         counts = np.bincount(y, minlength=len(s.class_counts)).tolist()
         if counts != list(s.class_counts) or np.any(np.diff(y) < 0):
             bad = next((c for c, (a, b) in enumerate(zip(counts, s.class_counts)) if a != b), None)
-            detail = f"class {bad} has {counts[bad]} images, expected {s.class_counts[bad]}" if bad is not None else (
-                "the labels are not in contiguous class blocks"
-            )  # fmt: skip
+            detail = "the labels are not in contiguous class blocks"
+            if bad is not None:
+                meta = load_metadata(dataset)
+                where = f", {folder / meta['folders'][bad]}" if "folders" in meta else ""
+                detail = (
+                    f"class {bad} ({meta['classnames'][bad]!r}{where}) has {counts[bad]} images, "
+                    f"expected {s.class_counts[bad]}"
+                )
             raise DatasetNotFoundError(f"dataset {dataset}: the images under {folder} do not match {which} ({detail})")
     return s.indices[split].tolist()

@@ -77,10 +77,11 @@ def _coop_entries(path: Path, split: str) -> list[list[Any]]:
         return json.load(f).get(split, [])
 
 
-def _label_of_folder(name: str, folder: str, names: Sequence[str]) -> int:
-    if folder.isdigit() and int(folder) < len(names):
-        return int(folder)
-    return map_names(name, [folder], names)[0]
+def _label_of_folder(name: str, folder: Path, names: Sequence[str]) -> int:
+    if folder.name.isdigit() and int(folder.name) < len(names):
+        return int(folder.name)
+    where = f"the folder {folder} (named like a class, or by a label in 0..{len(names) - 1})"
+    return map_names(name, [folder.name], names, where)[0]
 
 
 def folder_dataset(name: str, folder: Path, split: str, transform: Callable[..., Any] | None) -> FileDataset:
@@ -108,7 +109,7 @@ def folder_dataset(name: str, folder: Path, split: str, transform: Callable[...,
     split_dir = folder / split
     if split_dir.is_dir():
         samples = [
-            (str(f), _label_of_folder(name, c.name, names))
+            (str(f), _label_of_folder(name, c, names))
             for c in sorted(p for p in split_dir.iterdir() if p.is_dir())
             for f in sorted(c.rglob("*"))
             if f.suffix.lower() in IMAGE_EXTENSIONS

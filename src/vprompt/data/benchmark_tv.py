@@ -1,7 +1,7 @@
 """Builders of the benchmark datasets that torchvision.datasets reads.
 
 Each builder opens the torchvision dataset (which checks the files, and downloads them with ``download=True``
-where torchvision can), then returns a :class:`~vprompt.data.base.FileDataset` of ``(path, label)`` with the clean
+where a download works), then returns a :class:`~vprompt.data.base.FileDataset` of ``(path, label)`` with the clean
 class names, so that ``targets`` are known without decoding an image (SVHN, held in one ``.mat`` file, becomes an
 in-memory :class:`~vprompt.data.base.ArrayDataset`). Labels are always re-derived from the raw class names or ids
 and mapped onto the metadata order (:func:`~vprompt.data.benchmark_base.map_names`).
@@ -12,6 +12,7 @@ torchvision release renames one.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -65,22 +66,25 @@ LAYOUTS = {
     ),
     "caltech101": ("caltech101", "caltech101/101_ObjectCategories/<class>/image_0001.jpg..."),
 }
+#: The datasets held in MATLAB files, which torchvision reads with scipy.
+NEEDS_SCIPY = ("flowers102", "svhn", "cars")
 
 
 def _open(name: str, root: Path, download: bool | str, make: Callable[[], Any]) -> Any:
     """Run torchvision's constructor, turning its "not found" errors into one clear :class:`DatasetNotFoundError`.
 
-    ``download`` is True/False, or a string saying why no download exists (Stanford Cars).
+    ``download`` is True/False, or a string saying why no download exists (SUN397, Stanford Cars).
     """
     sub, layout = LAYOUTS[name]
     if isinstance(download, str):
         hint: str | None = download
     else:
         hint = "the download did not produce them" if download else "--download fetches them"
+    # Checked first: torchvision's StanfordCars turns the ImportError into a RuntimeError like "not found".
+    if name in NEEDS_SCIPY and importlib.util.find_spec("scipy") is None:
+        raise MissingDependencyError(f"dataset {name} reads MATLAB files and needs scipy: pip install scipy")
     try:
         return make()
-    except ImportError as e:  # Flowers102, SVHN and Stanford Cars read .mat files
-        raise MissingDependencyError(f"dataset {name} reads MATLAB files and needs scipy: pip install scipy") from e
     except RuntimeError as e:  # torchvision: "Dataset not found (or corrupted)"
         raise missing(name, root / sub, layout, hint) from e
     except OSError as e:  # a failed download (URLError) or a file torchvision expected
@@ -230,7 +234,7 @@ def eurosat(
     to_ours = map_folders("eurosat", ds.classes)
     paths = [p for p, _ in ds.samples]
     labels = [to_ours[y] for _, y in ds.samples]
-    keep = select_split("eurosat", root / "eurosat", labels, split, split_file)
+    keep = select_split("eurosat", root / "eurosat" / "2750", labels, split, split_file)
     return _files("eurosat", [paths[i] for i in keep], [labels[i] for i in keep], transform)
 
 
@@ -241,10 +245,17 @@ def sun397(
     download: bool = False,
     split_file: str | None = None,
 ):
-    """SUN397 (108,754 images); train / val / test from the shipped split of the files sorted by path."""
+    """SUN397 (108,754 images); train / val / test from the shipped split of the files sorted by path.
+
+    torchvision's download URL is dead (pytorch/vision#9348): extract the files by hand (docs/DATASETS.md).
+    """
     from torchvision.datasets import SUN397
 
-    ds = _open("sun397", root, download, lambda: SUN397(str(root), download=download))
+    why = (
+        "the official download is dead (pytorch/vision#9348); extract an official copy of SUN397.tar.gz by hand "
+        f"(tar -xzf SUN397.tar.gz -C {root}), see docs/DATASETS.md"
+    )
+    ds = _open("sun397", root, why, lambda: SUN397(str(root), download=False))
     base = root / "SUN397"
     # torchvision lists the files in file-system order; the split indexes them sorted by relative path.
     rel = sorted(Path(p).relative_to(base).as_posix() for p in _attr(ds, "_image_files"))
