@@ -34,6 +34,12 @@ def test_a_clip_vit_probe_reads_the_features_before_the_projection(tiny_backbone
         assert features.shape == (2, proj.shape[0]) and proj.shape[0] != proj.shape[1]
         assert torch.allclose(features @ proj, tiny_backbone(x), atol=1e-5)
     assert tiny_backbone.model.visual.proj is proj  # put back
+    tiny_backbone.model.visual.output_tokens = True  # as CoCa's tower: (pooled, tokens)
+    try:
+        with torch.no_grad():
+            assert torch.equal(tiny_backbone.features(x), features)
+    finally:
+        tiny_backbone.model.visual.output_tokens = False
 
 
 def test_only_the_prompt_gets_gradients(tiny_backbone):

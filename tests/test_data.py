@@ -64,7 +64,7 @@ def _noise_files(tmp_path, n: int) -> list:
     return [(tmp_path / f"{i}.png", i % 2) for i in range(n)]
 
 
-def test_random_crops_of_a_file_dataset_resume_exactly_with_any_workers(tmp_path):
+def test_random_crops_of_a_file_dataset_resume_exactly_with_any_workers(tmp_path, monkeypatch):
     from vprompt.data.base import FileDataset
 
     ds = FileDataset(_noise_files(tmp_path, 8), ["a", "b"], build_transform(24, random_crop=True))
@@ -72,15 +72,19 @@ def test_random_crops_of_a_file_dataset_resume_exactly_with_any_workers(tmp_path
     def images_of_epochs(start: int, stop: int, workers: int) -> list[torch.Tensor]:
         loader, out = make_loader(ds, 8, True, seed=42, workers=workers), []
         for epoch in range(start, stop):
-            torch.manual_seed(epoch)  # the crops do not follow the global RNG, which they leave as it was
+            torch.default_generator.manual_seed(epoch)  # the crops do not follow the global RNG, left as it was
             loader.set_epoch(epoch)
             out.append(torch.cat([x for x, _ in loader]))
-            assert torch.equal(torch.get_rng_state(), torch.manual_seed(epoch).get_state())
+            assert torch.equal(torch.get_rng_state(), torch.default_generator.manual_seed(epoch).get_state())
         return out
+
+    def no_gpu_reseed(seed: int) -> None:
+        raise AssertionError("decoding in this process reseeded the GPUs, whose RNG input diversity draws from")
 
     straight = images_of_epochs(0, 3, workers=2)  # persistent workers, their state carried from epoch to epoch
     assert not torch.equal(straight[1], straight[2])  # each epoch its own order and crops
     assert torch.equal(straight[2], images_of_epochs(2, 3, workers=1)[0])
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", no_gpu_reseed)  # (workers seed it as they start)
     assert torch.equal(straight[1], images_of_epochs(1, 2, workers=0)[0])
 
 

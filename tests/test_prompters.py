@@ -46,6 +46,8 @@ def test_resize_square_is_pils_bicubic_both_ways(size):
     pil = np.asarray(Image.fromarray(pixels).resize((size, size), Image.BICUBIC), dtype=np.float32) / 255
     ours = resize_square(torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255, size)[0].permute(1, 2, 0)
     assert np.abs(ours.numpy() - pil).mean() < 2 / 255  # 8-bit rounding; another kernel is 4/255 off
+    half = resize_square(torch.from_numpy(pixels).permute(2, 0, 1)[None].bfloat16() / 255, size)
+    assert half.dtype == torch.bfloat16 and torch.allclose(half[0].permute(1, 2, 0).float(), ours, atol=0.02)
 
 
 def test_evp_prompt_starts_at_zero_and_mask_is_a_buffer():

@@ -148,9 +148,10 @@ class OpenCLIPBackbone(FrozenBackbone):
             return self.forward(x)
         visual.proj = None  # open_clip's vision transformer applies it only when set
         try:
-            return visual(self.normalize(x))
+            out = visual(self.normalize(x))
         finally:
             visual.proj = proj
+        return out[0] if isinstance(out, tuple) else out  # (pooled, tokens) where it outputs tokens (CoCa)
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> Tensor:

@@ -42,16 +42,18 @@ def resize_square(x: Tensor, size: int) -> Tensor:
     """Resize a float image batch so its shorter side is ``size`` (bicubic), then center-crop ``size x size``.
 
     The bicubic kernel is PIL's (the one file datasets are decoded with, and the reference code's resize), in
-    both directions: PyTorch's plain bicubic upsampling uses another (a = -0.75). Bicubic overshoots, so the
-    result is clamped back to [0, 1] as an 8-bit image library would. Returns ``x`` itself when it already has the
-    size, which keeps the common path free.
+    both directions: PyTorch's plain bicubic upsampling uses another (a = -0.75). It is computed in float32 at
+    least (PyTorch has it for no lower precision on the CPU) and without PIL's rounding to 8 bits between the
+    horizontal and vertical passes. Bicubic overshoots, so the result is clamped back to [0, 1] as an 8-bit image
+    library would. Returns ``x`` itself when it already has the size, which keeps the common path free.
     """
     h, w = x.shape[-2:]
     if h == size and w == size:
         return x
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True)
+    wide = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    x = F.interpolate(wide, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True).to(x.dtype)
     top, left = (nh - size) // 2, (nw - size) // 2
     return x[..., top : top + size, left : left + size].clamp(0.0, 1.0)
 

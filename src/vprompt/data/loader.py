@@ -87,7 +87,7 @@ class SeededDecoding(Dataset):
     def __getitem__(self, item: tuple[int, int]):
         index, seed = item
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # the CPU's only: torch.manual_seed would reseed every GPU
             return self.dataset[index]
 
 
