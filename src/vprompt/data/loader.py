@@ -140,10 +140,24 @@ class DeviceBatches:
 
 
 class _Loader:
-    """A DataLoader with a keyed :class:`OrderSampler`, exposing ``set_epoch`` like :class:`DeviceBatches`."""
+    """A DataLoader of a :class:`SeededDecoding` dataset with a keyed :class:`OrderSampler`, exposing ``set_epoch``
+    like :class:`DeviceBatches`. ``persistent``: its workers live from epoch to epoch (the crops do not depend on
+    their state)."""
 
-    def __init__(self, loader: DataLoader, sampler: OrderSampler) -> None:
-        self.loader, self.sampler = loader, sampler
+    def __init__(
+        self, dataset: SeededDecoding, batch_size: int, sampler: OrderSampler, workers: int, pin_memory: bool,
+        persistent: bool,
+    ) -> None:  # fmt: skip
+        self.sampler = sampler
+        self.loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent and workers > 0,
+            generator=torch.Generator(),  # for the workers' base seed, else drawn from the global RNG
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -153,11 +167,7 @@ class _Loader:
         seeded per (seed, epoch) of their own: call ``set_epoch``)."""
         s, dl = self.sampler, self.loader
         sampler = OrderSampler(s.n, False, s.seed, s.rank, s.world_size, keyed=True)
-        loader = DataLoader(
-            dl.dataset, batch_size=dl.batch_size, sampler=sampler, num_workers=dl.num_workers, pin_memory=dl.pin_memory,
-            generator=torch.Generator(),
-        )  # fmt: skip
-        return _Loader(loader, sampler)
+        return _Loader(dl.dataset, dl.batch_size, sampler, dl.num_workers, dl.pin_memory, persistent=False)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -180,13 +190,5 @@ def make_loader(
     if isinstance(dataset, ArrayDataset):
         return DeviceBatches(dataset, batch_size, shuffle, seed, device, rank, world_size)
     sampler = OrderSampler(len(dataset), shuffle, seed, rank, world_size, keyed=True)
-    loader = DataLoader(
-        SeededDecoding(dataset),
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=torch.device(device).type == "cuda",
-        persistent_workers=workers > 0,  # the crops do not depend on the workers' state
-        generator=torch.Generator(),  # for the workers' base seed, which would otherwise be drawn from the global RNG
-    )
-    return _Loader(loader, sampler)
+    pin_memory = torch.device(device).type == "cuda"
+    return _Loader(SeededDecoding(dataset), batch_size, sampler, workers, pin_memory, persistent=True)
