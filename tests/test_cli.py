@@ -368,6 +368,12 @@ def test_bad_flags_give_one_clear_line(tmp_path, extra, needle):
     assert not (tmp_path / "run").exists(), "a run that never started left its folder behind"
 
 
+def test_vprompt_debug_shows_the_traceback_of_a_user_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("VPROMPT_DEBUG", "1")
+    proc = _run(*tiny_run_args(tmp_path, "--method", "evq"), check=False)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "unknown method 'evq'" in proc.stderr
+
+
 def test_every_precision_the_flag_offers_has_an_autocast():
     x = torch.randn(2, 4)
     for precision in PRECISIONS:

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import re
 import statistics
 
@@ -192,9 +193,18 @@ def test_a_failure_of_the_users_making_is_logged_without_a_traceback(tmp_path, m
             raise FileNotFoundError(f"no such folder for {cfg.dataset}")
         raise RuntimeError("a bug")
 
+    logger = logging.getLogger("vprompt")  # which does not propagate once a run has set up its logging
+    monkeypatch.setattr(logger, "handlers", [*logger.handlers, caplog.handler])
     run_suite(_small_suite(tmp_path), fit=fit)
     failures = [r for r in caplog.records if "failed:" in r.getMessage()]
     assert failures and all(("FileNotFoundError" in r.getMessage()) == (r.exc_info is None) for r in failures)
+
+    caplog.clear()  # VPROMPT_DEBUG shows every traceback, as it does for a single run
+    monkeypatch.setenv("VPROMPT_DEBUG", "1")
+    run_suite(_small_suite(tmp_path / "debug"), fit=fit)
+    failures = [r for r in caplog.records if "failed:" in r.getMessage()]
+    assert any("FileNotFoundError" in r.getMessage() for r in failures)
+    assert failures and all(r.exc_info is not None for r in failures)
 
 
 def test_shots_rows_labels_and_per_method_seeds():

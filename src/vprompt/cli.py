@@ -20,14 +20,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .config import PRECISIONS
+from .errors import USER_ERRORS, CLIError, one_line
 
 __all__ = ["main", "build_parser"]
 
 _log = logging.getLogger("vprompt")
-
-
-class CLIError(Exception):
-    """A user error to print as one line (exit status 2)."""
 
 
 def _key_value(text: str) -> tuple[str, Any]:
@@ -430,10 +427,6 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-#: Errors of the user's making (settings, files): one line, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, CLIError)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vprompt`` command; returns the exit status."""
     parser = build_parser()
@@ -442,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except USER_ERRORS as e:
-        if os.environ.get("VPROMPT_DEBUG"):
+        if not one_line(e):
             raise
         print(f"vprompt {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, check_dataset_options, load_yaml, resolve_config
+from .errors import one_line
 
 __all__ = ["SuiteConfig", "MethodEntry", "SuiteCell", "RunRecord", "SuiteReport", "load_suite", "expand_suite",
            "run_suite", "build_table"]  # fmt: skip
@@ -457,9 +458,7 @@ def run_suite(
         if isinstance(outcome, BaseException):  # one failing run must not stop the grid
             if fail_fast:
                 raise outcome
-            from .cli import USER_ERRORS  # a bad setting or missing file is one line; a bug keeps its traceback
-
-            trace = None if isinstance(outcome, USER_ERRORS) else outcome
+            trace = None if one_line(outcome) else outcome  # a bad setting or missing file is one line
             _log.error("suite %s failed: %s: %s", tag, type(outcome).__name__, outcome, exc_info=trace)
             pending[id(cell)] = _record(cell, "failed", error=f"{type(outcome).__name__}: {outcome}")
         else:
