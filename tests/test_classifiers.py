@@ -108,6 +108,7 @@ def test_torchvision_backbone_with_imagenet_normalization_and_local_weights(tmp_
         create_backbone("tv:resnet18", pretrained=str(tmp_path / "bad.pth"))
 
 
+@pytest.mark.filterwarnings("error::FutureWarning")  # torchvision's warning about its slow init, which is skipped
 def test_googlenet_from_a_local_file_converts_to_the_statistics_its_weights_were_trained_with(tmp_path):
     import torchvision.models as tvm
 

@@ -326,7 +326,9 @@ def _create_tv(name: str, pretrained: str | Path | None = None, **_: Any) -> Cla
                 f"--pretrained {pretrained!r} is neither a file nor a weights name of tv:{name} (weights: {tags}, none)"
             ) from None
     with fetching_weights(f"--model tv:{name} --pretrained {pretrained}") if weights is not None else nullcontext():
-        model = tvm.get_model(name, weights=weights)
+        # Weights about to be loaded make GoogLeNet's and Inception v3's slow truncated-normal init a waste.
+        skip_init = {"init_weights": False} if local is not None and name in ("googlenet", "inception_v3") else {}
+        model = tvm.get_model(name, weights=weights, **skip_init)
     if local is not None:
         _load_weights(model, local, f"tv:{name}")
         if hasattr(model, "transform_input"):  # GoogLeNet, Inception v3: as torchvision's builder sets with weights,
