@@ -133,6 +133,8 @@ def test_linear_head_on_the_backbone_output(tiny_backbone):
     assert isinstance(head, LinearHead) and head.lr == 0.01
     assert head.linear.in_features == 32 and head.linear.out_features == 3  # the tiny CLIP's embedding size
     assert all(p.requires_grad for p in head.parameters())
+    assert build_head(resolve_config({"head": "linear"}), tiny_backbone, ["a"]).lr == 1e-3  # the default
+    assert build_head(resolve_config({"head": "linear", "head_lr": 0}), tiny_backbone, ["a"]).lr == 0  # a frozen head
 
 
 def _run_args(tmp_path, *extra, name):

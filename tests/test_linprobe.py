@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from vprompt import cli, linprobe
 from vprompt.config import list_methods, resolve_config
@@ -138,6 +139,14 @@ def test_the_feature_cache_knows_the_labels_and_the_weights_file(tmp_path):
     weights.write_bytes(b"other weights")
     assert key != linprobe._cache_key(cfg, 32, splits([0, 0, 1, 1]))
 
+    folder = tmp_path / "weights"  # a classifier's --pretrained may name the folder its file is in
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"one")
+    cfg = resolve_config({"method": "linprobe", "pretrained": str(folder), "output": str(tmp_path)})
+    key = linprobe._cache_key(cfg, 32, splits([0, 0, 1, 1]))
+    (folder / "model.safetensors").write_bytes(b"other weights")
+    assert key != linprobe._cache_key(cfg, 32, splits([0, 0, 1, 1]))
+
 
 def test_linprobe_through_fit_on_a_classifier_uses_penultimate_features(tmp_path):
     cfg = resolve_config({
@@ -153,6 +162,28 @@ def test_linprobe_through_fit_on_a_classifier_uses_penultimate_features(tmp_path
 def test_linprobe_resume_ignores_settings_a_probe_does_not_use(tmp_path):
     assert cli.main(["train", "--method", "linprobe", "--lr", "5", "-b", "64", *_args(tmp_path)[1:]]) == 0
     assert cli.main([*_args(tmp_path), "-b", "32", "--resume", "latest"]) == 0
+
+
+def test_linprobe_saves_its_input_size_and_resumes_only_at_it(tmp_path, capsys):
+    args = [*_args(tmp_path), "--model", "cifar:resnet20", "--pretrained", "none"]  # a model of any input size
+    assert cli.main(args) == 0
+    saved = yaml.safe_load((tmp_path / "lp" / "config.yaml").read_text())["config"]
+    assert saved["input_size"] == 32  # the model's own size, saved as it came out
+    capsys.readouterr()
+    assert cli.main([*args, "--input-size", "16", "--resume", "latest"]) == 2  # features of another size
+    assert "input_size=32 there, 16 here" in capsys.readouterr().err
+
+
+def test_a_run_config_made_directly_takes_its_methods_recipe(tmp_path):
+    from vprompt import RunConfig
+
+    probe = RunConfig(method="linprobe", model="cifar:resnet20", dataset="synthetic", output=str(tmp_path))
+    assert probe.prompter == "none" and probe.epochs == 0  # not EVP's prompter, which would shrink the images
+    vp = RunConfig(method="vp", lr=4.0)
+    assert (vp.prompter, vp.optimizer, vp.lr) == ("pad", "sgd", 4.0)
+    assert RunConfig(method="vp").to_dict() == resolve_config({"method": "vp"}).to_dict()
+    with pytest.raises(ValueError, match="unknown method 'evq'; did you mean evp"):
+        RunConfig(method="evq")
 
 
 def test_linprobe_refuses_a_prompter_and_is_no_checkpoint_for_eval(tmp_path, capsys):

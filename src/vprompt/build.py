@@ -86,16 +86,20 @@ def build_backbone(cfg: RunConfig, device: torch.device | str, weights_like: str
 
 
 def build_prompter(cfg: RunConfig, backbone: FrozenBackbone) -> Prompter:
-    """The prompter of ``cfg`` at the backbone's input size (or ``cfg.input_size`` where the model allows)."""
+    """The prompter of ``cfg`` at the backbone's input size (or ``cfg.input_size`` where the model allows). Sizes
+    ``cfg`` left to their defaults are set in it as they came out, so that the run's saved config holds them."""
     size = cfg.input_size or backbone.input_size
     backbone.check_input_size(size)
     prompter = create_prompter(
-        cfg.prompter or "evp",
+        cfg.prompter,
         input_size=size,
         inner_size=cfg.inner_size,
         prompt_size=cfg.prompt_size,
         scale=backbone.std.flatten().tolist(),
     )
+    for key, value in prompter.geometry().items():
+        if getattr(cfg, key) is None:
+            setattr(cfg, key, value)
     return prompter.to(backbone.mean.device)
 
 
@@ -136,7 +140,7 @@ def build_head(
         )
         return mapping.to(backbone.mean.device)
     if head == "linear":
-        linear = LinearHead(_output_dim(backbone), len(classnames), lr=cfg.head_lr if cfg.head_lr else 1e-3)
+        linear = LinearHead(_output_dim(backbone), len(classnames), lr=1e-3 if cfg.head_lr is None else cfg.head_lr)
         return linear.to(backbone.mean.device)
     if head == "text":
         if backbone.kind != "clip":

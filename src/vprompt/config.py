@@ -30,7 +30,8 @@ def check_precision(precision: str, source: str = "--precision") -> None:
 
 @dataclass
 class RunConfig:
-    """Everything a run needs; stored as a plain dict in ``config.yaml`` and in the prompt's metadata."""
+    """Everything a run needs; stored as a plain dict in ``config.yaml`` and in the prompt's metadata. Settings
+    left as None that the method's recipe (:data:`METHODS`) names take the recipe's value."""
 
     # what to adapt, to what
     model: str = "ViT-B-32"
@@ -83,6 +84,9 @@ class RunConfig:
     resume: str | None = None
 
     def __post_init__(self) -> None:
+        for key, value in method_recipe(self.method, "method").items():  # the method fills what was left unset
+            if getattr(self, key) is None:
+                setattr(self, key, value)
         for f in dataclasses.fields(self):
             setattr(self, f.name, _checked(f, getattr(self, f.name)))
 
@@ -236,6 +240,16 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 
 
+def method_recipe(method: str, source: str) -> dict[str, Any]:
+    """The settings ``method`` fills in where they were left unset, or a ValueError naming ``source``, the close
+    matches and the methods."""
+    if method not in METHODS:
+        close = difflib.get_close_matches(str(method), list(METHODS), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"{source}: unknown method {method!r}{hint} (available: {', '.join(sorted(METHODS))})")
+    return {k: v for k, v in METHODS[method].items() if not k.startswith("_")}
+
+
 def list_methods() -> dict[str, str]:
     """Method name -> one-line description."""
     return {k: v.get("_doc", "") for k, v in sorted(METHODS.items())}
@@ -256,7 +270,7 @@ def check_dataset_options(options: Any, source: str = "dataset_options") -> dict
 def resolve_config(
     values: Mapping[str, Any], source: str = "config", sources: Mapping[str, str] | None = None
 ) -> RunConfig:
-    """Build a :class:`RunConfig` from user values (explicit settings only), filling the method's recipe.
+    """Build a :class:`RunConfig` from user values (explicit settings only); the method's recipe fills the rest.
 
     Args:
         values: field name -> value; unset fields may be absent or None.
@@ -278,19 +292,12 @@ def resolve_config(
         hint = f"; did you mean {', '.join(close)}?" if close else " (settings are the flags' names: lr for --lr)"
         raise ValueError(f"{where(k)}: unknown setting {k!r}{hint}")
     explicit = {k: v for k, v in values.items() if v is not None}
-    method = explicit.get("method", RunConfig.method)
-    if method not in METHODS:
-        close = difflib.get_close_matches(method, list(METHODS), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"{where('method')}: unknown method {method!r}{hint} (available: {', '.join(sorted(METHODS))})"
-        )
+    method_recipe(explicit.get("method", RunConfig.method), where("method"))  # checked here to name its source
     check_precision(explicit.get("precision", RunConfig.precision), where("precision"))
     if "dataset_options" in explicit:
         explicit["dataset_options"] = check_dataset_options(explicit["dataset_options"], where("dataset_options"))
-    recipe = {k: v for k, v in METHODS[method].items() if not k.startswith("_")}
     try:
-        return RunConfig(**{**recipe, **explicit})
+        return RunConfig(**explicit)
     except SettingError as e:
         flag = f"--{e.key.replace('_', '-')}" if where(e.key) == "command line" else e.key
         raise ValueError(f"{where(e.key)}: {str(e).replace(e.key, flag, 1)}") from None

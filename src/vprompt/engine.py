@@ -431,9 +431,6 @@ def _build_for_run(
     torch.manual_seed(torch_seed(cfg.seed))
     backbone = build_backbone(cfg, device, weights_like)
     prompter = build_prompter(cfg, backbone)
-    for key, value in prompter.geometry().items():  # sizes left to defaults are saved as they came out
-        if getattr(cfg, key) is None:
-            setattr(cfg, key, value)
     diversity = create_diversity(
         cfg.diversity or "none", min_scale=cfg.di_min_scale, prob=cfg.di_prob, shard=(env.rank, env.world_size)
     )

@@ -125,11 +125,13 @@ def _labels_digest(ds: Any) -> str:
 
 
 def _file_stamp(path: str | None) -> list[Any] | None:
-    """Size and modification time of a weights file (a file replaced under the same name is other weights)."""
-    if not path or not Path(path).expanduser().is_file():
+    """Size and modification time of a weights file, or of every file in a weights folder (a file replaced under
+    the same name is other weights); None for weights given by name."""
+    where = Path(path).expanduser() if path else None
+    if where is None or not where.exists():
         return None
-    st = Path(path).expanduser().stat()
-    return [st.st_size, st.st_mtime_ns]
+    files = [where] if where.is_file() else sorted(f for f in where.rglob("*") if f.is_file())
+    return [[str(f.relative_to(where)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
 def _cache_key(cfg: RunConfig, input_size: int, data: DataSplits) -> dict[str, Any]:
@@ -326,7 +328,7 @@ def _check_run_folder(cfg: RunConfig) -> None:
     from .engine import refuse_other_run
 
     run_dir = cfg.run_dir
-    if cfg.prompter not in (None, "none"):
+    if cfg.prompter != "none":
         raise ValueError(
             f"--prompter {cfg.prompter}: a linear probe reads the frozen model's features without a prompt"
         )
@@ -360,7 +362,7 @@ def fit_linear_probe(cfg: RunConfig) -> dict[str, Any]:
     check_dataset(cfg.dataset, cfg.dataset_options)  # a mistyped name is told before a model is downloaded
     torch.manual_seed(torch_seed(cfg.seed))  # a randomly initialized backbone is then the same on every rerun
     backbone = build_backbone(cfg, device)
-    prompter = build_prompter(cfg, backbone)  # the "none" prompter: resize to S only
+    prompter = build_prompter(cfg, backbone)  # the "none" prompter: resize to S only; sets cfg's input size
     data = data_for_run(cfg, prompter.image_size, random_crop=False)
     _write_run_files(cfg, data, run_dir, resumed=cfg.resume is not None)
 
