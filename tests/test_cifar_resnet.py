@@ -134,7 +134,7 @@ def test_sha256_mismatch_rejected_before_unpickling(tmp_path: Path, monkeypatch:
         msg = str(info.value)
         assert expected in msg and str(bad) in msg and "corrupt" in msg
     good_32 = RESNET_DIR / CIFAR_RESNET_CHECKPOINTS[32][0]  # a good file of another depth is not called corrupt
-    with pytest.raises(ValueError, match=r"is the ResNet-32 checkpoint; use --model cifar:resnet32 with it"):
+    with pytest.raises(ValueError, match=r"is the ResNet-32 checkpoint, not the ResNet-20 one the model needs"):
         create_cifar_resnet(20, pretrained=good_32)
 
 

@@ -198,7 +198,11 @@ def _verify_sha256(path: Path, expected: str) -> None:
     got = file_digest(path, "sha256")
     other = next((d for d, (_, sha) in CIFAR_RESNET_CHECKPOINTS.items() if sha == got and sha != expected), None)
     if other is not None:
-        raise ValueError(f"{path} is the ResNet-{other} checkpoint; use --model cifar:resnet{other} with it")
+        wanted = next(d for d, (_, sha) in CIFAR_RESNET_CHECKPOINTS.items() if sha == expected)
+        raise ValueError(
+            f"{path} is the ResNet-{other} checkpoint, not the ResNet-{wanted} one the model needs: give the "
+            f"ResNet-{wanted} weights as --pretrained, or train with --model cifar:resnet{other}"
+        )
     if got != expected:
         raise ValueError(
             f"sha256 mismatch for {path}: expected {expected}, got {got}; the file is corrupt or not this checkpoint "
