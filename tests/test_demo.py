@@ -127,7 +127,13 @@ def test_a_demo_arm_that_cannot_get_its_files_points_to_the_demos_own_flag(tmp_p
     failed = RunRecord("identity", None, "mnist", 42, "failed", error=error)
     monkeypatch.setattr(suite, "run_suite", lambda *a, **k: SuiteReport([failed], "", []))
     assert cli.main(["demo", "--output", str(tmp_path / "demo")]) == 2
-    assert "the demo reads both from --data-dir DIR (the ResNets in DIR/cifar10_resnets" in capsys.readouterr().err
+    assert "both come from its own --data-dir DIR (the ResNets in DIR/cifar10_resnets" in capsys.readouterr().err
+
+    mnist_only = tmp_path / "idx"  # the IDX folder itself, as a user might pass it: MNIST found, the ResNets not
+    mnist_only.mkdir()
+    assert cli.main(["demo", "--output", str(tmp_path / "demo"), "--data-dir", str(mnist_only)]) == 2
+    err = capsys.readouterr().err  # MNIST is missing there too: its download fails, and says what the demo takes
+    assert "dataset mnist" in err and "both come from its own --data-dir DIR" in err
 
 
 def _run_name(arm: str) -> str:

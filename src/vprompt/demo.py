@@ -129,6 +129,10 @@ def _sources(data_dir: str | Path | None) -> tuple[str, str | None]:
         raise FileNotFoundError(f"--data-dir {root} does not exist")
     ckpt = root / "cifar10_resnets"
     mnist = root / "mnist"
+    if not ckpt.is_dir():
+        _log.warning("--data-dir %s has no cifar10_resnets folder: the ResNet weights are downloaded (or cached)", root)
+    if not mnist.is_dir():
+        _log.info("--data-dir %s has no mnist folder: MNIST's IDX files are read from %s itself", root, root)
     return (str(ckpt) if ckpt.is_dir() else "cifar10"), str(mnist if mnist.is_dir() else root)
 
 
@@ -216,6 +220,16 @@ def train_size(mnist_dir: str | None) -> int:
     return len(holdout_split(train.targets, RunConfig.val_fraction, RunConfig.split_seed)[0])
 
 
+def _with_data_hint(message: str) -> str:
+    """``message`` of a failure to find or fetch files, told how the demo's own flag provides them."""
+    if "--pretrained PATH" not in message and "--data-dir" not in message:
+        return message
+    return (
+        f"{message}; for the demo, both come from its own --data-dir DIR (the ResNets in DIR/cifar10_resnets, MNIST "
+        "in DIR/mnist), in place of the flags named above"
+    )
+
+
 def run_demo(
     data_dir: str | Path | None = None,
     output: str | Path = "demo_out",
@@ -228,15 +242,16 @@ def run_demo(
     s = settings or DemoSettings()
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    suite = _suite(s, data_dir, output)
+    try:
+        suite = _suite(s, data_dir, output)  # reads (or downloads) MNIST to size VP's warmup
+    except FileNotFoundError as e:
+        raise FileNotFoundError(_with_data_hint(str(e))) from e
     jobs = s.jobs if s.jobs is not None else default_jobs(s.device)
     report = run_suite(suite, output=output / "runs", quiet=True, jobs=jobs)
     if report.failed:  # a one-line error; each arm's log.txt has the details
         first = report.failed[0]
         hint = " (another --output starts a fresh demo)" if CONFLICT in first.error else ""
-        if "--pretrained PATH" in first.error or "--data-dir" in first.error:
-            hint = "; the demo reads both from --data-dir DIR (the ResNets in DIR/cifar10_resnets, MNIST in DIR/mnist)"
-        raise ValueError(f"demo arm {first.method} failed: {first.error}{hint}")
+        raise ValueError(_with_data_hint(f"demo arm {first.method} failed: {first.error}{hint}"))
     results = {r.method: json.loads((Path(r.run_dir) / "results.json").read_text()) for r in report.records}
     run_dirs = {r.method: Path(r.run_dir) for r in report.records}
     table = _table(results)
