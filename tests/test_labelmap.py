@@ -174,3 +174,13 @@ def test_label_mapping_without_a_prompt_needs_no_training_epoch(tmp_path):
     assert cli.main(args) == 0
     results = json.loads((tmp_path / "flm0" / "results.json").read_text())
     assert results["epochs"] == 0 and results["test"]["n"] == 32
+
+
+def test_resume_compares_the_head_a_run_uses_not_how_it_was_written(tmp_path, capsys):
+    args = _run_args(tmp_path, "--epochs", "2", name="r")
+    assert cli.main([*args, "--label-map", "flm"]) == 0  # a classifier's default head, written out
+    assert cli.main([*args, "--resume", "latest"]) == 0  # the same run, left to its default
+    capsys.readouterr()
+    assert cli.main([*args, "--label-map", "rlm", "--resume", "latest"]) == 2  # another head
+    assert "label_map='flm' there, 'rlm' here" in capsys.readouterr().err
+    assert cli.main([*args, "--head", "linear", "--resume", "latest"]) == 2

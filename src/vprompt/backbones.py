@@ -32,6 +32,7 @@ __all__ = [
     "OpenCLIPBackbone",
     "create_backbone",
     "list_models",
+    "model_kind",
     "register_backbone_source",
     "OPENAI_CLIP_MEAN",
     "OPENAI_CLIP_STD",
@@ -170,6 +171,7 @@ class _Source:
     lister: Callable[[], list[str]]
     description: str
     checker: Callable[[str], None] | None = None
+    kind: str = "classifier"
 
 
 _SOURCES: dict[str, _Source] = {}
@@ -182,14 +184,16 @@ def register_backbone_source(
     lister: Callable[[], list[str]],
     description: str = "",
     checker: Callable[[str], None] | None = None,
+    kind: str = "classifier",
 ) -> None:
     """Register a model source, reached as ``"<prefix>:<name>"``.
 
     ``factory(name, pretrained=..., **kwargs)`` returns a :class:`FrozenBackbone`; ``lister()`` returns example or
     known names (without the prefix) for ``vprompt list models``; ``checker(name)``, where given, raises ValueError
     for a name the source does not have (see :func:`listed_names`), so that a suite can tell without building it.
+    ``kind`` is its backbones' :attr:`FrozenBackbone.kind`, which decides a run's default head before one is built.
     """
-    _SOURCES[prefix] = _Source(factory, lister, description, checker)
+    _SOURCES[prefix] = _Source(factory, lister, description, checker, kind)
 
 
 def listed_names(lister: Callable[[], list[str]], prefix: str = "") -> Callable[[str], None]:
@@ -210,6 +214,11 @@ def check_model(name: str) -> None:
     checker = _SOURCES[source].checker
     if checker is not None:
         checker(model_name)
+
+
+def model_kind(name: str) -> str:
+    """What ``--model name`` outputs, without building it: ``"clip"`` (image embeddings) or ``"classifier"``."""
+    return _SOURCES[_split_name(name)[0]].kind
 
 
 def _add_packaged_configs() -> None:
@@ -247,10 +256,9 @@ def _create_open_clip(
     if pretrained in (None, "", "none"):
         tags = open_clip.list_pretrained_tags_by_model(name)
         _log.warning(
-            "model %s: %s, using RANDOM weights%s",
+            "model %s: RANDOM weights (no --pretrained, or none)%s",
             name,
-            "--pretrained none" if pretrained else "no --pretrained given",
-            f" (pretrained tags: {', '.join(tags[:6])})" if tags else "",
+            f"; pretrained tags: {', '.join(tags[:6])}" if tags else "",
         )
         pretrained = None
     elif not Path(pretrained).is_file() and pretrained not in open_clip.list_pretrained_tags_by_model(name):
@@ -292,7 +300,12 @@ def _unknown_model_message(name: str, known: Sequence[str], prefix: str = "") ->
 
 
 register_backbone_source(
-    "openclip", _create_open_clip, _list_open_clip, "open_clip CLIP models (bare names)", listed_names(_list_open_clip)
+    "openclip",
+    _create_open_clip,
+    _list_open_clip,
+    "open_clip CLIP models (bare names)",
+    listed_names(_list_open_clip),
+    kind="clip",
 )
 
 

@@ -21,6 +21,7 @@ from .heads import (
     LinearHead,
     build_text_classifier,
     create_label_mapping,
+    resolve_head,
     resolve_templates,
 )
 from .prompters import Prompter, create_prompter
@@ -114,15 +115,7 @@ def build_head(
     ``auto`` is the text head for CLIP models and FLM label mapping for classifiers; ``rlm``/``flm``/``ilm`` are
     label mappings over a classifier's logits; ``linear`` is a trainable linear layer on the backbone output.
     """
-    head = cfg.head
-    if cfg.label_map is not None:
-        if cfg.label_map not in LABEL_MAPS:
-            raise ValueError(f"unknown --label-map {cfg.label_map!r} (choose from {', '.join(LABEL_MAPS)})")
-        if head not in ("auto", cfg.label_map):
-            raise ValueError(f"--label-map {cfg.label_map} conflicts with --head {head}; give only one of them")
-        head = cfg.label_map
-    if head == "auto":
-        head = "text" if backbone.kind == "clip" else "flm"
+    head = resolve_head(cfg.head, cfg.label_map, backbone.kind)
     if head in LABEL_MAPS:
         if backbone.kind != "classifier":
             raise ValueError(

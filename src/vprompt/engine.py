@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from . import __version__
+from .backbones import model_kind
 from .build import PromptedModel, build_backbone, build_head, build_prompter, to_float_rgb
 from .checkpoint import LAST_FILE, PROMPT_FILE, atomic_write, load_prompt, load_state, save_prompt, save_state
 from .config import RunConfig, check_precision, resolve_config
@@ -38,6 +39,7 @@ from .data import DataSplits, check_dataset, make_loader, prepare_data
 from .data.splits import torch_seed
 from .distributed import DistEnv, all_reduce_grads, all_reduce_sum, barrier, init_distributed
 from .diversity import InputDiversity, create_diversity
+from .heads import resolve_head
 from .optim import create_optimizer, create_scheduler
 
 __all__ = ["train_one_epoch", "evaluate", "fit", "evaluate_checkpoint", "autocast", "resolve_device"]
@@ -120,12 +122,22 @@ def changed_settings(old: dict[str, Any], cfg: RunConfig, keys: Sequence[str] = 
     """``"k=old, ..."`` for the ``keys`` whose value in an earlier run's config ``old`` differs from ``cfg``'s;
     empty when the run is the same. A key absent from ``old`` counts as unchanged, and so does a size left to its
     default (None) on either side: the saved prompt's shape then decides. Any other None is a value (no few-shot
-    draw, random weights) and is compared. Weights files are compared by where they are (:func:`_same_weights`)."""
+    draw, random weights) and is compared. Weights files are compared by where they are (:func:`_same_weights`),
+    ``head`` and ``label_map`` by the head they give (``--label-map flm`` is a classifier's default head)."""
+
+    def head_of(c: Mapping[str, Any]) -> str | None:
+        try:
+            return resolve_head(c.get("head") or "auto", c.get("label_map"), model_kind(c.get("model") or cfg.model))
+        except ValueError:  # an unknown model source or head: compared as written
+            return None
 
     def differs(k: str) -> bool:
         new = getattr(cfg, k)
         if k == "pretrained":
             return not _same_weights(old[k], new)
+        if k in ("head", "label_map") and old[k] != new:
+            before, now = head_of(old), head_of(cfg.to_dict())
+            return before is None or before != now
         return old[k] != new and not (k in _SIZES and (old[k] is None or new is None))
 
     changed = [k for k in keys if k in old and differs(k)]

@@ -32,6 +32,7 @@ __all__ = [
     "LinearHead",
     "LABEL_MAPS",
     "create_label_mapping",
+    "resolve_head",
     "greedy_label_mapping",
     "prediction_counts",
     "build_text_classifier",
@@ -44,6 +45,20 @@ __all__ = [
 EVP_TEMPLATE = "this is a photo of a {}"
 
 Template = str | Callable[[str], str]
+
+
+def resolve_head(head: str, label_map: str | None, kind: str) -> str:
+    """The head a run uses: ``label_map`` where given (``head`` must then be ``auto`` or the same), else ``head``,
+    with ``auto`` the text head for a CLIP model and FLM label mapping for a classifier (``kind``)."""
+    if label_map is not None:
+        if label_map not in LABEL_MAPS:
+            raise ValueError(f"unknown --label-map {label_map!r} (choose from {', '.join(LABEL_MAPS)})")
+        if head not in ("auto", label_map):
+            raise ValueError(f"--label-map {label_map} conflicts with --head {head}; give only one of them")
+        return label_map
+    if head == "auto":
+        return "text" if kind == "clip" else "flm"
+    return head
 
 
 def clean_classname(name: str) -> str:
