@@ -1,3 +1,6 @@
+import logging
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -157,6 +160,30 @@ def test_image_folder_labels_mean_the_same_class_in_a_split_that_lacks_one(tmp_p
     assert sorted({int(data.test[i][1]) for i in range(len(data.test))}) == [0, 2]  # cat is still 2, not 1
 
 
+def test_image_folder_skips_hidden_folders_and_files_and_names_a_broken_image(tmp_path):
+    _write_folder(tmp_path, "train", ["ant", "bee", ".ipynb_checkpoints"])
+    (tmp_path / "train" / "ant" / "._0.png").write_bytes(b"macOS metadata")
+    (tmp_path / "train" / "bee" / ".cache").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "train" / "bee" / ".cache" / "x.png")
+    ds = create_dataset("imagefolder", tmp_path, "train")
+    assert ds.classnames == ["ant", "bee"] and len(ds) == 6  # no hidden class shifting every label by one
+    broken = tmp_path / "train" / "bee" / "1.png"
+    broken.write_bytes(broken.read_bytes()[:40])  # cut short, as an interrupted copy leaves it
+    with pytest.raises(OSError, match=re.escape(f"{broken}: cannot decode this image")):
+        create_dataset("imagefolder", tmp_path, "train")[4]
+
+
+def test_a_validation_split_that_cannot_be_drawn_says_why(tmp_path, caplog, monkeypatch):
+    _write_folder(tmp_path, "train", ["ant", "bee"], n=1)
+    _write_folder(tmp_path, "test", ["ant", "bee"], n=1)
+    logger = logging.getLogger("vprompt")  # which does not propagate once a run has set up its logging
+    monkeypatch.setattr(logger, "handlers", [*logger.handlers, caplog.handler])
+    data = prepare_data("imagefolder", tmp_path, image_size=8, val_fraction=0.5, download=False)
+    assert (
+        data.val is None and "no class has 2 training images" in caplog.text and "--val-fraction 0" not in caplog.text
+    )
+
+
 def test_cifar_errors_tell_a_missing_folder_from_a_corrupt_one(tmp_path):
     with pytest.raises(DatasetNotFoundError, match="expected .*cifar-10-batches-py/"):
         create_dataset("cifar10", tmp_path, "test")
@@ -197,6 +224,8 @@ def test_16bit_and_float_grayscale_images_decode_to_their_8bit_values(tmp_path):
 def test_synthetic_options_are_checked():
     from vprompt.data import create_dataset
 
-    for key, value in (("n_train", -5), ("n_test", "abc"), ("size", 1)):
-        with pytest.raises(ValueError, match=f"--dataset-option {key}={value!r} must be an integer"):
+    for key, value in (("n_train", -5), ("n_test", "abc"), ("size", 1), ("seed", 0.5)):
+        with pytest.raises(ValueError, match=f"--dataset-option {key}={value!r} must be a whole number"):
             create_dataset("synthetic", None, "train" if key != "n_test" else "test", **{key: value})
+    one, other = (create_dataset("synthetic", None, "train", n_train=8, seed=s) for s in ("1", 2))  # as documented
+    assert not torch.equal(one.images, other.images)

@@ -4,6 +4,7 @@ scikit-learn's digits."""
 from __future__ import annotations
 
 import io
+import re
 import sys
 
 import numpy as np
@@ -53,7 +54,7 @@ def test_mnist_crop_keeps_the_central_box(tmp_path):
     cropped = create_dataset("mnist", tmp_path, "train", crop="20")  # as --dataset-option crop=20 gives it
     assert torch.equal(cropped.images[:, 0], torch.from_numpy(images[:, 4:24, 4:24]))
     for bad in (29, 0, "abc", 20.5, True):
-        with pytest.raises(ValueError, match=f"crop={bad} must be a whole number of pixels, 1 to 28"):
+        with pytest.raises(ValueError, match=re.escape(f"crop={bad!r} must be a whole number from 1 to 28")):
             create_dataset("mnist", tmp_path, "train", crop=bad)
 
 
@@ -64,6 +65,8 @@ def test_official_train_set_is_preferred_over_train10k_and_subfolders_are_search
     assert len(create_dataset("mnist", tmp_path, "train")) == 40
     _write_mnist(tmp_path / "MNIST" / "raw", "t10k", 7, gz=True)
     assert len(create_dataset("mnist", tmp_path, "test")) == 7  # torchvision's layout
+    _write_mnist(tmp_path, "train10k", 12, gz=False, seed=4)  # a subset in DIR, the official set in a subfolder
+    assert len(create_dataset("mnist", tmp_path, "train")) == 40
 
 
 def test_mnist_errors_name_the_files_and_the_fix(tmp_path):
@@ -153,6 +156,11 @@ def test_digits_fixed_stratified_split():
     assert len(set(idx.tolist())) == 500 and len(train) + len(test) == len(labels)
     smaller = create_dataset("digits", None, "test", test_size=100, test_seed=1)
     assert len(smaller) == 100 and torch.bincount(smaller.targets).tolist() == [10] * 10
+    for key, bad in (("test_size", "abc"), ("test_size", 100.9), ("test_size", True), ("test_size", 1797)):
+        with pytest.raises(ValueError, match=re.escape(f"{key}={bad!r} must be a whole number from 1 to 1796")):
+            create_dataset("digits", None, "test", **{key: bad})
+    with pytest.raises(ValueError, match="test_seed='x' must be a whole number >= 0"):
+        create_dataset("digits", None, "test", test_seed="x")
 
 
 def test_digits_through_prepare_data_hold_out_validation():

@@ -148,7 +148,8 @@ def prepare_data(
         train_idx, val_idx = holdout_split(train_full.targets, val_fraction, split_seed)
         val_source = "holdout" if val_idx else "none"
         if not val_idx:
-            _log.warning("%s: no validation split (--val-fraction 0): the last epoch is selected", name)
+            why = "--val-fraction 0" if not val_fraction else "no class has 2 training images to hold one out"
+            _log.warning("%s: no validation split (%s): the last epoch is selected", name, why)
         # File datasets decode validation images without the training crop, so they need their own instance.
         val_parent = train_full if isinstance(train_full, ArrayDataset) else make("train", eval_tf)
         val = subset(val_parent, val_idx) if val_idx else None

@@ -64,7 +64,15 @@ class ArrayDataset(Dataset):
 
 def load_rgb(path: str | Path) -> Image.Image:
     """Open an image file as RGB (grayscale, palette and RGBA images are converted; 16-bit, 32-bit and float
-    grayscale are scaled to 8 bits first, where PIL's own conversion would clip them to white)."""
+    grayscale are scaled to 8 bits first, where PIL's own conversion would clip them to white). A file that
+    cannot be decoded raises an OSError that names it."""
+    try:
+        return _decode_rgb(path)
+    except (OSError, ValueError) as e:  # PIL's messages ("image file is truncated") do not name the file
+        raise OSError(f"{path}: cannot decode this image ({e}); replace or remove the file") from e
+
+
+def _decode_rgb(path: str | Path) -> Image.Image:
     with Image.open(path) as img:
         if img.mode.startswith("I") or img.mode == "F":
             a = np.asarray(img, dtype=np.float64)

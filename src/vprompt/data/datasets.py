@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .base import ArrayDataset, FileDataset
-from .registry import DatasetNotFoundError, DatasetSpec, register_dataset
+from .registry import DatasetNotFoundError, DatasetSpec, register_dataset, whole_option
 
 __all__ = ["synthetic_dataset", "cifar_dataset", "image_folder_dataset", "IMAGE_EXTENSIONS"]
 
@@ -29,10 +29,11 @@ def synthetic_dataset(
 ) -> ArrayDataset:
     """A small learnable task: each class is a colored square of its own color and rough size on a noisy
     background, at a random position. Deterministic for a given seed and split; needs no files."""
-    for key, value in (("num_classes", num_classes), ("size", size), ("n_train", n_train), ("n_test", n_test)):
-        least = 2 if key == "size" else 1
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"dataset synthetic: --dataset-option {key}={value!r} must be an integer >= {least}")
+    num_classes, n_train, n_test = (
+        whole_option("synthetic", k, v, 1)
+        for k, v in (("num_classes", num_classes), ("n_train", n_train), ("n_test", n_test))
+    )
+    size, seed = whole_option("synthetic", "size", size, 2), whole_option("synthetic", "seed", seed, 0)
     n = n_train if split == "train" else n_test
     palette = np.random.default_rng(seed).uniform(0.1, 0.9, size=(num_classes, 3))
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
@@ -53,7 +54,7 @@ register_dataset(
         builder=synthetic_dataset,
         description="colored squares on noise, 10 classes, 32x32, generated (tests and demos; no files)",
         in_memory=True,
-        options={"num_classes": "10", "size": "32", "n_train": "500", "n_test": "200"},
+        options={"num_classes": "10", "size": "32", "n_train": "500", "n_test": "200", "seed": "0"},
     )
 )
 
@@ -121,15 +122,19 @@ def image_folder_dataset(
             f"dataset imagefolder: no folder {folder} (--data-dir must hold train/ and test/ subfolders with one "
             f"folder per class{'; it has: ' + ', '.join(have) if have else ''})"
         )
-    if not any(p.is_dir() for p in folder.iterdir()):
+
+    def shown(p: Path) -> bool:  # hidden entries (.ipynb_checkpoints/, macOS's ._x.png) are no classes or images
+        return not p.name.startswith(".")
+
+    if not any(p.is_dir() and shown(p) for p in folder.iterdir()):
         raise DatasetNotFoundError(f"dataset imagefolder: {folder} has no class subfolders")
     splits = [Path(root) / s for s in ("train", "val", "test") if (Path(root) / s).is_dir()]
-    classes = sorted({p.name for s in splits for p in s.iterdir() if p.is_dir()})
+    classes = sorted({p.name for s in splits for p in s.iterdir() if p.is_dir() and shown(p)})
     samples = [
         (str(f), label)
         for label, c in enumerate(classes)
         for f in sorted((folder / c).rglob("*"))  # nothing for a class this split lacks
-        if f.suffix.lower() in IMAGE_EXTENSIONS
+        if f.suffix.lower() in IMAGE_EXTENSIONS and not any(n.startswith(".") for n in f.relative_to(folder).parts)
     ]
     if not samples:
         raise DatasetNotFoundError(f"dataset imagefolder: no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")

@@ -30,7 +30,7 @@ import numpy as np
 from ..download import DigestMismatch, download_verified
 from .base import ArrayDataset
 from .idx import read_idx
-from .registry import DatasetNotFoundError, DatasetSpec, register_dataset
+from .registry import DatasetNotFoundError, DatasetSpec, register_dataset, whole_option
 
 __all__ = ["mnist_dataset", "digits_dataset", "find_mnist_files", "DIGIT_CLASSES", "MNIST_MIRRORS", "MNIST_MD5"]
 
@@ -73,15 +73,15 @@ def _search_folders(root: Path) -> list[Path]:
 
 
 def _pairs(root: Path, split: str) -> Iterator[tuple[str, Path | None, Path | None]]:
-    """(prefix, images file, labels file) for each searched folder and file prefix of ``split``, in the order
-    preferred; a file that is not there is None."""
-    for folder in _search_folders(root):
-        for prefix in _MNIST_PREFIXES[split]:
+    """(prefix, images file, labels file) for each file prefix of ``split`` and searched folder, in the order
+    preferred (the official files in any folder before train10k in any); a file that is not there is None."""
+    for prefix in _MNIST_PREFIXES[split]:
+        for folder in _search_folders(root):
             yield prefix, _find(folder, _stem(prefix, "images")), _find(folder, _stem(prefix, "labels"))
 
 
 def find_mnist_files(root: str | Path, split: str) -> tuple[Path, Path] | None:
-    """The (images, labels) IDX files of ``split`` in the first folder under ``root`` that holds both, or None."""
+    """The (images, labels) IDX files of ``split`` under ``root`` in the order of :func:`_pairs`, or None."""
     return next(((i, lab) for _, i, lab in _pairs(Path(root), split) if i and lab), None)
 
 
@@ -132,9 +132,7 @@ def mnist_dataset(
     root = Path(root)
     side = None
     if crop not in (None, ""):
-        if not str(crop).isdigit() or not 0 < int(str(crop)) <= 28:
-            raise ValueError(f"dataset mnist: --dataset-option crop={crop} must be a whole number of pixels, 1 to 28")
-        side = int(str(crop))
+        side = whole_option("mnist", "crop", crop, 1, 28)  # pixels
     found = find_mnist_files(root, split)
     if found is None:
         prefix = _MNIST_PREFIXES[split][0]
@@ -209,10 +207,10 @@ def digits_dataset(
         ) from None
     bunch = load_digits()
     labels = np.asarray(bunch.target, dtype=np.int64)
-    if not 0 < int(test_size) < len(labels):
-        raise ValueError(f"--dataset-option test_size={test_size} must be between 1 and {len(labels) - 1}")
+    test_size = whole_option("digits", "test_size", test_size, 1, len(labels) - 1)
+    test_seed = whole_option("digits", "test_seed", test_seed, 0)
     images = np.rint(np.asarray(bunch.images) * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
-    test_idx = _stratified_test_indices(labels, int(test_size), int(test_seed))
+    test_idx = _stratified_test_indices(labels, test_size, test_seed)
     mask = np.zeros(len(labels), dtype=bool)
     mask[test_idx] = True
     keep = mask if split == "test" else ~mask

@@ -27,6 +27,7 @@ __all__ = [
     "DatasetNotFoundError",
     "SplitNotFoundError",
     "MissingDependencyError",
+    "whole_option",
 ]
 
 
@@ -40,6 +41,21 @@ class MissingDependencyError(ImportError, ValueError):
 
 class SplitNotFoundError(DatasetNotFoundError):
     """The dataset's copy is there but has no such split (a hub copy without a validation split)."""
+
+
+def whole_option(dataset: str, key: str, value: Any, least: int, most: int | None = None) -> int:
+    """``--dataset-option key=value`` of ``dataset`` as an int in [least, most], or a ValueError naming it. A
+    string of digits (as a config file may hold) is taken; a bool, a fraction or anything else is not."""
+    number = int(value) if isinstance(value, str) and value.strip().isdigit() else value
+    if (
+        isinstance(number, bool)
+        or not isinstance(number, int)
+        or number < least
+        or (most is not None and number > most)
+    ):
+        span = f">= {least}" if most is None else f"from {least} to {most}"
+        raise ValueError(f"dataset {dataset}: --dataset-option {key}={value!r} must be a whole number {span}")
+    return number
 
 
 @dataclass(frozen=True)
