@@ -315,17 +315,18 @@ def test_eval_batch_size_and_threads_flags_win_over_the_runs_settings(tmp_path, 
     assert "command line: --batch-size 0 must be at least 1" in capsys.readouterr().err
 
 
-def test_eval_on_the_test_split_reads_only_its_files_and_downloads_nothing(tmp_path, capsys):
+def test_eval_reads_only_the_files_of_its_split_and_downloads_nothing(tmp_path, capsys):
     from vprompt.data.idx import write_idx
 
     rng = np.random.default_rng(0)
-    full, only_test = tmp_path / "full", tmp_path / "only_test"
-    for folder, parts in ((full, ("train", "t10k")), (only_test, ("t10k",))):
+    full, only_test, only_train = tmp_path / "full", tmp_path / "only_test", tmp_path / "only_train"
+    for folder in (full, only_test, only_train):
         folder.mkdir()
-        for part in parts:
-            n = 60 if part == "train" else 20
-            write_idx(folder / f"{part}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28), dtype=np.uint8))
-            write_idx(folder / f"{part}-labels-idx1-ubyte.gz", (np.arange(n) % 10).astype(np.uint8))
+    for part, n, copy_to in (("train", 60, only_train), ("t10k", 20, only_test)):
+        for kind, data in (("images-idx3", rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)),
+                           ("labels-idx1", (np.arange(n) % 10).astype(np.uint8))):  # fmt: skip
+            for folder in (full, copy_to):
+                write_idx(folder / f"{part}-{kind}-ubyte.gz", data)
     args = tiny_run_args(tmp_path, "--dataset", "mnist", "--data-dir", str(full), epochs=1)  # download allowed
     assert cli.main(args) == 0
     trained = json.loads((tmp_path / "run" / "results.json").read_text())["test_last"]["acc1"]
@@ -335,6 +336,10 @@ def test_eval_on_the_test_split_reads_only_its_files_and_downloads_nothing(tmp_p
     assert json.loads(capsys.readouterr().out)["acc1"] == trained
     assert cli.main(["eval", "--checkpoint", run, "--data-dir", str(only_test), "--split", "val"]) == 2
     assert "no train-images-idx3-ubyte" in capsys.readouterr().err and not (only_test / "mnist").exists()
+    assert cli.main(["eval", "--checkpoint", run, "--data-dir", str(full), "--split", "val", "--json"]) == 0
+    val = json.loads(capsys.readouterr().out)  # and the training split's files alone serve --split val
+    assert cli.main(["eval", "--checkpoint", run, "--data-dir", str(only_train), "--split", "val", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == val and not (only_train / "mnist").exists()
 
 
 def test_eval_refuses_shift_options_without_shift(tmp_path, capsys):

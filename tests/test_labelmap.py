@@ -184,3 +184,17 @@ def test_resume_compares_the_head_a_run_uses_not_how_it_was_written(tmp_path, ca
     assert cli.main([*args, "--label-map", "rlm", "--resume", "latest"]) == 2  # another head
     assert "label_map='flm' there, 'rlm' here" in capsys.readouterr().err
     assert cli.main([*args, "--head", "linear", "--resume", "latest"]) == 2
+
+
+def test_a_run_without_validation_writes_strict_json(tmp_path):
+    assert cli.main(_run_args(tmp_path, "--epochs", "1", "--val-fraction", "0", name="noval")) == 0
+
+    def strict(text):  # as JSON readers other than Python's take it: no NaN or Infinity
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in {text}"))
+
+    with safe_open(str(tmp_path / "noval" / "prompt.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    assert strict(meta["val_acc1"]) is None and strict(meta["epoch"]) == 1
+    strict((tmp_path / "noval" / "results.json").read_text())
+    for line in (tmp_path / "noval" / "metrics.jsonl").read_text().splitlines():
+        strict(line)

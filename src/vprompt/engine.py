@@ -432,11 +432,11 @@ def _build_for_run(
     augment: bool = True,
     weights_like: str | None = None,
     env: DistEnv = SINGLE_PROCESS,
-    test_only: bool = False,
+    read: str = "all",
 ) -> tuple[PromptedModel, DataSplits, InputDiversity]:
     """Model, data and input diversity of a run (of this process, in ``env``); ``augment=False`` decodes training
-    images without random crops, ``weights_like`` is passed to :func:`build_backbone`, ``test_only`` reads only the
-    test split.
+    images without random crops, ``weights_like`` is passed to :func:`build_backbone`, ``read`` names the splits
+    whose files are read (see :func:`~vprompt.data.prepare_data`).
 
     Seeded first, so that a randomly initialized backbone or prompt is the same in training and in evaluation."""
     check_dataset(cfg.dataset, cfg.dataset_options)  # a mistyped name is told before a model is downloaded
@@ -446,13 +446,13 @@ def _build_for_run(
     diversity = create_diversity(
         cfg.diversity or "none", min_scale=cfg.di_min_scale, prob=cfg.di_prob, shard=(env.rank, env.world_size)
     )
-    data = data_for_run(cfg, prompter.image_size, augment and diversity.random_crop, test_only)
+    data = data_for_run(cfg, prompter.image_size, augment and diversity.random_crop, read)
     head = build_head(cfg, backbone, data.classnames, data.templates)
     return PromptedModel(prompter, backbone, head), data, diversity
 
 
-def data_for_run(cfg: RunConfig, image_size: int, random_crop: bool, test_only: bool = False) -> DataSplits:
-    """The train / val / test splits ``cfg`` describes, decoded at ``image_size`` (only test with ``test_only``)."""
+def data_for_run(cfg: RunConfig, image_size: int, random_crop: bool, read: str = "all") -> DataSplits:
+    """The train / val / test splits ``cfg`` describes, decoded at ``image_size`` (``read``: see prepare_data)."""
     return prepare_data(
         cfg.dataset,
         cfg.data_dir,
@@ -464,7 +464,7 @@ def data_for_run(cfg: RunConfig, image_size: int, random_crop: bool, test_only: 
         options=cfg.dataset_options,
         shots=cfg.shots,
         train_fraction=cfg.train_fraction,
-        test_only=test_only,
+        read=read,
     )
 
 
@@ -618,7 +618,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
             record.update({f"val_{k}": v for k, v in val.items() if k != "n"})
         improved = (evaluate_now and record["val_acc1"] > best["val_acc1"]) or val_loader is None
         if improved:
-            best = {"epoch": done, "val_acc1": record.get("val_acc1", float("nan"))}
+            best = {"epoch": done, "val_acc1": record.get("val_acc1")}
             best_state = {k: v.detach().clone() for k, v in model.artifact_state().items()}
         if env.is_main:
             _log.info(
@@ -744,7 +744,7 @@ def _finish(
     last_val = evaluate(model, val_loader, device, cfg.precision, env, desc="val (last)") if val_loader else None
     if epochs == 0 and env.is_main:
         save_prompt(run_dir / PROMPT_FILE, model.artifact_state(), config, epoch=0, classnames=data.classnames)
-        best = {"epoch": 0, "val_acc1": last_val["acc1"] if last_val else float("nan")}
+        best = {"epoch": 0, "val_acc1": last_val["acc1"] if last_val else None}
     barrier(env.world_size)
     if best["epoch"] == epochs:
         best_test, best_val = last_test, last_val
@@ -831,7 +831,7 @@ def evaluate_checkpoint(
     if split not in ("train", "val", "test"):
         raise ValueError(f"--split {split!r}: choose from train, val, test")
     model, data, _ = _build_for_run(
-        cfg, dev, augment=False, weights_like=config.get("pretrained"), test_only=split == "test"
+        cfg, dev, augment=False, weights_like=config.get("pretrained"), read="test" if split == "test" else "train"
     )
     if "classnames" in meta and list(meta["classnames"]) != list(data.classnames):
         how = "are in another order than" if sorted(meta["classnames"]) == sorted(data.classnames) else "differ from"

@@ -71,7 +71,7 @@ class DataSplits:
     Attributes:
         train: what the prompt is trained on (None where only the test split was asked for).
         val: what selects the best epoch (None when ``val_fraction`` is 0: the last epoch is selected).
-        test: reported only.
+        test: reported only (None where only the training files were asked for).
         classnames: target class names.
         templates: the dataset's own prompt ensemble, if any.
         val_source: ``official``, ``holdout`` or ``none``.
@@ -80,7 +80,7 @@ class DataSplits:
 
     train: Dataset | None
     val: Dataset | None
-    test: Dataset
+    test: Dataset | None
     classnames: list[str]
     templates: Sequence[str] | None = None
     val_source: str = "holdout"
@@ -99,9 +99,10 @@ def prepare_data(
     options: dict[str, Any] | None = None,
     shots: int | None = None,
     train_fraction: float | None = None,
-    test_only: bool = False,
+    read: str = "all",
 ) -> DataSplits:
-    """Build train / val / test for a run (only test, with ``test_only``: no training files are read).
+    """Build train / val / test for a run; ``read="test"`` reads only the test files, ``read="train"`` only the
+    training files (train and val: the test split is then None).
 
     Args:
         name: registered dataset name.
@@ -129,9 +130,12 @@ def prepare_data(
     def make(split: str, tf: Any) -> Dataset:
         return create_dataset(name, root, split, transform=tf, download=download, **options)
 
-    train_full = None if test_only else make("train", train_tf)
-    test = make(test_split, eval_tf)
+    if read not in ("all", "test", "train"):
+        raise ValueError(f"read={read!r}: choose from all, test, train")
+    train_full = None if read == "test" else make("train", train_tf)
+    test = None if read == "train" else make(test_split, eval_tf)
     if train_full is None:
+        assert test is not None
         return DataSplits(None, None, test, list(test.classnames), spec.templates, "none")
     classnames = list(train_full.classnames)
     all_idx = list(range(len(train_full)))
