@@ -26,6 +26,16 @@ def test_di_resizes_and_pads_some_images():
     assert torch.equal(random_resize_pad(x, min_scale=0.6, prob=0.0), x)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_di_samples_half_precision_batches_where_float32_does(dtype):
+    x = torch.rand(4, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(1)
+    ref = random_resize_pad(x, min_scale=0.6, prob=1.0)
+    torch.manual_seed(1)  # the same draws, on the same pixels in half precision
+    out = random_resize_pad(x.to(dtype), min_scale=0.6, prob=1.0)
+    assert out.dtype == dtype and (out.float() - ref).abs().max() < 0.01  # rounding only, not misplaced pixels
+
+
 def test_di_never_flips():
     torch.manual_seed(0)
     x = torch.rand(64, 3, 8, 8)

@@ -44,7 +44,8 @@ def random_resize_pad(x: Tensor, min_scale: float = 0.9, prob: float = 0.5, shar
     """Shrink each image by a random factor in [min_scale, 1] and place it randomly on a black canvas.
 
     One ``grid_sample`` over the whole batch: each sample gets its own scale and offset through an affine
-    grid, so no per-image Python loop and no size change.
+    grid, so no per-image Python loop and no size change. The sampling runs in float32 whatever the batch's
+    dtype: a bf16 grid is off by about a pixel at 224 pixels, and CPU bf16 ``grid_sample`` can read out of bounds.
     """
     b = x.shape[0]
     scale = _uniform(x, low=min_scale, shard=shard)
@@ -52,13 +53,13 @@ def random_resize_pad(x: Tensor, min_scale: float = 0.9, prob: float = 0.5, shar
     scale = torch.where(apply, scale, torch.ones_like(scale))
     # In normalized coordinates the shrunk image spans 2*scale; its center may move by up to (1 - scale).
     shift = (_uniform(x, 2, shard=shard) * 2 - 1) * (1 - scale)[:, None]
-    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
+    theta = torch.zeros(b, 2, 3, device=x.device)
     theta[:, 0, 0] = 1 / scale
     theta[:, 1, 1] = 1 / scale
     theta[:, :, 2] = -shift / scale[:, None]
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return torch.where(apply[:, None, None, None], out, x)
+    out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return torch.where(apply[:, None, None, None], out.to(x.dtype), x)
 
 
 class InputDiversity:
