@@ -294,6 +294,27 @@ def test_a_bad_value_is_blamed_on_where_it_came_from(tmp_path, capsys, content, 
     assert not any(p.is_dir() for p in tmp_path.iterdir())
 
 
+def test_pretrained_none_is_random_weights_from_a_file_or_the_command_line(tmp_path):
+    file = tmp_path / "c.yaml"
+    file.write_text("pretrained: none\n")
+    from_file = cli._run_values(cli.build_parser().parse_args(["train", "-c", str(file)]))[0]
+    overridden = cli._run_values(cli.build_parser().parse_args(["train", "-c", str(file), "--pretrained", "None"]))[0]
+    assert resolve_config(from_file).pretrained is None and resolve_config(overridden).pretrained is None
+    assert resolve_config({"pretrained": "openai"}).pretrained == "openai"
+
+
+def test_a_run_without_threads_gets_the_process_count_not_the_last_runs(monkeypatch):
+    monkeypatch.setattr(engine, "_BASE_THREADS", [3])  # as a suite worker holding its share of the cores
+    threads = torch.get_num_threads()
+    try:
+        engine._use_threads(resolve_config({"threads": 1}))
+        assert torch.get_num_threads() == 1
+        engine._use_threads(resolve_config({}))  # the next run of the suite, which sets none
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_eval_batch_size_and_threads_flags_win_over_the_runs_settings(tmp_path, monkeypatch, capsys):
     assert (
         cli.main(tiny_run_args(tmp_path, "--eval-batch-size", "16", "--threads", "1", "--device", "cpu", epochs=1)) == 0
@@ -308,9 +329,10 @@ def test_eval_batch_size_and_threads_flags_win_over_the_runs_settings(tmp_path, 
     monkeypatch.setattr(engine, "make_loader", lambda ds, bs, *a, **k: calls.append(bs) or real(ds, bs, *a, **k))
     monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(f"{n} threads"))
     engine.evaluate_checkpoint(tmp_path / "run", batch_size=7)
-    assert calls == [7]  # and not the run's --threads 1, which was for the machine it trained on
+    # this process's own thread count, and not the run's --threads 1, which was for the machine it trained on
+    assert calls == [f"{engine._BASE_THREADS[0]} threads", 7]
     assert cli.main(["eval", "--checkpoint", str(tmp_path / "run"), "--threads", "2"]) == 0
-    assert calls[1:] == ["2 threads", 16]
+    assert calls[2:] == ["2 threads", 16]
     assert cli.main(["eval", "--checkpoint", str(tmp_path / "run"), "-b", "0"]) == 2  # blamed on the flag
     assert "command line: --batch-size 0 must be at least 1" in capsys.readouterr().err
 

@@ -173,6 +173,14 @@ def test_table_mean_std_partial_and_failed_cells(tmp_path, monkeypatch, capsys):
     assert "vp on d2, seed 2: RuntimeError: CUDA out of memory (simulated)" in md
     assert md in capsys.readouterr().out
 
+    # While the grid runs, a cell whose first seed failed and whose others are still to come is not "failed" yet.
+    from vprompt.suite import RunRecord, build_table
+
+    waiting = [RunRecord("vp", None, "d1", 1, "failed", error="x")] + [
+        RunRecord("vp", None, "d1", s, "pending") for s in (2, 3)
+    ]
+    assert "| vp | – |" in build_table(waiting, _small_suite(tmp_path, datasets=["d1"], methods=["vp"]))[0]
+
     # Run again: finished runs are read back, only the failed ones are retried.
     calls = []
     fit = _fake_fit(accs)

@@ -297,8 +297,6 @@ def _run_values(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str
     if "dataset_options" in cli:
         from_file = check_dataset_options(values.get("dataset_options"), str(file))
         cli["dataset_options"] = {**from_file, **dict(cli["dataset_options"])}
-    if isinstance(cli.get("pretrained"), str) and cli["pretrained"].lower() == "none":
-        cli["pretrained"] = None
     values.update(cli)
     sources.update(dict.fromkeys(cli, "command line"))
     return values, sources

@@ -292,6 +292,8 @@ def resolve_config(
         hint = f"; did you mean {', '.join(close)}?" if close else " (settings are the flags' names: lr for --lr)"
         raise ValueError(f"{where(k)}: unknown setting {k!r}{hint}")
     explicit = {k: v for k, v in values.items() if v is not None}
+    if str(explicit.get("pretrained", "")).strip().lower() == "none":  # random weights, however they were asked for
+        del explicit["pretrained"]
     method_recipe(explicit.get("method", RunConfig.method), where("method"))  # checked here to name its source
     check_precision(explicit.get("precision", RunConfig.precision), where("precision"))
     if "dataset_options" in explicit:

@@ -501,10 +501,15 @@ def _optimizers(
     return optimizers, schedulers
 
 
+_BASE_THREADS: list[int] = []  # this process's thread count before its first run (a suite worker's share)
+
+
 def _use_threads(cfg: RunConfig) -> None:
-    """PyTorch's CPU threads as ``--threads`` asks (unset: its default)."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    """PyTorch's CPU threads as ``--threads`` asks; unset, the count this process had before its first run, not
+    what an earlier run of the same process (in a suite) asked for."""
+    if not _BASE_THREADS:
+        _BASE_THREADS.append(torch.get_num_threads())
+    torch.set_num_threads(cfg.threads or _BASE_THREADS[0])
 
 
 def fit(cfg: RunConfig) -> dict[str, Any]:

@@ -536,7 +536,7 @@ def _run_parallel(
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = max(1, (os.cpu_count() or 1) // min(jobs, len(queue)))  # an equal share for each run at once
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
         futures = {pool.submit(_fit_in_worker, cfg): (tag, cell) for tag, cell, cfg in queue}
@@ -596,7 +596,7 @@ def build_table(records: Sequence[RunRecord], suite: SuiteConfig) -> tuple[str, 
                     complete = False
                 means.append(mean)
             else:
-                text = "failed" if any(r.status == "failed" for r in mine) else "–"
+                text = "failed" if mine and all(r.status == "failed" for r in mine) else "–"
                 complete = False
             texts.append(text)
         average = statistics.fmean(means) if complete and means else None
