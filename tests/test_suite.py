@@ -341,9 +341,12 @@ def test_untrained_methods_take_only_their_settings_from_the_shared_base(tmp_pat
     assert state == "conflict" and "l2_grid=[1.0] there, None here" in why
 
 
-def test_a_mistyped_model_is_an_invalid_run(monkeypatch):
+def test_a_mistyped_model_or_dataset_option_is_an_invalid_run(monkeypatch):
     cells = expand_suite(parse_suite({"datasets": ["synthetic"], "methods": ["vp"], "base": {"model": "ViT-B-23"}}))
     assert cells[0].cfg is None and "unknown --model 'ViT-B-23'; did you mean ViT-B-32" in cells[0].error
+    options = {"datasets": ["synthetic"], "methods": ["vp"], "base": {"dataset_options": {"bogus": 1}}}
+    cells = expand_suite(parse_suite(options))  # told by a dry run, not found only when the run starts
+    assert cells[0].cfg is None and "(vp on synthetic): dataset 'synthetic' has no option 'bogus'" in cells[0].error
     # A source registered without a checker (its lister gives examples) leaves the name to its factory.
     from vprompt import backbones
 

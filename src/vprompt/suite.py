@@ -311,7 +311,7 @@ def expand_suite(suite: SuiteConfig, output: str | Path | None = None) -> list[S
     """Every run of the grid, dataset by dataset. Cells whose settings do not resolve (an unknown method or
     dataset, e.g. one not installed yet) come back with ``cfg=None`` and the reason in ``error``."""
     from .backbones import check_model
-    from .data import get_dataset_spec
+    from .data import check_dataset, get_dataset_spec
 
     out = str(output) if output is not None else suite.output
     cells = []
@@ -329,6 +329,11 @@ def expand_suite(suite: SuiteConfig, output: str | Path | None = None) -> list[S
                 try:
                     cfg = resolve_config(values, source=f"{suite.source} ({m.label} on {dataset})")
                     check_model(cfg.model)  # a mistyped name is invalid in a dry run too, not a new run
+                    if ds_error is None:
+                        try:
+                            check_dataset(dataset, cfg.dataset_options)  # as is a mistyped dataset option
+                        except ValueError as e:
+                            raise ValueError(f"{suite.source} ({m.label} on {dataset}): {e}") from None
                     if cfg.shots and cfg.train_fraction:
                         raise ValueError(
                             f"{suite.source} ({m.label} on {dataset}): {shots}-shot and train_fraction "
