@@ -412,3 +412,16 @@ def test_parallel_jobs_give_the_same_results_as_one_at_a_time(tmp_path):
     with pytest.raises(ValueError, match="size=1 must be a whole number"):
         run_suite(parse_suite(config), output=tmp_path / "stop", jobs=2, quiet=True, fail_fast=True)
     assert not list((tmp_path / "stop").glob("*/results.json"))  # the 10000-epoch run did not go on to its end
+
+
+def test_an_interrupted_suite_says_to_run_it_again(tmp_path, monkeypatch, capsys):
+    from vprompt import suite
+
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(suite, "run_suite", interrupted)
+    config = tmp_path / "s.yaml"
+    config.write_text(yaml.safe_dump({"datasets": ["synthetic"], "methods": ["vp"]}))
+    assert cli.main(["suite", str(config)]) == 130
+    assert "run the same command again" in capsys.readouterr().err  # not --resume, which suite does not take

@@ -438,7 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vprompt {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("vprompt: interrupted; files already written are intact (resume with --resume latest)", file=sys.stderr)
+        how = "run the same command again" if args.command in ("suite", "demo") else "resume with --resume latest"
+        print(f"vprompt: interrupted; files already written are intact ({how})", file=sys.stderr)
         return 130
 
 
