@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -125,9 +125,9 @@ def changed_settings(old: dict[str, Any], cfg: RunConfig, keys: Sequence[str] = 
     draw, random weights) and is compared. Weights files are compared by where they are (:func:`_same_weights`),
     ``head`` and ``label_map`` by the head they give (``--label-map flm`` is a classifier's default head)."""
 
-    def head_of(c: Mapping[str, Any]) -> str | None:
+    def head_of(head: str | None, label_map: str | None, model: str) -> str | None:
         try:
-            return resolve_head(c.get("head") or "auto", c.get("label_map"), model_kind(c.get("model") or cfg.model))
+            return resolve_head(head or "auto", label_map, model_kind(model))
         except ValueError:  # an unknown model source or head: compared as written
             return None
 
@@ -136,8 +136,8 @@ def changed_settings(old: dict[str, Any], cfg: RunConfig, keys: Sequence[str] = 
         if k == "pretrained":
             return not _same_weights(old[k], new)
         if k in ("head", "label_map") and old[k] != new:
-            before, now = head_of(old), head_of(cfg.to_dict())
-            return before is None or before != now
+            before = head_of(old.get("head"), old.get("label_map"), old.get("model") or cfg.model)
+            return before is None or before != head_of(cfg.head, cfg.label_map, cfg.model)
         return old[k] != new and not (k in _SIZES and (old[k] is None or new is None))
 
     changed = [k for k in keys if k in old and differs(k)]

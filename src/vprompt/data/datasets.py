@@ -123,18 +123,18 @@ def image_folder_dataset(
             f"folder per class{'; it has: ' + ', '.join(have) if have else ''})"
         )
 
-    def shown(p: Path) -> bool:  # hidden entries (.ipynb_checkpoints/, macOS's ._x.png) are no classes or images
-        return not p.name.startswith(".")
+    def hidden(name: str) -> bool:  # hidden entries (.ipynb_checkpoints/, macOS's ._x.png) are no classes or images
+        return name.startswith(".")
 
-    if not any(p.is_dir() and shown(p) for p in folder.iterdir()):
+    if not any(p.is_dir() and not hidden(p.name) for p in folder.iterdir()):
         raise DatasetNotFoundError(f"dataset imagefolder: {folder} has no class subfolders")
     splits = [Path(root) / s for s in ("train", "val", "test") if (Path(root) / s).is_dir()]
-    classes = sorted({p.name for s in splits for p in s.iterdir() if p.is_dir() and shown(p)})
+    classes = sorted({p.name for s in splits for p in s.iterdir() if p.is_dir() and not hidden(p.name)})
     samples = [
         (str(f), label)
         for label, c in enumerate(classes)
         for f in sorted((folder / c).rglob("*"))  # nothing for a class this split lacks
-        if f.suffix.lower() in IMAGE_EXTENSIONS and not any(n.startswith(".") for n in f.relative_to(folder).parts)
+        if f.suffix.lower() in IMAGE_EXTENSIONS and not any(map(hidden, f.relative_to(folder).parts))
     ]
     if not samples:
         raise DatasetNotFoundError(f"dataset imagefolder: no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
