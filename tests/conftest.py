@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -14,6 +15,14 @@ TINY_MODEL = "vprompt-tiny-clip"
 def shared_data() -> Path:
     """``../shared/data`` beside the project (or $VPROMPT_SHARED_DATA)."""
     return Path(os.environ.get("VPROMPT_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def vprompt_caplog(caplog, monkeypatch):
+    """``caplog`` that also sees the ``vprompt`` logger, which stops propagating once a run has set up its logging."""
+    logger = logging.getLogger("vprompt")
+    monkeypatch.setattr(logger, "handlers", [*logger.handlers, caplog.handler])
+    return caplog
 
 
 @pytest.fixture(scope="session")

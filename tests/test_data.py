@@ -1,4 +1,3 @@
-import logging
 import re
 
 import numpy as np
@@ -173,14 +172,14 @@ def test_image_folder_skips_hidden_folders_and_files_and_names_a_broken_image(tm
         create_dataset("imagefolder", tmp_path, "train")[4]
 
 
-def test_a_validation_split_that_cannot_be_drawn_says_why(tmp_path, caplog, monkeypatch):
+def test_a_validation_split_that_cannot_be_drawn_says_why(tmp_path, vprompt_caplog):
     _write_folder(tmp_path, "train", ["ant", "bee"], n=1)
     _write_folder(tmp_path, "test", ["ant", "bee"], n=1)
-    logger = logging.getLogger("vprompt")  # which does not propagate once a run has set up its logging
-    monkeypatch.setattr(logger, "handlers", [*logger.handlers, caplog.handler])
     data = prepare_data("imagefolder", tmp_path, image_size=8, val_fraction=0.5, download=False)
     assert (
-        data.val is None and "no class has 2 training images" in caplog.text and "--val-fraction 0" not in caplog.text
+        data.val is None
+        and "no class has 2 training images" in vprompt_caplog.text
+        and "--val-fraction 0" not in vprompt_caplog.text
     )
 
 

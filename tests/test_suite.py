@@ -2,7 +2,6 @@
 
 import csv
 import json
-import logging
 import re
 import statistics
 
@@ -192,7 +191,7 @@ def test_table_mean_std_partial_and_failed_cells(tmp_path, monkeypatch, capsys):
         run_suite(_small_suite(tmp_path / "again"), fit=_fake_fit(accs, fail), fail_fast=True)
 
 
-def test_a_failure_of_the_users_making_is_logged_without_a_traceback(tmp_path, monkeypatch, caplog):
+def test_a_failure_of_the_users_making_is_logged_without_a_traceback(tmp_path, monkeypatch, vprompt_caplog):
     for name in ("d1", "d2"):
         monkeypatch.setitem(data_registry._REGISTRY, name, DatasetSpec(name=name, builder=synthetic_dataset))
 
@@ -201,16 +200,14 @@ def test_a_failure_of_the_users_making_is_logged_without_a_traceback(tmp_path, m
             raise FileNotFoundError(f"no such folder for {cfg.dataset}")
         raise RuntimeError("a bug")
 
-    logger = logging.getLogger("vprompt")  # which does not propagate once a run has set up its logging
-    monkeypatch.setattr(logger, "handlers", [*logger.handlers, caplog.handler])
     run_suite(_small_suite(tmp_path), fit=fit)
-    failures = [r for r in caplog.records if "failed:" in r.getMessage()]
+    failures = [r for r in vprompt_caplog.records if "failed:" in r.getMessage()]
     assert failures and all(("FileNotFoundError" in r.getMessage()) == (r.exc_info is None) for r in failures)
 
-    caplog.clear()  # VPROMPT_DEBUG shows every traceback, as it does for a single run
+    vprompt_caplog.clear()  # VPROMPT_DEBUG shows every traceback, as it does for a single run
     monkeypatch.setenv("VPROMPT_DEBUG", "1")
     run_suite(_small_suite(tmp_path / "debug"), fit=fit)
-    failures = [r for r in caplog.records if "failed:" in r.getMessage()]
+    failures = [r for r in vprompt_caplog.records if "failed:" in r.getMessage()]
     assert any("FileNotFoundError" in r.getMessage() for r in failures)
     assert failures and all(r.exc_info is not None for r in failures)
 
