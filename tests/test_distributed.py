@@ -26,7 +26,7 @@ def _train(tmp_path: Path, processes: int, *args: str, name: str, epochs: int = 
         str(_torchrun()), "--standalone", "--nproc-per-node", str(processes), "-m", "vprompt",
     ]  # fmt: skip
     done = subprocess.run(
-        [*launch, *tiny_run_args(tmp_path, *args, name=name, epochs=epochs)],
+        [*launch, *tiny_run_args(tmp_path, "--device", "cpu", *args, name=name, epochs=epochs)],
         capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -87,3 +87,16 @@ def test_two_processes_decode_image_files_as_one(tmp_path):
 
 def _metrics(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    from vprompt import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: pytest.fail("set_device reached"))
+    with pytest.raises(ValueError, match=r"local process 1 .* 1 GPU\(s\): pass --nproc-per-node 1 .*--device cpu"):
+        distributed.init_distributed(None)

@@ -41,6 +41,12 @@ def init_distributed(device: str | None = None) -> DistEnv:
     if not dist.is_initialized():
         use_cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
         if use_cuda:
+            gpus = torch.cuda.device_count()
+            if local >= gpus:
+                raise ValueError(
+                    f"torchrun started local process {local} but this machine shows {gpus} GPU(s): pass "
+                    f"--nproc-per-node {gpus} or fewer, or --device cpu to run every process on the CPU (gloo)"
+                )
             torch.cuda.set_device(local)
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return DistEnv(rank, world, local)
