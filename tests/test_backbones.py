@@ -102,7 +102,9 @@ def test_fixed_input_size_is_enforced(tiny_backbone):
         ("ViT-B-32", "openai", None, True, OPENAI_CLIP_MEAN),  # OpenAI's weights were trained with QuickGELU
         ("ViT-L-14", "FILE", "laion2b_s32b_b82k", False, (0.5, 0.5, 0.5)),  # eval --pretrained FILE of that tag
         ("ViT-B-32", "FILE", "openai", True, OPENAI_CLIP_MEAN),
-        ("ViT-L-14", "FILE", None, False, OPENAI_CLIP_MEAN),  # a bare file: the model config's own
+        ("ViT-L-14", "FILE", None, False, OPENAI_CLIP_MEAN),  # a bare file, tags that differ: open_clip's own
+        ("PE-Core-B-16", "FILE", None, False, (0.5, 0.5, 0.5)),  # a bare file: what every tag of it shares
+        ("RN50", "FILE", "elsewhere/weights.bin", True, OPENAI_CLIP_MEAN),  # (a run trained from a file names one)
     ],
 )
 def test_open_clip_weights_get_the_activation_and_normalization_they_were_trained_with(

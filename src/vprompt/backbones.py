@@ -268,11 +268,19 @@ def _create_open_clip(
             + (f" (tags: {', '.join(tags)})" if tags else " (it has no pretrained tags; give a checkpoint file)")
         )
     is_file = pretrained is not None and Path(pretrained).is_file()
-    tag = weights_like if is_file else pretrained
-    tag_cfg = open_clip.get_pretrained_cfg(name, tag) if tag else {}
+    if not is_file:
+        tag_cfg = open_clip.get_pretrained_cfg(name, pretrained) if pretrained else {}
+    elif weights_like in open_clip.list_pretrained_tags_by_model(name):
+        tag_cfg = open_clip.get_pretrained_cfg(name, weights_like)
+    else:
+        tag_cfg = _settings_of_every_tag(name)
     from_tag = {"mean": tag_cfg["mean"], "std": tag_cfg["std"]} if is_file and "mean" in tag_cfg else None
     try:
-        with fetching_weights(f"--model {name} --pretrained {pretrained}") if tag and not is_file else nullcontext():
+        with (
+            fetching_weights(f"--model {name} --pretrained {pretrained}")
+            if pretrained and not is_file
+            else nullcontext()
+        ):
             model = open_clip.create_model(
                 name,
                 pretrained=pretrained,
@@ -285,6 +293,29 @@ def _create_open_clip(
             raise
         raise ValueError(f"--pretrained {pretrained}: not a checkpoint of {name} ({error_line(e)})") from e
     return OpenCLIPBackbone(model, open_clip.get_tokenizer(name), name=name)
+
+
+def _settings_of_every_tag(name: str) -> dict[str, Any]:
+    """For a weights file that names no tag: the normalization and activation all of ``name``'s pretrained tags
+    share (SigLIP's mean and std of 0.5, the OpenAI ResNets' QuickGELU), else open_clip's defaults for it."""
+    import open_clip
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    cfgs = [open_clip.get_pretrained_cfg(name, t) for t in tags]
+    norms = {(tuple(c.get("mean", OPENAI_DATASET_MEAN)), tuple(c.get("std", OPENAI_DATASET_STD))) for c in cfgs}
+    gelus = {bool(c.get("quick_gelu", False)) for c in cfgs}
+    settings: dict[str, Any] = {"quick_gelu": gelus.pop()} if len(gelus) == 1 else {}
+    if len(norms) == 1:
+        ((mean, std),) = norms
+        settings.update(mean=mean, std=std)
+    elif norms:
+        _log.warning(
+            "model %s: the mean and std of a weights file are open_clip's defaults, since its pretrained tags (%s) "
+            "differ in them; with eval --pretrained FILE, a run trained from a tag gets that tag's",
+            name, ", ".join(tags),
+        )  # fmt: skip
+    return settings
 
 
 def error_line(e: BaseException) -> str:
