@@ -109,11 +109,12 @@ def test_torchvision_backbone_with_imagenet_normalization_and_local_weights(tmp_
 
 
 @pytest.mark.filterwarnings("error::FutureWarning")  # torchvision's warning about its slow init, which is skipped
-def test_googlenet_from_a_local_file_converts_to_the_statistics_its_weights_were_trained_with(tmp_path):
+@pytest.mark.parametrize("aux_logits", [True, False])  # the published file; a state dict of the model it builds
+def test_googlenet_from_a_local_file_converts_to_the_statistics_its_weights_were_trained_with(tmp_path, aux_logits):
     import torchvision.models as tvm
 
     torch.manual_seed(0)
-    reference = tvm.GoogLeNet(transform_input=True, aux_logits=True, init_weights=True).eval()  # torchvision's build
+    reference = tvm.GoogLeNet(transform_input=True, aux_logits=aux_logits, init_weights=True).eval()
     torch.save(reference.state_dict(), tmp_path / "googlenet.pth")
     loaded = create_backbone("tv:googlenet", pretrained=str(tmp_path / "googlenet.pth"))
     assert torch.allclose(loaded.mean.flatten(), torch.tensor(IMAGENET_MEAN))
@@ -210,6 +211,23 @@ def test_unknown_names_fail_with_close_matches(name, pretrained, needle):
     with pytest.raises(ValueError) as info:
         create_backbone(name, pretrained=pretrained)
     assert needle in str(info.value)
+
+
+def test_default_names_the_weights_even_beside_a_folder_called_default(tmp_path, monkeypatch):
+    import torchvision.models as tvm
+
+    asked = []
+
+    def get_model(name, weights=None, **kwargs):  # records what would be downloaded, and stops there
+        asked.append(weights)
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default").mkdir()
+    monkeypatch.setattr(tvm, "get_model", get_model)
+    with pytest.raises(KeyboardInterrupt):
+        create_backbone("tv:resnet18", pretrained="default")
+    assert asked == [tvm.ResNet18_Weights.DEFAULT]  # torchvision's weights, not the folder
 
 
 def test_missing_local_weights_name_the_path(tmp_path):

@@ -183,8 +183,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def _load_weights(model: nn.Module, path: Path, name: str) -> None:
-    state = load_state_dict_file(path)
+def _load_weights(model: nn.Module, path: Path, name: str, state: dict[str, Tensor] | None = None) -> None:
+    """Load the weights file ``path`` (``state``: its contents, when already read) into ``model``, strictly."""
+    state = load_state_dict_file(path) if state is None else state
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -313,7 +314,7 @@ def _create_tv(name: str, pretrained: str | Path | None = None, **_: Any) -> Cla
     weights, local = None, None
     if _is_none(pretrained):
         _warn_random(f"tv:{name}")
-    elif Path(str(pretrained)).expanduser().exists():
+    elif not _is_default(pretrained) and Path(str(pretrained)).expanduser().exists():
         local = _weights_file(Path(str(pretrained)).expanduser(), "torchvision")
     else:
         enum = tvm.get_model_weights(name)
@@ -325,12 +326,17 @@ def _create_tv(name: str, pretrained: str | Path | None = None, **_: Any) -> Cla
             raise ValueError(
                 f"--pretrained {pretrained!r} is neither a file nor a weights name of tv:{name} (weights: {tags}, none)"
             ) from None
+    state = load_state_dict_file(local) if local is not None else None
+    options = {}
+    if state is not None and name in ("googlenet", "inception_v3"):
+        options["init_weights"] = False  # weights about to be loaded make the slow truncated-normal init a waste
+        aux = "aux1." if name == "googlenet" else "AuxLogits."
+        if not any(k.startswith(aux) for k in state):  # saved from torchvision's pretrained model, which drops them
+            options["aux_logits"] = False
     with fetching_weights(f"--model tv:{name} --pretrained {pretrained}") if weights is not None else nullcontext():
-        # Weights about to be loaded make GoogLeNet's and Inception v3's slow truncated-normal init a waste.
-        skip_init = {"init_weights": False} if local is not None and name in ("googlenet", "inception_v3") else {}
-        model = tvm.get_model(name, weights=weights, **skip_init)
+        model = tvm.get_model(name, weights=weights, **options)
     if local is not None:
-        _load_weights(model, local, f"tv:{name}")
+        _load_weights(model, local, f"tv:{name}", state)
         if hasattr(model, "transform_input"):  # GoogLeNet, Inception v3: as torchvision's builder sets with weights,
             model.transform_input = True  # their published weights expect (0.5, 0.5, 0.5) statistics, made from ours
     path, num_classes = _classifier_layer(model)
