@@ -384,7 +384,8 @@ def test_eval_refuses_shift_options_without_shift(tmp_path, capsys):
         (["--dataset", "cifar10", "--dataset-option", "n=3"], "dataset 'cifar10' has no option 'n'"),
         (["--input-size", "96"], "input size 96 (--input-size, or input_size in a config file) does not fit model"),
         (["--method", "zeroshot"], "has nothing to train; use --epochs 0"),
-        (["--method", "zeroshot", "--head", "linear", "--epochs", "0"], "--head linear is trained with the prompt"),
+        (["--method", "zeroshot", "--head", "linear", "--epochs", "0"], "zeroshot trains nothing"),
+        (["--method", "vp", "--head", "linear", "--epochs", "0"], "--epochs 0 trains nothing"),
     ],
 )
 def test_bad_flags_give_one_clear_line(tmp_path, extra, needle):
@@ -394,6 +395,23 @@ def test_bad_flags_give_one_clear_line(tmp_path, extra, needle):
     assert last.startswith("vprompt train: error:") and needle in last, proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists(), "a run that never started left its folder behind"
+
+
+def test_zeroshot_with_a_trainable_head_points_to_the_commands_that_train_one(tmp_path):
+    args = [
+        "--model",
+        TINY_MODEL,
+        "--dataset",
+        "synthetic",
+        "--dataset-option",
+        "n_train=16",
+        "--output",
+        str(tmp_path),
+    ]
+    proc = _run("zeroshot", *args, "--head", "linear", check=False)
+    assert proc.returncode == 2 and "vprompt linprobe trains a linear classifier" in proc.stderr, proc.stderr
+    proc = _run("zeroshot", *args, "--head-lr", "0.1", check=False)  # nothing it could train
+    assert proc.returncode == 2 and "unrecognized arguments: --head-lr" in proc.stderr, proc.stderr
 
 
 def test_vprompt_debug_shows_the_traceback_of_a_user_error(tmp_path, monkeypatch):

@@ -43,8 +43,9 @@ def _float_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def _add_head_options(g: Any) -> None:
-    """How a prompted model's outputs become class scores (not a linear probe's concern)."""
+def _add_head_options(g: Any, training: bool) -> None:
+    """How a prompted model's outputs become class scores (not a linear probe's concern); ``training``: a command
+    that trains, so that a head can learn too."""
     S = argparse.SUPPRESS
     g.add_argument(
         "--templates",
@@ -59,7 +60,8 @@ def _add_head_options(g: Any) -> None:
         "--label-map", default=S, choices=["identity", "rlm", "flm", "ilm"], help="label map of a classifier's logits"
     )
     g.add_argument("--ilm-interval", type=int, default=S, metavar="K", help="ilm: recompute the map every K epochs")
-    g.add_argument("--head-lr", type=float, default=S, help="AdamW lr of a trainable head (--head linear; 1e-3)")
+    if training:
+        g.add_argument("--head-lr", type=float, default=S, help="AdamW lr of a trainable head (--head linear; 1e-3)")
 
 
 def _add_run_options(p: argparse.ArgumentParser, training: bool = True, heads: bool = True) -> None:
@@ -79,7 +81,7 @@ def _add_run_options(p: argparse.ArgumentParser, training: bool = True, heads: b
         help="dataset-specific option (repeatable)",
     )  # fmt: skip
     if heads:
-        _add_head_options(g)
+        _add_head_options(g, training)
     if training:
         g.add_argument(
             "--method",

@@ -548,9 +548,16 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
             "train; use --epochs 0 to evaluate it as is"
         )
     if not epochs and any(p.requires_grad for p in model.head.parameters()):
+        zeroshot = cfg.method == "zeroshot"
         raise ValueError(
-            f"--head {cfg.head} is trained with the prompt, and --epochs 0 trains nothing: it would be reported "
-            "untrained (give --epochs, or a label map)"
+            f"--head {cfg.head} is trained with the prompt, and {'zeroshot' if zeroshot else '--epochs 0'} trains "
+            "nothing: it would be reported untrained ("
+            + (
+                "vprompt linprobe trains a linear classifier on frozen features; vprompt train --head linear, one "
+                "with a prompt)"
+                if zeroshot
+                else "give --epochs, or a label map)"
+            )
         )
     per_proc = cfg.batch_size // env.world_size
     eval_bs = (cfg.eval_batch_size or cfg.batch_size) // env.world_size or 1
