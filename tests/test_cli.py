@@ -370,6 +370,18 @@ def test_eval_refuses_shift_options_without_shift(tmp_path, capsys):
     assert "--shift-severity applies to the shift sets: add --shift" in capsys.readouterr().err
 
 
+def test_eval_downloads_the_datasets_files_without_shift(tmp_path, monkeypatch):
+    asked = {}
+
+    def evaluate_checkpoint(checkpoint, **kwargs):
+        asked.update(kwargs)
+        return {"acc1": 50.0, "n": 2, "split": kwargs["split"], "dataset": "mnist"}
+
+    monkeypatch.setattr(engine, "evaluate_checkpoint", evaluate_checkpoint)
+    assert cli.main(["eval", "--checkpoint", str(tmp_path), "--download", "--json"]) == 0
+    assert asked["download"] is True and asked["shift"] is None  # (a missing dataset's error advises --download)
+
+
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [

@@ -344,9 +344,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .engine import evaluate_checkpoint, setup_logging
 
     setup_logging(None, DistEnv())
-    if args.shift is None and (args.shift_severity or args.download):
-        given = "--shift-severity" if args.shift_severity else "--download"
-        raise CLIError(f"{given} applies to the shift sets: add --shift (all of them) or --shift NAME ...")
+    if args.shift is None and args.shift_severity:
+        raise CLIError("--shift-severity applies to the shift sets: add --shift (all of them) or --shift NAME ...")
     result = evaluate_checkpoint(
         args.checkpoint,
         split=args.split,
