@@ -452,6 +452,20 @@ def test_ucf101_coop_layout(tmp_path):
     assert (strict.val, strict.val_source, len(strict.train)) == (None, "none", 2)
 
 
+def test_ucf101_split_files_beside_coops_release_give_every_split(tmp_path):
+    base = tmp_path / "ucf101"
+    frames = [f"Hammering/v_Hammering_g0{g}_c01.jpg" for g in (1, 2, 3)]
+    for rel in frames:
+        _img(base / "UCF-101-midframes" / rel)
+    coop = {"train": [[frames[1], 35, "Hammering"]], "val": [[frames[0], 35, "Hammering"]], "test": []}
+    (base / "split_zhou_UCF101.json").write_text(json.dumps(coop))  # CoOp's val: official training videos
+    for split, rels in (("train", frames[:2]), ("test", frames[2:])):  # the user's own official split
+        (base / f"{split}.txt").write_text("".join(f"UCF-101-midframes/{r} 35\n" for r in rels))
+    assert get_dataset_spec("ucf101").available_splits(tmp_path, {}) == ("train", "test")
+    data = prepare_data("ucf101", tmp_path, image_size=8, val_fraction=0.5, download=False)
+    assert data.val_source == "holdout" and len(data.train) + len(data.val) == 2  # no val video also in train
+
+
 def test_ucf101_integer_labels_follow_classind(tmp_path):
     # split files carry ucfTrainTestlist/classInd.txt's ids minus 1; CLIP's list sorts two pairs the other way
     base = tmp_path / "ucf101"
@@ -527,6 +541,7 @@ def test_a_hub_copy_without_a_validation_split_gets_a_held_out_one(tmp_path, mon
 
     monkeypatch.setattr(benchmark_hf, "hub_dataset", hub_copy)
     options = {"hf_id": "someone/ucf101-copy"}
+    (tmp_path / "ucf101").mkdir()  # a folder of that name does not hide the copy named
     assert "val" in get_dataset_spec("ucf101").available_splits(tmp_path, options)  # unknown: it is asked for
     data = prepare_data("ucf101", tmp_path, image_size=4, val_fraction=0.2, download=False, options=options)
     assert data.val_source == "holdout" and len(data.val) == 4 and len(data.train) == 16

@@ -1,25 +1,28 @@
 """RESISC45, DMLab and UCF101 (middle frames): torchvision does not have them. Two routes:
 
-* **folder** (offline): ``DIR/<name>/`` in one of these layouts, tried in this order:
+* **folder** (offline): ``DIR/<name>/`` in one of these layouts, the first one present giving every split (a
+  split it lacks is missing, not taken from another layout):
 
   1. split files ``DIR/<name>/<split>.txt`` (``train.txt``, ``val.txt``, ``test.txt``), one image per line:
      ``<path relative to DIR/<name>> <label>``, the label an integer in the class order of the metadata
      (``vprompt/data/metadata/<name>.json``, also in docs/DATASETS.md);
-  2. class folders ``DIR/<name>/<split>/<class>/<image>``, a class folder named like a class (case, spaces,
-     ``_``, ``-`` and ``/`` ignored: ``baseball_diamond``, ``ApplyEyeMakeup``) or by its integer label;
-  3. UCF101 only: CoOp's release, ``DIR/ucf101/UCF-101-midframes/<Class_Name>/<video>.jpg`` with
-     ``DIR/ucf101/split_zhou_UCF101.json``.
+  2. UCF101 only: CoOp's release, ``DIR/ucf101/UCF-101-midframes/<Class_Name>/<video>.jpg`` with
+     ``DIR/ucf101/split_zhou_UCF101.json``;
+  3. class folders ``DIR/<name>/<split>/<class>/<image>``, a class folder named like a class (case, spaces,
+     ``_``, ``-`` and ``/`` ignored: ``baseball_diamond``, ``ApplyEyeMakeup``) or by its integer label.
 
 * **hf**: the Hugging Face ``datasets`` library (``pip install 'vprompt[hf]'``), a hub id or a local folder of
   parquet files as the hub stores them (``data/train-*.parquet``), cached in ``DIR/huggingface``.
 
-``source=auto`` (the default) takes the folder when ``DIR/<name>`` exists and the hub otherwise.
+``source=auto`` (the default) takes the folder when ``DIR/<name>`` exists and no ``hf_id`` is given, and the hub
+otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,8 @@ from .datasets import IMAGE_EXTENSIONS
 from .registry import DatasetNotFoundError, MissingDependencyError, SplitNotFoundError
 
 __all__ = ["HF_DEFAULTS", "HFImageDataset", "folder_splits", "hub_or_folder_dataset"]
+
+_log = logging.getLogger(__name__)
 
 #: Default hub ids. timm/resisc45: the 60/20/20 split of VTAB (18,900 / 6,300 / 6,300). clip-benchmark's
 #: wds_vtab-dmlab: VTAB's DMLab (train and test; webdataset). UCF101 middle frames have no canonical hub copy.
@@ -61,15 +66,33 @@ def _layout(name: str) -> str:
     return _FOLDER_HELP.format(name=name, coop=coop)
 
 
+def _from_folder(folder: Path, source: str, hf_id: str | None) -> bool:
+    """Whether the folder route serves: asked for, or (``auto``) the folder exists and no hub copy is named."""
+    return source == "folder" or (source == "auto" and hf_id is None and folder.is_dir())
+
+
+def _folder_layout(name: str, folder: Path) -> str:
+    """One layout for every split of ``folder``: ``txt`` when any ``<split>.txt`` is there, else ``coop`` (CoOp's
+    split file), else ``dirs``. Mixing them would take a split from one and the rest from another: CoOp's val
+    videos are official training videos, which a user's own train.txt also lists."""
+    txt = any((folder / f"{s}.txt").is_file() for s in _SPLITS)
+    coop = name in _COOP and (folder / _COOP[name][0]).is_file()
+    if txt and coop:
+        _log.warning("dataset %s: %s has <split>.txt files and %s; the .txt files give every split", name, folder,
+                     _COOP[name][0])  # fmt: skip
+    return "txt" if txt else "coop" if coop else "dirs"
+
+
 def folder_splits(name: str, root: Path, source: str = "auto", hf_id: str | None = None) -> tuple[str, ...]:
     """The splits present for ``name`` under ``root``: the folder route's, the default hub copy's, or for another
     copy (``hf_id``) every split, the ones it lacks failing when asked for."""
     folder = Path(root) / name
-    if source == "hf" or (source == "auto" and not folder.is_dir()):
+    if not _from_folder(folder, source, hf_id):
         return HF_SPLITS[name] if hf_id is None else _SPLITS
-    if name in _COOP and (folder / _COOP[name][0]).is_file():
+    layout = _folder_layout(name, folder)
+    if layout == "coop":
         return tuple(s for s in _SPLITS if _coop_entries(folder / _COOP[name][0], s))
-    return tuple(s for s in _SPLITS if (folder / f"{s}.txt").is_file() or (folder / s).is_dir())
+    return tuple(s for s in _SPLITS if (folder / (f"{s}.txt" if layout == "txt" else s)).exists())
 
 
 def _coop_entries(path: Path, split: str) -> list[list[Any]]:
@@ -87,8 +110,9 @@ def _label_of_folder(name: str, folder: Path, names: Sequence[str]) -> int:
 def folder_dataset(name: str, folder: Path, split: str, transform: Callable[..., Any] | None) -> FileDataset:
     """The folder route (see the module doc)."""
     names = classnames(name)
+    layout = _folder_layout(name, folder)
     split_txt = folder / f"{split}.txt"
-    if split_txt.is_file():
+    if layout == "txt" and split_txt.is_file():
         samples = []
         for n, line in enumerate(split_txt.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
@@ -98,7 +122,7 @@ def folder_dataset(name: str, folder: Path, split: str, transform: Callable[...,
                 raise ValueError(f"{split_txt}:{n}: expected '<relative path> <label in 0..{len(names) - 1}>'")
             samples.append((str(folder / rel), int(label)))
         return FileDataset(samples, names, transform)
-    if name in _COOP and (folder / _COOP[name][0]).is_file():
+    if layout == "coop":
         split_json, images = _COOP[name]
         entries = _coop_entries(folder / split_json, split)
         if not entries:
@@ -107,7 +131,7 @@ def folder_dataset(name: str, folder: Path, split: str, transform: Callable[...,
         labels = map_names(name, [e[2] for e in entries], names)
         return FileDataset([(str(folder / images / e[0]), y) for e, y in zip(entries, labels)], names, transform)
     split_dir = folder / split
-    if split_dir.is_dir():
+    if layout == "dirs" and split_dir.is_dir():
         samples = [
             (str(f), _label_of_folder(name, c, names))
             for c in sorted(p for p in split_dir.iterdir() if p.is_dir())
@@ -238,13 +262,14 @@ def hub_or_folder_dataset(
     """Builder of RESISC45, DMLab and UCF101 (see the module doc).
 
     Args:
-        source: ``auto`` (folder when ``root/<name>`` exists, else hub), ``folder`` or ``hf``.
+        source: ``auto`` (folder when ``root/<name>`` exists and no ``hf_id`` is given, else hub), ``folder`` or
+            ``hf``.
         hf_id: hub id or local parquet folder (default :data:`HF_DEFAULTS`).
     """
     folder = Path(root) / name
     if source not in ("auto", "folder", "hf"):
         raise ValueError(f"dataset {name}: source must be auto, folder or hf, not {source!r}")
-    if source == "folder" or (source == "auto" and folder.is_dir()):
+    if _from_folder(folder, source, hf_id):
         if not folder.is_dir():
             raise DatasetNotFoundError(f"dataset {name}: no folder {folder} (expected {_layout(name)})")
         return folder_dataset(name, folder, split, transform)
