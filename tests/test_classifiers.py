@@ -149,6 +149,18 @@ def test_a_torchvision_vit_keeps_the_one_size_it_was_built_for(monkeypatch):
     assert swag.transforms().crop_size[0] == 384 and vit.input_size == vit.model.image_size == 224
 
 
+def test_a_torchvision_vit_file_is_built_for_the_size_its_weights_were_trained_at(tmp_path, monkeypatch):
+    import torchvision.models as tvm
+
+    def small_vit(name, weights=None, image_size=224, **kwargs):  # vit_b_16's shape, at a test's size
+        return tvm.VisionTransformer(image_size, 16, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16, **kwargs)
+
+    monkeypatch.setattr(tvm, "get_model", small_vit)
+    torch.save(small_vit("vit_b_16", image_size=384).state_dict(), tmp_path / "swag.pth")  # as SWAG's E2E weights
+    vit = create_backbone("tv:vit_b_16", pretrained=str(tmp_path / "swag.pth"))
+    assert vit.input_size == vit.model.image_size == 384 and vit.fixed_input_size
+
+
 def test_squeezenet_without_a_linear_classifier_builds_and_gives_pooled_features():
     torch.manual_seed(0)
     squeeze = create_backbone("tv:squeezenet1_1", pretrained="none")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -333,6 +334,10 @@ def _create_tv(name: str, pretrained: str | Path | None = None, **_: Any) -> Cla
         aux = "aux1." if name == "googlenet" else "AuxLogits."
         if not any(k.startswith(aux) for k in state):  # saved from torchvision's pretrained model, which drops them
             options["aux_logits"] = False
+    if state is not None and "encoder.pos_embedding" in state and name.startswith("vit_"):
+        # A ViT is built for one size, which its weights tell: 384 px for vit_b_16's IMAGENET1K_SWAG_E2E_V1.
+        patch = int(name.rsplit("_", 1)[1])
+        options["image_size"] = math.isqrt(state["encoder.pos_embedding"].shape[1] - 1) * patch
     with fetching_weights(f"--model tv:{name} --pretrained {pretrained}") if weights is not None else nullcontext():
         model = tvm.get_model(name, weights=weights, **options)
     if local is not None:
