@@ -94,13 +94,41 @@ class _Response(io.BytesIO):
         self.close()
 
 
-def test_mnist_download_verifies_md5_and_is_reused(tmp_path, monkeypatch):
+def _served_mnist_test(tmp_path, monkeypatch) -> dict[str, bytes]:
+    """Five test digits as the mirrors serve them (file name -> bytes), their MD5s made the published ones."""
+    import hashlib
+
     served = {}
     for kind, arr in (("images", np.full((5, 28, 28), 7, np.uint8)), ("labels", np.arange(5, dtype=np.uint8))):
         buf = tmp_path / f"src-{kind}.gz"
         write_idx(buf, arr)
         name = f"t10k-{kind}-idx{3 if kind == 'images' else 1}-ubyte.gz"
         served[name] = buf.read_bytes()
+    monkeypatch.setattr(digits_module, "MNIST_MD5", {k: hashlib.md5(v).hexdigest() for k, v in served.items()})
+    return served
+
+
+def test_mnist_download_moves_on_to_the_next_mirror_after_a_response_cut_short(tmp_path, monkeypatch):
+    import http.client
+
+    served = _served_mnist_test(tmp_path, monkeypatch)
+
+    class CutShort(_Response):
+        def read(self, *args):
+            raise http.client.IncompleteRead(b"", 100)  # a chunked response closed early: no OSError
+
+    def urlopen(url, timeout):
+        first = url.startswith(digits_module.MNIST_MIRRORS[0])
+        return CutShort() if first else _Response(served[url.rsplit("/", 1)[1]])
+
+    monkeypatch.setattr("urllib.request.urlopen", urlopen)
+    root = tmp_path / "data"
+    assert len(create_dataset("mnist", root, "test", download=True)) == 5
+    assert sorted(p.name for p in (root / "mnist").iterdir()) == sorted(served)  # and no partial file
+
+
+def test_mnist_download_verifies_md5_and_is_reused(tmp_path, monkeypatch):
+    served = _served_mnist_test(tmp_path, monkeypatch)
     urls = []
 
     def urlopen(url, timeout):
@@ -108,9 +136,6 @@ def test_mnist_download_verifies_md5_and_is_reused(tmp_path, monkeypatch):
         return _Response(served[url.rsplit("/", 1)[1]])
 
     monkeypatch.setattr("urllib.request.urlopen", urlopen)
-    import hashlib
-
-    monkeypatch.setattr(digits_module, "MNIST_MD5", {k: hashlib.md5(v).hexdigest() for k, v in served.items()})
     root = tmp_path / "data"
     ds = create_dataset("mnist", root, "test", download=True)
     assert len(ds) == 5 and sorted(p.name for p in (root / "mnist").iterdir()) == sorted(served)

@@ -8,6 +8,7 @@ real name for a later run to trust.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import tempfile
 import urllib.error
@@ -77,17 +78,21 @@ def download_verified(url: str, dest: str | Path, expected: str, algorithm: str 
 
     Raises:
         DigestMismatch: the data arrived but is not the published file (nothing is kept).
-        OSError: the download failed (``urllib.error.URLError``, a timeout, a full disk; nothing is kept).
+        OSError: the download failed (``urllib.error.URLError``, a timeout, a response cut short or malformed as
+            ``ConnectionError``, a full disk; nothing is kept).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     try:
         digest = _hasher(algorithm)
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
-            for chunk in iter(lambda: response.read(_CHUNK), b""):
-                digest.update(chunk)
-                out.write(chunk)
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+                for chunk in iter(lambda: response.read(_CHUNK), b""):
+                    digest.update(chunk)
+                    out.write(chunk)
+        except http.client.HTTPException as e:  # IncompleteRead, BadStatusLine: not OSErrors, unlike the rest
+            raise ConnectionError(f"{url}: {type(e).__name__}: {first_line(e) or 'bad response'}") from e
         got = digest.hexdigest()
         if got != expected:
             raise DigestMismatch(f"{url}: {algorithm.upper()} {got}, expected {expected}")
