@@ -3,6 +3,7 @@
 import hashlib
 import io
 import json
+import shutil
 import sys
 import tarfile
 import types
@@ -145,6 +146,29 @@ def test_download_extracts_safely_and_atomically(tmp_path):
     with pytest.raises(ValueError, match="refusing"):
         download_cifar_c(tmp_path / "data2", 10, url=(tmp_path / "evil.tar").as_uri(), md5=_md5(tmp_path / "evil.tar"))
     assert not (tmp_path / "data2" / "CIFAR-10-C").exists()
+
+
+def test_two_processes_extracting_at_once_each_get_the_whole_release(tmp_path, monkeypatch):
+    _tar(tmp_path / "release.tar", {
+        "CIFAR-10-C/labels.npy": _npy(np.tile(np.arange(4), 5)),
+        "CIFAR-10-C/fog.npy": _npy(np.full((20, 32, 32, 3), 7, dtype=np.uint8)),
+    })  # fmt: skip
+    root, kw = tmp_path / "data", {"url": (tmp_path / "release.tar").as_uri(), "md5": _md5(tmp_path / "release.tar")}
+    download_cifar_c(root, 10, **kw)  # leaves no archive; put one back, as if two downloads had finished
+    (root / "CIFAR-10-C.tar").write_bytes((tmp_path / "release.tar").read_bytes())
+    shutil.rmtree(root / "CIFAR-10-C")
+    real, calls, other = shift_mod.safe_extract, [], []
+
+    def extract_while_another_finishes(archive, dest):
+        real(archive, dest)
+        calls.append(dest)
+        if len(calls) == 1:  # the other process starts, and finishes, while this one is between extracting and renaming
+            other.append(download_cifar_c(root, 10, **kw))
+
+    monkeypatch.setattr(shift_mod, "safe_extract", extract_while_another_finishes)
+    assert download_cifar_c(root, 10, **kw) == other[0] == root / "CIFAR-10-C" and calls[0] != calls[1]
+    assert sorted(p.name for p in root.iterdir()) == ["CIFAR-10-C"]
+    assert sorted(p.name for p in (root / "CIFAR-10-C").iterdir()) == ["fog.npy", "labels.npy"]
 
 
 def test_interrupted_download_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):

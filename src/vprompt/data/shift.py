@@ -40,6 +40,7 @@ import logging
 import os
 import shutil
 import tarfile
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -220,14 +221,17 @@ def download_cifar_c(root: str | Path, classes: int = 10, url: str | None = None
         raise _missing_cifar_c(folder, classes, f"the download is not the published archive ({e}); no files") from e
     except OSError as e:
         raise _missing_cifar_c(folder, classes, f"the download failed ({e}); no files") from e
-    staging = root / f".{name}.extracting"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".extracting", dir=root))  # its own per process
     try:
         safe_extract(archive, staging)
         found = staging / name if (staging / name).is_dir() else staging
         if not (found / "labels.npy").is_file():
             raise _missing_cifar_c(folder, classes, f"{archive} holds no {name}/labels.npy; no files")
-        os.replace(found, folder)
+        try:
+            os.replace(found, folder)
+        except OSError:
+            if not folder.is_dir():
+                raise  # else another process put the same release in place first: this copy is not needed
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     archive.unlink(missing_ok=True)
