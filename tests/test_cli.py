@@ -144,6 +144,23 @@ def test_ilm_on_image_files_with_workers_and_random_crops_resumes_exactly(tmp_pa
     assert torch.equal(_final_prompt(tmp_path / "straight"), _final_prompt(tmp_path / "broken"))
 
 
+def test_a_finished_run_redone_and_interrupted_keeps_no_results_of_other_settings(tmp_path, monkeypatch):
+    args, run = tiny_run_args(tmp_path, "--device", "cpu"), tmp_path / "run"
+    assert cli.main(args) == 0 and (run / "results.json").is_file()
+    real_write = engine._write_json
+
+    def stop_at_results(path, data):
+        if str(path).endswith("results.json"):
+            raise KeyboardInterrupt
+        real_write(path, data)
+
+    monkeypatch.setattr(engine, "_write_json", stop_at_results)
+    assert cli.main([*args, "--resume", "latest", "--eval-every", "2"]) == 130  # its final evaluation redone
+    assert (run / "config.resumed.yaml").is_file() and not (run / "results.json").exists()  # unfinished, not done
+    monkeypatch.setattr(engine, "_write_json", real_write)
+    assert cli.main([*args, "--resume", "latest", "--eval-every", "2"]) == 0 and (run / "results.json").is_file()
+
+
 def test_resume_rewinds_the_files_an_interruption_while_saving_left_ahead_of_last_pt(tmp_path, monkeypatch):
     from vprompt.checkpoint import PROMPT_FILE, load_prompt, save_prompt
 

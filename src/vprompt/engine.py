@@ -717,6 +717,8 @@ def _write_run_files(cfg: RunConfig, data: DataSplits, run_dir: Path, resumed: b
         "started" if not resumed else "resumed": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     name = "config.yaml" if not (resumed and (run_dir / "config.yaml").exists()) else "config.resumed.yaml"
+    if resumed:  # results of an earlier finish are redone with these settings: until then the run is unfinished
+        (run_dir / "results.json").unlink(missing_ok=True)
     atomic_write(run_dir / name, lambda tmp: Path(tmp).write_text(yaml.safe_dump(meta, sort_keys=False)))
     if data.split_indices:
         _write_json(
