@@ -161,6 +161,34 @@ def test_a_finished_run_redone_and_interrupted_keeps_no_results_of_other_setting
     assert cli.main([*args, "--resume", "latest", "--eval-every", "2"]) == 0 and (run / "results.json").is_file()
 
 
+class _Sneaky:
+    def __reduce__(self):  # what unpickling it would run
+        return (print, ("code ran",))
+
+
+@pytest.mark.parametrize(
+    ("damage", "needle"),
+    [
+        ("truncate", "last.pt is not a loadable vprompt training state ("),
+        ("pickle", "loading them could run code: refused); delete it"),
+    ],
+)
+def test_a_damaged_last_pt_is_one_line_with_the_way_out(tmp_path, capsys, damage, needle):
+    args, run = tiny_run_args(tmp_path, "--device", "cpu", epochs=1), tmp_path / "run"
+    assert cli.main(args) == 0
+    last = run / "last.pt"
+    if damage == "truncate":
+        last.write_bytes(last.read_bytes()[:100])
+    else:
+        torch.save({"format": "vprompt-last/1", "x": _Sneaky()}, last)
+    capsys.readouterr()
+    assert cli.main([*args, "--resume", "latest", "--epochs", "2"]) == 2
+    out = capsys.readouterr()
+    err = out.err.strip().splitlines()
+    assert needle in err[-1] and err[-1].endswith("or resume from another (--resume PATH)"), out.err
+    assert "weights_only=False" not in out.err and "code ran" not in out.out
+
+
 def test_resume_rewinds_the_files_an_interruption_while_saving_left_ahead_of_last_pt(tmp_path, monkeypatch):
     from vprompt.checkpoint import PROMPT_FILE, load_prompt, save_prompt
 

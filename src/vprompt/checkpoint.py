@@ -65,7 +65,9 @@ def load_prompt(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any], di
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path} is not a readable safetensors file: {e}") from e
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({e}); give another prompt.safetensors or its run folder"
+        ) from e
     if raw.get("format") != "vprompt-prompt/1" or "config" not in raw:
         raise ValueError(f"{path} is a safetensors file but not a vprompt prompt (no vprompt config in its metadata)")
     meta = {k: json.loads(v) for k, v in raw.items() if k not in ("format", "config")}
@@ -79,11 +81,21 @@ def save_state(path: str | Path, state: dict[str, Any]) -> None:
 
 def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read ``last.pt`` with ``weights_only=True`` (no pickled code runs)."""
+    from .download import first_line
+
     path = Path(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path} is not a loadable vprompt training state: {e}") from e
+        why = (
+            "it holds objects other than tensors and plain values, and loading them could run code: refused"
+            if "weights only load failed" in str(e).lower()  # whose message advises weights_only=False
+            else first_line(e) or type(e).__name__
+        )
+        raise ValueError(
+            f"{path} is not a loadable vprompt training state ({why}); delete it to start the run again, or resume "
+            "from another (--resume PATH)"
+        ) from e
     if not isinstance(state, dict) or state.get("format") != "vprompt-last/1":
         raise ValueError(f"{path} is not a vprompt training state (last.pt)")
     return state
