@@ -3,6 +3,7 @@ scikit-learn's digits."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import sys
@@ -125,6 +126,21 @@ def test_mnist_download_moves_on_to_the_next_mirror_after_a_response_cut_short(t
     root = tmp_path / "data"
     assert len(create_dataset("mnist", root, "test", download=True)) == 5
     assert sorted(p.name for p in (root / "mnist").iterdir()) == sorted(served)  # and no partial file
+
+
+def test_a_download_removes_what_a_killed_one_left_and_spares_one_in_progress(tmp_path, monkeypatch):
+    import os
+    import time
+
+    from vprompt.download import download_verified
+
+    old, current = tmp_path / ".f.bin.abc.part", tmp_path / ".f.bin.def.part"
+    for part in (old, current):
+        part.write_bytes(b"partial")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    monkeypatch.setattr("urllib.request.urlopen", lambda url, timeout: _Response(b"data"))
+    download_verified("https://example.org/f.bin", tmp_path / "f.bin", hashlib.sha256(b"data").hexdigest())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [current.name, "f.bin"]
 
 
 def test_mnist_download_verifies_md5_and_is_reused(tmp_path, monkeypatch):

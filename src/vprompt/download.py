@@ -7,10 +7,12 @@ real name for a later run to trust.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -22,6 +24,8 @@ __all__ = ["file_digest", "download_verified", "DigestMismatch", "fetching_weigh
 
 _CHUNK = 1 << 20
 TIMEOUT_S = 60.0
+#: A partial download untouched for this long was left by a process that was killed.
+STALE_PART_S = 3600.0
 
 
 class DigestMismatch(ValueError):
@@ -83,6 +87,10 @@ def download_verified(url: str, dest: str | Path, expected: str, algorithm: str 
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dest.parent.glob(f".{dest.name}.*.part"):  # left by a killed download (3 GB for CIFAR-C)
+        with contextlib.suppress(OSError):
+            if time.time() - stale.stat().st_mtime > STALE_PART_S:  # (one being written now is younger)
+                stale.unlink()
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     try:
         digest = _hasher(algorithm)
