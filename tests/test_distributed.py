@@ -37,12 +37,12 @@ def _prompt(run: Path) -> torch.Tensor:
     return torch.load(run / "last.pt", weights_only=True)["model"]["prompter.prompt"]
 
 
-def _assert_trained_alike(one: Path, two: Path) -> None:
+def _assert_trained_alike(one: Path, two: Path, even: bool = True) -> None:
     assert torch.allclose(_prompt(one), _prompt(two), atol=1e-5, rtol=1e-4)
     a, b = (json.loads((run / "results.json").read_text()) for run in (one, two))
     assert b["test"]["n"] == a["test"]["n"]  # every test image counted once across processes
     assert b["test"]["acc1"] == pytest.approx(a["test"]["acc1"])
-    assert b["n_train"] % 2 == 0  # so that no padding is needed: training metrics summed over both processes
+    assert (b["n_train"] % 2 == 0) == even  # whether the epoch was padded: metrics summed over both processes
     for x, y in zip(_metrics(one), _metrics(two), strict=True):
         assert y["train_loss"] == pytest.approx(x["train_loss"], rel=1e-4) and y["train_acc1"] == x["train_acc1"]
 
@@ -59,11 +59,41 @@ def test_two_processes_match_one(tmp_path):
     assert json.loads((tmp_path / "two" / "results.json").read_text())["test"]["n"] == 48
 
     # 33 training images, batch 32: unpadded shards of 17 and 16 would take 2 and 1 steps, and the first process
-    # would wait in the gradient all-reduce for ever.
+    # would wait in the gradient all-reduce for ever. The image repeated to pad the epoch counts for nothing.
     odd = ("--dataset", "synthetic", "--dataset-option", "n_train=33", "--dataset-option", "n_test=8",
            "--val-fraction", "0")  # fmt: skip
-    _train(tmp_path, 2, *common, *odd, name="odd", epochs=1, timeout=120)
-    assert _metrics(tmp_path / "odd")[0]["epoch"] == 1
+    _train(tmp_path, 1, *common, *odd, name="odd-one", epochs=2)
+    _train(tmp_path, 2, *common, *odd, name="odd-two", epochs=2, timeout=120)
+    _assert_trained_alike(tmp_path / "odd-one", tmp_path / "odd-two", even=False)
+    assert torch.load(tmp_path / "odd-two" / "last.pt", weights_only=True)["train_images"] == 66  # 2 epochs of 33
+
+
+@pytest.mark.slow
+def test_three_processes_evaluate_zero_shot_as_one_with_any_batch_size(tmp_path):
+    _torchrun()
+    common = ("--method", "zeroshot", "--epochs", "0", "-b", "32")  # 32 is no multiple of 3: nothing is trained
+    _train(tmp_path, 1, *common, name="one")
+    _train(tmp_path, 3, *common, name="three")
+    a, b = (json.loads((tmp_path / run / "results.json").read_text())["test"] for run in ("one", "three"))
+    assert b["n"] == a["n"] == 48 and b["acc1"] == pytest.approx(a["acc1"])
+
+
+def test_fewer_training_images_than_processes_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    from vprompt import cli, engine
+    from vprompt.distributed import DistEnv
+
+    monkeypatch.setattr(engine, "init_distributed", lambda device: DistEnv(0, 3, 0))  # as the first of 3 processes
+    args = tiny_run_args(tmp_path, "--dataset-option", "n_train=2", "--val-fraction", "0", "-b", "3")
+    assert cli.main(args) == 2
+    assert "2 training images for 3 processes: launch at most 2" in capsys.readouterr().err
+
+
+def test_eval_refuses_torchrun(tmp_path, monkeypatch, capsys):
+    from vprompt import cli
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli.main(["eval", "--checkpoint", str(tmp_path)]) == 2
+    assert "vprompt eval runs in one process; launch it without torchrun" in capsys.readouterr().err
 
 
 @pytest.mark.slow

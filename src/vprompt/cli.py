@@ -344,6 +344,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .engine import evaluate_checkpoint, setup_logging
 
     setup_logging(None, DistEnv())
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would evaluate everything
+        raise CLIError("vprompt eval runs in one process; launch it without torchrun")
     if args.shift is None and args.shift_severity:
         raise CLIError("--shift-severity applies to the shift sets: add --shift (all of them) or --shift NAME ...")
     result = evaluate_checkpoint(

@@ -25,34 +25,50 @@ from torch import Tensor
 __all__ = ["InputDiversity", "create_diversity", "list_diversity", "random_flip", "random_resize_pad"]
 
 
-def _uniform(x: Tensor, *shape: int, low: float = 0.0, high: float = 1.0, shard: tuple[int, int] = (0, 1)) -> Tensor:
+def _uniform(
+    x: Tensor,
+    *shape: int,
+    low: float = 0.0,
+    high: float = 1.0,
+    shard: tuple[int, int] = (0, 1),
+    real: int | None = None,
+) -> Tensor:
     """Uniform draws in [low, high) for each image of ``x``. ``shard = (rank, processes)``: ``x`` is this process's
     share of a batch spread over the processes (every ``processes``-th image from ``rank``, see
     :func:`~vprompt.data.loader.epoch_order`): the draws of the whole batch are made, and this share taken, so that
-    every image gets what it would get in one process, and no two processes draw alike."""
+    every image gets what it would get in one process, and no two processes draw alike. ``real``: the images of
+    the whole batch before its padding (the end of a padded epoch), the only ones drawn for; padding gets ``high``
+    (no flip, no resize), so that one process, which has no padding, draws the same numbers."""
     rank, processes = shard
-    return torch.empty(x.shape[0] * processes, *shape, device=x.device).uniform_(low, high)[rank::processes]
+    whole = x.shape[0] * processes
+    draws = torch.empty(min(whole, whole if real is None else real), *shape, device=x.device).uniform_(low, high)
+    if len(draws) < whole:
+        draws = torch.cat([draws, draws.new_full((whole - len(draws), *shape), high)])
+    return draws[rank::processes]
 
 
-def random_flip(x: Tensor, prob: float = 0.5, shard: tuple[int, int] = (0, 1)) -> Tensor:
-    """Flip each image of the batch horizontally with probability ``prob``."""
-    flip = _uniform(x, 1, 1, 1, shard=shard) < prob
+def random_flip(x: Tensor, prob: float = 0.5, shard: tuple[int, int] = (0, 1), real: int | None = None) -> Tensor:
+    """Flip each image horizontally with probability ``prob`` (``shard``, ``real``: see :func:`_uniform`)."""
+    flip = _uniform(x, 1, 1, 1, shard=shard, real=real) < prob
     return torch.where(flip, x.flip(-1), x)
 
 
-def random_resize_pad(x: Tensor, min_scale: float = 0.9, prob: float = 0.5, shard: tuple[int, int] = (0, 1)) -> Tensor:
-    """Shrink each image by a random factor in [min_scale, 1] and place it randomly on a black canvas.
+def random_resize_pad(
+    x: Tensor, min_scale: float = 0.9, prob: float = 0.5, shard: tuple[int, int] = (0, 1), real: int | None = None
+) -> Tensor:
+    """Shrink each image by a random factor in [min_scale, 1] and place it randomly on a black canvas (``shard``,
+    ``real``: see :func:`_uniform`).
 
     One ``grid_sample`` over the whole batch: each sample gets its own scale and offset through an affine
     grid, so no per-image Python loop and no size change. The sampling runs in float32 whatever the batch's
     dtype: a bf16 grid is off by about a pixel at 224 pixels, and CPU bf16 ``grid_sample`` can read out of bounds.
     """
     b = x.shape[0]
-    scale = _uniform(x, low=min_scale, shard=shard)
-    apply = _uniform(x, shard=shard) < prob
+    scale = _uniform(x, low=min_scale, shard=shard, real=real)
+    apply = _uniform(x, shard=shard, real=real) < prob
     scale = torch.where(apply, scale, torch.ones_like(scale))
     # In normalized coordinates the shrunk image spans 2*scale; its center may move by up to (1 - scale).
-    shift = (_uniform(x, 2, shard=shard) * 2 - 1) * (1 - scale)[:, None]
+    shift = (_uniform(x, 2, shard=shard, real=real) * 2 - 1) * (1 - scale)[:, None]
     theta = torch.zeros(b, 2, 3, device=x.device)
     theta[:, 0, 0] = 1 / scale
     theta[:, 1, 1] = 1 / scale
@@ -93,12 +109,13 @@ class InputDiversity:
         """Whether images should be randomly (rather than center) cropped when decoded."""
         return self.name != "none"
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, real: int | None = None) -> Tensor:
+        """``x`` with diversity applied; ``real``: the images of the batch over all processes that are not padding."""
         if self.name == "none":
             return x
         if self.name == "di":
-            return random_resize_pad(x, self.min_scale, self.prob, self.shard)
-        return random_flip(x, shard=self.shard)
+            return random_resize_pad(x, self.min_scale, self.prob, self.shard, real)
+        return random_flip(x, shard=self.shard, real=real)
 
     def __repr__(self) -> str:
         return f"InputDiversity({self.name!r})"

@@ -36,6 +36,7 @@ from .build import PromptedModel, build_backbone, build_head, build_prompter, to
 from .checkpoint import LAST_FILE, PROMPT_FILE, atomic_write, load_prompt, load_state, save_prompt, save_state
 from .config import RunConfig, check_precision, resolve_config
 from .data import DataSplits, check_dataset, make_loader, prepare_data
+from .data.loader import PAD_LABEL
 from .data.splits import torch_seed
 from .distributed import DistEnv, all_reduce_grads, all_reduce_sum, barrier, init_distributed
 from .diversity import InputDiversity, create_diversity
@@ -218,11 +219,16 @@ def train_one_epoch(
     n_steps = len(loader) if hasattr(loader, "__len__") else None
     bar = tqdm(loader, total=n_steps, desc=f"epoch {epoch + 1}", leave=False, disable=not _show_progress(env))
     for step, (images, labels) in enumerate(bar):
-        x = diversity(to_float_rgb(images, device))
+        # The batch over all processes, less the padding of an epoch's end (PAD_LABEL): one process has none, and
+        # N processes must take its steps. Each averages its loss over that batch; the all-reduce sums them.
+        real = loader.real_images(step) if hasattr(loader, "real_images") else len(labels) * env.world_size
+        padded = real < len(labels) * env.world_size
+        x = diversity(to_float_rgb(images, device), real) if padded else diversity(to_float_rgb(images, device))
         y = labels.to(device, non_blocking=True)
         with autocast(device, precision):
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
+        loss_sum = F.cross_entropy(logits.float(), y, ignore_index=PAD_LABEL, reduction="sum")
+        loss = loss_sum * (env.world_size / real)
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -236,9 +242,9 @@ def train_one_epoch(
             scaler.update()
         for sched in schedulers:
             sched.step()
-        total_loss += loss.detach() * len(y)
-        correct += (logits.detach().argmax(-1) == y).sum()
-        seen += len(y)
+        total_loss += loss_sum.detach()
+        correct += (logits.detach().argmax(-1) == y).sum()  # (a padded image's label is no class)
+        seen += int((y != PAD_LABEL).sum()) if padded else len(y)
         if log_every and (step + 1) % log_every == 0:
             rate = seen / (time.perf_counter() - start)
             lr = optimizers[0].param_groups[0]["lr"] if optimizers else 0.0
@@ -538,10 +544,14 @@ def fit(cfg: RunConfig) -> dict[str, Any]:
 def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> dict[str, Any]:
     resume_from = _resume_path(cfg)
     epochs = int(cfg.epochs or 0)
-    if cfg.batch_size % env.world_size:
+    if epochs and cfg.batch_size % env.world_size:  # (evaluation batches need not be: each process reads its share)
         raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the {env.world_size} processes")
 
     model, data, diversity = _build_for_run(cfg, device, env=env)
+    if len(data.train) < env.world_size:  # a process with no training image would have no label-mapping outputs
+        raise ValueError(
+            f"{len(data.train)} training images for {env.world_size} processes: launch at most {len(data.train)}"
+        )
     if epochs and not model.trainable_parameters():
         raise ValueError(
             f"--epochs {epochs}: method {cfg.method} with prompter {cfg.prompter} and head {cfg.head} has nothing to "

@@ -19,7 +19,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .base import ArrayDataset
 from .splits import derive_seed, torch_seed
 
-__all__ = ["epoch_order", "DeviceBatches", "OrderSampler", "SeededDecoding", "make_loader"]
+__all__ = ["PAD_LABEL", "epoch_order", "DeviceBatches", "OrderSampler", "SeededDecoding", "make_loader"]
+
+#: The label of an image repeated to pad a training epoch to a multiple of the processes: it keeps every process
+#: taking the same steps, and the loss, the counts and input diversity leave it out (N processes train as one).
+PAD_LABEL = -100
 
 
 def _epoch_length(n: int, shuffle: bool, world_size: int) -> int:
@@ -61,16 +65,23 @@ class OrderSampler(Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int, bool]]:
         order = epoch_order(self.n, self.shuffle, self.seed, self.epoch, self.rank, self.world_size).tolist()
         if not self.keyed:
             return iter(order)
         stream = f"decode:{'train' if self.shuffle else 'in-order'}:{self.epoch}"
         places = range(self.rank, self.rank + len(order) * self.world_size, self.world_size)
-        return iter([(i, derive_seed(self.seed, f"{stream}:{p}")) for i, p in zip(order, places, strict=True)])
+        return iter(
+            [(i, derive_seed(self.seed, f"{stream}:{p}"), p >= self.n) for i, p in zip(order, places, strict=True)]
+        )
 
     def __len__(self) -> int:
         return len(range(self.rank, _epoch_length(self.n, self.shuffle, self.world_size), self.world_size))
+
+    def real_images(self, step: int, batch_size: int) -> int:
+        """Images of step ``step``'s batch over all processes (``batch_size`` each) that are not padding."""
+        whole = batch_size * self.world_size
+        return max(0, min(whole, self.n - step * whole))
 
 
 class SeededDecoding(Dataset):
@@ -84,11 +95,12 @@ class SeededDecoding(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, item: tuple[int, int]):
-        index, seed = item
+    def __getitem__(self, item: tuple[int, int, bool]):
+        index, seed, pad = item
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)  # the CPU's only: torch.manual_seed would reseed every GPU
-            return self.dataset[index]
+            image, label = self.dataset[index]
+        return image, PAD_LABEL if pad else label
 
 
 class DeviceBatches:
@@ -131,12 +143,21 @@ class DeviceBatches:
     def __len__(self) -> int:
         return -(-len(self.sampler) // self.batch_size)
 
+    def real_images(self, step: int) -> int:
+        """Images of step ``step``'s batch over all processes that are not padding (see :data:`PAD_LABEL`)."""
+        return self.sampler.real_images(step, self.batch_size)
+
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         s = self.sampler
         order = epoch_order(s.n, s.shuffle, s.seed, s.epoch, s.rank, s.world_size).to(self.images.device)
+        real = len(range(s.rank, s.n, s.world_size))  # this process's images before its padding
         for i in range(0, len(order), self.batch_size):
             idx = order[i : i + self.batch_size]
-            yield self.images[idx], self.targets[idx]
+            targets = self.targets[idx]
+            if i + len(idx) > real:
+                targets = targets.clone()
+                targets[max(0, real - i) :] = PAD_LABEL
+            yield self.images[idx], targets
 
 
 class _Loader:
@@ -171,6 +192,10 @@ class _Loader:
 
     def __len__(self) -> int:
         return len(self.loader)
+
+    def real_images(self, step: int) -> int:
+        """Images of step ``step``'s batch over all processes that are not padding (see :data:`PAD_LABEL`)."""
+        return self.sampler.real_images(step, self.loader.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         return iter(self.loader)
