@@ -154,3 +154,12 @@ def test_template_sets():
     assert len(resolve_templates("imagenet80", own)) == 80  # METHOD 4's 80-template ensemble for any dataset
     with pytest.raises(ValueError, match="imagenet80"):
         resolve_templates("many")
+
+
+def test_clip_head_is_the_scaled_cosine_with_each_class():
+    from vprompt.heads import ClipTextHead
+
+    head = ClipTextHead(torch.eye(2), logit_scale=100.0)
+    assert torch.allclose(
+        head(torch.tensor([[3.0, 0.0], [1.0, 1.0]])), torch.tensor([[100.0, 0.0], [70.7107, 70.7107]])
+    )

@@ -582,3 +582,20 @@ def test_eval_refuses_a_prompt_whose_classes_are_in_another_order(tmp_path, monk
     monkeypatch.setattr(engine, "load_prompt", reordered)
     with pytest.raises(ValueError, match="classes are in another order than those the prompt was trained on"):
         engine.evaluate_checkpoint(tmp_path / "run")
+
+
+def test_the_epoch_is_selected_on_validation_and_the_last_one_reported_beside_it(tmp_path, monkeypatch):
+    from vprompt.checkpoint import PROMPT_FILE, load_prompt
+
+    real, val_accuracies = engine.evaluate, iter([90.0, 50.0, 40.0])  # validation falls after epoch 1
+
+    def evaluate(model, loader, device, precision, env, desc="eval"):
+        result = real(model, loader, device, precision, env, desc=desc)
+        return {**result, "acc1": next(val_accuracies)} if desc == "val" else result
+
+    monkeypatch.setattr(engine, "evaluate", evaluate)
+    assert cli.main(tiny_run_args(tmp_path, "--device", "cpu", epochs=3)) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    _, _, meta = load_prompt(tmp_path / "run" / PROMPT_FILE)
+    assert results["best_epoch"] == meta["epoch"] == 1 and results["selection"] == "val"
+    assert results["test"]["loss"] != results["test_last"]["loss"]  # the prompt of epoch 1, not of epoch 3

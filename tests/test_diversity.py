@@ -60,3 +60,18 @@ def test_processes_draw_for_their_share_what_one_process_draws(name):
         torch.manual_seed(3)  # as the engine seeds every process alike
         share = create_diversity(name, prob=0.7, shard=(rank, 3))(x[rank::3])
         assert torch.allclose(share, whole[rank::3])
+
+
+def test_ref_flips_half_of_a_large_batch():
+    x = (torch.arange(8.0) / 7).view(1, 1, 1, 8).expand(4096, 3, 4, 8)  # columns in increasing order
+    torch.manual_seed(0)
+    out = create_diversity("ref")(x)
+    flipped = int((out[:, 0, 0, 0] == 1).sum())
+    assert 0.45 * 4096 < flipped < 0.55 * 4096 and torch.equal(out[out[:, 0, 0, 0] == 1], x[:flipped].flip(-1))
+
+
+def test_di_shrinks_by_no_more_than_min_scale():
+    torch.manual_seed(0)
+    out = random_resize_pad(torch.ones(64, 3, 100, 100), min_scale=0.9, prob=1.0)
+    widths = (out[:, 0, 50, :] > 0.5).sum(-1)  # the shrunk image's width along its middle row
+    assert int(widths.min()) >= 88 and int(widths.max()) <= 100 and int(widths.min()) < 98  # some do shrink

@@ -198,3 +198,11 @@ def test_a_run_without_validation_writes_strict_json(tmp_path):
     strict((tmp_path / "noval" / "results.json").read_text())
     for line in (tmp_path / "noval" / "metrics.jsonl").read_text().splitlines():
         strict(line)
+
+
+def test_rlm_draws_from_all_the_models_classes():
+    from vprompt.data.splits import torch_seed
+
+    head = LabelMappingHead(10, 1000, "rlm", seed=3)
+    expected = torch.randperm(1000, generator=torch.Generator().manual_seed(torch_seed(3)))[:10]
+    assert torch.equal(head.mapping, expected) and int(head.mapping.max()) >= 10

@@ -84,3 +84,22 @@ def test_vp_warmup_then_cosine():
     assert s(10) == pytest.approx(1.0)
     assert s(60) == pytest.approx(0.5)
     assert s(110) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_masked_sgd_keeps_its_momentum():
+    p = torch.nn.Parameter(torch.zeros(4))
+    opt = MaskedSGD([p], lr=1.0, momentum=0.9, masks={p: torch.tensor([1.0, 1.0, 1.0, 0.0])})
+    for _ in range(2):
+        p.grad = torch.ones(4)
+        opt.step()
+    assert torch.allclose(p.detach(), torch.tensor([-2.9, -2.9, -2.9, 0.0]))  # -1, then -(1 + 0.9): not -2
+
+
+def test_masked_adamw_decays_its_weights_decoupled():
+    from vprompt.optim import MaskedAdamW
+
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = MaskedAdamW([p], lr=0.1, weight_decay=0.5, masks={p: torch.ones(3)})
+    p.grad = torch.zeros(3)  # no gradient: only the decay moves it, by lr * weight_decay
+    opt.step()
+    assert torch.allclose(p.detach(), torch.full((3,), 0.95))

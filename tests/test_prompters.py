@@ -138,3 +138,24 @@ def test_vp_prompters_need_the_scale_that_makes_them_vp(name):
 def test_vp_default_border_keeps_the_papers_share_at_every_size(size):
     pad = create_prompter("pad", input_size=size, scale=[1.0]).pad
     assert pad == max(1, round(size * 30 / 224)) and size - 2 * pad >= size * 0.7  # most of the image stays visible
+
+
+def test_resize_square_keeps_the_center_of_the_longer_side():
+    wide = (torch.arange(12.0) / 11).view(1, 1, 1, 12).expand(1, 3, 8, 12)  # a value of its own in each column
+    assert torch.allclose(resize_square(wide, 8), wide[..., 2:10], atol=1e-6)
+    tall = wide.transpose(-1, -2).contiguous()  # 12 rows of 8
+    assert torch.allclose(resize_square(tall, 8), tall[..., 2:10, :], atol=1e-6)
+
+
+def test_vp_padding_adds_its_prompt_on_the_border_only_whatever_the_prompt_holds():
+    p = PadPrompter(16, pad=3, scale=(0.5, 0.25, 2.0))
+    with torch.no_grad():
+        p.prompt.fill_(1.0)  # as an update that ignored the mask would leave it
+    x = torch.rand(2, 3, 16, 16)
+    added = p(x) - x
+    assert torch.equal(added[..., 3:13, 3:13], torch.zeros(2, 3, 10, 10))
+    border = torch.ones(16, 16, dtype=torch.bool)
+    border[3:13, 3:13] = False
+    assert torch.allclose(
+        added[:, :, border], torch.tensor([0.5, 0.25, 2.0])[None, :, None].expand(2, 3, int(border.sum()))
+    )
