@@ -220,7 +220,8 @@ def train_one_epoch(
     bar = tqdm(loader, total=n_steps, desc=f"epoch {epoch + 1}", leave=False, disable=not _show_progress(env))
     for step, (images, labels) in enumerate(bar):
         # The batch over all processes, less the padding of an epoch's end (PAD_LABEL): one process has none, and
-        # N processes must take its steps. Each averages its loss over that batch; the all-reduce sums them.
+        # N processes must take its steps. Each scales its summed loss by N / (real images of that batch), so that
+        # the all-reduce's average of the N gradients is the gradient of the mean loss over the batch.
         real = loader.real_images(step) if hasattr(loader, "real_images") else len(labels) * env.world_size
         padded = real < len(labels) * env.world_size
         x = diversity(to_float_rgb(images, device), real) if padded else diversity(to_float_rgb(images, device))
