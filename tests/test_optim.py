@@ -41,7 +41,7 @@ def test_masked_sgd_never_moves_masked_entries():
     for _ in range(3):
         p.grad = torch.ones(4)
         opt.step()
-    assert torch.all(p[2:] == 0) and torch.all(p[:2] < 0)
+    assert torch.allclose(p.detach(), torch.tensor([-5.61, -5.61, 0.0, 0.0]))  # steps of 1, 1.9, 2.71: momentum 0.9
 
 
 def test_masked_adamw_never_moves_masked_entries():
@@ -84,15 +84,6 @@ def test_vp_warmup_then_cosine():
     assert s(10) == pytest.approx(1.0)
     assert s(60) == pytest.approx(0.5)
     assert s(110) == pytest.approx(0.0, abs=1e-12)
-
-
-def test_masked_sgd_keeps_its_momentum():
-    p = torch.nn.Parameter(torch.zeros(4))
-    opt = MaskedSGD([p], lr=1.0, momentum=0.9, masks={p: torch.tensor([1.0, 1.0, 1.0, 0.0])})
-    for _ in range(2):
-        p.grad = torch.ones(4)
-        opt.step()
-    assert torch.allclose(p.detach(), torch.tensor([-2.9, -2.9, -2.9, 0.0]))  # -1, then -(1 + 0.9): not -2
 
 
 def test_masked_adamw_decays_its_weights_decoupled():
