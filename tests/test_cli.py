@@ -516,6 +516,18 @@ def test_config_file_values_of_the_wrong_type_or_range_name_file_and_key(tmp_pat
     assert str(info.value) == f"{bad}: {message}"
 
 
+def test_a_bad_dataset_option_value_names_the_config_file_it_came_from(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("dataset_options: {n_train: many, n_test: 8}\n")
+    args = [*tiny_run_args(tmp_path, "--dataset", "synthetic", "--device", "cpu"), "-c", str(config)]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{config}: dataset synthetic: --dataset-option n_train='many' must be a whole number" in err, err
+    assert cli.main([*args, "--dataset-option", "n_train=x"]) == 2  # given on the command line: no file named
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--dataset-option n_train='x' must be" in err and str(config) not in err, err
+
+
 def test_settings_are_typed_and_range_checked_whatever_their_source(tmp_path):
     assert resolve_config({"lr": "1e-3", "epochs": "3"}).lr == 1e-3  # YAML reads 1e-3 as a string
     assert resolve_config({"epochs": 2.0, "warmup_steps": "1e3"}).warmup_steps == 1000  # integral: an integer

@@ -296,11 +296,13 @@ def _run_values(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str
     sources = dict.fromkeys(values, str(file))
     skip = {"func", "command", "config_file", "offered"}
     cli = {k: v for k, v in vars(args).items() if k not in skip}
+    from_file = check_dataset_options(values.get("dataset_options"), str(file)) if file else {}
     if "dataset_options" in cli:
-        from_file = check_dataset_options(values.get("dataset_options"), str(file))
+        from_file = {k: v for k, v in from_file.items() if k not in dict(cli["dataset_options"])}
         cli["dataset_options"] = {**from_file, **dict(cli["dataset_options"])}
     values.update(cli)
     sources.update(dict.fromkeys(cli, "command line"))
+    sources.update({f"dataset_options.{k}": str(file) for k in from_file})  # each option's own, for its errors
     return values, sources
 
 
@@ -318,13 +320,19 @@ def _print_results(results: dict[str, Any]) -> None:
 
 def _cmd_train(args: argparse.Namespace, method: str | None = None) -> int:
     from .config import resolve_config
+    from .data import DatasetOptionError
     from .engine import fit
 
     values, sources = _run_values(args)
     if method is not None:  # zeroshot, linprobe
         values["method"], sources["method"] = method, f"vprompt {method}"
     cfg = resolve_config(values, source="command line", sources=sources)
-    results = fit(cfg)
+    try:
+        results = fit(cfg)
+    except DatasetOptionError as e:  # checked where the data is read: named here with the file it came from
+        if f"dataset_options.{e.key}" not in sources:
+            raise
+        raise ValueError(f"{sources[f'dataset_options.{e.key}']}: {e}") from e
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0:  # under torchrun, once
         _print_results(results)
         print(f"run folder: {cfg.run_dir}")

@@ -24,6 +24,7 @@ from .base import ArrayDataset, FileDataset, LabeledSubset, build_transform, sub
 from .loader import DeviceBatches, epoch_order, make_loader
 from .registry import (
     DatasetNotFoundError,
+    DatasetOptionError,
     DatasetSpec,
     MissingDependencyError,
     SplitNotFoundError,
@@ -42,6 +43,7 @@ __all__ = [
     "LabeledSubset",
     "DatasetSpec",
     "DatasetNotFoundError",
+    "DatasetOptionError",
     "SplitNotFoundError",
     "MissingDependencyError",
     "DataSplits",

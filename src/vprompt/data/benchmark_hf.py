@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from .base import FileDataset
 from .benchmark_base import classnames, map_names
 from .datasets import IMAGE_EXTENSIONS
-from .registry import DatasetNotFoundError, MissingDependencyError, SplitNotFoundError
+from .registry import DatasetNotFoundError, DatasetOptionError, MissingDependencyError, SplitNotFoundError
 
 __all__ = ["HF_DEFAULTS", "HFImageDataset", "folder_splits", "hub_or_folder_dataset"]
 
@@ -268,7 +268,7 @@ def hub_or_folder_dataset(
     """
     folder = Path(root) / name
     if source not in ("auto", "folder", "hf"):
-        raise ValueError(f"dataset {name}: source must be auto, folder or hf, not {source!r}")
+        raise DatasetOptionError(f"dataset {name}: source must be auto, folder or hf, not {source!r}", "source")
     if _from_folder(folder, source, hf_id):
         if not folder.is_dir():
             raise DatasetNotFoundError(f"dataset {name}: no folder {folder} (expected {_layout(name)})")

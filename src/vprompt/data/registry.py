@@ -35,6 +35,17 @@ class DatasetNotFoundError(FileNotFoundError):
     """The dataset's files are not where they should be (and could not be downloaded)."""
 
 
+class DatasetOptionError(ValueError):
+    """A dataset option's value is not one the dataset takes; ``key`` names the option."""
+
+    def __init__(self, message: str, key: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # as a suite worker sends it back: with its key
+        return type(self), (str(self), self.key)
+
+
 class MissingDependencyError(ImportError, ValueError):
     """An optional dependency is not installed (a ValueError too, so the CLI prints it as one line)."""
 
@@ -54,7 +65,9 @@ def whole_option(dataset: str, key: str, value: Any, least: int, most: int | Non
         or (most is not None and number > most)
     ):
         span = f">= {least}" if most is None else f"from {least} to {most}"
-        raise ValueError(f"dataset {dataset}: --dataset-option {key}={value!r} must be a whole number {span}")
+        raise DatasetOptionError(
+            f"dataset {dataset}: --dataset-option {key}={value!r} must be a whole number {span}", key
+        )
     return number
 
 

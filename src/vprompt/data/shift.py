@@ -52,7 +52,14 @@ from torch.utils.data import Dataset
 
 from ..download import DigestMismatch, download_verified, file_digest
 from .base import ArrayDataset, build_transform
-from .registry import DatasetNotFoundError, DatasetSpec, MissingDependencyError, default_data_dir, register_dataset
+from .registry import (
+    DatasetNotFoundError,
+    DatasetOptionError,
+    DatasetSpec,
+    MissingDependencyError,
+    default_data_dir,
+    register_dataset,
+)
 
 __all__ = [
     "CORRUPTIONS",
@@ -566,7 +573,9 @@ def wilds_dataset(
     """
     splits, _ = WILDS_DATASETS[name]
     if val_split not in ("id_val", "ood_val"):
-        raise ValueError(f"dataset {name}: --dataset-option val_split={val_split} must be id_val or ood_val")
+        raise DatasetOptionError(
+            f"dataset {name}: --dataset-option val_split={val_split} must be id_val or ood_val", "val_split"
+        )
     ours = {"val": val_split, "test": "ood_test"}.get(split, split)
     if ours not in splits:
         raise ValueError(f"dataset {name} has no split {split!r} (it has: train, val, test, {', '.join(splits)})")
