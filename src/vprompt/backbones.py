@@ -249,20 +249,20 @@ def _create_open_clip(
 ) -> FrozenBackbone:
     """An open_clip model with the activation (QuickGELU or GELU) and normalization its weights were trained with:
     those of the pretrained tag, or for a checkpoint file those of the tag ``weights_like`` names (the tag the run
-    was trained with, when ``vprompt eval --pretrained FILE`` points to its weights on this machine)."""
+    was trained with, when ``vprompt eval --pretrained FILE`` points to its weights on this machine), else those
+    every tag of the model shares."""
     import open_clip
 
     check_model(name)
+    tags = open_clip.list_pretrained_tags_by_model(name)
     if pretrained in (None, "", "none"):
-        tags = open_clip.list_pretrained_tags_by_model(name)
         _log.warning(
             "model %s: RANDOM weights (no --pretrained, or none)%s",
             name,
             f"; pretrained tags: {', '.join(tags[:6])}" if tags else "",
         )
         pretrained = None
-    elif not Path(pretrained).is_file() and pretrained not in open_clip.list_pretrained_tags_by_model(name):
-        tags = open_clip.list_pretrained_tags_by_model(name)
+    elif not Path(pretrained).is_file() and pretrained not in tags:
         raise ValueError(
             f"--pretrained {pretrained!r} is neither a file nor a pretrained tag of {name}"
             + (f" (tags: {', '.join(tags)})" if tags else " (it has no pretrained tags; give a checkpoint file)")
@@ -270,10 +270,10 @@ def _create_open_clip(
     is_file = pretrained is not None and Path(pretrained).is_file()
     if not is_file:
         tag_cfg = open_clip.get_pretrained_cfg(name, pretrained) if pretrained else {}
-    elif weights_like in open_clip.list_pretrained_tags_by_model(name):
+    elif weights_like in tags:
         tag_cfg = open_clip.get_pretrained_cfg(name, weights_like)
     else:
-        tag_cfg = _settings_of_every_tag(name)
+        tag_cfg = _settings_of_every_tag(name, tags)
     from_tag = {"mean": tag_cfg["mean"], "std": tag_cfg["std"]} if is_file and "mean" in tag_cfg else None
     try:
         with (
@@ -295,13 +295,12 @@ def _create_open_clip(
     return OpenCLIPBackbone(model, open_clip.get_tokenizer(name), name=name)
 
 
-def _settings_of_every_tag(name: str) -> dict[str, Any]:
-    """For a weights file that names no tag: the normalization and activation all of ``name``'s pretrained tags
-    share (SigLIP's mean and std of 0.5, the OpenAI ResNets' QuickGELU), else open_clip's defaults for it."""
+def _settings_of_every_tag(name: str, tags: Sequence[str]) -> dict[str, Any]:
+    """For a weights file that names no tag: the normalization and activation all of ``name``'s pretrained
+    ``tags`` share (SigLIP's mean and std of 0.5, the OpenAI ResNets' QuickGELU), else open_clip's defaults."""
     import open_clip
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-    tags = open_clip.list_pretrained_tags_by_model(name)
     cfgs = [open_clip.get_pretrained_cfg(name, t) for t in tags]
     norms = {(tuple(c.get("mean", OPENAI_DATASET_MEAN)), tuple(c.get("std", OPENAI_DATASET_STD))) for c in cfgs}
     gelus = {bool(c.get("quick_gelu", False)) for c in cfgs}
