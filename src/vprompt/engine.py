@@ -451,7 +451,7 @@ def _build_for_run(
     backbone = build_backbone(cfg, device, weights_like)
     prompter = build_prompter(cfg, backbone)
     diversity = create_diversity(
-        cfg.diversity or "none", min_scale=cfg.di_min_scale, prob=cfg.di_prob, shard=(env.rank, env.world_size)
+        cfg.diversity, min_scale=cfg.di_min_scale, prob=cfg.di_prob, shard=(env.rank, env.world_size)
     )
     data = data_for_run(cfg, prompter.image_size, augment and diversity.random_crop, read)
     head = build_head(cfg, backbone, data.classnames, data.templates)
