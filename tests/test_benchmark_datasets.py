@@ -452,7 +452,7 @@ def test_ucf101_coop_layout(tmp_path):
     assert (strict.val, strict.val_source, len(strict.train)) == (None, "none", 2)
 
 
-def test_ucf101_split_files_beside_coops_release_give_every_split(tmp_path):
+def test_ucf101_split_files_beside_coops_release_give_every_split(tmp_path, caplog):
     base = tmp_path / "ucf101"
     frames = [f"Hammering/v_Hammering_g0{g}_c01.jpg" for g in (1, 2, 3)]
     for rel in frames:
@@ -464,6 +464,8 @@ def test_ucf101_split_files_beside_coops_release_give_every_split(tmp_path):
     assert get_dataset_spec("ucf101").available_splits(tmp_path, {}) == ("train", "test")
     data = prepare_data("ucf101", tmp_path, image_size=8, val_fraction=0.5, download=False)
     assert data.val_source == "holdout" and len(data.train) + len(data.val) == 2  # no val video also in train
+    said = [r.getMessage() for r in caplog.records if "the .txt files give every split" in r.getMessage()]
+    assert len(said) == 1 and str(base) in said[0]  # once for the folder, not once per split read
 
 
 def test_ucf101_integer_labels_follow_classind(tmp_path):

@@ -21,6 +21,7 @@ otherwise.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -78,9 +79,15 @@ def _folder_layout(name: str, folder: Path) -> str:
     txt = any((folder / f"{s}.txt").is_file() for s in _SPLITS)
     coop = name in _COOP and (folder / _COOP[name][0]).is_file()
     if txt and coop:
-        _log.warning("dataset %s: %s has <split>.txt files and %s; the .txt files give every split", name, folder,
-                     _COOP[name][0])  # fmt: skip
+        _warn_both_layouts(name, folder)
     return "txt" if txt else "coop" if coop else "dirs"
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_both_layouts(name: str, folder: Path) -> None:
+    """Said once per folder, not once for each split read from it."""
+    _log.warning("dataset %s: %s has <split>.txt files and %s; the .txt files give every split", name, folder,
+                 _COOP[name][0])  # fmt: skip
 
 
 def folder_splits(name: str, root: Path, source: str = "auto", hf_id: str | None = None) -> tuple[str, ...]:
