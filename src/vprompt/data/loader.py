@@ -103,7 +103,21 @@ class SeededDecoding(Dataset):
         return image, PAD_LABEL if pad else label
 
 
-class DeviceBatches:
+class _Batches:
+    """What both loaders share: an :class:`OrderSampler` (``sampler``) and a batch size per process."""
+
+    sampler: OrderSampler
+    batch_size: int
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def real_images(self, step: int) -> int:
+        """Images of step ``step``'s batch over all processes that are not padding (see :data:`PAD_LABEL`)."""
+        return self.sampler.real_images(step, self.batch_size)
+
+
+class DeviceBatches(_Batches):
     """Batches of an in-memory dataset, sliced on the device.
 
     Args:
@@ -131,9 +145,6 @@ class DeviceBatches:
         self.sampler = OrderSampler(len(dataset), shuffle, seed, rank, world_size)
         self.batch_size = batch_size
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
     def in_order(self) -> DeviceBatches:
         """The same images, each once and in order (no shuffle, no padding), sharing this loader's device copy."""
         s, other = self.sampler, copy.copy(self)
@@ -142,10 +153,6 @@ class DeviceBatches:
 
     def __len__(self) -> int:
         return -(-len(self.sampler) // self.batch_size)
-
-    def real_images(self, step: int) -> int:
-        """Images of step ``step``'s batch over all processes that are not padding (see :data:`PAD_LABEL`)."""
-        return self.sampler.real_images(step, self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         s = self.sampler
@@ -160,7 +167,7 @@ class DeviceBatches:
             yield self.images[idx], targets
 
 
-class _Loader:
+class _Loader(_Batches):
     """A DataLoader of a :class:`SeededDecoding` dataset with a keyed :class:`OrderSampler`, exposing ``set_epoch``
     like :class:`DeviceBatches`. ``persistent``: its workers live from epoch to epoch (the crops do not depend on
     their state)."""
@@ -169,7 +176,7 @@ class _Loader:
         self, dataset: SeededDecoding, batch_size: int, sampler: OrderSampler, workers: int, pin_memory: bool,
         persistent: bool,
     ) -> None:  # fmt: skip
-        self.sampler = sampler
+        self.sampler, self.batch_size = sampler, batch_size
         self.loader = DataLoader(
             dataset,
             batch_size=batch_size,
@@ -180,9 +187,6 @@ class _Loader:
             generator=torch.Generator(),  # for the workers' base seed, else drawn from the global RNG
         )
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
     def in_order(self) -> _Loader:
         """The same images, each once and in order, decoded as this loader decodes them (random crops included,
         seeded per (seed, epoch) of their own: call ``set_epoch``)."""
@@ -192,10 +196,6 @@ class _Loader:
 
     def __len__(self) -> int:
         return len(self.loader)
-
-    def real_images(self, step: int) -> int:
-        """Images of step ``step``'s batch over all processes that are not padding (see :data:`PAD_LABEL`)."""
-        return self.sampler.real_images(step, self.loader.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         return iter(self.loader)
