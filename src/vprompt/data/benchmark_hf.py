@@ -83,7 +83,7 @@ def _folder_layout(name: str, folder: Path) -> str:
     return "txt" if txt else "coop" if coop else "dirs"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _warn_both_layouts(name: str, folder: Path) -> None:
     """Said once per folder, not once for each split read from it."""
     _log.warning("dataset %s: %s has <split>.txt files and %s; the .txt files give every split", name, folder,
