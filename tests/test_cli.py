@@ -546,6 +546,17 @@ def test_settings_are_typed_and_range_checked_whatever_their_source(tmp_path):
     assert cli.main(tiny_run_args(tmp_path, "--seed", str(2**70 + 5), "--split-seed", "-3", name="big", epochs=1)) == 0
 
 
+def test_a_head_is_checked_where_it_was_given_and_before_the_model_is_built(tmp_path, monkeypatch):
+    for key, bad, hint in (("head", "lineer", "linear"), ("label_map", "ilmm", "ilm")):
+        with pytest.raises(ValueError, match=rf"h\.yaml: {key} '{bad}' is not one of .*; did you mean {hint}\?"):
+            resolve_config({key: bad}, source="h.yaml")
+    monkeypatch.setattr(engine, "build_backbone", lambda *a, **k: pytest.fail("the head is checked first"))
+    cfg = resolve_config({"model": "cifar:resnet20", "dataset": "synthetic", "head": "linear", "label_map": "ilm",
+                          "output": str(tmp_path)})  # fmt: skip
+    with pytest.raises(ValueError, match="--label-map ilm conflicts with --head linear"):
+        engine.fit(cfg)
+
+
 def test_list_commands():
     assert "evp" in _run("list", "methods").stdout
     datasets = _run("list", "datasets").stdout

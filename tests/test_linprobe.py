@@ -174,6 +174,53 @@ def test_linprobe_saves_its_input_size_and_resumes_only_at_it(tmp_path, capsys):
     assert "input_size=32 there, 16 here" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["linprobe", "zeroshot"])
+def test_a_run_without_training_state_redone_without_its_size_is_refused(tmp_path, capsys, command):
+    # Made at 16, redone with the size left to the model (32): compared once the size is resolved, not skipped
+    args = [command, *_args(tmp_path)[1:], "--model", "cifar:resnet20", "--pretrained", "none"]
+    if command == "zeroshot":
+        args = [a for a in args if a not in ("--l2-grid", "1e-4,1e-2,1")]
+    assert cli.main([*args, "--input-size", "16"]) == 0
+    results = (tmp_path / "lp" / "results.json").read_text()
+    capsys.readouterr()
+    assert cli.main([*args, "--resume", "latest"]) == 2
+    assert "input_size=16 there, 32 here" in capsys.readouterr().err
+    assert (tmp_path / "lp" / "results.json").read_text() == results  # the finished run is left as it was
+
+
+def test_l2_grid_from_a_file_or_a_flag_is_checked_before_anything_runs(tmp_path, capsys):
+    assert resolve_config({"l2_grid": 0.5}).l2_grid == [0.5]  # one number, as YAML reads `l2_grid: 0.5`
+    assert resolve_config({"l2_grid": "1e-3, 1e-2"}).l2_grid == [1e-3, 1e-2]  # a string of numbers, not of characters
+    assert resolve_config({"l2_grid": "10"}).l2_grid == [10.0]
+    for bad in ([], "", "1e-3,x", [-1.0], [float("inf")], {"a": 1}):
+        with pytest.raises(ValueError, match=r"l2\.yaml: l2_grid .* must be one or more non-negative numbers"):
+            resolve_config({"l2_grid": bad}, source="l2.yaml")
+    assert cli.main(_args(tmp_path)) == 0
+    results = (tmp_path / "lp" / "results.json").read_text()
+    capsys.readouterr()
+    for bad in ("", "-1"):  # a redo with a bad sweep fails before it removes the finished run's results
+        assert cli.main([*_args(tmp_path), "--resume", "latest", f"--l2-grid={bad}"]) == 2
+        assert "--l2-grid" in capsys.readouterr().err
+        assert (tmp_path / "lp" / "results.json").read_text() == results
+
+
+def test_a_probe_refuses_the_settings_of_training_it_would_ignore(tmp_path, capsys):
+    for extra in (["--epochs", "5"], ["--head", "linear"], ["--label-map", "ilm"]):
+        args = ["train", "--method", "linprobe", *_args(tmp_path)[1:], "--model", "cifar:resnet20", *extra]
+        assert cli.main(args) == 2
+        assert f"{' '.join(extra)}: a linear probe fits logistic regression" in capsys.readouterr().err
+        assert not (tmp_path / "lp").exists()
+
+
+def test_a_probe_without_validation_is_refused_before_features_are_extracted(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(linprobe, "extract_features", lambda *a, **k: pytest.fail("refused too late"))
+    assert cli.main([*_args(tmp_path), "--val-fraction", "0"]) == 2
+    assert "there is none (--val-fraction 0)" in capsys.readouterr().err
+    # two training images in all: no class has two to hold one out, whatever the fraction
+    assert cli.main([*_args(tmp_path), "--dataset-option", "n_train=2", "--val-fraction", "0.2"]) == 2
+    assert "there is none (no class has 2 training images to hold one out)" in capsys.readouterr().err
+
+
 def test_a_run_config_made_directly_takes_its_methods_recipe(tmp_path):
     from vprompt import RunConfig
 

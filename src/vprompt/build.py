@@ -135,14 +135,12 @@ def build_head(
     if head == "linear":
         linear = LinearHead(_output_dim(backbone), len(classnames), lr=1e-3 if cfg.head_lr is None else cfg.head_lr)
         return linear.to(backbone.mean.device)
-    if head == "text":
-        if backbone.kind != "clip":
-            raise ValueError(f"--head text needs a CLIP model; {cfg.model!r} is a {backbone.kind}")
-        templates = resolve_templates(cfg.templates or "single", dataset_templates)
-        text = build_text_classifier(backbone.encode_text, classnames, templates)
-        _log.info("text head: %d classes x %d templates, computed once", len(classnames), len(templates))
-        return ClipTextHead(text, backbone.logit_scale).to(backbone.mean.device)
-    raise ValueError(f"unknown --head {head!r} (choose from auto, text, linear, {', '.join(LABEL_MAPS)})")
+    if backbone.kind != "clip":  # the text head: resolve_head leaves no other
+        raise ValueError(f"--head text needs a CLIP model; {cfg.model!r} is a {backbone.kind}")
+    templates = resolve_templates(cfg.templates or "single", dataset_templates)
+    text = build_text_classifier(backbone.encode_text, classnames, templates)
+    _log.info("text head: %d classes x %d templates, computed once", len(classnames), len(templates))
+    return ClipTextHead(text, backbone.logit_scale).to(backbone.mean.device)
 
 
 @torch.no_grad()

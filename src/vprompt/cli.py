@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .config import PRECISIONS
+from .config import HEADS, LABEL_MAPS, PRECISIONS
 from .errors import USER_ERRORS, CLIError, one_line
 
 __all__ = ["main", "build_parser"]
@@ -36,13 +36,6 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key.replace("-", "_"), yaml.safe_load(value)
 
 
-def _float_list(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
 def _add_head_options(g: Any, training: bool) -> None:
     """How a prompted model's outputs become class scores (not a linear probe's concern); ``training``: a command
     that trains, so that a head can learn too."""
@@ -54,10 +47,10 @@ def _add_head_options(g: Any, training: bool) -> None:
         help="text templates of the CLIP head: single, the dataset's ensemble, or the 80 ImageNet templates",
     )
     g.add_argument(
-        "--head", default=S, help="output head: auto (text for CLIP, the flm label map for classifiers), text, linear"
+        "--head", default=S, choices=HEADS, help="output head: auto (text for CLIP, the flm label map for classifiers), text, linear"
     )
     g.add_argument(
-        "--label-map", default=S, choices=["identity", "rlm", "flm", "ilm"], help="label map of a classifier's logits"
+        "--label-map", default=S, choices=LABEL_MAPS, help="label map of a classifier's logits"
     )
     g.add_argument("--ilm-interval", type=int, default=S, metavar="K", help="ilm: recompute the map every K epochs")
     if training:
@@ -111,7 +104,7 @@ def _add_run_options(p: argparse.ArgumentParser, training: bool = True, heads: b
         g.add_argument("--di-prob", type=float, default=S, help="di: probability of resize-and-pad (0.5)")
         g.add_argument("--seed", type=int, default=S, help="training seed (42)")
         g.add_argument("--eval-every", type=int, default=S, help="validate every N epochs (1)")
-        g.add_argument("--l2-grid", type=_float_list, default=S, metavar="L2,...", help="linprobe: L2 strengths")
+        g.add_argument("--l2-grid", default=S, metavar="L2,...", help="linprobe: L2 strengths")
     g = p.add_argument_group("protocol and engine")
     g.add_argument("-b", "--batch-size", type=int, default=S, help="global batch size (256)")
     g.add_argument("--eval-batch-size", type=int, default=S, help="evaluation batch size (the batch size)")
@@ -228,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_options(p, training=False, heads=False)
     g = p.add_argument_group("linear probe")
-    g.add_argument("--l2-grid", type=_float_list, default=argparse.SUPPRESS, metavar="L2,...",
+    g.add_argument("--l2-grid", default=argparse.SUPPRESS, metavar="L2,...",
                    help="L2 strengths to sweep (default 1e-6..1e2, two per decade)")  # fmt: skip
     _add_untrained_options(g, resume_help="redo on the cached features (e.g. with another --l2-grid)")
     p.set_defaults(func=_cmd_linprobe, offered=_dests(p))

@@ -20,6 +20,10 @@ __all__ = ["RunConfig", "METHODS", "PRECISIONS", "check_precision", "resolve_con
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # autocast dtype of the frozen model; fp32 is none
+#: Label maps from a classifier's logits to the target classes (METHOD.md section 4).
+LABEL_MAPS = ("identity", "rlm", "flm", "ilm")
+#: Output heads: auto (text for CLIP, FLM for a classifier), CLIP's text head, a trainable linear layer, a label map.
+HEADS = ("auto", "text", "linear", *LABEL_MAPS)
 
 
 def check_precision(precision: str, source: str = "--precision") -> None:
@@ -127,6 +131,8 @@ _AT_LEAST: dict[str, float] = {
     "momentum": 0, "weight_decay": 0, "batch_size": 1, "eval_batch_size": 1, "input_size": 1, "inner_size": 1,
     "prompt_size": 1, "ilm_interval": 1, "eval_every": 1, "shots": 1,
 }  # fmt: skip
+#: Settings with a fixed set of values.
+_CHOICES: dict[str, tuple[str, ...]] = {"head": HEADS, "label_map": LABEL_MAPS}
 #: Shares: (low, high, low allowed, high allowed).
 _SHARES: dict[str, tuple[float, float, bool, bool]] = {
     "val_fraction": (0, 1, True, False), "train_fraction": (0, 1, False, True),
@@ -155,10 +161,22 @@ def _number(value: Any, kind: str) -> int | float | None:
     return number
 
 
+def _number_list(name: str, value: Any) -> list[float]:
+    """``value`` (a number, a list of them, or a comma-separated string of them) as a non-empty list of finite,
+    non-negative floats, or a :class:`SettingError`."""
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+    numbers = [_number(v, "float") for v in items if not (isinstance(v, str) and not v.strip())]
+    if not numbers or any(n is None or n < 0 for n in numbers):
+        raise SettingError(name, f"{name} {value!r} must be one or more non-negative numbers, e.g. 1e-4,1e-2,1")
+    return [float(n) for n in numbers]
+
+
 def _checked(f: dataclasses.Field, value: Any) -> Any:
     """``value`` of setting ``f`` as its type (a number in a string, as YAML reads ``1e-3``, becomes one), or a
     :class:`SettingError` saying what it must be."""
     kind = str(f.type).split(" | ")[0]
+    if value is not None and kind == "list[float]":
+        return _number_list(f.name, value)
     if value is None or kind not in ("int", "float", "bool", "str"):
         return value
     shown = f"{f.name} {value!r}"
@@ -169,6 +187,10 @@ def _checked(f: dataclasses.Field, value: Any) -> Any:
     if kind == "str":
         if isinstance(value, (dict, list)):
             raise SettingError(f.name, f"{shown} must be a single value")
+        if f.name in _CHOICES and str(value) not in _CHOICES[f.name]:
+            close = difflib.get_close_matches(str(value), _CHOICES[f.name], n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise SettingError(f.name, f"{shown} is not one of {', '.join(_CHOICES[f.name])}{hint}")
         return str(value)
     number = _number(value, kind)
     if number is None:

@@ -147,7 +147,8 @@ def changed_settings(old: dict[str, Any], cfg: RunConfig, keys: Sequence[str] = 
 
 def refuse_other_run(cfg: RunConfig) -> None:
     """Raise ValueError when ``cfg``'s run folder holds another run (made with other :func:`identity_keys`):
-    --resume latest would otherwise write over it."""
+    --resume latest would otherwise write over it. Called once the prompter is built: a size left to the model's
+    default (None) is then resolved, where no saved prompt's shape is there to decide it."""
     diff = changed_settings(saved_config(cfg.run_dir), cfg, identity_keys(cfg))
     if diff:
         raise ValueError(f"--resume latest: {cfg.run_dir} {CONFLICT} ({diff})")
@@ -412,8 +413,7 @@ def _resume_path(cfg: RunConfig) -> Path | None:
         return None
     if cfg.resume == "latest":
         path = run_dir / LAST_FILE
-        if not path.exists():
-            refuse_other_run(cfg)  # a run without training state (zeroshot) is redone
+        if not path.exists():  # a run without training state (zeroshot) is redone: see refuse_other_run
             _log.info("--resume latest: no %s yet, starting from scratch", path)
             return None
         return path
@@ -447,6 +447,7 @@ def _build_for_run(
 
     Seeded first, so that a randomly initialized backbone or prompt is the same in training and in evaluation."""
     check_dataset(cfg.dataset, cfg.dataset_options)  # a mistyped name is told before a model is downloaded
+    resolve_head(cfg.head, cfg.label_map, model_kind(cfg.model))  # and so is a mistyped or conflicting head
     torch.manual_seed(torch_seed(cfg.seed))
     backbone = build_backbone(cfg, device, weights_like)
     prompter = build_prompter(cfg, backbone)
@@ -549,6 +550,8 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
         raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the {env.world_size} processes")
 
     model, data, diversity = _build_for_run(cfg, device, env=env)
+    if cfg.resume == "latest" and resume_from is None:
+        refuse_other_run(cfg)  # after the build, which resolves the sizes left to the model's default
     if len(data.train) < env.world_size:  # a process with no training image would have no label-mapping outputs
         raise ValueError(
             f"{len(data.train)} training images for {env.world_size} processes: launch at most {len(data.train)}"

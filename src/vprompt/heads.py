@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import LABEL_MAPS
 from .data.splits import torch_seed
 
 __all__ = [
@@ -49,10 +50,9 @@ Template = str | Callable[[str], str]
 
 def resolve_head(head: str, label_map: str | None, kind: str) -> str:
     """The head a run uses: ``label_map`` where given (``head`` must then be ``auto`` or the same), else ``head``,
-    with ``auto`` the text head for a CLIP model and FLM label mapping for a classifier (``kind``)."""
+    with ``auto`` the text head for a CLIP model and FLM label mapping for a classifier (``kind``). Each is one of
+    its choices (:data:`~vprompt.config.HEADS`, :data:`~vprompt.config.LABEL_MAPS`), as a RunConfig checks."""
     if label_map is not None:
-        if label_map not in LABEL_MAPS:
-            raise ValueError(f"unknown --label-map {label_map!r} (choose from {', '.join(LABEL_MAPS)})")
         if head not in ("auto", label_map):
             raise ValueError(f"--label-map {label_map} conflicts with --head {head}; give only one of them")
         return label_map
@@ -145,7 +145,6 @@ class ClipTextHead(Head):
 _log = logging.getLogger(__name__)
 
 #: ``--label-map`` choices.
-LABEL_MAPS = ("identity", "rlm", "flm", "ilm")
 
 
 def prediction_counts(predictions: Tensor, labels: Tensor, num_classes: int, num_source_classes: int) -> Tensor:

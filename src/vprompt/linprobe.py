@@ -261,6 +261,20 @@ def probe_metrics(logits: Tensor, y: Tensor) -> dict[str, float]:
     }
 
 
+def _strengths(grid: Any, has_val: bool, no_val: str = "no validation features were given") -> list[float]:
+    """The L2 strengths of ``grid``, strongest first, or a ValueError: several need a validation split to choose
+    between them (``no_val``: why there is none)."""
+    strengths = sorted({float(v) for v in grid}, reverse=True)
+    if not strengths or any(not math.isfinite(v) or v < 0 for v in strengths):
+        raise ValueError(f"--l2-grid {list(grid)} must be non-negative finite numbers")
+    if not has_val and len(strengths) > 1:
+        raise ValueError(
+            f"linprobe selects the L2 strength on the validation split, but there is none ({no_val}); hold some "
+            "training data out (--val-fraction 0.1), or give a single --l2-grid value"
+        )
+    return strengths
+
+
 def sweep_l2(
     train: tuple[Tensor, Tensor],
     val: tuple[Tensor, Tensor] | None,
@@ -281,14 +295,7 @@ def sweep_l2(
         The selected probe and one record per strength (``l2``, ``train_acc1``, ``val_acc1``, ``val_loss``,
         ``iterations``, ``seconds``).
     """
-    strengths = sorted({float(v) for v in grid}, reverse=True)
-    if not strengths or any(not math.isfinite(v) or v < 0 for v in strengths):
-        raise ValueError(f"--l2-grid {list(grid)} must be non-negative finite numbers")
-    if val is None and len(strengths) > 1:
-        raise ValueError(
-            "linprobe selects the L2 strength on the validation split, but there is none (--val-fraction 0); "
-            "hold some training data out (--val-fraction 0.1) or give a single --l2-grid value"
-        )
+    strengths = _strengths(grid, val is not None)
     x, y = train
     mean = x.mean(dim=0)
     std = x.std(dim=0, unbiased=False)
@@ -324,18 +331,23 @@ def sweep_l2(
 # A whole run
 
 
-def _check_run_folder(cfg: RunConfig) -> None:
-    from .engine import refuse_other_run
-
+def _check_settings(cfg: RunConfig) -> None:
+    """Refuse what a probe would ignore, and a run folder that holds a run when not asked to redo it."""
     run_dir = cfg.run_dir
     if cfg.prompter != "none":
         raise ValueError(
             f"--prompter {cfg.prompter}: a linear probe reads the frozen model's features without a prompt"
         )
+    ignored = [f"--epochs {cfg.epochs}"] if cfg.epochs else []
+    ignored += [f"--head {cfg.head}"] if cfg.head not in (None, "auto") else []
+    ignored += [f"--label-map {cfg.label_map}"] if cfg.label_map else []
+    if ignored:
+        raise ValueError(
+            f"{', '.join(ignored)}: a linear probe fits logistic regression on frozen features, with no epochs, head "
+            "or label map; leave them out, or train a linear layer with a prompt (vprompt train --head linear)"
+        )
     if cfg.resume not in (None, "latest"):
         raise ValueError(f"--resume {cfg.resume!r}: a linear probe resumes only as 'latest' (reusing cached features)")
-    if cfg.resume:  # compared on what a probe depends on, nothing it ignores
-        refuse_other_run(cfg)
     if cfg.resume is None and ((run_dir / "results.json").exists() or (run_dir / LAST_FILE).exists()):
         raise FileExistsError(
             f"run folder {run_dir} already holds a run; pass --resume latest to redo the probe on its cached "
@@ -349,13 +361,14 @@ def fit_linear_probe(cfg: RunConfig) -> dict[str, Any]:
     Raises:
         ValueError: launched with several processes, no validation split for a sweep, or bad settings.
     """
-    from .engine import _append_jsonl, _write_json, _write_run_files, data_for_run, resolve_device, setup_logging
+    from .engine import _write_json, _write_run_files, data_for_run, refuse_other_run, resolve_device, setup_logging
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("linprobe runs in one process (features are extracted once); launch it without torchrun")
     env = DistEnv()
     device = resolve_device(cfg.device, env)
-    _check_run_folder(cfg)
+    _check_settings(cfg)
+    grid = cfg.l2_grid or DEFAULT_L2_GRID
     run_dir = cfg.run_dir
     setup_logging(run_dir, env)
 
@@ -363,7 +376,11 @@ def fit_linear_probe(cfg: RunConfig) -> dict[str, Any]:
     torch.manual_seed(torch_seed(cfg.seed))  # a randomly initialized backbone is then the same on every rerun
     backbone = build_backbone(cfg, device)
     prompter = build_prompter(cfg, backbone)  # the "none" prompter: resize to S only; sets cfg's input size
+    if cfg.resume:  # compared on what a probe depends on, nothing it ignores, with the input size resolved
+        refuse_other_run(cfg)
     data = data_for_run(cfg, prompter.image_size, random_crop=False)
+    no_val = "--val-fraction 0" if not cfg.val_fraction else "no class has 2 training images to hold one out"
+    _strengths(grid, data.val is not None, no_val)  # told before any feature is extracted, or a result removed
     _write_run_files(cfg, data, run_dir, resumed=cfg.resume is not None)
 
     key = _cache_key(cfg, prompter.input_size, data)
@@ -394,16 +411,13 @@ def fit_linear_probe(cfg: RunConfig) -> dict[str, Any]:
     assert train is not None and test is not None
     num_classes = len(data.classnames)
     fit_start = time.perf_counter()
-    grid = cfg.l2_grid if cfg.l2_grid else DEFAULT_L2_GRID
     probe, sweep = sweep_l2(train, val, num_classes, grid)
     fit_seconds = time.perf_counter() - fit_start
 
     val_metrics = probe_metrics(probe.logits(val[0]), val[1]) if val is not None else None
     test_metrics = probe_metrics(probe.logits(test[0]), test[1])
-    metrics_path = run_dir / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)  # one record per strength of *this* sweep
-    for record in sweep:
-        _append_jsonl(metrics_path, record)
+    lines = "".join(json.dumps(record) + "\n" for record in sweep)  # one record per strength of *this* sweep
+    atomic_write(run_dir / "metrics.jsonl", lambda tmp: Path(tmp).write_text(lines))
     from safetensors.torch import save_file
 
     probe_state = {k: v.detach().cpu().contiguous() for k, v in probe.state_dict().items()}
