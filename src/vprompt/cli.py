@@ -47,11 +47,12 @@ def _add_head_options(g: Any, training: bool) -> None:
         help="text templates of the CLIP head: single, the dataset's ensemble, or the 80 ImageNet templates",
     )
     g.add_argument(
-        "--head", default=S, choices=HEADS, help="output head: auto (text for CLIP, the flm label map for classifiers), text, linear"
+        "--head",
+        default=S,
+        choices=HEADS,
+        help="output head: auto (text for CLIP, the flm label map for classifiers), text, linear, or a label map",
     )
-    g.add_argument(
-        "--label-map", default=S, choices=LABEL_MAPS, help="label map of a classifier's logits"
-    )
+    g.add_argument("--label-map", default=S, choices=LABEL_MAPS, help="label map of a classifier's logits")
     g.add_argument("--ilm-interval", type=int, default=S, metavar="K", help="ilm: recompute the map every K epochs")
     if training:
         g.add_argument("--head-lr", type=float, default=S, help="AdamW lr of a trainable head (--head linear; 1e-3)")
