@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 
@@ -530,7 +531,7 @@ def test_a_bad_dataset_option_value_names_the_config_file_it_came_from(tmp_path,
 
 def test_settings_are_typed_and_range_checked_whatever_their_source(tmp_path):
     assert resolve_config({"lr": "1e-3", "epochs": "3"}).lr == 1e-3  # YAML reads 1e-3 as a string
-    assert resolve_config({"epochs": 2.0, "warmup_steps": "1e3"}).warmup_steps == 1000  # integral: an integer
+    assert resolve_config({"method": "vp", "epochs": 2.0, "warmup_steps": "1e3"}).warmup_steps == 1000  # an integer
     assert resolve_config({"seed": 2**53 + 1, "split_seed": "12345678901234567891"}).split_seed == 12345678901234567891
     assert resolve_config({"seed": 2**53 + 1}).seed == 2**53 + 1  # exact, not through a float
     for bad in ({"lr": float("nan")}, {"lr": "inf"}, {"epochs": 1.5}, {"epochs": True}):
@@ -544,6 +545,24 @@ def test_settings_are_typed_and_range_checked_whatever_their_source(tmp_path):
     assert proc.returncode == 2 and "--device 'gpu' is not a device; use cpu, cuda" in proc.stderr, proc.stderr
     # Any integer seeds a run: PyTorch takes 64 bits, and larger seeds wrap as negative ones do.
     assert cli.main(tiny_run_args(tmp_path, "--seed", str(2**70 + 5), "--split-seed", "-3", name="big", epochs=1)) == 0
+
+
+def test_a_setting_the_run_would_not_use_is_refused_where_it_was_given():
+    for given, told in (
+        ({"warmup_steps": 100}, "--warmup-steps 100: only schedule cosine warms up, not cosine_epoch"),
+        ({"weight_decay": 0.1}, "--weight-decay 0.1: the normalized gradient has none"),
+        ({"momentum": 0.5, "optimizer": "adamw"}, "--momentum 0.5 is SGD's; optimizer adamw has none"),
+        ({"method": "vp", "inner_size": 20}, "--inner-size 20 is EVP's shrunk image; prompter pad adds"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(f"command line: {told}")):
+            resolve_config(given, source="command line")
+    # what the recipes fill in is not the user's, and where a setting is used it is taken
+    assert resolve_config({"method": "vp", "schedule": "constant"}).warmup_steps == 1000
+    sgd = resolve_config({"optimizer": "sgd", "momentum": 0.5, "weight_decay": 0.1, "schedule": "cosine",
+                          "warmup_steps": 5})  # fmt: skip
+    assert (sgd.momentum, sgd.weight_decay, sgd.warmup_steps) == (0.5, 0.1, 5)
+    # a finished run's saved settings are evaluated as they were
+    assert resolve_config({"warmup_steps": 100}, check_unused=False).warmup_steps == 100
 
 
 def test_a_head_is_checked_where_it_was_given_and_before_the_model_is_built(tmp_path, monkeypatch):

@@ -290,7 +290,10 @@ def check_dataset_options(options: Any, source: str = "dataset_options") -> dict
 
 
 def resolve_config(
-    values: Mapping[str, Any], source: str = "config", sources: Mapping[str, str] | None = None
+    values: Mapping[str, Any],
+    source: str = "config",
+    sources: Mapping[str, str] | None = None,
+    check_unused: bool = True,
 ) -> RunConfig:
     """Build a :class:`RunConfig` from user values (explicit settings only); the method's recipe fills the rest.
 
@@ -298,10 +301,13 @@ def resolve_config(
         values: field name -> value; unset fields may be absent or None.
         source: where the values come from, for error messages (a file name, "command line").
         sources: where each value came from when they came from several places (key -> source).
+        check_unused: refuse a setting given that the run would not use (momentum without SGD, weight decay with
+            the normalized gradient, warmup without the ``cosine`` schedule, ``inner_size`` with a VP prompter);
+            off for the saved settings of a finished run.
 
     Raises:
-        ValueError: an unknown key, method, precision or malformed dataset options, naming where the bad value
-            came from and the close matches or choices.
+        ValueError: an unknown key, method, precision or malformed dataset options, or an unused setting, naming
+            where the bad value came from and the close matches or choices.
     """
 
     def where(key: str) -> str:
@@ -321,10 +327,34 @@ def resolve_config(
     if "dataset_options" in explicit:
         explicit["dataset_options"] = check_dataset_options(explicit["dataset_options"], where("dataset_options"))
     try:
-        return RunConfig(**explicit)
+        cfg = RunConfig(**explicit)
+        if check_unused:
+            _refuse_unused(cfg, explicit)
+        return cfg
     except SettingError as e:
         flag = f"--{e.key.replace('_', '-')}" if where(e.key) == "command line" else e.key
         raise ValueError(f"{where(e.key)}: {str(e).replace(e.key, flag, 1)}") from None
+
+
+def _refuse_unused(cfg: RunConfig, given: Mapping[str, Any]) -> None:
+    """A :class:`SettingError` for a setting ``given`` that ``cfg``'s optimizer, schedule or prompter would not use:
+    the run would record it, but not apply it."""
+    if "momentum" in given and cfg.optimizer != "sgd" and cfg.momentum != RunConfig.momentum:
+        raise SettingError("momentum", f"momentum {cfg.momentum:g} is SGD's; optimizer {cfg.optimizer} has none")
+    if "weight_decay" in given and cfg.optimizer == "normgrad" and cfg.weight_decay:
+        raise SettingError(
+            "weight_decay", f"weight_decay {cfg.weight_decay:g}: the normalized gradient has none (optimizer sgd or "
+            "adamw decays)",
+        )  # fmt: skip
+    if "warmup_steps" in given and cfg.warmup_steps and cfg.schedule != "cosine":
+        raise SettingError(
+            "warmup_steps", f"warmup_steps {cfg.warmup_steps}: only schedule cosine warms up, not {cfg.schedule}"
+        )
+    if "inner_size" in given and cfg.prompter in ("pad", "fixed_patch", "random_patch"):
+        raise SettingError(
+            "inner_size", f"inner_size {cfg.inner_size} is EVP's shrunk image; prompter {cfg.prompter} adds its "
+            "prompt on top of the whole image (its size: prompt_size)",
+        )  # fmt: skip
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -851,7 +851,7 @@ def evaluate_checkpoint(
     flags = {k: v for k, v in flags.items() if v is not None}
     # this machine's device and threads, not the training machine's; downloads only when asked for here
     values = {**config, "resume": None, "threads": None, "device": None, "download": download, **flags}
-    cfg = resolve_config(values, source=str(path), sources=dict.fromkeys(flags, "command line"))
+    cfg = resolve_config(values, str(path), dict.fromkeys(flags, "command line"), check_unused=False)
     _use_threads(cfg)
     env = DistEnv()
     dev = resolve_device(cfg.device, env)
