@@ -488,14 +488,29 @@ def test_every_precision_the_flag_offers_has_an_autocast():
         engine.autocast(torch.device("cpu"), "fp8")
 
 
-def test_config_file_with_an_unknown_precision_fails_before_the_run_starts(tmp_path):
+@pytest.mark.parametrize(
+    "setting,told",
+    [
+        ("precision: fp8", "precision 'fp8' is not one of fp32, bf16, fp16"),
+        ("optimizer: adam", "optimizer 'adam' is not one of normgrad, sgd, adamw; did you mean adamw?"),
+        ("schedule: cosin", "schedule 'cosin' is not one of cosine_epoch, cosine, constant; did you mean cosine?"),
+    ],
+)
+def test_config_file_with_a_value_not_among_the_choices_fails_before_the_run_starts(tmp_path, setting, told):
     config = tmp_path / "bad.yaml"
-    config.write_text("precision: fp8\n")
+    config.write_text(setting + "\n")
     proc = _run(*tiny_run_args(tmp_path, "--config", str(config)), check=False)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
-    assert f"{config}: unknown precision 'fp8' (choose from fp32, bf16, fp16)" in last, proc.stderr
+    assert f"{config}: {told}" in last, proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_the_configs_prompter_names_are_the_prompters():
+    from vprompt.config import PROMPTERS
+    from vprompt.prompters import list_prompters
+
+    assert sorted(PROMPTERS) == list_prompters()
 
 
 @pytest.mark.parametrize(

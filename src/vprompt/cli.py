@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .config import HEADS, LABEL_MAPS, PRECISIONS
+from .config import DIVERSITIES, HEADS, LABEL_MAPS, OPTIMIZERS, PRECISIONS, PROMPTERS, SCHEDULES, TEMPLATES
 from .errors import USER_ERRORS, CLIError, one_line
 
 __all__ = ["main", "build_parser"]
@@ -43,7 +43,7 @@ def _add_head_options(g: Any, training: bool) -> None:
     g.add_argument(
         "--templates",
         default=S,
-        choices=["single", "ensemble", "imagenet80"],
+        choices=TEMPLATES,
         help="text templates of the CLIP head: single, the dataset's ensemble, or the 80 ImageNet templates",
     )
     g.add_argument(
@@ -83,7 +83,9 @@ def _add_run_options(p: argparse.ArgumentParser, training: bool = True, heads: b
             help="evp, vp, fixed_patch, random_patch, zeroshot, linprobe (`vprompt list methods`)",
         )
         g = p.add_argument_group("prompt")
-        g.add_argument("--prompter", default=S, help="override the method's prompter (evp, pad, ...)")
+        g.add_argument(
+            "--prompter", default=S, choices=PROMPTERS, help="override the method's prompter (evp, pad, ...)"
+        )
         g.add_argument("--input-size", type=int, default=S, help="S, the backbone input size (default: the model's)")
         g.add_argument("--inner-size", type=int, default=S, help="s, EVP's shrunk image size (default 164 at S=224)")
         g.add_argument("--prompt-size", type=int, default=S, help="p: EVP/VP border width or VP patch size")
@@ -93,14 +95,14 @@ def _add_run_options(p: argparse.ArgumentParser, training: bool = True, heads: b
         g.add_argument(
             "--optimizer",
             default=S,
-            choices=["normgrad", "sgd", "adamw"],
+            choices=OPTIMIZERS,
             help="prompt optimizer (the method's own by default)",
         )
         g.add_argument("--momentum", type=float, default=S, help="SGD momentum (0.9)")
         g.add_argument("--weight-decay", type=float, default=S, help="weight decay (0)")
-        g.add_argument("--schedule", default=S, choices=["cosine_epoch", "cosine", "constant"], help="lr schedule")
+        g.add_argument("--schedule", default=S, choices=SCHEDULES, help="lr schedule")
         g.add_argument("--warmup-steps", type=int, default=S, help="linear warmup steps (cosine schedule)")
-        g.add_argument("--diversity", default=S, choices=["ref", "di", "none"], help="input diversity")
+        g.add_argument("--diversity", default=S, choices=DIVERSITIES, help="input diversity")
         g.add_argument("--di-min-scale", type=float, default=S, help="di: smallest resize factor (0.9)")
         g.add_argument("--di-prob", type=float, default=S, help="di: probability of resize-and-pad (0.5)")
         g.add_argument("--seed", type=int, default=S, help="training seed (42)")

@@ -24,6 +24,12 @@ PRECISIONS = ("fp32", "bf16", "fp16")  # autocast dtype of the frozen model; fp3
 LABEL_MAPS = ("identity", "rlm", "flm", "ilm")
 #: Output heads: auto (text for CLIP, FLM for a classifier), CLIP's text head, a trainable linear layer, a label map.
 HEADS = ("auto", "text", "linear", *LABEL_MAPS)
+#: Prompters (prompters.py), optimizers and schedules (optim.py), input diversity (diversity.py), text templates.
+PROMPTERS = ("evp", "pad", "fixed_patch", "random_patch", "none")
+OPTIMIZERS = ("normgrad", "sgd", "adamw")
+SCHEDULES = ("cosine_epoch", "cosine", "constant")
+DIVERSITIES = ("ref", "di", "none")
+TEMPLATES = ("single", "ensemble", "imagenet80")
 
 
 def check_precision(precision: str, source: str = "--precision") -> None:
@@ -132,7 +138,10 @@ _AT_LEAST: dict[str, float] = {
     "prompt_size": 1, "ilm_interval": 1, "eval_every": 1, "shots": 1,
 }  # fmt: skip
 #: Settings with a fixed set of values.
-_CHOICES: dict[str, tuple[str, ...]] = {"head": HEADS, "label_map": LABEL_MAPS}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "head": HEADS, "label_map": LABEL_MAPS, "prompter": PROMPTERS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
+    "diversity": DIVERSITIES, "templates": TEMPLATES, "precision": PRECISIONS,
+}  # fmt: skip
 #: Shares: (low, high, low allowed, high allowed).
 _SHARES: dict[str, tuple[float, float, bool, bool]] = {
     "val_fraction": (0, 1, True, False), "train_fraction": (0, 1, False, True),
@@ -323,7 +332,6 @@ def resolve_config(
     if str(explicit.get("pretrained", "")).strip().lower() == "none":  # random weights, however they were asked for
         del explicit["pretrained"]
     method_recipe(explicit.get("method", RunConfig.method), where("method"))  # checked here to name its source
-    check_precision(explicit.get("precision", RunConfig.precision), where("precision"))
     if "dataset_options" in explicit:
         explicit["dataset_options"] = check_dataset_options(explicit["dataset_options"], where("dataset_options"))
     try:

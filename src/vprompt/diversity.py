@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .config import DIVERSITIES
+
 __all__ = ["InputDiversity", "create_diversity", "list_diversity", "random_flip", "random_resize_pad"]
 
 
@@ -121,7 +123,7 @@ class InputDiversity:
         return f"InputDiversity({self.name!r})"
 
 
-_VARIANTS = ("ref", "di", "none")
+_VARIANTS = DIVERSITIES
 
 
 def list_diversity() -> list[str]:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import LABEL_MAPS
+from .config import LABEL_MAPS, TEMPLATES
 from .data.splits import torch_seed
 
 __all__ = [
@@ -77,7 +77,7 @@ def resolve_templates(kind: str, dataset_templates: Sequence[Template] | None = 
         from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
         return list(OPENAI_IMAGENET_TEMPLATES)
-    raise ValueError(f"unknown --templates {kind!r} (choose from single, ensemble, imagenet80)")
+    raise ValueError(f"unknown --templates {kind!r} (choose from {', '.join(TEMPLATES)})")
 
 
 def _fill(template: Template, classname: str) -> str:

@@ -25,6 +25,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from .config import OPTIMIZERS, SCHEDULES
+
 __all__ = [
     "NormalizedGradient",
     "MaskedSGD",
@@ -140,7 +142,7 @@ class MaskedAdamW(_MasksGradients, torch.optim.AdamW):
         self.masks = dict(masks or {})
 
 
-_OPTIMIZERS = ("normgrad", "sgd", "adamw")
+_OPTIMIZERS = OPTIMIZERS
 
 
 def list_optimizers() -> list[str]:
@@ -181,7 +183,7 @@ class Schedule:
         warmup_steps: warmup length (``cosine`` only).
     """
 
-    NAMES = ("cosine_epoch", "cosine", "constant")
+    NAMES = SCHEDULES
 
     def __init__(self, name: str, total_steps: int, steps_per_epoch: int, warmup_steps: int = 0) -> None:
         if name not in self.NAMES:
