@@ -566,14 +566,16 @@ def test_a_setting_the_run_would_not_use_is_refused_where_it_was_given():
     for given, told in (
         ({"warmup_steps": 100}, "--warmup-steps 100: only schedule cosine warms up, not cosine_epoch"),
         ({"weight_decay": 0.1}, "--weight-decay 0.1: the normalized gradient has none"),
-        ({"momentum": 0.5, "optimizer": "adamw"}, "--momentum 0.5 is SGD's; optimizer adamw has none"),
+        ({"momentum": 0.5, "optimizer": "adamw", "lr": 0.1}, "--momentum 0.5 is SGD's; optimizer adamw has none"),
         ({"method": "vp", "inner_size": 20}, "--inner-size 20 is EVP's shrunk image; prompter pad adds"),
     ):
         with pytest.raises(ValueError, match=re.escape(f"command line: {told}")):
             resolve_config(given, source="command line")
+    with pytest.raises(ValueError, match="--lr: optimizer adamw needs its own; method evp's lr 70 is a step size"):
+        resolve_config({"optimizer": "adamw"}, source="command line")  # not EVP's 70 for the normalized gradient
     # what the recipes fill in is not the user's, and where a setting is used it is taken
     assert resolve_config({"method": "vp", "schedule": "constant"}).warmup_steps == 1000
-    sgd = resolve_config({"optimizer": "sgd", "momentum": 0.5, "weight_decay": 0.1, "schedule": "cosine",
+    sgd = resolve_config({"optimizer": "sgd", "lr": 1.0, "momentum": 0.5, "weight_decay": 0.1, "schedule": "cosine",
                           "warmup_steps": 5})  # fmt: skip
     assert (sgd.momentum, sgd.weight_decay, sgd.warmup_steps) == (0.5, 0.1, 5)
     # a finished run's saved settings are evaluated as they were

@@ -94,7 +94,13 @@ class RunConfig:
     resume: str | None = None
 
     def __post_init__(self) -> None:
-        for key, value in method_recipe(self.method, "method").items():  # the method fills what was left unset
+        recipe = method_recipe(self.method, "method")
+        if self.lr is None and self.optimizer not in (None, recipe.get("optimizer")) and recipe.get("epochs"):
+            raise SettingError(
+                "lr", f"lr: optimizer {self.optimizer} needs its own; method {self.method}'s lr "
+                f"{recipe['lr']:g} is a step size for {recipe['optimizer']}",
+            )  # fmt: skip
+        for key, value in recipe.items():  # the method fills what was left unset
             if getattr(self, key) is None:
                 setattr(self, key, value)
         for f in dataclasses.fields(self):
