@@ -422,3 +422,11 @@ def test_an_interrupted_suite_says_to_run_it_again(tmp_path, monkeypatch, capsys
     config.write_text(yaml.safe_dump({"datasets": ["synthetic"], "methods": ["vp"]}))
     assert cli.main(["suite", str(config)]) == 130
     assert "run the same command again" in capsys.readouterr().err  # not --resume, which suite does not take
+
+
+def test_suite_jobs_below_one_are_refused(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"base": {"model": TINY_MODEL}, "datasets": ["synthetic"], "methods": ["evp"]}))
+    assert cli.main(["suite", str(path), "--jobs", "0", "--output", str(tmp_path / "out")]) == 2
+    assert "--jobs 0 must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -130,7 +130,7 @@ def _add_untrained_options(g: Any, resume_help: str) -> None:
     """The few settings of zeroshot and linprobe beyond the run options: they train no prompt."""
     S = argparse.SUPPRESS
     g.add_argument("--input-size", type=int, default=S, help="S (default: the model's)")
-    g.add_argument("--seed", type=int, default=S, help="seed (random-init backbones only)")
+    g.add_argument("--seed", type=int, default=S, help="seed of a random-init backbone and of the rlm label map")
     g.add_argument("--resume", default=S, metavar="latest", help=resume_help)
 
 

@@ -418,6 +418,8 @@ def run_suite(
     from . import engine
     from .distributed import DistEnv
 
+    if jobs < 1:
+        raise ValueError(f"--jobs {jobs} must be at least 1")
     out = Path(output) if output is not None else Path(suite.output)
     table_dir = Path(suite.table_output) if suite.table_output else out
     cells = expand_suite(suite, out)
