@@ -430,3 +430,33 @@ def test_suite_jobs_below_one_are_refused(tmp_path, capsys):
     assert cli.main(["suite", str(path), "--jobs", "0", "--output", str(tmp_path / "out")]) == 2
     assert "--jobs 0 must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_finished_run_made_at_a_size_now_left_to_the_model_is_another_run(tmp_path):
+    from vprompt.suite import _state
+
+    def grid(**sizes):
+        base = {"model": "cifar:resnet20", "epochs": 1, "batch_size": 16, "log_every": 0, "device": "cpu",
+                "dataset_options": {"n_train": 32, "n_test": 16}, **sizes}  # fmt: skip
+        return parse_suite({"base": base, "datasets": ["synthetic"], "methods": ["evp", "zeroshot", "linprobe"]})
+
+    made = run_suite(grid(input_size=48), output=tmp_path, quiet=True)
+    assert [r.status for r in made.records] == ["done"] * 3, [r.error for r in made.records]
+    assert [_state(c)[0] for c in expand_suite(grid(input_size=48), output=tmp_path)] == ["done"] * 3
+    # The model's own size is 32: the runs made at 48 are not this grid's, although config.yaml saves the sizes as
+    # they came out and a size left to the model is compared with nothing else
+    states = [_state(c) for c in expand_suite(grid(), output=tmp_path)]
+    assert [s for s, _ in states] == ["conflict"] * 3 and all("input_size=48 there, None here" in w for _, w in states)
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_judged_by_its_config(tmp_path):
+    from vprompt.suite import _state
+
+    grid = {"datasets": ["synthetic"], "methods": ["evp"], "base": {"epochs": 2}}
+    cell = expand_suite(parse_suite(grid), output=tmp_path)[0]
+    cell.cfg.run_dir.mkdir(parents=True)  # what a run writes before its first epoch ends
+    (cell.cfg.run_dir / "config.yaml").write_text(yaml.safe_dump({"config": cell.cfg.to_dict()}))
+    assert _state(cell) == ("new", "")  # started again from scratch
+    grid["base"]["epochs"] = 1
+    state, why = _state(expand_suite(parse_suite(grid), output=tmp_path)[0])
+    assert state == "conflict" and "epochs=2 there, 1 here" in why and "delete it or change the output" in why

@@ -95,16 +95,17 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         recipe = method_recipe(self.method, "method")
-        if self.lr is None and self.optimizer not in (None, recipe.get("optimizer")) and recipe.get("epochs"):
-            raise SettingError(
-                "lr", f"lr: optimizer {self.optimizer} needs its own; method {self.method}'s lr "
-                f"{recipe['lr']:g} is a step size for {recipe['optimizer']}",
-            )  # fmt: skip
+        recipe_lr = self.lr is None and recipe.get("epochs") and recipe.get("lr")
         for key, value in recipe.items():  # the method fills what was left unset
             if getattr(self, key) is None:
                 setattr(self, key, value)
         for f in dataclasses.fields(self):
             setattr(self, f.name, _checked(f, getattr(self, f.name)))
+        if recipe_lr and self.optimizer != recipe.get("optimizer"):
+            raise SettingError(
+                "lr", f"lr: optimizer {self.optimizer} needs its own; method {self.method}'s lr "
+                f"{recipe['lr']:g} is a step size for {recipe['optimizer']}",
+            )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

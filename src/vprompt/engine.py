@@ -97,11 +97,17 @@ def result_keys(cfg: RunConfig) -> tuple[str, ...]:
 CONFLICT = "holds a run with other settings"
 
 
-def saved_config(run_dir: Path) -> dict[str, Any]:
+def saved_config(run_dir: Path, part: str = "config") -> dict[str, Any]:
     """The settings the run in ``run_dir`` was last made with (its config.resumed.yaml when it was continued or
-    redone, else its config.yaml), or {}."""
+    redone, else its config.yaml), or {}; ``part="sizes_given"``: its sizes as they were given (None: left to the
+    model), where the settings hold them as they came out."""
     path = next((p for p in (run_dir / "config.resumed.yaml", run_dir / "config.yaml") if p.exists()), run_dir)
-    return (yaml.safe_load(path.read_text()) or {}).get("config", {}) if path.is_file() else {}
+    return (yaml.safe_load(path.read_text()) or {}).get(part, {}) if path.is_file() else {}
+
+
+def sizes_given(cfg: RunConfig) -> dict[str, int | None]:
+    """``cfg``'s sizes before the prompter is built, which sets those left to the model (see :func:`saved_config`)."""
+    return {k: getattr(cfg, k) for k in _SIZES}
 
 
 #: Sizes a config may leave to the model (None until the prompter is built, then saved as resolved).
@@ -119,11 +125,14 @@ def _same_weights(old: Any, new: Any) -> bool:
     return was.resolve() == now.resolve() if was.exists() else was.name == now.name
 
 
-def changed_settings(old: dict[str, Any], cfg: RunConfig, keys: Sequence[str] = _IDENTITY_KEYS) -> str:
+def changed_settings(
+    old: dict[str, Any], cfg: RunConfig, keys: Sequence[str] = _IDENTITY_KEYS, given: dict[str, Any] | None = None
+) -> str:
     """``"k=old, ..."`` for the ``keys`` whose value in an earlier run's config ``old`` differs from ``cfg``'s;
     empty when the run is the same. A key absent from ``old`` counts as unchanged, and so does a size left to its
-    default (None) on either side: the saved prompt's shape then decides. Any other None is a value (no few-shot
-    draw, random weights) and is compared. Weights files are compared by where they are (:func:`_same_weights`),
+    default (None) on either side, unless ``given`` holds the earlier run's sizes as they were given (then a size
+    ``cfg`` leaves to the model must have been left to it there). Any other None is a value (no few-shot draw,
+    random weights) and is compared. Weights files are compared by where they are (:func:`_same_weights`),
     ``head`` and ``label_map`` by the head they give (``--label-map flm`` is a classifier's default head)."""
 
     def head_of(head: str | None, label_map: str | None, model: str) -> str | None:
@@ -139,6 +148,8 @@ def changed_settings(old: dict[str, Any], cfg: RunConfig, keys: Sequence[str] = 
         if k in ("head", "label_map") and old[k] != new:
             before = head_of(old.get("head"), old.get("label_map"), old.get("model") or cfg.model)
             return before is None or before != head_of(cfg.head, cfg.label_map, cfg.model)
+        if k in _SIZES and new is None and given is not None and k in given:
+            return given[k] is not None
         return old[k] != new and not (k in _SIZES and (old[k] is None or new is None))
 
     changed = [k for k in keys if k in old and differs(k)]
@@ -549,6 +560,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
     if epochs and cfg.batch_size % env.world_size:  # (evaluation batches need not be: each process reads its share)
         raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the {env.world_size} processes")
 
+    given = sizes_given(cfg)
     model, data, diversity = _build_for_run(cfg, device, env=env)
     if cfg.resume == "latest" and resume_from is None:
         refuse_other_run(cfg)  # after the build, which resolves the sizes left to the model's default
@@ -612,7 +624,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
     config = cfg.to_dict()
     metrics_path = run_dir / "metrics.jsonl"
     if env.is_main:
-        _write_run_files(cfg, data, run_dir, resumed=resume_from is not None)
+        _write_run_files(cfg, data, run_dir, resume_from is not None, given)
         source = resume_from.parent if resume_from is not None else run_dir
         _rewind_run_files(run_dir, source, start_epoch, best, best_state, config, data.classnames)
         _log.info(
@@ -721,10 +733,14 @@ def _epoch_of(line: str) -> float:
         return math.inf
 
 
-def _write_run_files(cfg: RunConfig, data: DataSplits, run_dir: Path, resumed: bool) -> None:
+def _write_run_files(
+    cfg: RunConfig, data: DataSplits, run_dir: Path, resumed: bool, given: dict[str, int | None]
+) -> None:
+    """config.yaml (config.resumed.yaml when ``resumed``), with the sizes as ``given``, and splits.json."""
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = {
         "config": cfg.to_dict(),
+        "sizes_given": given,
         "argv": sys.argv,
         "versions": _versions(),
         "git_sha": _git_sha(),

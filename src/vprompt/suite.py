@@ -362,11 +362,11 @@ def _state(cell: SuiteCell) -> tuple[str, str]:
         return "invalid", cell.error or "invalid settings"
     run_dir = cell.cfg.run_dir
     finished, interrupted = (run_dir / "results.json").exists(), (run_dir / LAST_FILE).exists()
-    if finished or interrupted:
+    if finished or interrupted or saved_config(run_dir):  # (also a run stopped before its first last.pt)
         # A finished run computed with another precision, validation frequency or L2 sweep is not this cell's
         # result; an unfinished one may continue with them, as --resume allows.
         keys = (*identity_keys(cell.cfg), *(result_keys(cell.cfg) if finished else ()))
-        diff = changed_settings(saved_config(run_dir), cell.cfg, keys)
+        diff = changed_settings(saved_config(run_dir), cell.cfg, keys, saved_config(run_dir, "sizes_given"))
         if diff:
             return "conflict", f"{run_dir} {CONFLICT} ({diff}); delete it or change the output"
     if finished:
