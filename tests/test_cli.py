@@ -658,3 +658,13 @@ def test_the_epoch_is_selected_on_validation_and_the_last_one_reported_beside_it
     _, _, meta = load_prompt(tmp_path / "run" / PROMPT_FILE)
     assert results["best_epoch"] == meta["epoch"] == 1 and results["selection"] == "val"
     assert results["test"]["loss"] != results["test_last"]["loss"]  # the prompt of epoch 1, not of epoch 3
+
+
+def test_a_head_on_the_command_line_replaces_a_config_files_label_map(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("label_map: flm\nmodel: cifar:resnet20\n")
+    args = cli.build_parser().parse_args(["train", "-c", str(config), "--head", "linear"])
+    values, sources = cli._run_values(args)
+    assert (values.get("head"), values.get("label_map"), sources["head"]) == ("linear", None, "command line")
+    args = cli.build_parser().parse_args(["train", "-c", str(config), "--label-map", "ilm"])
+    assert cli._run_values(args)[0]["label_map"] == "ilm"

@@ -460,3 +460,11 @@ def test_a_run_stopped_before_its_first_checkpoint_is_judged_by_its_config(tmp_p
     grid["base"]["epochs"] = 1
     state, why = _state(expand_suite(parse_suite(grid), output=tmp_path)[0])
     assert state == "conflict" and "epochs=2 there, 1 here" in why and "delete it or change the output" in why
+
+
+def test_a_head_replaces_an_earlier_layers_label_map_and_the_other_way_round(tmp_path):
+    grid = {"datasets": ["synthetic"], "base": {"model": "cifar:resnet20", "label_map": "flm"},
+            "methods": [{"name": "vp", "head": "linear"}, {"name": "evp", "label": "evp-ilm", "label_map": "ilm"}],
+            "dataset_overrides": {"synthetic": {"head": "rlm"}}}  # fmt: skip
+    linear, ilm = (c.cfg for c in expand_suite(parse_suite(grid), output=tmp_path))
+    assert (linear.head, linear.label_map) == ("linear", None) and (ilm.head, ilm.label_map) == ("auto", "ilm")

@@ -280,7 +280,7 @@ def _run_values(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str
 
     zeroshot and linprobe take from a config file only the settings they offer as flags, so that the file of a
     training run can be reused for them; the others (a prompt, an optimizer, epochs) are named and left out."""
-    from .config import check_dataset_options, load_yaml
+    from .config import check_dataset_options, load_yaml, under
 
     values: dict[str, Any] = {}
     file = getattr(args, "config_file", None)
@@ -296,7 +296,7 @@ def _run_values(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str
     if "dataset_options" in cli:
         from_file = {k: v for k, v in from_file.items() if k not in dict(cli["dataset_options"])}
         cli["dataset_options"] = {**from_file, **dict(cli["dataset_options"])}
-    values.update(cli)
+    values = {**under(cli, values), **cli}
     sources.update(dict.fromkeys(cli, "command line"))
     sources.update({f"dataset_options.{k}": str(file) for k in from_file})  # each option's own, for its errors
     return values, sources

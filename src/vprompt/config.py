@@ -296,6 +296,17 @@ def list_methods() -> dict[str, str]:
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 
 
+#: Settings that say one thing: a layer of settings giving either replaces both of an earlier layer's.
+_ONE_SETTING = (("head", "label_map"),)
+
+
+def under(later: Mapping[str, Any], earlier: Mapping[str, Any]) -> dict[str, Any]:
+    """``earlier`` without what ``later`` replaces, to be updated with ``later``: its keys, and for ``head`` or
+    ``label_map`` both (a file's ``label_map: flm`` under ``--head linear`` is no conflict)."""
+    gone = {k for group in _ONE_SETTING if later.keys() & set(group) for k in group}
+    return {k: v for k, v in earlier.items() if k not in gone}
+
+
 def check_dataset_options(options: Any, source: str = "dataset_options") -> dict[str, Any]:
     """``options`` as a dict (None: empty), or a ValueError naming ``source`` when it is not a mapping."""
     if options is None:

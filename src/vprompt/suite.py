@@ -66,7 +66,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, check_dataset_options, load_yaml, resolve_config
+from .config import RunConfig, check_dataset_options, load_yaml, resolve_config, under
 from .errors import one_line
 
 __all__ = ["SuiteConfig", "MethodEntry", "SuiteCell", "RunRecord", "SuiteReport", "load_suite", "expand_suite",
@@ -300,7 +300,9 @@ def _cell_settings(suite: SuiteConfig, dataset: str, m: MethodEntry) -> dict[str
 
         shared = [keep_offered(layer, offered) for layer in shared]
     layers = [*shared, m.overrides]
-    values = {k: v for layer in layers for k, v in layer.items()}
+    values: dict[str, Any] = {}
+    for layer in layers:
+        values = {**under(layer, values), **layer}
     options = {k: v for layer in layers for k, v in layer.get("dataset_options", {}).items()}
     if options:
         values["dataset_options"] = options
