@@ -668,3 +668,17 @@ def test_a_head_on_the_command_line_replaces_a_config_files_label_map(tmp_path):
     assert (values.get("head"), values.get("label_map"), sources["head"]) == ("linear", None, "command line")
     args = cli.build_parser().parse_args(["train", "-c", str(config), "--label-map", "ilm"])
     assert cli._run_values(args)[0]["label_map"] == "ilm"
+
+
+def test_a_run_folder_in_use_by_another_process_is_refused_and_left_alone(tmp_path, capsys):
+    fcntl = pytest.importorskip("fcntl")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.txt").write_text("the other run's log\n")
+    with open(run / engine.LOCK_FILE, "a") as held:  # as another process running there holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert cli.main(tiny_run_args(tmp_path, epochs=1)) == 2
+        assert f"run folder {run} is in use: another process is running there" in capsys.readouterr().err
+        assert sorted(p.name for p in run.iterdir()) == [engine.LOCK_FILE, "log.txt"]
+    assert cli.main(tiny_run_args(tmp_path, epochs=1)) == 0  # free again
+    assert (run / "results.json").is_file()

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -531,6 +531,32 @@ def _use_threads(cfg: RunConfig) -> None:
     torch.set_num_threads(cfg.threads or _BASE_THREADS[0])
 
 
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def _run_folder_lock(run_dir: Path, env: DistEnv) -> Iterator[None]:
+    """Hold ``run_dir``'s lock file for the run (the main process, where the OS has ``flock``): another process
+    given the same folder, e.g. the same suite started twice, is refused instead of writing over this run."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        fcntl = None  # type: ignore[assignment]
+    if fcntl is None or not env.is_main:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK_FILE, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FileExistsError(
+                f"run folder {run_dir} is in use: another process is running there (it holds {run_dir / LOCK_FILE}); "
+                "wait for it to finish, or give this run another --name or --output"
+            ) from None
+        yield
+
+
 def fit(cfg: RunConfig) -> dict[str, Any]:
     """Run ``cfg`` end to end in its run folder and return the results (also written to ``results.json``)."""
     _use_threads(cfg)
@@ -538,20 +564,21 @@ def fit(cfg: RunConfig) -> dict[str, Any]:
     env = SINGLE_PROCESS if linprobe else init_distributed(cfg.device)  # (a probe refuses several processes)
     run_dir = cfg.run_dir
     new_folder = not run_dir.exists()
-    try:
-        if linprobe:
-            from .linprobe import fit_linear_probe
+    with _run_folder_lock(run_dir, env):  # outside the clean-up below: a refused run removes nothing
+        try:
+            if linprobe:
+                from .linprobe import fit_linear_probe
 
-            return fit_linear_probe(cfg)
-        device = resolve_device(cfg.device, env)
-        setup_logging(run_dir, env)  # first, so that nothing this run logs lands in another run's log.txt
-        return _fit(cfg, env, device, run_dir)
-    except BaseException:
-        if new_folder and env.is_main and not (run_dir / "config.yaml").exists():
-            # the run never started (bad settings, missing data): leave no folder behind that looks like one
-            setup_logging(None, env)
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+                return fit_linear_probe(cfg)
+            device = resolve_device(cfg.device, env)
+            setup_logging(run_dir, env)  # first, so that nothing this run logs lands in another run's log.txt
+            return _fit(cfg, env, device, run_dir)
+        except BaseException:
+            if new_folder and env.is_main and not (run_dir / "config.yaml").exists():
+                # the run never started (bad settings, missing data): leave no folder behind that looks like one
+                setup_logging(None, env)
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
 
 
 def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> dict[str, Any]:
