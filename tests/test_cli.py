@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import re
 import subprocess
 import sys
@@ -132,7 +133,7 @@ def test_ilm_on_image_files_with_workers_and_random_crops_resumes_exactly(tmp_pa
             for i in range(n):
                 pixels = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(tmp_path / "data" / split / c / f"{i}.png")
-    # on the CPU: on a GPU, atomic adds make any two runs differ in the last bits
+    # on the CPU: on a GPU only --deterministic repeats a run (test_deterministic_gpu_runs_repeat_and_resume_exactly)
     args = ["--model", "cifar:resnet20", "--pretrained", "none", "--dataset", "imagefolder", "--data-dir",
             str(tmp_path / "data"), "--label-map", "ilm", "--diversity", "ref", "--workers", "1", "--lr", "1",
             "--val-fraction", "0.25", "-b", "8", "--device", "cpu"]  # fmt: skip
@@ -143,6 +144,21 @@ def test_ilm_on_image_files_with_workers_and_random_crops_resumes_exactly(tmp_pa
     monkeypatch.setattr(engine, "train_one_epoch", real)
     assert cli.main(tiny_run_args(tmp_path, *args, "--resume", "latest", name="broken", epochs=3)) == 0
     assert torch.equal(_final_prompt(tmp_path / "straight"), _final_prompt(tmp_path / "broken"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (a CPU run is deterministic anyway)")
+@pytest.mark.parametrize("model", ["cifar:resnet20", TINY_MODEL, "timm:test_vit", "timm:test_resnet"])
+def test_deterministic_gpu_runs_repeat_and_resume_exactly(tmp_path, monkeypatch, model):
+    args = ["--model", model, "--pretrained", "none", "--device", "cuda", "--deterministic", "--diversity", "di"]
+    for name in ("one", "two"):
+        assert cli.main(tiny_run_args(tmp_path, *args, name=name, epochs=3)) == 0
+    real = engine.train_one_epoch
+    monkeypatch.setattr(engine, "train_one_epoch", _stops_at_call(3, real))
+    assert cli.main(tiny_run_args(tmp_path, *args, name="broken", epochs=3)) == 130
+    monkeypatch.setattr(engine, "train_one_epoch", real)
+    assert cli.main(tiny_run_args(tmp_path, *args, "--resume", "latest", name="broken", epochs=3)) == 0
+    one = _final_prompt(tmp_path / "one")
+    assert torch.equal(one, _final_prompt(tmp_path / "two")) and torch.equal(one, _final_prompt(tmp_path / "broken"))
 
 
 def test_a_finished_run_redone_and_interrupted_keeps_no_results_of_other_settings(tmp_path, monkeypatch):
@@ -354,12 +370,25 @@ def test_a_run_without_threads_gets_the_process_count_not_the_last_runs(monkeypa
     monkeypatch.setattr(engine, "_BASE_THREADS", [3])  # as a suite worker holding its share of the cores
     threads = torch.get_num_threads()
     try:
-        engine._use_threads(resolve_config({"threads": 1}))
+        engine._use_engine_settings(resolve_config({"threads": 1}))
         assert torch.get_num_threads() == 1
-        engine._use_threads(resolve_config({}))  # the next run of the suite, which sets none
+        engine._use_engine_settings(resolve_config({}))  # the next run of the suite, which sets none
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(threads)
+
+
+def test_deterministic_kernels_are_a_runs_setting_not_the_processs(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        engine._use_engine_settings(resolve_config({"deterministic": True}))
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"  # cuBLAS's sums repeat only with it
+        engine._use_engine_settings(resolve_config({}))  # the next run of a suite, which does not ask
+        assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
 
 
 def test_eval_batch_size_and_threads_flags_win_over_the_runs_settings(tmp_path, monkeypatch, capsys):

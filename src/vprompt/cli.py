@@ -124,6 +124,10 @@ def _add_run_options(p: argparse.ArgumentParser, training: bool = True, heads: b
     g.add_argument("--name", default=S, help="run folder name (default: method-model-dataset-seedN)")
     if training:
         g.add_argument("--resume", default=S, metavar="latest|PATH", help="continue from last.pt")
+        g.add_argument(
+            "--deterministic", action="store_true", default=S,
+            help="deterministic GPU kernels: a GPU run repeats exactly (may be slower; a CPU run always does)",
+        )  # fmt: skip
 
 
 def _add_untrained_options(g: Any, resume_help: str) -> None:

@@ -84,6 +84,7 @@ class RunConfig:
     eval_every: int = 1
     # engine
     precision: str = "fp32"
+    deterministic: bool = False  # cuDNN's deterministic kernels (a CPU run is deterministic without)
     device: str | None = None
     threads: int | None = None  # CPU threads for PyTorch (None or 0: its default)
     workers: int = 4

@@ -5,7 +5,7 @@ evaluated once at the end, for the selected prompt and for the last one, and nev
 
 Reproducibility: every epoch re-seeds the RNGs from (seed, epoch) and the data order from (seed, epoch), and
 ``last.pt`` is written at the end of every epoch, so a run resumed from ``last.pt`` continues exactly as an
-uninterrupted run would have.
+uninterrupted run would have (on a GPU, with ``--deterministic``: see :func:`_use_engine_settings`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import platform
 import shutil
 import subprocess
@@ -523,12 +524,20 @@ def _optimizers(
 _BASE_THREADS: list[int] = []  # this process's thread count before its first run (a suite worker's share)
 
 
-def _use_threads(cfg: RunConfig) -> None:
+def _use_engine_settings(cfg: RunConfig) -> None:
     """PyTorch's CPU threads as ``--threads`` asks; unset, the count this process had before its first run, not
-    what an earlier run of the same process (in a suite) asked for."""
+    what an earlier run of the same process (in a suite) asked for. And the GPU's kernels as ``--deterministic``
+    asks: cuDNN's default ones may sum in another order on every call, and EVP's normalized gradient, a step of
+    fixed length, turns those last bits into prompts a pixel value apart within a few steps."""
     if not _BASE_THREADS:
         _BASE_THREADS.append(torch.get_num_threads())
     torch.set_num_threads(cfg.threads or _BASE_THREADS[0])
+    if cfg.deterministic:  # cuBLAS repeats its sums with a fixed workspace (read when its handle is made)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = cfg.deterministic
+    torch.backends.cudnn.benchmark = False
+    # PyTorch's own kernels too (attention's backward among them); an op with no deterministic version fails, named
+    torch.use_deterministic_algorithms(cfg.deterministic)
 
 
 LOCK_FILE = ".lock"
@@ -559,7 +568,7 @@ def _run_folder_lock(run_dir: Path, env: DistEnv) -> Iterator[None]:
 
 def fit(cfg: RunConfig) -> dict[str, Any]:
     """Run ``cfg`` end to end in its run folder and return the results (also written to ``results.json``)."""
-    _use_threads(cfg)
+    _use_engine_settings(cfg)
     linprobe = cfg.method == "linprobe"  # no prompt to train: logistic regression on cached features
     env = SINGLE_PROCESS if linprobe else init_distributed(cfg.device)  # (a probe refuses several processes)
     run_dir = cfg.run_dir
@@ -895,7 +904,7 @@ def evaluate_checkpoint(
     # this machine's device and threads, not the training machine's; downloads only when asked for here
     values = {**config, "resume": None, "threads": None, "device": None, "download": download, **flags}
     cfg = resolve_config(values, str(path), dict.fromkeys(flags, "command line"), check_unused=False)
-    _use_threads(cfg)
+    _use_engine_settings(cfg)
     env = DistEnv()
     dev = resolve_device(cfg.device, env)
     # weights given as a file here keep the activation and normalization of the tag the prompt was trained with
