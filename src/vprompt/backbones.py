@@ -13,7 +13,6 @@ Sources (the field's naming, as in open_clip and timm):
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -26,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .download import fetching_weights, first_line
+from .errors import did_you_mean
 
 __all__ = [
     "FrozenBackbone",
@@ -324,8 +324,7 @@ def error_line(e: BaseException) -> str:
 
 
 def _unknown_model_message(name: str, known: Sequence[str], prefix: str = "") -> str:
-    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
+    hint = did_you_mean(name, known, prefix, cutoff=0.5)
     return f"unknown --model {prefix + name!r}{hint} (`vprompt list models` shows them)"
 
 

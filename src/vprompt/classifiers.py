@@ -21,7 +21,6 @@ Sources, each registered with :func:`vprompt.backbones.register_backbone_source`
 
 from __future__ import annotations
 
-import difflib
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -42,6 +41,7 @@ from .backbones import (
     register_backbone_source,
 )
 from .download import fetching_weights
+from .errors import did_you_mean
 
 __all__ = ["ClassifierBackbone", "load_state_dict_file", "TIMM_EXAMPLES"]
 
@@ -240,8 +240,7 @@ def _check_timm_name(name: str) -> None:
     if timm.is_model(arch) and (not tag or name in timm.list_pretrained(f"{arch}.*")):
         return
     known = timm.list_pretrained() if tag else timm.list_models()
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join('timm:' + c for c in close)}?" if close else ""
+    hint = did_you_mean(name, known, prefix="timm:")
     raise ValueError(f"unknown --model 'timm:{name}'{hint} (any timm.list_models(pretrained=True) name works)")
 
 

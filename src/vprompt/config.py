@@ -7,7 +7,6 @@ Resolution, lowest to highest priority: the dataclass defaults, the chosen metho
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .errors import did_you_mean
 
 __all__ = ["RunConfig", "METHODS", "PRECISIONS", "check_precision", "resolve_config", "load_yaml", "list_methods"]
 
@@ -205,8 +206,7 @@ def _checked(f: dataclasses.Field, value: Any) -> Any:
         if isinstance(value, (dict, list)):
             raise SettingError(f.name, f"{shown} must be a single value")
         if f.name in _CHOICES and str(value) not in _CHOICES[f.name]:
-            close = difflib.get_close_matches(str(value), _CHOICES[f.name], n=1)
-            hint = f"; did you mean {close[0]}?" if close else ""
+            hint = did_you_mean(value, _CHOICES[f.name])
             raise SettingError(f.name, f"{shown} is not one of {', '.join(_CHOICES[f.name])}{hint}")
         return str(value)
     number = _number(value, kind)
@@ -283,8 +283,7 @@ def method_recipe(method: str, source: str) -> dict[str, Any]:
     """The settings ``method`` fills in where they were left unset, or a ValueError naming ``source``, the close
     matches and the methods."""
     if method not in METHODS:
-        close = difflib.get_close_matches(str(method), list(METHODS), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = did_you_mean(method, METHODS)
         raise ValueError(f"{source}: unknown method {method!r}{hint} (available: {', '.join(sorted(METHODS))})")
     return {k: v for k, v in METHODS[method].items() if not k.startswith("_")}
 
@@ -344,8 +343,7 @@ def resolve_config(
     unknown = [k for k in values if k not in _FIELDS]
     if unknown:
         k = unknown[0]
-        close = difflib.get_close_matches(k, list(_FIELDS), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else " (settings are the flags' names: lr for --lr)"
+        hint = did_you_mean(k, _FIELDS) or " (settings are the flags' names: lr for --lr)"
         raise ValueError(f"{where(k)}: unknown setting {k!r}{hint}")
     explicit = {k: v for k, v in values.items() if v is not None}
     if str(explicit.get("pretrained", "")).strip().lower() == "none":  # random weights, however they were asked for

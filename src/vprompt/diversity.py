@@ -15,7 +15,6 @@ diversity" trick of transferable adversarial examples). Applied in training only
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 import torch
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import DIVERSITIES
+from .errors import did_you_mean
 
 __all__ = ["InputDiversity", "create_diversity", "list_diversity", "random_flip", "random_resize_pad"]
 
@@ -94,8 +94,7 @@ class InputDiversity:
         self, name: str = "ref", min_scale: float = 0.9, prob: float = 0.5, shard: tuple[int, int] = (0, 1)
     ) -> None:
         if name not in _VARIANTS:
-            close = difflib.get_close_matches(name, _VARIANTS, n=2)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            hint = did_you_mean(name, _VARIANTS)
             raise ValueError(f"unknown --diversity {name!r}{hint} (choose from {', '.join(_VARIANTS)})")
         if not 0 < min_scale <= 1:
             raise ValueError(f"--di-min-scale {min_scale} must be in (0, 1]")

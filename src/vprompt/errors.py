@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Iterable
 
 
 class CLIError(Exception):
@@ -17,3 +19,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, F
 def one_line(error: BaseException) -> bool:
     """Whether ``error`` is reported as one line: a user error, unless VPROMPT_DEBUG asks for every traceback."""
     return isinstance(error, USER_ERRORS) and not os.environ.get("VPROMPT_DEBUG")
+
+
+def did_you_mean(value: object, known: Iterable[str], prefix: str = "", cutoff: float = 0.6) -> str:
+    """``"; did you mean a, b?"`` with up to three of ``known`` close to ``value`` (each after ``prefix``), or ""."""
+    close = difflib.get_close_matches(str(value), list(known), n=3, cutoff=cutoff)
+    return f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""

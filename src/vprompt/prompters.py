@@ -17,12 +17,13 @@ Prompters:
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .errors import did_you_mean
 
 __all__ = [
     "Prompter",
@@ -304,8 +305,7 @@ def create_prompter(
         ValueError: unknown name or inconsistent sizes, with a message naming the flag to fix.
     """
     if name not in _PROMPTERS:
-        close = difflib.get_close_matches(name, list(_PROMPTERS), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = did_you_mean(name, _PROMPTERS)
         raise ValueError(f"unknown prompter {name!r}{hint} (available: {', '.join(list_prompters())})")
     if name == "evp":
         if prompt_size is not None:

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import difflib
 import gc
 import io
 import logging
@@ -67,7 +66,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, check_dataset_options, load_yaml, resolve_config, under
-from .errors import one_line
+from .errors import did_you_mean, one_line
 
 __all__ = ["SuiteConfig", "MethodEntry", "SuiteCell", "RunRecord", "SuiteReport", "load_suite", "expand_suite",
            "run_suite", "build_table"]  # fmt: skip
@@ -156,9 +155,7 @@ class SuiteReport:
 def _check_keys(keys: Sequence[str], allowed: Sequence[str], where: str) -> None:
     for k in keys:
         if k not in allowed:
-            close = difflib.get_close_matches(k, list(allowed), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(f"{where}: unknown key {k!r}{hint}")
+            raise ValueError(f"{where}: unknown key {k!r}{did_you_mean(k, allowed)}")
 
 
 def _settings(values: Any, where: str, base: bool = False) -> dict[str, Any]:

@@ -7,7 +7,6 @@ given by ``--data-dir``; each builder decides where under it its files live and 
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
+
+from ..errors import did_you_mean
 
 __all__ = [
     "DatasetSpec",
@@ -123,8 +124,7 @@ def get_dataset_spec(name: str) -> DatasetSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = did_you_mean(name, _REGISTRY)
         raise ValueError(f"unknown --dataset {name!r}{hint} (`vprompt list datasets` shows them)") from None
 
 
