@@ -12,7 +12,8 @@ of the method when it has one), so running the suite again
 
 and a failing run is logged and recorded as failed without stopping the grid (``--fail-fast`` stops it). After
 every run the tables are rewritten, so they always show what has finished. The runs share one process and its
-device (one GPU, or the CPU); the suite itself is not meant to be started under ``torchrun``.
+device (one GPU, or the CPU), or with ``jobs`` run that many at a time, each in its own process; the suite itself
+is not meant to be started under ``torchrun``.
 
 Config schema (YAML)::
 
