@@ -296,22 +296,23 @@ def evaluate(
         y = labels.to(device, non_blocking=True)
         with autocast(device, precision):
             logits = model(x)
-        logits = logits.float()
-        k = min(5, logits.shape[-1])
-        topk = logits.topk(k, dim=-1).indices
-        hits = topk == y[:, None]
-        sums += torch.stack(
-            [
-                F.cross_entropy(logits, y, reduction="sum").double(),
-                hits[:, 0].sum().double(),
-                hits.any(dim=-1).sum().double(),
-                torch.tensor(len(y), device=device, dtype=torch.float64),
-            ]
-        )
+        sums += metric_sums(logits, y)
     all_reduce_sum(sums, env.world_size)
+    return metrics_of(sums)
+
+
+def metric_sums(logits: Tensor, y: Tensor) -> Tensor:
+    """Summed cross-entropy, top-1 and top-5 hits and the count of a batch (float64, on ``logits``' device)."""
+    logits = logits.float()
+    hits = logits.topk(min(5, logits.shape[-1]), dim=-1).indices == y[:, None]
+    counts = [hits[:, 0].sum(), hits.any(dim=-1).sum(), torch.tensor(len(y), device=logits.device)]
+    return torch.stack([F.cross_entropy(logits, y, reduction="sum").double(), *(c.double() for c in counts)])
+
+
+def metrics_of(sums: Tensor) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (%), mean loss and count from :func:`metric_sums` (summed over batches)."""
     loss, top1, top5, n = sums.tolist()
-    n = max(n, 1.0)
-    return {"acc1": 100 * top1 / n, "acc5": 100 * top5 / n, "loss": loss / n, "n": int(n)}
+    return {"acc1": 100 * top1 / max(n, 1), "acc5": 100 * top5 / max(n, 1), "loss": loss / max(n, 1), "n": int(n)}
 
 
 @torch.no_grad()

@@ -249,16 +249,9 @@ def train_logistic_regression(
 
 def probe_metrics(logits: Tensor, y: Tensor) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%), mean cross-entropy and count: the schema of :func:`vprompt.engine.evaluate`."""
-    logits = logits.float()
-    k = min(5, logits.shape[-1])
-    hits = logits.topk(k, dim=-1).indices == y[:, None]
-    n = max(len(y), 1)
-    return {
-        "acc1": 100.0 * hits[:, 0].sum().item() / n,
-        "acc5": 100.0 * hits.any(dim=-1).sum().item() / n,
-        "loss": F.cross_entropy(logits, y).item() if len(y) else float("nan"),
-        "n": len(y),
-    }
+    from .engine import metric_sums, metrics_of
+
+    return metrics_of(metric_sums(logits, y))
 
 
 def _strengths(grid: Any, has_val: bool, no_val: str = "no validation features were given") -> list[float]:
