@@ -420,8 +420,8 @@ def _resume_path(cfg: RunConfig) -> Path | None:
     if cfg.resume is None:
         if holds_run:
             raise FileExistsError(
-                f"run folder {run_dir} already holds a run; pass --resume latest to continue it, "
-                "or --name to start another"
+                f"run folder {run_dir} already holds a run; pass --resume latest to continue it (a run that trains "
+                "nothing: to redo it, a probe on its cached features), or --name to start another"
             )
         return None
     if cfg.resume == "latest":

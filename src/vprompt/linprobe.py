@@ -40,7 +40,7 @@ from torch import Tensor
 
 from .backbones import FrozenBackbone
 from .build import build_backbone, build_prompter, to_float_rgb
-from .checkpoint import LAST_FILE, atomic_write
+from .checkpoint import atomic_write
 from .config import RunConfig
 from .data import DataSplits, check_dataset, default_data_dir, make_loader
 from .data.splits import torch_seed
@@ -326,7 +326,8 @@ def sweep_l2(
 
 def _check_settings(cfg: RunConfig) -> None:
     """Refuse what a probe would ignore, and a run folder that holds a run when not asked to redo it."""
-    run_dir = cfg.run_dir
+    from .engine import _resume_path
+
     if cfg.prompter != "none":
         raise ValueError(
             f"--prompter {cfg.prompter}: a linear probe reads the frozen model's features without a prompt"
@@ -341,11 +342,7 @@ def _check_settings(cfg: RunConfig) -> None:
         )
     if cfg.resume not in (None, "latest"):
         raise ValueError(f"--resume {cfg.resume!r}: a linear probe resumes only as 'latest' (reusing cached features)")
-    if cfg.resume is None and ((run_dir / "results.json").exists() or (run_dir / LAST_FILE).exists()):
-        raise FileExistsError(
-            f"run folder {run_dir} already holds a run; pass --resume latest to redo the probe on its cached "
-            "features, or --name to start another"
-        )
+    _resume_path(cfg)  # refuses a folder holding a run unless asked to redo it
 
 
 def fit_linear_probe(cfg: RunConfig) -> dict[str, Any]:
