@@ -370,9 +370,9 @@ def test_a_run_without_threads_gets_the_process_count_not_the_last_runs(monkeypa
     monkeypatch.setattr(engine, "_BASE_THREADS", [3])  # as a suite worker holding its share of the cores
     threads = torch.get_num_threads()
     try:
-        engine._use_engine_settings(resolve_config({"threads": 1}))
+        engine._use_threads(resolve_config({"threads": 1}))
         assert torch.get_num_threads() == 1
-        engine._use_engine_settings(resolve_config({}))  # the next run of the suite, which sets none
+        engine._use_threads(resolve_config({}))  # the next run of the suite, which sets none
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(threads)
@@ -380,15 +380,15 @@ def test_a_run_without_threads_gets_the_process_count_not_the_last_runs(monkeypa
 
 def test_deterministic_kernels_are_a_runs_setting_not_the_processs(monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
-    try:
-        engine._use_engine_settings(resolve_config({"deterministic": True}))
-        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+    cudnn = torch.backends.cudnn
+    with engine._engine_settings(resolve_config({"deterministic": True})):
+        assert torch.are_deterministic_algorithms_enabled() and cudnn.deterministic and not cudnn.benchmark
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"  # cuBLAS's sums repeat only with it
-        engine._use_engine_settings(resolve_config({}))  # the next run of a suite, which does not ask
-        assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
-    finally:
-        torch.use_deterministic_algorithms(False)
-        torch.backends.cudnn.deterministic = False
+    assert not torch.are_deterministic_algorithms_enabled() and not cudnn.deterministic  # as they were
+    monkeypatch.setattr(cudnn, "benchmark", True)  # the caller's own choice, kept by a run that does not ask
+    with engine._engine_settings(resolve_config({})):
+        assert cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
+    assert cudnn.benchmark
 
 
 def test_eval_batch_size_and_threads_flags_win_over_the_runs_settings(tmp_path, monkeypatch, capsys):
@@ -595,8 +595,11 @@ def test_a_setting_the_run_would_not_use_is_refused_where_it_was_given():
     for given, told in (
         ({"warmup_steps": 100}, "--warmup-steps 100: only schedule cosine warms up, not cosine_epoch"),
         ({"weight_decay": 0.1}, "--weight-decay 0.1: the normalized gradient has none"),
-        ({"momentum": 0.5, "optimizer": "adamw", "lr": 0.1}, "--momentum 0.5 is SGD's; optimizer adamw has none"),
-        ({"method": "vp", "inner_size": 20}, "--inner-size 20 is EVP's shrunk image; prompter pad adds"),
+        (
+            {"momentum": 0.5, "optimizer": "adamw", "lr": 0.1},
+            "--momentum 0.5: only optimizer sgd has momentum, not adamw",
+        ),
+        ({"method": "vp", "inner_size": 20}, "--inner-size 20: EVP's shrunk image; prompter pad adds"),
     ):
         with pytest.raises(ValueError, match=re.escape(f"command line: {told}")):
             resolve_config(given, source="command line")

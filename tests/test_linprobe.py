@@ -250,6 +250,8 @@ def test_linprobe_refuses_a_prompter_and_is_no_checkpoint_for_eval(tmp_path, cap
     assert "is a linear probe: vprompt eval evaluates prompts" in capsys.readouterr().err
 
 
-def test_linprobe_refuses_torchrun(tmp_path, monkeypatch):
+def test_linprobe_refuses_torchrun(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert cli.main(_args(tmp_path)) == 2
+    assert "launch it without torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "lp").exists()  # refused before the run folder is locked (and made)

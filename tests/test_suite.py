@@ -9,9 +9,11 @@ import pytest
 import yaml
 
 from vprompt import cli, engine
+from vprompt.config import resolve_config
 from vprompt.data import DatasetSpec
 from vprompt.data import registry as data_registry
 from vprompt.data.datasets import synthetic_dataset
+from vprompt.engine import changed_settings
 from vprompt.suite import expand_suite, load_suite, parse_suite, run_suite
 
 from .conftest import ROOT, TINY_MODEL
@@ -438,15 +440,19 @@ def test_a_finished_run_made_at_a_size_now_left_to_the_model_is_another_run(tmp_
     def grid(**sizes):
         base = {"model": "cifar:resnet20", "epochs": 1, "batch_size": 16, "log_every": 0, "device": "cpu",
                 "dataset_options": {"n_train": 32, "n_test": 16}, **sizes}  # fmt: skip
-        return parse_suite({"base": base, "datasets": ["synthetic"], "methods": ["evp", "zeroshot", "linprobe"]})
+        return parse_suite({"base": base, "datasets": ["synthetic"], "methods": ["evp", "zeroshot", "linprobe", "vp"]})
 
-    made = run_suite(grid(input_size=48), output=tmp_path, quiet=True)
-    assert [r.status for r in made.records] == ["done"] * 3, [r.error for r in made.records]
-    assert [_state(c)[0] for c in expand_suite(grid(input_size=48), output=tmp_path)] == ["done"] * 3
-    # The model's own size is 32: the runs made at 48 are not this grid's, although config.yaml saves the sizes as
-    # they came out and a size left to the model is compared with nothing else
-    states = [_state(c) for c in expand_suite(grid(), output=tmp_path)]
-    assert [s for s, _ in states] == ["conflict"] * 3 and all("input_size=48 there, None here" in w for _, w in states)
+    made = run_suite(grid(input_size=48), output=tmp_path / "48", quiet=True)
+    assert [r.status for r in made.records] == ["done"] * 4, [r.error for r in made.records]
+    assert [_state(c)[0] for c in expand_suite(grid(input_size=48), output=tmp_path / "48")] == ["done"] * 4
+    # The model's own size is 32: the runs made at 48 are not this grid's, although a size left to the model is
+    # compared with nothing while resuming (the saved prompt's shape decides there)
+    states = [_state(c) for c in expand_suite(grid(), output=tmp_path / "48")]
+    assert [s for s, _ in states] == ["conflict"] * 4 and all("input_size=48 there, 32 here" in w for _, w in states)
+    # runs given the model's own size are the runs of a grid that leaves it to the model (and EVP's sizes follow)
+    assert run_suite(grid(input_size=32, inner_size=24), output=tmp_path / "32", quiet=True).records[0].status == "done"
+    assert [_state(c)[0] for c in expand_suite(grid(), output=tmp_path / "32")] == ["done"] * 4
+    assert _state(expand_suite(grid(inner_size=20), output=tmp_path / "32")[0])[0] == "conflict"
 
 
 def test_a_run_stopped_before_its_first_checkpoint_is_judged_by_its_config(tmp_path):
@@ -468,3 +474,20 @@ def test_a_head_replaces_an_earlier_layers_label_map_and_the_other_way_round(tmp
             "dataset_overrides": {"synthetic": {"head": "rlm"}}}  # fmt: skip
     linear, ilm = (c.cfg for c in expand_suite(parse_suite(grid), output=tmp_path))
     assert (linear.head, linear.label_map) == ("linear", None) and (ilm.head, ilm.label_map) == ("auto", "ilm")
+
+
+def test_a_setting_a_run_does_not_use_is_no_difference_and_no_error_when_shared():
+    evp = resolve_config({"method": "evp"})
+    unused = {**evp.to_dict(), "warmup_steps": 10, "weight_decay": 1e-4, "momentum": 0.5}  # EVP uses none of them
+    assert changed_settings(unused, evp) == ""  # a run made with them (as vprompt once allowed) resumes without
+    vp = resolve_config({"method": "vp"})
+    assert changed_settings({**vp.to_dict(), "warmup_steps": 10}, vp) == "warmup_steps=10 there, 1000 here"
+    probe = resolve_config({"method": "linprobe", "l2_grid": [1e-4, 1e-2, 1]})
+    saved = {**probe.to_dict(), "l2_grid": ["1e-4", "1e-2", 1, 1]}  # as YAML reads 1e-4, and swept as a set
+    assert changed_settings(saved, probe, ("l2_grid",)) == ""
+    # A suite's shared setting goes to the methods that use it; a method entry's own is refused
+    grid = {"datasets": ["synthetic"], "base": {"weight_decay": 1e-4}, "methods": ["evp", "vp"]}
+    evp_cell, vp_cell = expand_suite(parse_suite(grid))
+    assert evp_cell.error is None and vp_cell.cfg.weight_decay == 1e-4
+    grid["methods"] = [{"name": "evp", "weight_decay": 1e-4}]
+    assert "weight_decay 0.0001: the normalized gradient has none" in expand_suite(parse_suite(grid))[0].error

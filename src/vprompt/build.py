@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .backbones import FrozenBackbone, create_backbone
-from .config import RunConfig
+from .config import HEADS, RunConfig
 from .heads import (
     LABEL_MAPS,
     ClipTextHead,
@@ -89,19 +89,29 @@ def build_backbone(cfg: RunConfig, device: torch.device | str, weights_like: str
 def build_prompter(cfg: RunConfig, backbone: FrozenBackbone) -> Prompter:
     """The prompter of ``cfg`` at the backbone's input size (or ``cfg.input_size`` where the model allows). Sizes
     ``cfg`` left to their defaults are set in it as they came out, so that the run's saved config holds them."""
-    size = cfg.input_size or backbone.input_size
-    backbone.check_input_size(size)
-    prompter = create_prompter(
-        cfg.prompter,
-        input_size=size,
-        inner_size=cfg.inner_size,
-        prompt_size=cfg.prompt_size,
-        scale=backbone.std.flatten().tolist(),
-    )
+    backbone.check_input_size(cfg.input_size or backbone.input_size)
+    prompter = _prompter(cfg, backbone.input_size, scale=backbone.std.flatten().tolist())
     for key, value in prompter.geometry().items():
         if getattr(cfg, key) is None:
             setattr(cfg, key, value)
     return prompter.to(backbone.mean.device)
+
+
+def planned_sizes(cfg: RunConfig, model_input_size: int) -> dict[str, int]:
+    """The sizes ``cfg`` leaves to the model, as :func:`build_prompter` sets them on a model whose own input size is
+    ``model_input_size``, without building the model."""
+    geometry = _prompter(cfg, model_input_size, scale=[1.0]).geometry()  # (the scale changes no size)
+    return {k: v for k, v in geometry.items() if getattr(cfg, k) is None}
+
+
+def _prompter(cfg: RunConfig, model_input_size: int, scale: Sequence[float] | None = None) -> Prompter:
+    return create_prompter(
+        cfg.prompter,
+        input_size=cfg.input_size or model_input_size,
+        inner_size=cfg.inner_size,
+        prompt_size=cfg.prompt_size,
+        scale=scale,
+    )
 
 
 def build_head(
@@ -135,7 +145,9 @@ def build_head(
     if head == "linear":
         linear = LinearHead(_output_dim(backbone), len(classnames), lr=1e-3 if cfg.head_lr is None else cfg.head_lr)
         return linear.to(backbone.mean.device)
-    if backbone.kind != "clip":  # the text head: resolve_head leaves no other
+    if head != "text":  # (a RunConfig checks its head; one changed after it was made is not)
+        raise ValueError(f"unknown --head {head!r} (choose from {', '.join(HEADS)})")
+    if backbone.kind != "clip":
         raise ValueError(f"--head text needs a CLIP model; {cfg.model!r} is a {backbone.kind}")
     templates = resolve_templates(cfg.templates or "single", dataset_templates)
     text = build_text_classifier(backbone.encode_text, classnames, templates)

@@ -6,9 +6,10 @@ Resolution, lowest to highest priority: the dataclass defaults, the chosen metho
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -320,7 +321,7 @@ def resolve_config(
     values: Mapping[str, Any],
     source: str = "config",
     sources: Mapping[str, str] | None = None,
-    check_unused: bool = True,
+    check_unused: bool | Collection[str] = True,
 ) -> RunConfig:
     """Build a :class:`RunConfig` from user values (explicit settings only); the method's recipe fills the rest.
 
@@ -329,8 +330,8 @@ def resolve_config(
         source: where the values come from, for error messages (a file name, "command line").
         sources: where each value came from when they came from several places (key -> source).
         check_unused: refuse a setting given that the run would not use (momentum without SGD, weight decay with
-            the normalized gradient, warmup without the ``cosine`` schedule, ``inner_size`` with a VP prompter);
-            off for the saved settings of a finished run.
+            the normalized gradient, warmup without the ``cosine`` schedule, ``inner_size`` with a VP prompter):
+            every one given (True), those named, or none (False: the saved settings of a finished run).
 
     Raises:
         ValueError: an unknown key, method, precision or malformed dataset options, or an unused setting, naming
@@ -353,33 +354,52 @@ def resolve_config(
         explicit["dataset_options"] = check_dataset_options(explicit["dataset_options"], where("dataset_options"))
     try:
         cfg = RunConfig(**explicit)
-        if check_unused:
-            _refuse_unused(cfg, explicit)
+        _refuse_unused(cfg, explicit if check_unused is True else check_unused or ())
         return cfg
     except SettingError as e:
         flag = f"--{e.key.replace('_', '-')}" if where(e.key) == "command line" else e.key
         raise ValueError(f"{where(e.key)}: {str(e).replace(e.key, flag, 1)}") from None
 
 
-def _refuse_unused(cfg: RunConfig, given: Mapping[str, Any]) -> None:
-    """A :class:`SettingError` for a setting ``given`` that ``cfg``'s optimizer, schedule or prompter would not use:
-    the run would record it, but not apply it."""
-    if "momentum" in given and cfg.optimizer != "sgd" and cfg.momentum != RunConfig.momentum:
-        raise SettingError("momentum", f"momentum {cfg.momentum:g} is SGD's; optimizer {cfg.optimizer} has none")
-    if "weight_decay" in given and cfg.optimizer == "normgrad" and cfg.weight_decay:
-        raise SettingError(
-            "weight_decay", f"weight_decay {cfg.weight_decay:g}: the normalized gradient has none (optimizer sgd or "
-            "adamw decays)",
-        )  # fmt: skip
-    if "warmup_steps" in given and cfg.warmup_steps and cfg.schedule != "cosine":
-        raise SettingError(
-            "warmup_steps", f"warmup_steps {cfg.warmup_steps}: only schedule cosine warms up, not {cfg.schedule}"
+#: What a setting its run does not use is compared as: the value that does nothing (see :func:`_unused`).
+_NOTHING: dict[str, Any] = {"momentum": 0.9, "weight_decay": 0.0, "warmup_steps": 0, "inner_size": None}
+
+
+def _unused(settings: Mapping[str, Any]) -> dict[str, str]:
+    """Setting -> why, for those of :data:`_NOTHING` that the optimizer, schedule or prompter of ``settings`` (a
+    run's, resolved) does not use."""
+    optimizer, schedule, prompter = settings.get("optimizer"), settings.get("schedule"), settings.get("prompter")
+    why = {}
+    if optimizer != "sgd":
+        why["momentum"] = f"only optimizer sgd has momentum, not {optimizer}"
+    if optimizer == "normgrad":
+        why["weight_decay"] = "the normalized gradient has none (optimizer sgd or adamw decays)"
+    if schedule != "cosine":
+        why["warmup_steps"] = f"only schedule cosine warms up, not {schedule}"
+    if prompter in ("pad", "fixed_patch", "random_patch"):
+        why["inner_size"] = (
+            f"EVP's shrunk image; prompter {prompter} adds its prompt on top of the whole image (its size: prompt_size)"
         )
-    if "inner_size" in given and cfg.prompter in ("pad", "fixed_patch", "random_patch"):
-        raise SettingError(
-            "inner_size", f"inner_size {cfg.inner_size} is EVP's shrunk image; prompter {cfg.prompter} adds its "
-            "prompt on top of the whole image (its size: prompt_size)",
-        )  # fmt: skip
+    return why
+
+
+def _refuse_unused(cfg: RunConfig, given: Collection[str]) -> None:
+    """A :class:`SettingError` for a setting in ``given`` that ``cfg``'s optimizer, schedule or prompter would not
+    use: the run would record it, but not apply it."""
+    for key, why in _unused(cfg.to_dict()).items():
+        value = getattr(cfg, key)
+        if key in given and value != _NOTHING[key]:
+            raise SettingError(key, f"{key} {value:g}: {why}")
+
+
+def comparable(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's saved ``settings`` as two runs are compared: the settings it does not use as :data:`_NOTHING`, and
+    the L2 strengths as the sorted set the probe sweeps (a config file may give them as strings)."""
+    out = {**settings, **{k: _NOTHING[k] for k in _unused(settings) if k in settings}}
+    if out.get("l2_grid") is not None:
+        with contextlib.suppress(SettingError):
+            out["l2_grid"] = sorted(set(_number_list("l2_grid", out["l2_grid"])))
+    return out
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -5,7 +5,7 @@ evaluated once at the end, for the selected prompt and for the last one, and nev
 
 Reproducibility: every epoch re-seeds the RNGs from (seed, epoch) and the data order from (seed, epoch), and
 ``last.pt`` is written at the end of every epoch, so a run resumed from ``last.pt`` continues exactly as an
-uninterrupted run would have (on a GPU, with ``--deterministic``: see :func:`_use_engine_settings`).
+uninterrupted run would have (on a GPU, with ``--deterministic``: see :func:`_engine_settings`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from . import __version__
 from .backbones import model_kind
 from .build import PromptedModel, build_backbone, build_head, build_prompter, to_float_rgb
 from .checkpoint import LAST_FILE, PROMPT_FILE, atomic_write, load_prompt, load_state, save_prompt, save_state
-from .config import RunConfig, check_precision, resolve_config
+from .config import RunConfig, check_precision, comparable, resolve_config
 from .data import DataSplits, check_dataset, make_loader, prepare_data
 from .data.loader import PAD_LABEL
 from .data.splits import torch_seed
@@ -98,17 +98,13 @@ def result_keys(cfg: RunConfig) -> tuple[str, ...]:
 CONFLICT = "holds a run with other settings"
 
 
-def saved_config(run_dir: Path, part: str = "config") -> dict[str, Any]:
+def saved_config(run_dir: Path, part: str = "config") -> Any:
     """The settings the run in ``run_dir`` was last made with (its config.resumed.yaml when it was continued or
-    redone, else its config.yaml), or {}; ``part="sizes_given"``: its sizes as they were given (None: left to the
-    model), where the settings hold them as they came out."""
+    redone, else its config.yaml), or {}; another ``part`` of that file: ``model_input_size``, the size the model
+    gave where the settings left it (None where the file has none)."""
     path = next((p for p in (run_dir / "config.resumed.yaml", run_dir / "config.yaml") if p.exists()), run_dir)
-    return (yaml.safe_load(path.read_text()) or {}).get(part, {}) if path.is_file() else {}
-
-
-def sizes_given(cfg: RunConfig) -> dict[str, int | None]:
-    """``cfg``'s sizes before the prompter is built, which sets those left to the model (see :func:`saved_config`)."""
-    return {k: getattr(cfg, k) for k in _SIZES}
+    meta = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    return meta.get(part, {} if part == "config" else None)
 
 
 #: Sizes a config may leave to the model (None until the prompter is built, then saved as resolved).
@@ -126,15 +122,15 @@ def _same_weights(old: Any, new: Any) -> bool:
     return was.resolve() == now.resolve() if was.exists() else was.name == now.name
 
 
-def changed_settings(
-    old: dict[str, Any], cfg: RunConfig, keys: Sequence[str] = _IDENTITY_KEYS, given: dict[str, Any] | None = None
-) -> str:
+def changed_settings(old: dict[str, Any], cfg: RunConfig, keys: Sequence[str] = _IDENTITY_KEYS) -> str:
     """``"k=old, ..."`` for the ``keys`` whose value in an earlier run's config ``old`` differs from ``cfg``'s;
-    empty when the run is the same. A key absent from ``old`` counts as unchanged, and so does a size left to its
-    default (None) on either side, unless ``given`` holds the earlier run's sizes as they were given (then a size
-    ``cfg`` leaves to the model must have been left to it there). Any other None is a value (no few-shot draw,
-    random weights) and is compared. Weights files are compared by where they are (:func:`_same_weights`),
-    ``head`` and ``label_map`` by the head they give (``--label-map flm`` is a classifier's default head)."""
+    empty when the run is the same. Both are compared as :func:`~vprompt.config.comparable` gives them (a setting
+    a run does not use is no difference). A key absent from ``old`` counts as unchanged, and so does a size left to
+    its default (None) on either side: the saved prompt's shape then decides. Any other None is a value (no
+    few-shot draw, random weights) and is compared. Weights files are compared by where they are
+    (:func:`_same_weights`), ``head`` and ``label_map`` by the head they give (``--label-map flm`` is a
+    classifier's default head)."""
+    old, now = comparable(old), comparable(cfg.to_dict())
 
     def head_of(head: str | None, label_map: str | None, model: str) -> str | None:
         try:
@@ -143,18 +139,16 @@ def changed_settings(
             return None
 
     def differs(k: str) -> bool:
-        new = getattr(cfg, k)
+        new = now[k]
         if k == "pretrained":
             return not _same_weights(old[k], new)
         if k in ("head", "label_map") and old[k] != new:
             before = head_of(old.get("head"), old.get("label_map"), old.get("model") or cfg.model)
             return before is None or before != head_of(cfg.head, cfg.label_map, cfg.model)
-        if k in _SIZES and new is None and given is not None and k in given:
-            return given[k] is not None
         return old[k] != new and not (k in _SIZES and (old[k] is None or new is None))
 
     changed = [k for k in keys if k in old and differs(k)]
-    return ", ".join(f"{k}={old[k]!r} there, {getattr(cfg, k)!r} here" for k in changed)
+    return ", ".join(f"{k}={old[k]!r} there, {now[k]!r} here" for k in changed)
 
 
 def refuse_other_run(cfg: RunConfig) -> None:
@@ -525,20 +519,35 @@ def _optimizers(
 _BASE_THREADS: list[int] = []  # this process's thread count before its first run (a suite worker's share)
 
 
-def _use_engine_settings(cfg: RunConfig) -> None:
+def _use_threads(cfg: RunConfig) -> None:
     """PyTorch's CPU threads as ``--threads`` asks; unset, the count this process had before its first run, not
-    what an earlier run of the same process (in a suite) asked for. And the GPU's kernels as ``--deterministic``
-    asks: cuDNN's default ones may sum in another order on every call, and EVP's normalized gradient, a step of
-    fixed length, turns those last bits into prompts a pixel value apart within a few steps."""
+    what an earlier run of the same process (in a suite) asked for."""
     if not _BASE_THREADS:
         _BASE_THREADS.append(torch.get_num_threads())
     torch.set_num_threads(cfg.threads or _BASE_THREADS[0])
-    if cfg.deterministic:  # cuBLAS repeats its sums with a fixed workspace (read when its handle is made)
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.backends.cudnn.deterministic = cfg.deterministic
-    torch.backends.cudnn.benchmark = False
+
+
+@contextlib.contextmanager
+def _engine_settings(cfg: RunConfig) -> Iterator[None]:
+    """The threads of :func:`_use_threads`, and for the run only, the GPU's kernels as ``--deterministic`` asks:
+    cuDNN's default ones may sum in another order on every call, and EVP's normalized gradient, a step of fixed
+    length, turns those last bits into prompts a pixel value apart within a few steps."""
+    _use_threads(cfg)
+    if not cfg.deterministic:
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's sums repeat with a fixed workspace
+    cudnn = torch.backends.cudnn
+    before = (cudnn.deterministic, cudnn.benchmark, torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled())  # fmt: skip
+    cudnn.deterministic, cudnn.benchmark = True, False
     # PyTorch's own kernels too (attention's backward among them); an op with no deterministic version fails, named
-    torch.use_deterministic_algorithms(cfg.deterministic)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark = before[:2]
+        torch.use_deterministic_algorithms(before[2], warn_only=before[3])
 
 
 LOCK_FILE = ".lock"
@@ -569,23 +578,28 @@ def _run_folder_lock(run_dir: Path, env: DistEnv) -> Iterator[None]:
 
 def fit(cfg: RunConfig) -> dict[str, Any]:
     """Run ``cfg`` end to end in its run folder and return the results (also written to ``results.json``)."""
-    _use_engine_settings(cfg)
-    linprobe = cfg.method == "linprobe"  # no prompt to train: logistic regression on cached features
-    env = SINGLE_PROCESS if linprobe else init_distributed(cfg.device)  # (a probe refuses several processes)
-    run_dir = cfg.run_dir
-    new_folder = not run_dir.exists()
-    with _run_folder_lock(run_dir, env):  # outside the clean-up below: a refused run removes nothing
-        try:
-            if linprobe:
-                from .linprobe import fit_linear_probe
+    with _engine_settings(cfg):
+        if cfg.method == "linprobe":  # no prompt to train: logistic regression on cached features
+            from .linprobe import fit_linear_probe
 
-                return fit_linear_probe(cfg)
+            return fit_linear_probe(cfg)
+        env = init_distributed(cfg.device)
+        with run_folder(cfg.run_dir, env):
             device = resolve_device(cfg.device, env)
-            setup_logging(run_dir, env)  # first, so that nothing this run logs lands in another run's log.txt
-            return _fit(cfg, env, device, run_dir)
+            setup_logging(cfg.run_dir, env)  # first, so that nothing this run logs lands in another run's log.txt
+            return _fit(cfg, env, device, cfg.run_dir)
+
+
+@contextlib.contextmanager
+def run_folder(run_dir: Path, env: DistEnv) -> Iterator[None]:
+    """``run_dir`` for a run: locked (another process given it is refused, and removes nothing), and removed
+    again when the run fails before it started (no config.yaml): no folder is left behind that looks like one."""
+    new_folder = not run_dir.exists()
+    with _run_folder_lock(run_dir, env):
+        try:
+            yield
         except BaseException:
             if new_folder and env.is_main and not (run_dir / "config.yaml").exists():
-                # the run never started (bad settings, missing data): leave no folder behind that looks like one
                 setup_logging(None, env)
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
@@ -597,7 +611,6 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
     if epochs and cfg.batch_size % env.world_size:  # (evaluation batches need not be: each process reads its share)
         raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the {env.world_size} processes")
 
-    given = sizes_given(cfg)
     model, data, diversity = _build_for_run(cfg, device, env=env)
     if cfg.resume == "latest" and resume_from is None:
         refuse_other_run(cfg)  # after the build, which resolves the sizes left to the model's default
@@ -661,7 +674,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
     config = cfg.to_dict()
     metrics_path = run_dir / "metrics.jsonl"
     if env.is_main:
-        _write_run_files(cfg, data, run_dir, resume_from is not None, given)
+        _write_run_files(cfg, data, run_dir, resume_from is not None, model.backbone.input_size)
         source = resume_from.parent if resume_from is not None else run_dir
         _rewind_run_files(run_dir, source, start_epoch, best, best_state, config, data.classnames)
         _log.info(
@@ -770,14 +783,12 @@ def _epoch_of(line: str) -> float:
         return math.inf
 
 
-def _write_run_files(
-    cfg: RunConfig, data: DataSplits, run_dir: Path, resumed: bool, given: dict[str, int | None]
-) -> None:
-    """config.yaml (config.resumed.yaml when ``resumed``), with the sizes as ``given``, and splits.json."""
+def _write_run_files(cfg: RunConfig, data: DataSplits, run_dir: Path, resumed: bool, model_input_size: int) -> None:
+    """config.yaml (config.resumed.yaml when ``resumed``), with the model's own input size, and splits.json."""
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = {
         "config": cfg.to_dict(),
-        "sizes_given": given,
+        "model_input_size": model_input_size,
         "argv": sys.argv,
         "versions": _versions(),
         "git_sha": _git_sha(),
@@ -905,7 +916,7 @@ def evaluate_checkpoint(
     # this machine's device and threads, not the training machine's; downloads only when asked for here
     values = {**config, "resume": None, "threads": None, "device": None, "download": download, **flags}
     cfg = resolve_config(values, str(path), dict.fromkeys(flags, "command line"), check_unused=False)
-    _use_engine_settings(cfg)
+    _use_threads(cfg)
     env = DistEnv()
     dev = resolve_device(cfg.device, env)
     # weights given as a file here keep the activation and normalization of the tag the prompt was trained with

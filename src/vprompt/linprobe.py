@@ -351,21 +351,20 @@ def fit_linear_probe(cfg: RunConfig) -> dict[str, Any]:
     Raises:
         ValueError: launched with several processes, no validation split for a sweep, or bad settings.
     """
-    from .engine import (
-        _write_json,
-        _write_run_files,
-        data_for_run,
-        refuse_other_run,
-        resolve_device,
-        setup_logging,
-        sizes_given,
-    )
+    from .engine import resolve_device, run_folder
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("linprobe runs in one process (features are extracted once); launch it without torchrun")
     env = DistEnv()
     device = resolve_device(cfg.device, env)
     _check_settings(cfg)
+    with run_folder(cfg.run_dir, env):
+        return _fit_probe(cfg, env, device)
+
+
+def _fit_probe(cfg: RunConfig, env: DistEnv, device: torch.device) -> dict[str, Any]:
+    from .engine import _write_json, _write_run_files, data_for_run, refuse_other_run, setup_logging
+
     grid = cfg.l2_grid or DEFAULT_L2_GRID
     run_dir = cfg.run_dir
     setup_logging(run_dir, env)
@@ -373,14 +372,13 @@ def fit_linear_probe(cfg: RunConfig) -> dict[str, Any]:
     check_dataset(cfg.dataset, cfg.dataset_options)  # a mistyped name is told before a model is downloaded
     torch.manual_seed(torch_seed(cfg.seed))  # a randomly initialized backbone is then the same on every rerun
     backbone = build_backbone(cfg, device)
-    given = sizes_given(cfg)
     prompter = build_prompter(cfg, backbone)  # the "none" prompter: resize to S only; sets cfg's input size
     if cfg.resume:  # compared on what a probe depends on, nothing it ignores, with the input size resolved
         refuse_other_run(cfg)
     data = data_for_run(cfg, prompter.image_size, random_crop=False)
     no_val = "--val-fraction 0" if not cfg.val_fraction else "no class has 2 training images to hold one out"
     _strengths(grid, data.val is not None, no_val)  # told before any feature is extracted, or a result removed
-    _write_run_files(cfg, data, run_dir, cfg.resume is not None, given)
+    _write_run_files(cfg, data, run_dir, cfg.resume is not None, backbone.input_size)
 
     key = _cache_key(cfg, prompter.input_size, data)
     cache_path = run_dir / FEATURES_FILE

@@ -327,7 +327,9 @@ def expand_suite(suite: SuiteConfig, output: str | Path | None = None) -> list[S
                 values.update(dataset=dataset, method=m.name, seed=seed, shots=shots, output=out)
                 cfg, error = None, ds_error
                 try:
-                    cfg = resolve_config(values, source=f"{suite.source} ({m.label} on {dataset})")
+                    # a shared setting a method does not use is no error of its (only its entry's own are)
+                    where = f"{suite.source} ({m.label} on {dataset})"
+                    cfg = resolve_config(values, source=where, check_unused=set(m.overrides))
                     check_model(cfg.model)  # a mistyped name is invalid in a dry run too, not a new run
                     if ds_error is None:
                         try:
@@ -353,6 +355,21 @@ def expand_suite(suite: SuiteConfig, output: str | Path | None = None) -> list[S
 # Running
 
 
+def _sizes_planned(cfg: RunConfig, run_dir: Path) -> RunConfig:
+    """``cfg`` with the sizes it leaves to the model set as the model (the same as the earlier run's in ``run_dir``,
+    where that is another run) gives them: config.yaml holds the sizes as they came out, not as they were given."""
+    from .build import planned_sizes
+    from .engine import saved_config
+
+    model_size = saved_config(run_dir, "model_input_size")
+    if not isinstance(model_size, int):  # a run from before the model's own size was saved
+        return cfg
+    try:
+        return dataclasses.replace(cfg, **planned_sizes(cfg, model_size))
+    except ValueError:  # sizes that do not fit: the run will say so
+        return cfg
+
+
 def _state(cell: SuiteCell) -> tuple[str, str]:
     """(``invalid``, ``conflict``, ``done``, ``resume`` or ``new``, and a reason for the first two)."""
     from .checkpoint import LAST_FILE
@@ -366,7 +383,7 @@ def _state(cell: SuiteCell) -> tuple[str, str]:
         # A finished run computed with another precision, validation frequency or L2 sweep is not this cell's
         # result; an unfinished one may continue with them, as --resume allows.
         keys = (*identity_keys(cell.cfg), *(result_keys(cell.cfg) if finished else ()))
-        diff = changed_settings(saved_config(run_dir), cell.cfg, keys, saved_config(run_dir, "sizes_given"))
+        diff = changed_settings(saved_config(run_dir), _sizes_planned(cell.cfg, run_dir), keys)
         if diff:
             return "conflict", f"{run_dir} {CONFLICT} ({diff}); delete it or change the output"
     if finished:
