@@ -1,6 +1,6 @@
 """From a :class:`~vprompt.config.RunConfig` to modules: backbone, prompter, head, and their composition.
 
-The data path, one direction (see DESIGN): uint8 batch -> float [0, 1] -> input diversity (training only) ->
+The data path, one direction: uint8 batch -> float [0, 1] -> input diversity (training only) ->
 prompter -> frozen backbone (normalizes with its own mean/std) -> head -> logits.
 """
 

@@ -121,7 +121,7 @@ def _add_run_options(p: argparse.ArgumentParser, training: bool = True, heads: b
     g.add_argument("--threads", type=int, default=S, help="CPU threads of PyTorch (0 or unset: its default)")
     g.add_argument("--log-every", type=int, default=S, help="log a line every N steps (50; 0: never)")
     g.add_argument("--output", default=S, help="parent folder of run folders (runs)")
-    g.add_argument("--name", default=S, help="run folder name (default: method-model-dataset-seedN)")
+    g.add_argument("--name", default=S, help="run folder name (default: method-model-dataset-seedN[-Kshot|-fracF])")
     if training:
         g.add_argument("--resume", default=S, metavar="latest|PATH", help="continue from last.pt")
         g.add_argument(
@@ -223,8 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "linprobe",
         help="linear-probe baseline",
-        description="Logistic regression on cached frozen features (CLIP image embeddings or a classifier's "
-        "penultimate features), its L2 strength chosen on the validation split.",
+        description="Logistic regression on cached frozen features (a CLIP ViT's pooled features before its "
+        "projection, other CLIP models' image embeddings, or a classifier's penultimate features), its L2 strength "
+        "chosen on the validation split.",
     )
     _add_run_options(p, training=False, heads=False)
     g = p.add_argument_group("linear probe")
@@ -245,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data-dir",
         default=argparse.SUPPRESS,
-        help="folder with cifar10_resnets/ and mnist/ (default ../shared/data when present, else download)",
+        help="folder with cifar10_resnets/ and mnist/ (default ../shared/data when it holds mnist/, else download)",
     )
     p.add_argument("--output", default="demo_out", help="report and run folders (demo_out)")
     p.add_argument("--depth", type=int, default=d.depth, choices=[20, 32, 44, 56], help="ResNet depth (20)")
@@ -270,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default=d.precision, choices=PRECISIONS, help=f"autocast ({d.precision})")
     p.add_argument("--device", default=None, help="cuda, cpu (default: cuda if available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per arm (default: 1 on the CPU)")
-    p.add_argument("--jobs", type=int, default=None, help="arms at a time (default: one per core on the CPU)")
+    p.add_argument("--jobs", type=int, default=None, help="arms at a time (default: a core each on the CPU, up to 5)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("list", help="list models, datasets or methods")

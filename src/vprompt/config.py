@@ -22,7 +22,7 @@ __all__ = ["RunConfig", "METHODS", "PRECISIONS", "check_precision", "resolve_con
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # autocast dtype of the frozen model; fp32 is none
-#: Label maps from a classifier's logits to the target classes (METHOD.md section 4).
+#: Label maps from a classifier's logits to the target classes (ILM-VP, Chen et al. 2023).
 LABEL_MAPS = ("identity", "rlm", "flm", "ilm")
 #: Output heads: auto (text for CLIP, FLM for a classifier), CLIP's text head, a trainable linear layer, a label map.
 HEADS = ("auto", "text", "linear", *LABEL_MAPS)

@@ -11,7 +11,7 @@ Every arm has the same budget (epochs, batch size, canvas), and every prompted a
 identity         no prompt; digit ``d`` is read as CIFAR class ``d``
 flm              no prompt; the frequency label map (one-to-one, greedy) from the training digits
 vp               VP: a border added on top of the resized digit, SGD with momentum, warmup, cosine
-evp-plain        EVP's geometry (shrink, pad, border prompt) with plain SGD and no input diversity
+evp-plain        EVP's geometry (shrink, pad, border prompt) with SGD and momentum, no input diversity
 evp-diversity    + input diversity
 evp-normgrad     + normalized gradient (no diversity)
 evp              EVP: both
@@ -42,8 +42,8 @@ ARM_DOCS = {
     "identity": "no prompt, identity map (digit d read as CIFAR class d)",
     "flm": "no prompt, frequency label map",
     "vp": "VP padding: border added on top of the image, SGD + momentum",
-    "evp-plain": "EVP geometry, plain SGD, no input diversity",
-    "evp-diversity": "EVP geometry + input diversity, plain SGD",
+    "evp-plain": "EVP geometry, SGD + momentum, no input diversity",
+    "evp-diversity": "EVP geometry + input diversity, SGD + momentum",
     "evp-normgrad": "EVP geometry + normalized gradient, no diversity",
     "evp": "EVP: input diversity + normalized gradient",
     "evp-adamw": "EVP geometry + AdamW, no diversity",
@@ -77,10 +77,10 @@ class DemoSettings:
             of a ResNet-20 arm on a CPU with bf16 instructions (BENCHMARKS.md 1m); without them it is slower.
         device: ``cpu``, ``cuda``... (default: CUDA when available).
         threads: CPU threads per arm; None: one when running on the CPU.
-        jobs: arms trained at a time, each in its own process; None: one per CPU core on the CPU (at most the
-            number of trained arms), one on a GPU. A ResNet-20 on 32-pixel inputs is made of small operations:
-            on two cores, two single-threaded arms side by side train more images per second than one arm on two
-            threads, and a two-thread arm loses 40 % of its speed when anything else takes a core
+        jobs: arms trained at a time, each in its own process; None: one per CPU core on the CPU (at most five,
+            the trained arms without ``adamw_lr``), one on a GPU. A ResNet-20 on 32-pixel inputs is made of small
+            operations: on two cores, two single-threaded arms side by side train more images per second than one
+            arm on two threads, and a two-thread arm loses 40 % of its speed when anything else takes a core
             (BENCHMARKS.md).
     """
 

@@ -62,7 +62,7 @@ def resolve_head(head: str, label_map: str | None, kind: str) -> str:
 
 
 def clean_classname(name: str) -> str:
-    """Lower-case a class name and replace ``_`` and ``-`` by spaces (METHOD 2.8), collapsing runs of spaces."""
+    """Lower-case a class name and replace ``_`` and ``-`` by spaces, collapsing runs of spaces."""
     return re.sub(r"\s+", " ", name.lower().replace("_", " ").replace("-", " ")).strip()
 
 

@@ -3,7 +3,8 @@
 Protocol (the CLIP paper's, on this project's splits):
 
 1. Extract features once with the frozen backbone and no prompt (the images are only resized to the backbone's input
-   size S): CLIP image embeddings, or a classifier's penultimate features (the input of its classifier layer). They
+   size S): a CLIP ViT's pooled features before its projection (other CLIP models: the image embedding), or a
+   classifier's penultimate features (the input of its classifier layer). They
    are cached in the run folder (``features.safetensors``) and reused when the run is repeated with the same data and
    model (``--resume latest``).
 2. Standardize with the training features' mean and std, then fit ``softmax(W x + b)`` by full-batch L-BFGS on

@@ -44,7 +44,7 @@ def _mask_of(masks: Mapping[Tensor, Tensor], p: Tensor) -> Tensor | None:
 
 
 class NormalizedGradient(Optimizer):
-    """EVP's normalized-gradient descent (METHOD section 2.6).
+    """EVP's normalized-gradient descent (Wu et al., arXiv 2212.10556).
 
     Args:
         params: parameters or parameter groups; the norm is taken over each group as a whole.
