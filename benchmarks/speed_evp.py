@@ -15,12 +15,15 @@ reference-style loop, all measured in one run.
 
     python benchmarks/speed_evp.py --device cuda --model ViT-B-32 --batch-size 256 --steps 20 --workers 8
     python benchmarks/speed_evp.py --device cpu --model ViT-B-32 --batch-size 16 --steps 4 --workers 2 --precisions fp32
+
+``--deterministic`` times both loops with the kernels of ``vprompt train --deterministic``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -158,7 +161,12 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=0, help="dataset size (default: 4 batches)")
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], help="vprompt precisions to time")
     ap.add_argument("--out", default=None, help="append the JSON result to this file")
+    ap.add_argument("--deterministic", action="store_true", help="both loops with vprompt's --deterministic kernels")
     args = ap.parse_args()
+    if args.deterministic:  # what `vprompt train --deterministic` turns on
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        torch.use_deterministic_algorithms(True)
     device = torch.device(args.device)
     torch.manual_seed(0)
     backbone = create_backbone(args.model, pretrained=None, device=device)
@@ -184,7 +192,8 @@ def main() -> None:
     print(f"\n{args.model}, batch {args.batch_size}, {args.steps} timed steps after {args.warmup}, {name}\n")
     print("| loop | median s/step | images/s | speed-up |")
     print("|---|---|---|---|")
-    result = {"model": args.model, "device": name, "batch_size": args.batch_size, "steps": args.steps, "rows": {}}
+    result = {"model": args.model, "device": name, "batch_size": args.batch_size, "steps": args.steps, "rows": {},
+              "deterministic": args.deterministic}  # fmt: skip
     for label, times in rows.items():
         med = statistics.median(times)
         print(f"| {label} | {med:.4f} | {args.batch_size / med:.1f} | {base / med:.2f}x |")
