@@ -190,6 +190,11 @@ def _number_list(name: str, value: Any) -> list[float]:
     return [float(n) for n in numbers]
 
 
+def l2_strengths(grid: Any) -> list[float]:
+    """The L2 strengths a probe sweeps for ``grid`` (see :func:`_number_list`): sorted, each once."""
+    return sorted(set(_number_list("l2_grid", grid)))
+
+
 def _checked(f: dataclasses.Field, value: Any) -> Any:
     """``value`` of setting ``f`` as its type (a number in a string, as YAML reads ``1e-3``, becomes one), or a
     :class:`SettingError` saying what it must be."""
@@ -398,7 +403,7 @@ def comparable(settings: Mapping[str, Any]) -> dict[str, Any]:
     out = {**settings, **{k: _NOTHING[k] for k in _unused(settings) if k in settings}}
     if out.get("l2_grid") is not None:
         with contextlib.suppress(SettingError):
-            out["l2_grid"] = sorted(set(_number_list("l2_grid", out["l2_grid"])))
+            out["l2_grid"] = l2_strengths(out["l2_grid"])
     return out
 
 

@@ -231,7 +231,7 @@ def train_one_epoch(
         # the all-reduce's average of the N gradients is the gradient of the mean loss over the batch.
         real = loader.real_images(step) if hasattr(loader, "real_images") else len(labels) * env.world_size
         padded = real < len(labels) * env.world_size
-        x = diversity(to_float_rgb(images, device), real) if padded else diversity(to_float_rgb(images, device))
+        x = diversity(to_float_rgb(images, device), real)
         y = labels.to(device, non_blocking=True)
         with autocast(device, precision):
             logits = model(x)
@@ -624,16 +624,13 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
             "train; use --epochs 0 to evaluate it as is"
         )
     if not epochs and any(p.requires_grad for p in model.head.parameters()):
-        zeroshot = cfg.method == "zeroshot"
+        what, fix = ("--epochs 0", "give --epochs, or a label map")
+        if cfg.method == "zeroshot":
+            what, fix = ("zeroshot", "vprompt linprobe trains a linear classifier on frozen features; vprompt train "
+                         "--head linear, one with a prompt")  # fmt: skip
         raise ValueError(
-            f"--head {cfg.head} is trained with the prompt, and {'zeroshot' if zeroshot else '--epochs 0'} trains "
-            "nothing: it would be reported untrained ("
-            + (
-                "vprompt linprobe trains a linear classifier on frozen features; vprompt train --head linear, one "
-                "with a prompt)"
-                if zeroshot
-                else "give --epochs, or a label map)"
-            )
+            f"--head {cfg.head} is trained with the prompt, and {what} trains nothing: it would be reported untrained "
+            f"({fix})"
         )
     per_proc = cfg.batch_size // env.world_size
     eval_bs = (cfg.eval_batch_size or cfg.batch_size) // env.world_size or 1

@@ -144,8 +144,6 @@ class ClipTextHead(Head):
 
 _log = logging.getLogger(__name__)
 
-#: ``--label-map`` choices.
-
 
 def prediction_counts(predictions: Tensor, labels: Tensor, num_classes: int, num_source_classes: int) -> Tensor:
     """The count table ``(num_classes, num_source_classes)``: how often each target class is predicted as each

@@ -27,7 +27,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -42,8 +41,8 @@ from torch import Tensor
 from .backbones import FrozenBackbone
 from .build import build_backbone, build_prompter, to_float_rgb
 from .checkpoint import atomic_write
-from .config import RunConfig
-from .data import DataSplits, check_dataset, default_data_dir, make_loader
+from .config import RunConfig, l2_strengths
+from .data import DataSplits, check_dataset, default_data_dir, make_loader, no_validation_reason
 from .data.splits import torch_seed
 from .distributed import DistEnv
 from .prompters import Prompter
@@ -258,9 +257,7 @@ def probe_metrics(logits: Tensor, y: Tensor) -> dict[str, float]:
 def _strengths(grid: Any, has_val: bool, no_val: str = "no validation features were given") -> list[float]:
     """The L2 strengths of ``grid``, strongest first, or a ValueError: several need a validation split to choose
     between them (``no_val``: why there is none)."""
-    strengths = sorted({float(v) for v in grid}, reverse=True)
-    if not strengths or any(not math.isfinite(v) or v < 0 for v in strengths):
-        raise ValueError(f"--l2-grid {list(grid)} must be non-negative finite numbers")
+    strengths = l2_strengths(grid)[::-1]
     if not has_val and len(strengths) > 1:
         raise ValueError(
             f"linprobe selects the L2 strength on the validation split, but there is none ({no_val}); hold some "
@@ -377,8 +374,9 @@ def _fit_probe(cfg: RunConfig, env: DistEnv, device: torch.device) -> dict[str, 
     if cfg.resume:  # compared on what a probe depends on, nothing it ignores, with the input size resolved
         refuse_other_run(cfg)
     data = data_for_run(cfg, prompter.image_size, random_crop=False)
-    no_val = "--val-fraction 0" if not cfg.val_fraction else "no class has 2 training images to hold one out"
-    _strengths(grid, data.val is not None, no_val)  # told before any feature is extracted, or a result removed
+    _strengths(
+        grid, data.val is not None, no_validation_reason(cfg.val_fraction)
+    )  # told before any feature is extracted, or a result removed
     _write_run_files(cfg, data, run_dir, cfg.resume is not None, backbone.input_size)
 
     key = _cache_key(cfg, prompter.input_size, data)

@@ -55,6 +55,7 @@ __all__ = [
     "get_dataset_spec",
     "check_dataset",
     "holdout_split",
+    "no_validation_reason",
     "list_datasets",
     "make_loader",
     "prepare_data",
@@ -87,6 +88,11 @@ class DataSplits:
     templates: Sequence[str] | None = None
     val_source: str = "holdout"
     split_indices: dict[str, list[int]] = field(default_factory=dict)
+
+
+def no_validation_reason(val_fraction: float) -> str:
+    """Why a run held no validation split out of its training data (where the dataset has no official one)."""
+    return "--val-fraction 0" if not val_fraction else "no class has 2 training images to hold one out"
 
 
 def prepare_data(
@@ -154,7 +160,7 @@ def prepare_data(
         train_idx, val_idx = holdout_split(train_full.targets, val_fraction, split_seed)
         val_source = "holdout" if val_idx else "none"
         if not val_idx:
-            why = "--val-fraction 0" if not val_fraction else "no class has 2 training images to hold one out"
+            why = no_validation_reason(val_fraction)
             _log.warning("%s: no validation split (%s): the last epoch is selected", name, why)
         # File datasets decode validation images without the training crop, so they need their own instance.
         val_parent = train_full if isinstance(train_full, ArrayDataset) else make("train", eval_tf)
