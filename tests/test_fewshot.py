@@ -11,7 +11,7 @@ from vprompt.config import resolve_config
 from vprompt.data import DatasetSpec, prepare_data, subsample_per_class
 from vprompt.data import registry as data_registry
 from vprompt.data.datasets import synthetic_dataset
-from vprompt.data.splits import derive_seed
+from vprompt.data.splits import derive_seed, holdout_split
 
 from .conftest import tiny_run_args
 
@@ -125,6 +125,14 @@ def test_run_names_and_the_subset_seed_stream():
     # The subset's generator is seeded apart from the holdout's (which uses the split seed itself).
     seeds = {derive_seed(s, "train-subset") for s in range(100)}
     assert len(seeds) == 100 and not seeds & set(range(100))
+
+
+def test_the_subset_is_not_the_holdout_draw_again():
+    # Ten images per class: a 10 % holdout takes one per class, as does a 1-shot subset of the same images. Were both
+    # seeded alike, the 1-shot subset would be the validation images themselves, for every seed.
+    labels = [c for c in range(5) for _ in range(10)]
+    same = [subsample_per_class(labels, seed, shots=1) == holdout_split(labels, 0.1, seed)[1] for seed in range(20)]
+    assert sum(same) <= 1
 
 
 def test_runs_with_different_training_seeds_train_on_the_same_shots(tmp_path):
