@@ -98,13 +98,12 @@ def result_keys(cfg: RunConfig) -> tuple[str, ...]:
 CONFLICT = "holds a run with other settings"
 
 
-def saved_config(run_dir: Path, part: str = "config") -> Any:
-    """The settings the run in ``run_dir`` was last made with (its config.resumed.yaml when it was continued or
-    redone, else its config.yaml), or {}; another ``part`` of that file: ``model_input_size``, the size the model
-    gave where the settings left it (None where the file has none)."""
+def saved_run(run_dir: Path) -> dict[str, Any]:
+    """The file the run in ``run_dir`` was last made with (its config.resumed.yaml when it was continued or redone,
+    else its config.yaml), or {}: its settings under ``config``, and under ``model_input_size`` the size the model
+    gave where the settings left it (absent from runs made before it was saved)."""
     path = next((p for p in (run_dir / "config.resumed.yaml", run_dir / "config.yaml") if p.exists()), run_dir)
-    meta = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
-    return meta.get(part, {} if part == "config" else None)
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
 #: Sizes a config may leave to the model (None until the prompter is built, then saved as resolved).
@@ -155,7 +154,7 @@ def refuse_other_run(cfg: RunConfig) -> None:
     """Raise ValueError when ``cfg``'s run folder holds another run (made with other :func:`identity_keys`):
     --resume latest would otherwise write over it. Called once the prompter is built: a size left to the model's
     default (None) is then resolved, where no saved prompt's shape is there to decide it."""
-    diff = changed_settings(saved_config(cfg.run_dir), cfg, identity_keys(cfg))
+    diff = changed_settings(saved_run(cfg.run_dir).get("config", {}), cfg, identity_keys(cfg))
     if diff:
         raise ValueError(f"--resume latest: {cfg.run_dir} {CONFLICT} ({diff})")
 

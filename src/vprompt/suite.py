@@ -355,13 +355,12 @@ def expand_suite(suite: SuiteConfig, output: str | Path | None = None) -> list[S
 # Running
 
 
-def _sizes_planned(cfg: RunConfig, run_dir: Path) -> RunConfig:
-    """``cfg`` with the sizes it leaves to the model set as the model (the same as the earlier run's in ``run_dir``,
-    where that is another run) gives them: config.yaml holds the sizes as they came out, not as they were given."""
+def _sizes_planned(cfg: RunConfig, model_size: Any) -> RunConfig:
+    """``cfg`` with the sizes it leaves to the model set as a model of input size ``model_size`` (an earlier run's
+    in the same folder, which may be another model) gives them: config.yaml holds the sizes as they came out, not
+    as they were given."""
     from .build import planned_sizes
-    from .engine import saved_config
 
-    model_size = saved_config(run_dir, "model_input_size")
     if not isinstance(model_size, int):  # a run from before the model's own size was saved
         return cfg
     try:
@@ -373,17 +372,19 @@ def _sizes_planned(cfg: RunConfig, run_dir: Path) -> RunConfig:
 def _state(cell: SuiteCell) -> tuple[str, str]:
     """(``invalid``, ``conflict``, ``done``, ``resume`` or ``new``, and a reason for the first two)."""
     from .checkpoint import LAST_FILE
-    from .engine import CONFLICT, changed_settings, identity_keys, result_keys, saved_config
+    from .engine import CONFLICT, changed_settings, identity_keys, result_keys, saved_run
 
     if cell.cfg is None:
         return "invalid", cell.error or "invalid settings"
     run_dir = cell.cfg.run_dir
     finished, interrupted = (run_dir / "results.json").exists(), (run_dir / LAST_FILE).exists()
-    if finished or interrupted or saved_config(run_dir):  # (also a run stopped before its first last.pt)
+    saved = saved_run(run_dir)
+    if finished or interrupted or saved.get("config"):  # (also a run stopped before its first last.pt)
         # A finished run computed with another precision, validation frequency or L2 sweep is not this cell's
         # result; an unfinished one may continue with them, as --resume allows.
         keys = (*identity_keys(cell.cfg), *(result_keys(cell.cfg) if finished else ()))
-        diff = changed_settings(saved_config(run_dir), _sizes_planned(cell.cfg, run_dir), keys)
+        planned = _sizes_planned(cell.cfg, saved.get("model_input_size"))
+        diff = changed_settings(saved.get("config", {}), planned, keys)
         if diff:
             return "conflict", f"{run_dir} {CONFLICT} ({diff}); delete it or change the output"
     if finished:
