@@ -22,8 +22,8 @@ reference-style loop, all measured in one run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -38,7 +38,7 @@ from vprompt.backbones import create_backbone
 from vprompt.build import PromptedModel
 from vprompt.data import ArrayDataset, make_loader
 from vprompt.diversity import create_diversity
-from vprompt.engine import train_one_epoch
+from vprompt.engine import deterministic_kernels, train_one_epoch
 from vprompt.heads import ClipTextHead, build_text_classifier, clean_classname
 from vprompt.optim import create_optimizer
 from vprompt.prompters import create_prompter
@@ -163,10 +163,11 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="append the JSON result to this file")
     ap.add_argument("--deterministic", action="store_true", help="both loops with vprompt's --deterministic kernels")
     args = ap.parse_args()
-    if args.deterministic:  # what `vprompt train --deterministic` turns on
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-        torch.use_deterministic_algorithms(True)
+    with deterministic_kernels() if args.deterministic else contextlib.nullcontext():  # as `vprompt train` does
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     backbone = create_backbone(args.model, pretrained=None, device=device)

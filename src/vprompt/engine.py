@@ -5,7 +5,7 @@ evaluated once at the end, for the selected prompt and for the last one, and nev
 
 Reproducibility: every epoch re-seeds the RNGs from (seed, epoch) and the data order from (seed, epoch), and
 ``last.pt`` is written at the end of every epoch, so a run resumed from ``last.pt`` continues exactly as an
-uninterrupted run would have (on a GPU, with ``--deterministic``: see :func:`_engine_settings`).
+uninterrupted run would have (on a GPU, with ``--deterministic``: see :func:`deterministic_kernels`).
 """
 
 from __future__ import annotations
@@ -528,13 +528,18 @@ def _use_threads(cfg: RunConfig) -> None:
 
 @contextlib.contextmanager
 def _engine_settings(cfg: RunConfig) -> Iterator[None]:
-    """The threads of :func:`_use_threads`, and for the run only, the GPU's kernels as ``--deterministic`` asks:
-    cuDNN's default ones may sum in another order on every call, and EVP's normalized gradient, a step of fixed
-    length, turns those last bits into prompts a pixel value apart within a few steps."""
+    """The threads of :func:`_use_threads`, and for the run only, :func:`deterministic_kernels` where
+    ``--deterministic`` asks for them."""
     _use_threads(cfg)
-    if not cfg.deterministic:
+    with deterministic_kernels() if cfg.deterministic else contextlib.nullcontext():
         yield
-        return
+
+
+@contextlib.contextmanager
+def deterministic_kernels() -> Iterator[None]:
+    """GPU kernels that sum in the same order on every call, until the block ends (the previous settings are then
+    restored): cuDNN's default ones may not, and EVP's normalized gradient, a step of fixed length, turns those last
+    bits into prompts a pixel value apart within a few steps."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's sums repeat with a fixed workspace
     cudnn = torch.backends.cudnn
     before = (cudnn.deterministic, cudnn.benchmark, torch.are_deterministic_algorithms_enabled(),
