@@ -19,3 +19,21 @@ def test_a_write_that_fails_leaves_the_old_file_and_no_temporary_one(tmp_path):
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
     atomic_write(path, lambda tmp: open(tmp, "w").write("new"))
     assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_the_new_bytes_reach_the_disk_before_the_rename_and_the_rename_after(tmp_path, monkeypatch):
+    import os
+
+    from vprompt import checkpoint
+
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(
+        checkpoint.os, "fsync", lambda fd: calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or real_fsync(fd)
+    )
+    monkeypatch.setattr(checkpoint.os, "replace", lambda a, b: calls.append(("replace", str(b))) or real_replace(a, b))
+    path = tmp_path / "last.pt"
+    atomic_write(path, lambda tmp: open(tmp, "w").write("state"))
+    assert [c[0] for c in calls] == ["fsync", "replace", "fsync"]
+    assert calls[0][1].startswith(str(tmp_path / ".last.pt.")) and calls[2][1] == str(tmp_path)
+    assert path.read_text() == "state"
