@@ -238,6 +238,20 @@ def test_resume_rewinds_the_files_an_interruption_while_saving_left_ahead_of_las
     assert results["train_seconds"] > state["train_seconds"]  # epoch 1's time is counted too
 
 
+def test_resume_before_the_first_selection_leaves_no_prompt_of_a_later_epoch(tmp_path, monkeypatch):
+    # --eval-every 2: epoch 2 is the first evaluated; it writes its prompt, then stops before writing last.pt.
+    args, run = tiny_run_args(tmp_path, "--eval-every", "2", epochs=3), tmp_path / "run"
+    monkeypatch.setattr(engine, "save_state", _stops_at_call(2, engine.save_state))
+    assert cli.main(args) == 130
+    assert (run / "prompt.safetensors").exists()
+    state = torch.load(run / "last.pt", weights_only=True, map_location="cpu")
+    assert state["epoch"] == 1 and not state["best_model"]
+    monkeypatch.undo()
+    monkeypatch.setattr(engine, "train_one_epoch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert cli.main([*args, "--resume", "latest"]) == 130  # rewinds to epoch 1, which selected nothing
+    assert not (run / "prompt.safetensors").exists() and _metrics(run) == []
+
+
 def _metrics(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 

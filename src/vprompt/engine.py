@@ -758,7 +758,8 @@ def _rewind_run_files(
 ) -> None:
     """Make ``run_dir`` hold what the run's start says, in case it stopped between writing its files and writing
     ``last.pt``: the metrics of ``source`` (the folder of the state resumed from, or ``run_dir``) up to ``epoch``
-    (0: a fresh start, which keeps none and no prompt of an earlier attempt), and the prompt selected so far."""
+    (0: a fresh start, which keeps none of an earlier attempt), and the prompt selected so far (none before the first
+    selection)."""
 
     def lines_of(folder: Path) -> list[str]:
         path = folder / "metrics.jsonl"
@@ -772,7 +773,7 @@ def _rewind_run_files(
     if best_state:
         meta = {"epoch": best["epoch"], "classnames": list(classnames), "val_acc1": best["val_acc1"]}
         save_prompt(run_dir / PROMPT_FILE, best_state, config, **meta)
-    elif epoch == 0:
+    else:  # nothing selected yet (a fresh start, or no evaluation yet with --eval-every): no prompt of a later epoch
         (run_dir / PROMPT_FILE).unlink(missing_ok=True)
 
 
