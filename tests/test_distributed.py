@@ -130,3 +130,19 @@ def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: pytest.fail("set_device reached"))
     with pytest.raises(ValueError, match=r"local process 1 .* 1 GPU\(s\): pass --nproc-per-node 1 .*--device cpu"):
         distributed.init_distributed(None)
+
+
+def test_processes_that_would_resume_from_different_epochs_are_refused(monkeypatch):
+    from vprompt import engine
+    from vprompt.distributed import DistEnv
+
+    # As the first of 2 processes, which found last.pt at epoch 3 while the other (on another machine) found none.
+    def all_reduce_sum(t, world_size):
+        t[1] = -1
+        return t
+
+    monkeypatch.setattr(engine, "all_reduce_sum", all_reduce_sum)
+    with pytest.raises(ValueError, match=r"process 0: epoch 3, process 1: no last.pt\).*filesystem all machines share"):
+        engine._check_same_start(3, DistEnv(0, 2, 0), torch.device("cpu"))
+    monkeypatch.setattr(engine, "all_reduce_sum", lambda t, world_size: t.fill_(3))
+    engine._check_same_start(3, DistEnv(0, 2, 0), torch.device("cpu"))  # the same epoch: no error

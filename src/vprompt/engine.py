@@ -671,6 +671,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
         best_state = dict(state.get("best_model", {}))
         train_seconds, train_images = float(state.get("train_seconds", 0.0)), int(state.get("train_images", 0))
         _log.info("resumed from %s at epoch %d (best so far: epoch %d)", resume_from, start_epoch, best["epoch"])
+    _check_same_start(start_epoch if resume_from is not None else -1, env, device)
 
     config = cfg.to_dict()
     metrics_path = run_dir / "metrics.jsonl"
@@ -745,6 +746,24 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
     return _finish(
         cfg, model, data, device, env, best, best_state, epochs, train_seconds, train_images, loader, eval_bs
     )
+
+
+def _check_same_start(start: int, env: DistEnv, device: torch.device) -> None:
+    """Refuse processes that would continue from different epochs (``start``: the resumed epoch, -1 for none):
+    each reads last.pt from its own view of the run folder, which several machines must share."""
+    if not env.enabled:
+        return
+    starts = torch.zeros(env.world_size, dtype=torch.long, device=device)
+    starts[env.rank] = start
+    starts = all_reduce_sum(starts, env.world_size).tolist()
+    if len(set(starts)) > 1:
+        found = ", ".join(
+            f"process {r}: " + (f"epoch {e}" if e >= 0 else f"no {LAST_FILE}") for r, e in enumerate(starts)
+        )
+        raise ValueError(
+            f"--resume: the processes would continue from different points ({found}); every process reads {LAST_FILE} "
+            "from the run folder, so put --output on a filesystem all machines share, or copy the run folder to each"
+        )
 
 
 def _rewind_run_files(
