@@ -59,6 +59,22 @@ def test_training_step_leaves_batchnorm_statistics_and_weights_alone(request, fi
     assert all(torch.equal(after[k], v) for k, v in before_bn.items())
 
 
+@pytest.mark.parametrize("name", ["cifar:resnet20", "timm:test_resnet", "tv:resnet18"])
+def test_the_classifier_layer_gives_fp32_logits_under_bf16_autocast(name):
+    # bf16 logits tie between classes often enough to move accuracy; the final layer runs in fp32, as its input
+    # (the penultimate features, computed in bf16) would give it outside autocast.
+    torch.manual_seed(0)
+    backbone = create_backbone(name, pretrained="none")
+    x = backbone.normalize(torch.rand(4, 3, 32, 32))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, features = backbone.encode(x), backbone.encode_features(x)
+    layer = backbone.model.linear if name.startswith("cifar") else backbone.model.fc
+    assert logits.dtype == torch.float32 and features.dtype == torch.bfloat16
+    assert torch.equal(logits, F.linear(features.float(), layer.weight, layer.bias))
+    with torch.no_grad():  # outside autocast nothing changes
+        assert backbone.encode(x).dtype == torch.float32
+
+
 def test_timm_backbone_uses_the_models_own_data_config(timm_resnet):
     cfg = timm_resnet.model.pretrained_cfg
     assert timm_resnet.kind == "classifier" and timm_resnet.name == "timm:test_resnet"

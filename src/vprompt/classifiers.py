@@ -77,6 +77,9 @@ class ClassifierBackbone(FrozenBackbone):
         num_source_classes: number of logits it outputs.
         feature_fn: ``(model, normalized input) -> (B, D)`` penultimate features.
         source_classnames: names of the source classes when known (CIFAR-10, ImageNet-1k).
+        classifier: the final ``nn.Linear``, which then runs in fp32 under autocast (as the CLIP head does): bf16
+            logits of about 10 are rounded to steps of 1/16, so two classes tie in a few images in a thousand and
+            the argmax takes the lower index.
     """
 
     kind = "classifier"
@@ -92,8 +95,11 @@ class ClassifierBackbone(FrozenBackbone):
         num_source_classes: int,
         feature_fn: FeatureFn,
         source_classnames: Sequence[str] | None = None,
+        classifier: nn.Module | None = None,
     ) -> None:
         super().__init__(model, mean, std, input_size, fixed_input_size=fixed_input_size, name=name)
+        if isinstance(classifier, nn.Linear):
+            classifier.register_forward_hook(_fp32_linear)
         self.num_source_classes = int(num_source_classes)
         self.output_dim = self.num_source_classes
         self._feature_fn = feature_fn
@@ -118,6 +124,15 @@ class ClassifierBackbone(FrozenBackbone):
 
 # --------------------------------------------------------------------------------------------------------------
 # Shared helpers
+
+
+def _fp32_linear(layer: nn.Linear, args: tuple[Tensor, ...], out: Tensor) -> Tensor | None:
+    """Forward hook: the layer's output recomputed in fp32 when autocast gave a lower precision."""
+    if out.dtype == torch.float32:
+        return None
+    with torch.autocast(out.device.type, enabled=False):
+        bias = None if layer.bias is None else layer.bias.float()
+        return nn.functional.linear(args[0].float(), layer.weight.float(), bias)
 
 
 def _is_none(pretrained: str | Path | None) -> bool:
@@ -273,6 +288,7 @@ def _create_timm(
         num_source_classes=model.num_classes,
         feature_fn=_timm_features,
         source_classnames=_imagenet_classnames(model.num_classes),
+        classifier=model.get_classifier(),
     )
 
 
@@ -367,6 +383,7 @@ def _create_tv(name: str, pretrained: str | Path | None = None, **_: Any) -> Cla
         num_source_classes=num_classes,
         feature_fn=_input_of(path),
         source_classnames=classnames,
+        classifier=model.get_submodule(path),
     )
 
 
@@ -412,6 +429,7 @@ def _create_cifar(
         num_source_classes=model.num_classes,
         feature_fn=_cifar_features,
         source_classnames=CIFAR10_CLASSES,
+        classifier=model.linear,
     )
 
 
