@@ -286,8 +286,8 @@ def test_resume_refuses_changed_settings(tmp_path, capsys):
     assert cli.main(tiny_run_args(tmp_path, epochs=1)) == 0
     assert cli.main(tiny_run_args(tmp_path, "--lr", "5", "--resume", "latest", epochs=1)) == 2
     assert "other settings (lr=70.0 there, 5.0 here)" in capsys.readouterr().err
-    assert cli.main(tiny_run_args(tmp_path, "--di-prob", "0.2", "--resume", "latest", epochs=1)) == 2
-    assert "other settings (di_prob=0.5 there, 0.2 here)" in capsys.readouterr().err
+    assert cli.main(tiny_run_args(tmp_path, "--diversity", "di", "--resume", "latest", epochs=1)) == 2
+    assert "other settings (diversity='ref' there, 'di' here)" in capsys.readouterr().err
 
 
 def test_weights_spelled_otherwise_or_moved_are_the_same_run(tmp_path, monkeypatch):
@@ -614,6 +614,12 @@ def test_a_setting_the_run_would_not_use_is_refused_where_it_was_given():
             "--momentum 0.5: only optimizer sgd has momentum, not adamw",
         ),
         ({"method": "vp", "inner_size": 20}, "--inner-size 20: EVP's shrunk image; prompter pad adds"),
+        ({"di_prob": 0.2}, "--di-prob 0.2: only diversity di resizes and pads, not ref"),
+        ({"head_lr": 0.1}, "--head-lr 0.1: only head linear is trained with its own lr, not text"),
+        ({"model": "cifar:resnet20", "ilm_interval": 3}, "--ilm-interval 3: only label map ilm is recomputed, not flm"),
+        ({"model": "cifar:resnet20", "templates": "ensemble"}, "--templates ensemble: the text prompts of a CLIP"),
+        ({"head": "linear", "templates": "single"}, "--templates single: the text prompts of a CLIP text head, not"),
+        ({"l2_grid": [0.1, 1]}, "--l2-grid 0.1,1: the L2 strengths of method linprobe, not evp"),
     ):
         with pytest.raises(ValueError, match=re.escape(f"command line: {told}")):
             resolve_config(given, source="command line")
@@ -624,6 +630,12 @@ def test_a_setting_the_run_would_not_use_is_refused_where_it_was_given():
     sgd = resolve_config({"optimizer": "sgd", "lr": 1.0, "momentum": 0.5, "weight_decay": 0.1, "schedule": "cosine",
                           "warmup_steps": 5})  # fmt: skip
     assert (sgd.momentum, sgd.weight_decay, sgd.warmup_steps) == (0.5, 0.1, 5)
+    used = resolve_config({"model": "cifar:resnet20", "label_map": "ilm", "ilm_interval": 3, "diversity": "di",
+                           "di_prob": 0.2, "di_min_scale": 0.5})  # fmt: skip
+    assert (used.ilm_interval, used.di_prob, used.di_min_scale) == (3, 0.2, 0.5)
+    assert resolve_config({"head": "linear", "head_lr": 0.1}).head_lr == 0.1
+    assert resolve_config({"method": "zeroshot", "templates": "imagenet80"}).templates == "imagenet80"
+    assert resolve_config({"method": "linprobe", "l2_grid": [0.1]}).l2_grid == [0.1]
     # a finished run's saved settings are evaluated as they were
     assert resolve_config({"warmup_steps": 100}, check_unused=False).warmup_steps == 100
 

@@ -189,12 +189,13 @@ def test_a_run_without_training_state_redone_without_its_size_is_refused(tmp_pat
 
 
 def test_l2_grid_from_a_file_or_a_flag_is_checked_before_anything_runs(tmp_path, capsys):
-    assert resolve_config({"l2_grid": 0.5}).l2_grid == [0.5]  # one number, as YAML reads `l2_grid: 0.5`
-    assert resolve_config({"l2_grid": "1e-3, 1e-2"}).l2_grid == [1e-3, 1e-2]  # a string of numbers, not of characters
-    assert resolve_config({"l2_grid": "10"}).l2_grid == [10.0]
+    probe = {"method": "linprobe"}
+    assert resolve_config({**probe, "l2_grid": 0.5}).l2_grid == [0.5]  # one number, as YAML reads `l2_grid: 0.5`
+    assert resolve_config({**probe, "l2_grid": "1e-3, 1e-2"}).l2_grid == [1e-3, 1e-2]  # numbers, not characters
+    assert resolve_config({**probe, "l2_grid": "10"}).l2_grid == [10.0]
     for bad in ([], "", "1e-3,x", [-1.0], [float("inf")], {"a": 1}):
         with pytest.raises(ValueError, match=r"l2\.yaml: l2_grid .* must be one or more non-negative numbers"):
-            resolve_config({"l2_grid": bad}, source="l2.yaml")
+            resolve_config({**probe, "l2_grid": bad}, source="l2.yaml")
     assert cli.main(_args(tmp_path)) == 0
     results = (tmp_path / "lp" / "results.json").read_text()
     capsys.readouterr()

@@ -367,13 +367,25 @@ def resolve_config(
 
 
 #: What a setting its run does not use is compared as: the value that does nothing (see :func:`_unused`).
-_NOTHING: dict[str, Any] = {"momentum": 0.9, "weight_decay": 0.0, "warmup_steps": 0, "inner_size": None}
+_NOTHING: dict[str, Any] = {
+    "momentum": 0.9,
+    "weight_decay": 0.0,
+    "warmup_steps": 0,
+    "inner_size": None,
+    "di_min_scale": 0.9,
+    "di_prob": 0.5,
+    "head_lr": None,
+    "ilm_interval": 1,
+    "templates": None,
+    "l2_grid": None,
+}
 
 
 def _unused(settings: Mapping[str, Any]) -> dict[str, str]:
-    """Setting -> why, for those of :data:`_NOTHING` that the optimizer, schedule or prompter of ``settings`` (a
-    run's, resolved) does not use."""
+    """Setting -> why, for those of :data:`_NOTHING` that the optimizer, schedule, prompter, diversity, head or
+    method of ``settings`` (a run's, resolved) does not use."""
     optimizer, schedule, prompter = settings.get("optimizer"), settings.get("schedule"), settings.get("prompter")
+    method, diversity = settings.get("method"), settings.get("diversity")
     why = {}
     if optimizer != "sgd":
         why["momentum"] = f"only optimizer sgd has momentum, not {optimizer}"
@@ -385,16 +397,46 @@ def _unused(settings: Mapping[str, Any]) -> dict[str, str]:
         why["inner_size"] = (
             f"EVP's shrunk image; prompter {prompter} adds its prompt on top of the whole image (its size: prompt_size)"
         )
+    if diversity != "di":
+        for key in ("di_min_scale", "di_prob"):
+            why[key] = f"only diversity di resizes and pads, not {diversity}"
+    if method == "linprobe":
+        return why  # a probe on frozen features: no head of the model is built
+    why["l2_grid"] = f"the L2 strengths of method linprobe, not {method}"
+    head = _head_of(settings)
+    if head != "linear":
+        why["head_lr"] = f"only head linear is trained with its own lr, not {head or 'the model default'}"
+    if head != "ilm":
+        why["ilm_interval"] = f"only label map ilm is recomputed, not {head or 'the model default'}"
+    if head not in ("text", None):
+        why["templates"] = f"the text prompts of a CLIP text head, not of head {head}"
     return why
 
 
+def _head_of(settings: Mapping[str, Any]) -> str | None:
+    """The head a run's settings ask for, as the model would resolve ``auto``; None where that is unknown."""
+    head, label_map = settings.get("head"), settings.get("label_map")
+    if label_map is not None:
+        return str(label_map)
+    if head != "auto":
+        return str(head)
+    from .backbones import model_kind
+
+    try:
+        return "text" if model_kind(str(settings.get("model"))) == "clip" else "flm"
+    except ValueError:  # an unknown model source: refused when the model is built
+        return None
+
+
 def _refuse_unused(cfg: RunConfig, given: Collection[str]) -> None:
-    """A :class:`SettingError` for a setting in ``given`` that ``cfg``'s optimizer, schedule or prompter would not
-    use: the run would record it, but not apply it."""
+    """A :class:`SettingError` for a setting in ``given`` that ``cfg``'s optimizer, schedule, prompter, diversity,
+    head or method would not use: the run would record it, but not apply it."""
     for key, why in _unused(cfg.to_dict()).items():
         value = getattr(cfg, key)
         if key in given and value != _NOTHING[key]:
-            raise SettingError(key, f"{key} {value:g}: {why}")
+            shown = ",".join(f"{v:g}" for v in value) if isinstance(value, list) else value
+            shown = f"{shown:g}" if isinstance(shown, float) else shown
+            raise SettingError(key, f"{key} {shown}: {why}")
 
 
 def comparable(settings: Mapping[str, Any]) -> dict[str, Any]:
