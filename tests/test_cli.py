@@ -575,6 +575,18 @@ def test_config_file_values_of_the_wrong_type_or_range_name_file_and_key(tmp_pat
     assert str(info.value) == f"{bad}: {message}"
 
 
+def test_a_config_file_that_is_not_yaml_or_is_a_folder_is_one_line_naming_it(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1\nlr: 2\n")
+    with pytest.raises(ValueError) as info:
+        load_yaml(bad)
+    assert (
+        str(info.value) == f"config file {bad} is not valid YAML at line 2, column 3: expected ',' or ']', but got ':'"
+    )
+    with pytest.raises(FileNotFoundError, match=re.escape(f"config file {tmp_path} is a folder; give a YAML file")):
+        load_yaml(tmp_path)
+
+
 def test_a_bad_dataset_option_value_names_the_config_file_it_came_from(tmp_path, capsys):
     config = tmp_path / "run.yaml"
     config.write_text("dataset_options: {n_train: many, n_test: 8}\n")

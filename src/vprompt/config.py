@@ -453,11 +453,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a dict, with dashes in keys accepted as underscores."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
+        raise FileNotFoundError(
+            f"config file {path} " + ("is a folder; give a YAML file" if path.is_dir() else "does not exist")
+        )
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"config file {path} is not valid YAML: {e}") from e
+        mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"config file {path} is not valid YAML{where}: {problem or e}") from e
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
