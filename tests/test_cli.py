@@ -652,6 +652,15 @@ def test_a_setting_the_run_would_not_use_is_refused_where_it_was_given():
     assert resolve_config({"warmup_steps": 100}, check_unused=False).warmup_steps == 100
 
 
+def test_an_output_that_is_a_file_is_refused_before_anything_is_written(tmp_path, capsys):
+    (tmp_path / "afile").write_text("notes")
+    args = tiny_run_args(tmp_path / "afile" / "runs", epochs=1)
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{tmp_path / 'afile'} is a file, and runs are written to a folder; give another --output" in err
+    assert (tmp_path / "afile").read_text() == "notes"
+
+
 def test_a_head_is_checked_where_it_was_given_and_before_the_model_is_built(tmp_path, monkeypatch):
     for key, bad, hint in (("head", "lineer", "linear"), ("label_map", "ilmm", "ilm")):
         with pytest.raises(ValueError, match=rf"h\.yaml: {key} '{bad}' is not one of .*; did you mean {hint}\?"):

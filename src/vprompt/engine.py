@@ -582,6 +582,7 @@ def _run_folder_lock(run_dir: Path, env: DistEnv) -> Iterator[None]:
 
 def fit(cfg: RunConfig) -> dict[str, Any]:
     """Run ``cfg`` end to end in its run folder and return the results (also written to ``results.json``)."""
+    _check_run_folder(cfg)
     with _engine_settings(cfg):
         if cfg.method == "linprobe":  # no prompt to train: logistic regression on cached features
             from .linprobe import fit_linear_probe
@@ -592,6 +593,18 @@ def fit(cfg: RunConfig) -> dict[str, Any]:
             device = resolve_device(cfg.device, env)
             setup_logging(cfg.run_dir, env)  # first, so that nothing this run logs lands in another run's log.txt
             return _fit(cfg, env, device, cfg.run_dir)
+
+
+def _check_run_folder(cfg: RunConfig) -> None:
+    """Refuse a run folder that is, or lies under, a file."""
+    for folder in (cfg.run_dir, *cfg.run_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise FileExistsError(
+                    f"--output {cfg.output} --name {cfg.run_name}: {folder} is a file, and runs are written to a "
+                    "folder; give another --output or --name"
+                )
+            return
 
 
 @contextlib.contextmanager
