@@ -172,6 +172,24 @@ def test_image_folder_skips_hidden_folders_and_files_and_names_a_broken_image(tm
         create_dataset("imagefolder", tmp_path, "train")[4]
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_broken_image_stops_a_run_with_one_line_naming_it(tmp_path, capsys, workers):
+    from vprompt import cli
+
+    from .conftest import tiny_run_args
+
+    _write_folder(tmp_path / "data", "train", ["ant", "bee"], n=4)
+    _write_folder(tmp_path / "data", "test", ["ant", "bee"], n=2)
+    broken = tmp_path / "data" / "train" / "bee" / "2.png"
+    broken.write_text("not an image")
+    folder = ("--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"), "--val-fraction", "0")
+    assert cli.main(tiny_run_args(tmp_path, *folder, "--workers", str(workers), "-b", "4", epochs=1)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "worker process" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"vprompt train: error: {broken}: cannot decode this image") and last.endswith("the file")
+
+
 def test_a_validation_split_that_cannot_be_drawn_says_why(tmp_path, vprompt_caplog):
     _write_folder(tmp_path, "train", ["ant", "bee"], n=1)
     _write_folder(tmp_path, "test", ["ant", "bee"], n=1)

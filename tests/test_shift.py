@@ -70,6 +70,19 @@ def test_cifar_c_severities_slice_the_release(tmp_path):
         cifar_c_dataset(tmp_path, "rain", 1)
 
 
+def test_a_cut_short_or_pickled_file_is_named_and_never_unpickled(tmp_path):
+    from vprompt.errors import DataFileError
+
+    out = _fake_cifar_c(tmp_path, corruptions=("fog", "snow"))
+    fog = (out / "fog.npy").read_bytes()
+    (out / "fog.npy").write_bytes(fog[: len(fog) // 2])  # an interrupted extraction
+    with pytest.raises(DataFileError, match=rf"{out / 'fog.npy'}: cut short or corrupt .*download and extract"):
+        cifar_c_dataset(tmp_path, "fog", 1)
+    np.save(out / "snow.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DataFileError, match=rf"{out / 'snow.npy'}: holds pickled objects, not an array"):
+        cifar_c_dataset(tmp_path, "snow", 1)
+
+
 def test_missing_files_name_the_folder_and_the_download(tmp_path):
     with pytest.raises(DatasetNotFoundError) as e:
         cifar_c_dataset(tmp_path, "fog", 1, classes=100)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .config import DIVERSITIES, HEADS, LABEL_MAPS, OPTIMIZERS, PRECISIONS, PROMPTERS, SCHEDULES, TEMPLATES
-from .errors import USER_ERRORS, CLIError, one_line
+from .errors import USER_ERRORS, CLIError, one_line, user_message
 
 __all__ = ["main", "build_parser"]
 
@@ -447,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as e:
         if not one_line(e):
             raise
-        print(f"vprompt {args.command}: error: {e}", file=sys.stderr)
+        print(f"vprompt {args.command}: error: {user_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         how = "run the same command again" if args.command in ("suite", "demo") else "resume with --resume latest"

@@ -11,9 +11,24 @@ class CLIError(Exception):
     """A user error to print as one line (exit status 2)."""
 
 
+class DataFileError(OSError):
+    """A data file that cannot be read, named in the message with what would fix it."""
+
+
 #: ValueError is here because settings are checked with it; a bug that raises one is shown in full by
 #: setting the environment variable VPROMPT_DEBUG=1.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, CLIError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, DataFileError, CLIError)
+
+
+def user_message(error: BaseException) -> str:
+    """The one line to show for a user error: its message, or for one raised in a data-loading process (which
+    PyTorch re-raises with that process's traceback in the message) the original message."""
+    text = str(error)
+    if "Original Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]  # "vprompt.errors.DataFileError: <the message>"
+    kind, sep, message = last.partition(": ")
+    return message if sep and kind.rsplit(".", 1)[-1] == type(error).__name__ else last
 
 
 def one_line(error: BaseException) -> bool:

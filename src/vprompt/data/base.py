@@ -22,6 +22,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..errors import DataFileError
+
 __all__ = ["ArrayDataset", "FileDataset", "LabeledSubset", "build_transform", "subset", "load_rgb"]
 
 
@@ -65,11 +67,11 @@ class ArrayDataset(Dataset):
 def load_rgb(path: str | Path) -> Image.Image:
     """Open an image file as RGB (grayscale, palette and RGBA images are converted; 16-bit, 32-bit and float
     grayscale are scaled to 8 bits first, where PIL's own conversion would clip them to white). A file that
-    cannot be decoded raises an OSError that names it."""
+    cannot be decoded raises a DataFileError (an OSError) that names it."""
     try:
         return _decode_rgb(path)
     except (OSError, ValueError) as e:  # PIL's messages ("image file is truncated") do not name the file
-        raise OSError(f"{path}: cannot decode this image ({e}); replace or remove the file") from e
+        raise DataFileError(f"{path}: cannot decode this image ({e}); replace or remove the file") from e
 
 
 def _decode_rgb(path: str | Path) -> Image.Image:

@@ -51,6 +51,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..download import DigestMismatch, download_verified, file_digest
+from ..errors import DataFileError
 from .base import ArrayDataset, build_transform
 from .registry import (
     DatasetNotFoundError,
@@ -164,8 +165,7 @@ def cifar_c_dataset(
     for f in ("labels.npy", f"{corruption}.npy"):
         if not (folder / f).is_file():
             raise _missing_cifar_c(folder, classes, f"no {f}")
-    images = np.load(folder / f"{corruption}.npy", mmap_mode="r")
-    labels = np.load(folder / "labels.npy", mmap_mode="r")
+    images, labels = (_load_npy(folder / f) for f in (f"{corruption}.npy", "labels.npy"))
     n_total = len(labels)
     if images.ndim != 4 or images.shape[3] != 3 or len(images) != n_total or n_total % len(SEVERITIES):
         raise ValueError(
@@ -179,6 +179,17 @@ def cifar_c_dataset(
     if len(ys) and (ys.min() < 0 or ys.max() >= len(names)):
         raise ValueError(f"{folder / 'labels.npy'}: labels outside 0..{len(names) - 1}")
     return ArrayDataset(np.array(images[part]), ys, names)  # a copy: the memory map is read-only
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """A memory-mapped array file; one that is cut short or not a plain array (pickled objects are never read)
+    is a :class:`DataFileError` naming it."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        pickled = "allow_pickle" in str(e) or "Python objects" in str(e)
+        reason = "holds pickled objects, not an array" if pickled else f"cut short or corrupt ({e})"
+        raise DataFileError(f"{path}: {reason}; download and extract the archive again") from e
 
 
 def _default_cifar_names(classes: int) -> list[str]:
