@@ -54,6 +54,11 @@ def test_train_then_eval_through_the_cli(tmp_path):
     assert evaluated["n"] == 48
     val = json.loads(_run("eval", "--checkpoint", str(run), "--split", "val", "--json").stdout.splitlines()[-1])
     assert val["acc1"] == pytest.approx(results["val"]["acc1"]) and val["n"] == len(splits["val"])
+    wrong = _run("eval", "--checkpoint", str(run / "last.pt"), check=False)  # the training state, not the prompt
+    assert (
+        wrong.returncode == 2
+        and "last.pt is a run's training state (for --resume); give its prompt.safetensors" in (wrong.stderr)
+    )
 
 
 def f_mask(prompt: torch.Tensor) -> torch.Tensor:
@@ -452,6 +457,26 @@ def test_eval_reads_only_the_files_of_its_split_and_downloads_nothing(tmp_path, 
     val = json.loads(capsys.readouterr().out)  # and the training split's files alone serve --split val
     assert cli.main(["eval", "--checkpoint", run, "--data-dir", str(only_train), "--split", "val", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == val and not (only_train / "mnist").exists()
+
+
+def test_eval_from_another_folder_names_the_runs_relative_paths(tmp_path, monkeypatch, capsys):
+    from vprompt.data.idx import write_idx
+
+    work = tmp_path / "work"
+    (work / "digits").mkdir(parents=True)
+    for part, n in (("train", 40), ("t10k", 10)):
+        write_idx(work / "digits" / f"{part}-images-idx3-ubyte.gz", np.zeros((n, 28, 28), np.uint8))
+        write_idx(work / "digits" / f"{part}-labels-idx1-ubyte.gz", (np.arange(n) % 10).astype(np.uint8))
+    monkeypatch.chdir(work)
+    assert cli.main(tiny_run_args(tmp_path, "--dataset", "mnist", "--data-dir", "digits", epochs=1)) == 0
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    run = str(tmp_path / "run")
+    assert cli.main(["eval", "--checkpoint", run]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith(f"the run's data_dir 'digits' is relative to the folder it was trained from and is not found "
+                        f"from {tmp_path}; pass --data-dir with where it is")  # fmt: skip
+    assert cli.main(["eval", "--checkpoint", run, "--data-dir", str(work / "digits")]) == 0
 
 
 def test_eval_refuses_shift_options_without_shift(tmp_path, capsys):

@@ -124,4 +124,6 @@ def find_checkpoint(path: str | Path, name: str = PROMPT_FILE) -> Path:
         raise FileNotFoundError(f"run folder {path} has no {name}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (give a {name} file or its run folder)")
+    if path.name == LAST_FILE and name != LAST_FILE:
+        raise ValueError(f"{path} is a run's training state (for --resume); give its {name} or the run folder")
     return path

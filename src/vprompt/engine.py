@@ -906,6 +906,14 @@ def _finish(
 # Evaluate-only
 
 
+def _relative_path_missing(value: Any, tags: bool) -> bool:
+    """Whether ``value`` is a relative path that does not exist from here (with ``tags``, a value without a folder
+    in it is a weights tag such as ``openai``, not a path)."""
+    if not isinstance(value, str) or Path(value).is_absolute() or Path(value).exists():
+        return False
+    return not tags or value.startswith(".") or "/" in value or os.sep in value
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     split: str = "test",
@@ -949,6 +957,17 @@ def evaluate_checkpoint(
     flags = {k: v for k, v in flags.items() if v is not None}
     # this machine's device and threads, not the training machine's; downloads only when asked for here
     values = {**config, "resume": None, "threads": None, "device": None, "download": download, **flags}
+    for key in ("pretrained", "data_dir"):
+        saved = values.get(key)
+        if (
+            key not in flags
+            and _relative_path_missing(saved, tags=key == "pretrained")
+            and not (key == "data_dir" and download)
+        ):
+            raise FileNotFoundError(
+                f"{path}: the run's {key} {saved!r} is relative to the folder it was trained from and is not found "
+                f"from {Path.cwd()}; pass --{key.replace('_', '-')} with where it is"
+            )
     cfg = resolve_config(values, str(path), dict.fromkeys(flags, "command line"), check_unused=False)
     _use_threads(cfg)
     env = DistEnv()
