@@ -238,6 +238,8 @@ def test_shots_rows_labels_and_per_method_seeds():
         ({"datasets": ["a"], "methods": ["evp"], "base": {"dataset": "b"}}, "'dataset' is set by the grid"),
         ({"datasets": ["a"], "methods": ["evp"], "base": {"learning_rate": 1}}, "unknown key 'learning_rate'"),
         ({"datasets": ["a"], "methods": ["evp", {"name": "evp", "lr": 1}]}, "give the entries distinct 'label's"),
+        ({"datasets": ["a"], "methods": [{"name": "evp", "label": "../x"}]}, r"methods\[0\]: label '\.\./x' names"),
+        ({"datasets": ["a"], "methods": [{"name": "evp", "label": ".."}]}, "give a name without '/'"),
         ({"datasets": ["a"], "methods": ["evp"], "shots": [0]}, "shots must be positive integers or null"),
         ({"datasets": ["a"], "methods": []}, "'methods' must list at least one method"),
         ({"datasets": ["a"], "methods": ["evp"], "dataset_overrides": {"b": {}}}, "which is not in 'datasets'"),

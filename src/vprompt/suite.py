@@ -223,6 +223,8 @@ def parse_suite(data: dict[str, Any], source: str = "suite config", default_outp
         m = dict(m)
         name = str(m.pop("name"))
         label = str(m.pop("label", name))
+        if not label.strip(". ") or any(c in label for c in "/\\"):
+            raise ValueError(f"{where}: label {label!r} names its runs' folders; give a name without '/' or '\\'")
         seeds_ = _seeds_list(m.pop("seeds"), where) if "seeds" in m else None
         shots_ = _shots_list(m.pop("shots"), where) if "shots" in m else None
         methods.append(MethodEntry(name, label, _settings(m, where), seeds_, shots_))
