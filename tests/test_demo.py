@@ -8,7 +8,7 @@ import yaml
 from PIL import Image
 
 from vprompt import cli
-from vprompt.demo import ARM_DOCS, _suite, demo_arms
+from vprompt.demo import ARM_DOCS, _sources, _suite, demo_arms
 
 from .conftest import shared_data
 
@@ -39,7 +39,7 @@ def test_demo_settings_reach_every_arm(small_data, tmp_path, caplog):
         ["demo", "--data-dir", str(small_data), "--output", str(tmp_path), "--epochs", "2", "--precision", "bf16"]
     )
     settings = cli.demo_settings(args)
-    cells = expand_suite(_suite(settings, args.data_dir, tmp_path))
+    cells = expand_suite(_suite(settings, _sources(args.data_dir), tmp_path))
     assert [c.method for c in cells] == [a["label"] for a in demo_arms(settings, warmup_steps=1)]
     assert all(c.error is None for c in cells)
     trained = [c.cfg for c in cells if c.cfg.epochs]
@@ -134,6 +134,16 @@ def test_a_demo_arm_that_cannot_get_its_files_points_to_the_demos_own_flag(tmp_p
     assert cli.main(["demo", "--output", str(tmp_path / "demo"), "--data-dir", str(mnist_only)]) == 2
     err = capsys.readouterr().err  # MNIST is missing there too: its download fails, and says what the demo takes
     assert "dataset mnist" in err and "both come from its own --data-dir DIR" in err
+
+
+def test_a_demo_data_folder_that_does_not_exist_is_named_and_nothing_is_written(tmp_path, capsys):
+    assert cli.main(["demo", "--output", str(tmp_path / "demo"), "--data-dir", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        f"vprompt demo: error: --data-dir {tmp_path / 'nope'} does not exist: give the folder that holds "
+        "cifar10_resnets/ and mnist/, or leave the flag out to download them"
+    )
+    assert not (tmp_path / "demo").exists()
 
 
 def _run_name(arm: str) -> str:

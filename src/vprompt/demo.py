@@ -126,7 +126,10 @@ def _sources(data_dir: str | Path | None) -> tuple[str, str | None]:
         return "cifar10", None
     root = Path(data_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"--data-dir {root} does not exist")
+        raise FileNotFoundError(
+            f"--data-dir {root} does not exist: give the folder that holds cifar10_resnets/ and mnist/, or leave the "
+            "flag out to download them"
+        )
     ckpt = root / "cifar10_resnets"
     mnist = root / "mnist"
     if not ckpt.is_dir():
@@ -166,10 +169,10 @@ def demo_arms(s: DemoSettings, warmup_steps: int) -> list[dict[str, Any]]:
     return arms
 
 
-def _suite(s: DemoSettings, data_dir: str | Path | None, output: Path) -> Any:
+def _suite(s: DemoSettings, sources: tuple[str, str | None], output: Path) -> Any:
     from .suite import parse_suite
 
-    pretrained, mnist_dir = _sources(data_dir)
+    pretrained, mnist_dir = sources
     base = {
         "model": f"cifar:resnet{s.depth}",
         "pretrained": pretrained,
@@ -240,10 +243,11 @@ def run_demo(
     from .suite import run_suite
 
     s = settings or DemoSettings()
+    sources = _sources(data_dir)  # (its own --data-dir: an error about it needs no hint)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     try:
-        suite = _suite(s, data_dir, output)  # reads (or downloads) MNIST to size VP's warmup
+        suite = _suite(s, sources, output)  # reads (or downloads) MNIST to size VP's warmup
     except FileNotFoundError as e:
         raise FileNotFoundError(_with_data_hint(str(e))) from e
     jobs = s.jobs if s.jobs is not None else default_jobs(s.device)
