@@ -160,8 +160,8 @@ def test_linprobe_through_fit_on_a_classifier_uses_penultimate_features(tmp_path
 
 
 def test_linprobe_resume_ignores_settings_a_probe_does_not_use(tmp_path):
-    assert cli.main(["train", "--method", "linprobe", "--lr", "5", "-b", "64", *_args(tmp_path)[1:]]) == 0
-    assert cli.main([*_args(tmp_path), "-b", "32", "--resume", "latest"]) == 0
+    assert cli.main(["train", "--method", "linprobe", "-b", "64", *_args(tmp_path)[1:]]) == 0
+    assert cli.main([*_args(tmp_path), "-b", "32", "--resume", "latest"]) == 0  # the batch changes no feature
 
 
 def test_linprobe_saves_its_input_size_and_resumes_only_at_it(tmp_path, capsys):
@@ -206,7 +206,8 @@ def test_l2_grid_from_a_file_or_a_flag_is_checked_before_anything_runs(tmp_path,
 
 
 def test_a_probe_refuses_the_settings_of_training_it_would_ignore(tmp_path, capsys):
-    for extra in (["--epochs", "5"], ["--head", "linear"], ["--label-map", "ilm"]):
+    for extra in (["--epochs", "5"], ["--head", "linear"], ["--label-map", "ilm"], ["--lr", "5"],
+                  ["--templates", "ensemble"], ["--prompter", "evp"], ["--diversity", "ref"]):  # fmt: skip
         args = ["train", "--method", "linprobe", *_args(tmp_path)[1:], "--model", "cifar:resnet20", *extra]
         assert cli.main(args) == 2
         assert f"{' '.join(extra)}: a linear probe fits logistic regression" in capsys.readouterr().err
@@ -236,8 +237,8 @@ def test_a_run_config_made_directly_takes_its_methods_recipe(tmp_path):
 
 def test_linprobe_refuses_a_prompter_and_is_no_checkpoint_for_eval(tmp_path, capsys):
     assert cli.main(["train", "--method", "linprobe", "--prompter", "evp", *_args(tmp_path)[1:]]) == 2
-    assert (
-        "--prompter evp: a linear probe reads the frozen model's features without a prompt" in capsys.readouterr().err
+    assert "--prompter evp: a linear probe fits logistic regression on frozen features, with no prompt" in (
+        capsys.readouterr().err
     )
     assert not (tmp_path / "lp").exists()
     threads = torch.get_num_threads()

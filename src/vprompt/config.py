@@ -378,7 +378,21 @@ _NOTHING: dict[str, Any] = {
     "ilm_interval": 1,
     "templates": None,
     "l2_grid": None,
+    # what a linear probe, which trains no prompt, leaves at its recipe's
+    "prompter": "none",
+    "prompt_size": None,
+    "epochs": 0,
+    "head": "auto",
+    "label_map": None,
+    "lr": None,
+    "optimizer": None,
+    "schedule": None,
+    "diversity": "none",
 }
+
+_PROBE_IGNORES = ("prompter", "prompt_size", "inner_size", "epochs", "head", "label_map", "lr", "optimizer",
+                  "schedule", "warmup_steps", "momentum", "weight_decay", "diversity", "head_lr", "ilm_interval",
+                  "templates")  # fmt: skip
 
 
 def _unused(settings: Mapping[str, Any]) -> dict[str, str]:
@@ -401,7 +415,11 @@ def _unused(settings: Mapping[str, Any]) -> dict[str, str]:
         for key in ("di_min_scale", "di_prob"):
             why[key] = f"only diversity di resizes and pads, not {diversity}"
     if method == "linprobe":
-        return why  # a probe on frozen features: no head of the model is built
+        probe = (
+            "a linear probe fits logistic regression on frozen features, with no prompt, epochs, optimizer or head; "
+            "leave it out, or train a linear layer with a prompt (vprompt train --head linear)"
+        )
+        return {**why, **dict.fromkeys(_PROBE_IGNORES, probe)}
     why["l2_grid"] = f"the L2 strengths of method linprobe, not {method}"
     head = _head_of(settings)
     if head != "linear":

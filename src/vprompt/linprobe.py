@@ -323,21 +323,10 @@ def sweep_l2(
 
 
 def _check_settings(cfg: RunConfig) -> None:
-    """Refuse what a probe would ignore, and a run folder that holds a run when not asked to redo it."""
+    """Refuse a run folder that holds a run when not asked to redo it (what a probe would ignore is refused with
+    the settings: :func:`vprompt.config.resolve_config`)."""
     from .engine import _resume_path
 
-    if cfg.prompter != "none":
-        raise ValueError(
-            f"--prompter {cfg.prompter}: a linear probe reads the frozen model's features without a prompt"
-        )
-    ignored = [f"--epochs {cfg.epochs}"] if cfg.epochs else []
-    ignored += [f"--head {cfg.head}"] if cfg.head not in (None, "auto") else []
-    ignored += [f"--label-map {cfg.label_map}"] if cfg.label_map else []
-    if ignored:
-        raise ValueError(
-            f"{', '.join(ignored)}: a linear probe fits logistic regression on frozen features, with no epochs, head "
-            "or label map; leave them out, or train a linear layer with a prompt (vprompt train --head linear)"
-        )
     if cfg.resume not in (None, "latest"):
         raise ValueError(f"--resume {cfg.resume!r}: a linear probe resumes only as 'latest' (reusing cached features)")
     _resume_path(cfg)  # refuses a folder holding a run unless asked to redo it
