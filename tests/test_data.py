@@ -28,6 +28,11 @@ def test_holdout_split_is_stratified_seeded_and_disjoint():
     assert holdout_split(labels, 0.1, seed=4)[1] != val
     with pytest.raises(ValueError, match="--val-fraction"):
         holdout_split(labels, 1.0, seed=0)
+    # a large fraction leaves every class a training image (round(0.8 * 2) would take both of class 0)
+    small = [0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2]
+    train, val = holdout_split(small, 0.8, seed=0)
+    assert np.bincount([small[i] for i in train]).tolist() == [1, 2, 1]
+    assert np.bincount([small[i] for i in val]).tolist() == [1, 6]
 
 
 def test_epoch_order_is_reproducible_and_shards_cover_everything():

@@ -27,8 +27,8 @@ def holdout_split(labels: Sequence[int] | torch.Tensor, fraction: float, seed: i
     """Split indices ``0..N-1`` into (train, val), stratified by label.
 
     Each class gives ``round(fraction * n_class)`` images to validation (at least one when the fraction is
-    positive and the class has two or more), chosen by a generator seeded with ``seed`` alone, so the split does
-    not depend on the training seed. Both lists come back sorted.
+    positive and the class has two or more, and never all: it keeps one for training), chosen by a generator
+    seeded with ``seed`` alone, so the split does not depend on the training seed. Both lists come back sorted.
 
     Raises:
         ValueError: ``fraction`` outside [0, 1).
@@ -43,7 +43,7 @@ def holdout_split(labels: Sequence[int] | torch.Tensor, fraction: float, seed: i
     for c in torch.unique(y).tolist():
         idx = torch.nonzero(y == c).flatten()
         k = round(fraction * len(idx))
-        k = max(k, 1) if len(idx) > 1 else 0
+        k = min(max(k, 1), len(idx) - 1)  # every class keeps a training image
         val.append(idx[torch.randperm(len(idx), generator=gen)[:k]])
     val_idx = torch.cat(val).sort().values
     keep = torch.ones(len(y), dtype=torch.bool)
