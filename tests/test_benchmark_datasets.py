@@ -430,6 +430,8 @@ def test_dmlab_class_folders_and_holdout(tmp_path):
     for split, folders in (("train", ["nearby_apple_melon"] * 3 + ["5"] * 3), ("test", ["far lemon"])):
         for i, folder in enumerate(folders):
             _img(base / split / folder / f"{i}.png")
+    (base / "train" / "5" / "._0.png").write_bytes(b"macOS metadata")  # hidden files and folders are no images
+    _img(base / "train" / ".ipynb_checkpoints" / "x.png")
     _check(_make("dmlab", tmp_path), "dmlab", 6, [5, 5, 5, 0, 0, 0])  # folders sorted: "5" first
     _check(_make("dmlab", tmp_path, "test"), "dmlab", 1, [4])
     data = prepare_data("dmlab", tmp_path, image_size=16, val_fraction=0.34, download=False)

@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 
 from .base import FileDataset
 from .benchmark_base import classnames, map_names
-from .datasets import IMAGE_EXTENSIONS
+from .datasets import class_folders, image_files
 from .registry import DatasetNotFoundError, DatasetOptionError, MissingDependencyError, SplitNotFoundError
 
 __all__ = ["HF_DEFAULTS", "HFImageDataset", "folder_splits", "hub_or_folder_dataset"]
@@ -139,12 +139,7 @@ def folder_dataset(name: str, folder: Path, split: str, transform: Callable[...,
         return FileDataset([(str(folder / images / e[0]), y) for e, y in zip(entries, labels)], names, transform)
     split_dir = folder / split
     if layout == "dirs" and split_dir.is_dir():
-        samples = [
-            (str(f), _label_of_folder(name, c, names))
-            for c in sorted(p for p in split_dir.iterdir() if p.is_dir())
-            for f in sorted(c.rglob("*"))
-            if f.suffix.lower() in IMAGE_EXTENSIONS
-        ]
+        samples = [(str(f), _label_of_folder(name, c, names)) for c in class_folders(split_dir) for f in image_files(c)]
         if samples:
             return FileDataset(samples, names, transform)
     raise DatasetNotFoundError(f"dataset {name}: no {split!r} split under {folder} (expected {_layout(name)})")

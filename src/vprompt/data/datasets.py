@@ -110,6 +110,25 @@ for _k in (10, 100):
     )
 
 
+def _hidden(name: str) -> bool:  # .ipynb_checkpoints/, macOS's ._x.png: no classes or images
+    return name.startswith(".")
+
+
+def class_folders(folder: Path) -> list[Path]:
+    """The class folders in ``folder``, sorted by name, without hidden ones."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not _hidden(p.name))
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files under ``folder`` (at any depth; none when it does not exist), sorted, without hidden files
+    or files in hidden folders."""
+    return [
+        f
+        for f in sorted(folder.rglob("*"))
+        if f.suffix.lower() in IMAGE_EXTENSIONS and not any(map(_hidden, f.relative_to(folder).parts))
+    ]
+
+
 def image_folder_dataset(
     root: Path, split: str = "train", transform: Callable[..., Any] | None = None, download: bool = False
 ) -> FileDataset:
@@ -123,19 +142,11 @@ def image_folder_dataset(
             f"folder per class{'; it has: ' + ', '.join(have) if have else ''})"
         )
 
-    def hidden(name: str) -> bool:  # hidden entries (.ipynb_checkpoints/, macOS's ._x.png) are no classes or images
-        return name.startswith(".")
-
-    if not any(p.is_dir() and not hidden(p.name) for p in folder.iterdir()):
+    if not class_folders(folder):
         raise DatasetNotFoundError(f"dataset imagefolder: {folder} has no class subfolders")
     splits = [Path(root) / s for s in ("train", "val", "test") if (Path(root) / s).is_dir()]
-    classes = sorted({p.name for s in splits for p in s.iterdir() if p.is_dir() and not hidden(p.name)})
-    samples = [
-        (str(f), label)
-        for label, c in enumerate(classes)
-        for f in sorted((folder / c).rglob("*"))  # nothing for a class this split lacks
-        if f.suffix.lower() in IMAGE_EXTENSIONS and not any(map(hidden, f.relative_to(folder).parts))
-    ]
+    classes = sorted({p.name for s in splits for p in class_folders(s)})
+    samples = [(str(f), label) for label, c in enumerate(classes) for f in image_files(folder / c)]
     if not samples:
         raise DatasetNotFoundError(f"dataset imagefolder: no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
     return FileDataset(samples, classes, transform)
