@@ -577,7 +577,9 @@ def test_hf_route_without_the_extra_names_it(tmp_path, monkeypatch):
     ],
 )
 def test_missing_files_is_one_clear_error(tmp_path, name):
-    with pytest.raises(DatasetNotFoundError, match=rf"dataset {name}: files not found under .*--download fetches them"):
+    with pytest.raises(
+        DatasetNotFoundError, match=rf"dataset {name}: files not found (or damaged )?under .*--download fetch"
+    ):
         _make(name, tmp_path / "empty")
 
 
@@ -589,7 +591,9 @@ def test_sun397_is_not_downloaded_and_says_how_to_get_it(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tv_sun397, "download_and_extract_archive", dead_url)
     hint = r"pytorch/vision#9348.*SUN397\.tar\.gz by hand .*docs/DATASETS\.md"
-    with pytest.raises(DatasetNotFoundError, match=rf"dataset sun397: files not found under .*SUN397 .*{hint}"):
+    with pytest.raises(
+        DatasetNotFoundError, match=rf"dataset sun397: files not found or damaged under .*SUN397 .*{hint}"
+    ):
         _make("sun397", tmp_path, download=True)
 
 

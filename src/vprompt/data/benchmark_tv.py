@@ -85,8 +85,9 @@ def _open(name: str, root: Path, download: bool | str, make: Callable[[], Any]) 
         raise MissingDependencyError(f"dataset {name} reads MATLAB files and needs scipy: pip install scipy")
     try:
         return make()
-    except RuntimeError as e:  # torchvision: "Dataset not found (or corrupted)"
-        raise missing(name, root / sub, layout, hint) from e
+    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted" (a file missing, or failing its MD5)
+        found = missing(name, root / sub, layout, hint)
+        raise DatasetNotFoundError(str(found).replace("files not found", "files not found or damaged", 1)) from e
     except OSError as e:  # a failed download (URLError) or a file torchvision expected
         raise DatasetNotFoundError(f"dataset {name}: reading/downloading into {root / sub} failed: {e}") from e
 
