@@ -132,11 +132,15 @@ def map_folders(dataset: str, raw: Sequence[str]) -> list[int]:
 
 
 def missing(
-    dataset: str, folder: Path, layout: str, hint: str | None = "--download fetches them"
+    dataset: str,
+    folder: Path,
+    layout: str,
+    hint: str | None = "--download fetches them",
+    what: str = "files not found",
 ) -> DatasetNotFoundError:
-    """The one-line error for files that are not there: the folder, the expected layout, how to get them."""
+    """The one-line error for files that are not there (``what``): the folder, the expected layout, how to get them."""
     how = f"; {hint}" if hint else ""
-    return DatasetNotFoundError(f"dataset {dataset}: files not found under {folder} (expected {layout}{how})")
+    return DatasetNotFoundError(f"dataset {dataset}: {what} under {folder} (expected {layout}{how})")
 
 
 # ---------------------------------------------------------------------------------------------- seeded splits

@@ -86,8 +86,7 @@ def _open(name: str, root: Path, download: bool | str, make: Callable[[], Any]) 
     try:
         return make()
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted" (a file missing, or failing its MD5)
-        found = missing(name, root / sub, layout, hint)
-        raise DatasetNotFoundError(str(found).replace("files not found", "files not found or damaged", 1)) from e
+        raise missing(name, root / sub, layout, hint, what="files not found or damaged") from e
     except OSError as e:  # a failed download (URLError) or a file torchvision expected
         raise DatasetNotFoundError(f"dataset {name}: reading/downloading into {root / sub} failed: {e}") from e
 
