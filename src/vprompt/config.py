@@ -432,18 +432,19 @@ def _unused(settings: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _head_of(settings: Mapping[str, Any]) -> str | None:
-    """The head a run's settings ask for, as the model would resolve ``auto``; None where that is unknown."""
-    head, label_map = settings.get("head"), settings.get("label_map")
-    if label_map is not None:
-        return str(label_map)
-    if head != "auto":
-        return str(head)
+    """The head a run's settings ask for, as :func:`vprompt.heads.resolve_head` resolves it for the model; the
+    label map where one is given (a head it conflicts with is refused when the model is built); None where the
+    model's kind is unknown."""
     from .backbones import model_kind
+    from .heads import resolve_head
 
+    label_map = settings.get("label_map")
+    head = "auto" if label_map is not None else str(settings.get("head"))
     try:
-        return "text" if model_kind(str(settings.get("model"))) == "clip" else "flm"
+        kind = model_kind(str(settings.get("model"))) if head == "auto" and label_map is None else ""
     except ValueError:  # an unknown model source: refused when the model is built
         return None
+    return resolve_head(head, label_map, kind)
 
 
 def _refuse_unused(cfg: RunConfig, given: Collection[str]) -> None:
