@@ -257,3 +257,22 @@ def test_linprobe_refuses_torchrun(tmp_path, monkeypatch, capsys):
     assert cli.main(_args(tmp_path)) == 2
     assert "launch it without torchrun" in capsys.readouterr().err
     assert not (tmp_path / "lp").exists()  # refused before the run folder is locked (and made)
+
+
+def test_a_stopped_probe_resumes_from_the_splits_already_extracted(tmp_path, monkeypatch):
+    real, calls = linprobe.extract_features, []
+
+    def stop_at_test(backbone, prompter, ds, *args, **kwargs):
+        calls.append(len(ds))
+        if len(calls) == 3:  # train, val, then the test split: stopped there
+            raise KeyboardInterrupt
+        return real(backbone, prompter, ds, *args, **kwargs)
+
+    monkeypatch.setattr(linprobe, "extract_features", stop_at_test)
+    assert cli.main(_args(tmp_path)) == 130  # (the status of a run stopped by Ctrl-C)
+    assert (tmp_path / "lp" / "features.safetensors").is_file() and not (tmp_path / "lp" / "results.json").exists()
+    calls.clear()
+    monkeypatch.setattr(linprobe, "extract_features", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    assert cli.main(_args(tmp_path, "--resume", "latest")) == 0
+    assert calls == [60]  # only the 60 test images were extracted again
+    assert json.loads((tmp_path / "lp" / "results.json").read_text())["test"]["n"] == 60

@@ -5,8 +5,8 @@ Protocol (the CLIP paper's, on this project's splits):
 1. Extract features once with the frozen backbone and no prompt (the images are only resized to the backbone's input
    size S): a CLIP ViT's pooled features before its projection (other CLIP models: the image embedding), or a
    classifier's penultimate features (the input of its classifier layer). They
-   are cached in the run folder (``features.safetensors``) and reused when the run is repeated with the same data and
-   model (``--resume latest``).
+   are cached in the run folder (``features.safetensors``, written after each split) and reused when the run is
+   repeated or resumed after a stop with the same data and model (``--resume latest``).
 2. Standardize with the training features' mean and std, then fit ``softmax(W x + b)`` by full-batch L-BFGS on
    ``mean cross-entropy + l2 / 2 * ||W||^2`` (the bias is not penalized) for every strength of the sweep
    (``--l2-grid``, default ``10^-6 .. 10^2`` in half-decade steps), from the strongest to the weakest, each started
@@ -370,21 +370,20 @@ def _fit_probe(cfg: RunConfig, env: DistEnv, device: torch.device) -> dict[str, 
 
     key = _cache_key(cfg, prompter.input_size, data)
     cache_path = run_dir / FEATURES_FILE
-    cached = _load_cache(cache_path, key)
+    cached = _load_cache(cache_path, key) or {}
     start = time.perf_counter()
-    if cached is None:
-        cached = {}
+    parts = {"train": data.train, "val": data.val, "test": data.test}
+    for part, ds in parts.items():
+        if ds is None:
+            continue
+        if f"{part}_x" in cached:
+            _log.info("linprobe: reusing cached %s features from %s", part, cache_path)
+            continue
         bs = cfg.eval_batch_size or cfg.batch_size
-        parts = {"train": data.train, "val": data.val, "test": data.test}
-        for part, ds in parts.items():
-            if ds is None:
-                continue
-            x, y = extract_features(backbone, prompter, ds, device, bs, cfg.precision, cfg.workers)
-            cached[f"{part}_x"], cached[f"{part}_y"] = x, y
-            _log.info("linprobe: %s features %s", part, tuple(x.shape))
-        _save_cache(cache_path, cached, key)
-    else:
-        _log.info("linprobe: reusing cached features %s", cache_path)
+        x, y = extract_features(backbone, prompter, ds, device, bs, cfg.precision, cfg.workers)
+        cached[f"{part}_x"], cached[f"{part}_y"] = x, y
+        _log.info("linprobe: %s features %s", part, tuple(x.shape))
+        _save_cache(cache_path, cached, key)  # after each split: a run stopped later keeps what was extracted
     feature_seconds = time.perf_counter() - start
 
     def part(name: str) -> tuple[Tensor, Tensor] | None:
