@@ -246,6 +246,16 @@ def test_eval_reports_each_shifted_set_next_to_the_test_accuracy(tmp_path, monke
     err = capsys.readouterr().err
     assert "CIFAR-10-C" in err and "zenodo.org" in err and "Traceback" not in err
 
+    # A shift set that is the test split itself (WILDS' ood_test) takes the test evaluation, not a second pass.
+    def build_again():
+        raise AssertionError("the test split was evaluated twice")
+
+    same = shift_mod.ShiftSet("synthetic/ood_test", build_again, "synthetic", split="test")
+    monkeypatch.setitem(shift_mod._SHIFTS, "synthetic", lambda root, **options: [same])
+    assert cli.main([*args, "--shift", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["shift"]["synthetic/ood_test"]["acc1"] == again["acc1"] == result["acc1"]
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # WILDS
@@ -316,6 +326,7 @@ def test_wilds_adapter_maps_splits_and_class_names(tmp_path, fake_wilds):
         create_dataset("camelyon17", tmp_path, "id_test")
     sets = find_shift_sets("camelyon17", tmp_path)
     assert [s.name for s in sets] == ["camelyon17/ood_val", "camelyon17/ood_test"]
+    assert [s.split for s in sets] == [None, "test"]  # the test split itself (evaluated once by eval --shift)
     assert [s.name for s in find_shift_sets("fmow", tmp_path)] == ["fmow/id_test", "fmow/ood_val", "fmow/ood_test"]
     fmow = create_dataset("fmow", tmp_path, "train")
     assert len(fmow.classnames) == 62 and fmow.classnames[:2] == ["airport", "airport_hangar"]

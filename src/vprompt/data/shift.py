@@ -305,6 +305,8 @@ class ShiftSet:
         corruption: the corruption (CIFAR-C), else None.
         severity: 1..5 (CIFAR-C), else None.
         default: part of the default selection (``--shift`` without names) and of the summary means.
+        split: the dataset's own split this set is, if it is one (WILDS ``ood_test`` is the ``test`` split): an
+            evaluation of that split is reused for it, not run again.
     """
 
     name: str
@@ -313,6 +315,7 @@ class ShiftSet:
     corruption: str | None = None
     severity: int | None = None
     default: bool = True
+    split: str | None = None
 
 
 #: ``builder(root, transform=, download=, classnames=, **dataset_options) -> list[ShiftSet]``
@@ -606,7 +609,7 @@ def _wilds_sets(
     splits, _ = WILDS_DATASETS[name]
     wanted = [s for s in _EVAL_SPLITS if s in splits and s != val_split]
     build = partial(wilds_dataset, root, transform=transform, download=download, name=name, val_split=val_split)
-    return [ShiftSet(f"{name}/{s}", partial(build, s), name) for s in wanted]
+    return [ShiftSet(f"{name}/{s}", partial(build, s), name, split="test" if s == "ood_test" else None) for s in wanted]
 
 
 for _name, (_splits, _doc) in WILDS_DATASETS.items():
