@@ -121,10 +121,11 @@ def cifar_c_folder(root: str | Path | None, classes: int = 10) -> Path:
 
 def _missing_cifar_c(folder: Path, classes: int, what: str) -> DatasetNotFoundError:
     url = CIFAR_C[classes][1]
-    return DatasetNotFoundError(
-        f"CIFAR-{classes}-C: {what} in {folder} (download {url} and extract it into {folder.parent}, "
-        "or pass --download)"
-    )
+    if folder.is_dir():  # --download fetches only into a folder that is not there
+        how = f"complete it from {url}, or delete it and pass --download"
+    else:
+        how = f"download {url} and extract it into {folder.parent}, or pass --download"
+    return DatasetNotFoundError(f"CIFAR-{classes}-C: {what} in {folder} ({how})")
 
 
 def _available_corruptions(folder: Path) -> list[str]:
