@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vprompt.backbones import OPENAI_CLIP_MEAN, create_backbone
+from vprompt.backbones import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, create_backbone
 from vprompt.build import PromptedModel
 from vprompt.heads import ClipTextHead, build_text_classifier, clean_classname
 from vprompt.prompters import create_prompter
@@ -19,10 +19,10 @@ def test_backbone_is_frozen_even_after_train(tiny_backbone):
 
 
 def test_backbone_applies_its_own_normalization(tiny_backbone):
-    assert torch.allclose(tiny_backbone.mean.flatten(), torch.tensor(OPENAI_CLIP_MEAN))
     x = torch.rand(2, 3, 64, 64)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD))
     with torch.no_grad():
-        expected = tiny_backbone.model.encode_image((x - tiny_backbone.mean) / tiny_backbone.std)
+        expected = tiny_backbone.model.encode_image((x - mean) / std)
         assert torch.allclose(tiny_backbone(x), expected)
 
 
@@ -96,19 +96,22 @@ def test_fixed_input_size_is_enforced(tiny_backbone):
         tiny_backbone.check_input_size(96)
 
 
+OPENAI, HALF = (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD), ((0.5,) * 3, (0.5,) * 3)
+
+
 @pytest.mark.parametrize(
-    ("name", "pretrained", "weights_like", "quick_gelu", "mean"),
+    ("name", "pretrained", "weights_like", "quick_gelu", "mean_std"),
     [
-        ("ViT-B-32", "openai", None, True, OPENAI_CLIP_MEAN),  # OpenAI's weights were trained with QuickGELU
-        ("ViT-L-14", "FILE", "laion2b_s32b_b82k", False, (0.5, 0.5, 0.5)),  # eval --pretrained FILE of that tag
-        ("ViT-B-32", "FILE", "openai", True, OPENAI_CLIP_MEAN),
-        ("ViT-L-14", "FILE", None, False, OPENAI_CLIP_MEAN),  # a bare file, tags that differ: open_clip's own
-        ("PE-Core-B-16", "FILE", None, False, (0.5, 0.5, 0.5)),  # a bare file: what every tag of it shares
-        ("RN50", "FILE", "elsewhere/weights.bin", True, OPENAI_CLIP_MEAN),  # (a run trained from a file names one)
+        ("ViT-B-32", "openai", None, True, OPENAI),  # OpenAI's weights were trained with QuickGELU
+        ("ViT-L-14", "FILE", "laion2b_s32b_b82k", False, HALF),  # eval --pretrained FILE of that tag
+        ("ViT-B-32", "FILE", "openai", True, OPENAI),
+        ("ViT-L-14", "FILE", None, False, OPENAI),  # a bare file, tags that differ: open_clip's own
+        ("PE-Core-B-16", "FILE", None, False, HALF),  # a bare file: what every tag of it shares
+        ("RN50", "FILE", "elsewhere/weights.bin", True, OPENAI),  # (a run trained from a file names one)
     ],
 )
 def test_open_clip_weights_get_the_activation_and_normalization_they_were_trained_with(
-    monkeypatch, tmp_path, name, pretrained, weights_like, quick_gelu, mean
+    monkeypatch, tmp_path, name, pretrained, weights_like, quick_gelu, mean_std
 ):
     import open_clip
     from open_clip.transformer import QuickGELU
@@ -128,7 +131,8 @@ def test_open_clip_weights_get_the_activation_and_normalization_they_were_traine
     backbone = create_backbone(name, pretrained=pretrained, weights_like=weights_like)
     assert (seen["name"], seen["pretrained"]) == (name, pretrained)
     assert any(isinstance(m, QuickGELU) for m in backbone.model.modules()) == quick_gelu
-    assert torch.allclose(backbone.mean.flatten(), torch.tensor(mean))
+    assert torch.allclose(backbone.mean.flatten(), torch.tensor(mean_std[0]))
+    assert torch.allclose(backbone.std.flatten(), torch.tensor(mean_std[1]))
 
 
 def test_clip_head_logits_stay_fp32_under_autocast():

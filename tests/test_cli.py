@@ -548,10 +548,12 @@ def test_vprompt_debug_shows_the_traceback_of_a_user_error(tmp_path, monkeypatch
 
 def test_every_precision_the_flag_offers_has_an_autocast():
     x = torch.randn(2, 4)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    assert sorted(PRECISIONS) == sorted(dtypes)
     for precision in PRECISIONS:
         with engine.autocast(torch.device("cpu"), precision):
             y = torch.nn.functional.linear(x, torch.randn(3, 4))
-        assert y.dtype == (torch.float32 if precision == "fp32" else engine._DTYPES[precision]), precision
+        assert y.dtype == dtypes[precision], precision
     with pytest.raises(ValueError, match="--precision: unknown precision 'fp8' \\(choose from fp32, bf16, fp16\\)"):
         engine.autocast(torch.device("cpu"), "fp8")
 

@@ -221,9 +221,15 @@ def test_missing_folder_is_a_clear_error(tmp_path):
 
 
 def test_transform_is_shrink_then_crop():
-    img = Image.fromarray(np.zeros((40, 80, 3), np.uint8))
-    assert build_transform(20)(img).shape == (3, 20, 20)
-    assert build_transform(20, random_crop=True)(img).shape == (3, 20, 20)
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 80, 3), dtype=np.uint8)
+    img = Image.fromarray(pixels)
+    shrunk = np.asarray(img.resize((40, 20), Image.BICUBIC))  # the shorter side to 20, the aspect ratio kept
+    centre = build_transform(20)(img)
+    assert centre.dtype == torch.uint8 and centre.shape == (3, 20, 20)
+    assert np.array_equal(centre.permute(1, 2, 0).numpy(), shrunk[:, 10:30])
+    for _ in range(5):  # a training crop is some 20 x 20 window of the same shrunk image
+        crop = build_transform(20, random_crop=True)(img).permute(1, 2, 0).numpy()
+        assert any(np.array_equal(crop, shrunk[:, j : j + 20]) for j in range(21))
 
 
 def test_16bit_and_float_grayscale_images_decode_to_their_8bit_values(tmp_path):

@@ -118,7 +118,10 @@ def test_random_patch_moves_in_training_and_not_in_eval():
     assert len(places) > 1
     p.eval()
     assert torch.equal(p(x), p(x))
-    assert torch.count_nonzero(p(x)[..., 4:, :]) == 0
+    out = p(x)
+    assert torch.count_nonzero(out[..., :4, :4]) == 3 * 4 * 4  # at the top-left corner...
+    out[..., :4, :4] = 0
+    assert torch.count_nonzero(out) == 0  # ... and nowhere else
 
 
 def test_prompters_never_normalize_identity_is_resize_only():

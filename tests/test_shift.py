@@ -90,7 +90,7 @@ def test_missing_files_name_the_folder_and_the_download(tmp_path):
     assert str(tmp_path / "CIFAR-100-C") in msg and "https://zenodo.org/records/3555552/files/CIFAR-100-C.tar" in msg
     _fake_cifar_c(tmp_path, corruptions=("fog",))
     with pytest.raises(DatasetNotFoundError, match="no snow.npy in") as e:
-        cifar_c_dataset(tmp_path, "snow", 1, download=True)  # a folder there is not downloaded again...
+        cifar_c_dataset(tmp_path, "snow", 1, download=True)  # a folder that is there is not fetched again
     assert "complete it from https://zenodo.org" in str(e.value) and "delete it and pass --download" in str(e.value)
     with pytest.raises(DatasetNotFoundError, match="zenodo.org/records/2535967/files/CIFAR-10-C.tar"):
         find_shift_sets("cifar10", tmp_path / "elsewhere")

@@ -441,7 +441,7 @@ def test_a_finished_run_made_at_a_size_now_left_to_the_model_is_another_run(tmp_
 
     def grid(**sizes):
         base = {"model": "cifar:resnet20", "epochs": 1, "batch_size": 16, "log_every": 0, "device": "cpu",
-                "dataset_options": {"n_train": 32, "n_test": 16}, **sizes}  # fmt: skip
+                "dataset_options": {"n_train": 32, "n_test": 16}, "l2_grid": [0.01], **sizes}  # fmt: skip
         return parse_suite({"base": base, "datasets": ["synthetic"], "methods": ["evp", "zeroshot", "linprobe", "vp"]})
 
     made = run_suite(grid(input_size=48), output=tmp_path / "48", quiet=True)
