@@ -10,13 +10,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vprompt.backbones import IMAGENET_MEAN, IMAGENET_STD, OPENAI_CLIP_MEAN, create_backbone, list_models
+from vprompt.backbones import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    OPENAI_CLIP_MEAN,
+    create_backbone,
+    list_models,
+    planned_input_size,
+)
 from vprompt.build import PromptedModel
 from vprompt.classifiers import ClassifierBackbone
 from vprompt.heads import LabelMappingHead
 from vprompt.prompters import create_prompter
 
-from .conftest import shared_data
+from .conftest import TINY_MODEL, shared_data
 
 RESNETS = shared_data() / "cifar10_resnets"
 JPEGS = shared_data() / "cifar10_test_jpeg"
@@ -151,6 +158,17 @@ def test_a_torchvision_weights_file_gets_the_size_of_the_models_own_weights(tmp_
     random_init = create_backbone("tv:efficientnet_b3", pretrained="none")
     assert from_file.input_size == random_init.input_size == 300  # as with --pretrained default, not 224
     assert from_file.source_classnames[0] == "tench"
+    # Before it is built: the weights named tell (a file or random weights: only the built model)
+    assert planned_input_size("tv:efficientnet_b3", "default") == (300, False)
+    assert planned_input_size("tv:vit_b_16", "IMAGENET1K_SWAG_E2E_V1") == (384, True)
+    assert planned_input_size("tv:efficientnet_b3", str(tmp_path / "b3.pth")) is None
+    assert planned_input_size("tv:efficientnet_b3", "none") is None
+
+
+@pytest.mark.parametrize("name", ["cifar:resnet20", "timm:test_vit", "timm:test_efficientnet", TINY_MODEL])
+def test_a_models_input_size_is_known_before_it_is_built(name):
+    backbone = create_backbone(name, pretrained="none")
+    assert planned_input_size(name) == (backbone.input_size, backbone.fixed_input_size)
 
 
 def test_a_torchvision_vit_keeps_the_one_size_it_was_built_for(monkeypatch):

@@ -348,6 +348,13 @@ def test_a_mistyped_model_or_dataset_option_is_an_invalid_run(monkeypatch):
     options = {"datasets": ["synthetic"], "methods": ["vp"], "base": {"dataset_options": {"bogus": 1}}}
     cells = expand_suite(parse_suite(options))  # told by a dry run, not found only when the run starts
     assert cells[0].cfg is None and "(vp on synthetic): dataset 'synthetic' has no option 'bogus'" in cells[0].error
+    # Sizes the model does not take, told from its config: nothing is built or fetched.
+    monkeypatch.setattr("vprompt.backbones.create_backbone", lambda *a, **k: pytest.fail("no model is built"))
+    sizes = {"datasets": ["synthetic"], "methods": [{"name": "evp", "model": "cifar:resnet20", "inner_size": 40},
+                                                    {"name": "vp", "input_size": 96}]}  # fmt: skip
+    cells = expand_suite(parse_suite(sizes))
+    assert cells[0].cfg is None and "--inner-size 40 must be smaller than --input-size 32" in cells[0].error
+    assert cells[1].cfg is None and "model 'ViT-B-32', which takes 224-pixel inputs" in cells[1].error
     # A source registered without a checker (its lister gives examples) leaves the name to its factory.
     from vprompt import backbones
 

@@ -108,11 +108,7 @@ class FrozenBackbone(nn.Module):
 
     def check_input_size(self, size: int) -> None:
         """Raise a clear error when ``size`` cannot be fed to this model."""
-        if self.fixed_input_size and size != self.input_size:
-            raise ValueError(
-                f"input size {size} (--input-size, or input_size in a config file) does not fit model {self.name!r}, "
-                f"which takes {self.input_size}-pixel inputs; leave it out or set it to {self.input_size}"
-            )
+        check_input_size(self.name, size, self.input_size, self.fixed_input_size)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, kind={self.kind!r}, input_size={self.input_size}"
@@ -165,6 +161,21 @@ class OpenCLIPBackbone(FrozenBackbone):
 # Registry
 
 
+def check_input_size(name: str, size: int, input_size: int, fixed: bool) -> None:
+    """Raise a clear error when ``size`` cannot be fed to model ``name``, which takes ``input_size``-pixel inputs
+    (only those where ``fixed``)."""
+    if fixed and size != input_size:
+        raise ValueError(
+            f"input size {size} (--input-size, or input_size in a config file) does not fit model {name!r}, "
+            f"which takes {input_size}-pixel inputs; leave it out or set it to {input_size}"
+        )
+
+
+#: ``sizer(name, pretrained)``: (input size, whether only that size fits) of a model as it will be built, or None
+#: where only the built model tells (e.g. a torchvision ViT's size from a weights file).
+Sizer = Callable[[str, Any], tuple[int, bool] | None]
+
+
 @dataclass(frozen=True)
 class _Source:
     factory: Callable[..., FrozenBackbone]
@@ -172,6 +183,7 @@ class _Source:
     description: str
     checker: Callable[[str], None] | None = None
     kind: str = "classifier"
+    sizer: Sizer | None = None
 
 
 _SOURCES: dict[str, _Source] = {}
@@ -185,15 +197,17 @@ def register_backbone_source(
     description: str = "",
     checker: Callable[[str], None] | None = None,
     kind: str = "classifier",
+    sizer: Sizer | None = None,
 ) -> None:
     """Register a model source, reached as ``"<prefix>:<name>"``.
 
     ``factory(name, pretrained=..., **kwargs)`` returns a :class:`FrozenBackbone`; ``lister()`` returns example or
     known names (without the prefix) for ``vprompt list models``; ``checker(name)``, where given, raises ValueError
     for a name the source does not have (see :func:`listed_names`), so that a suite can tell without building it.
-    ``kind`` is its backbones' :attr:`FrozenBackbone.kind`, which decides a run's default head before one is built.
+    ``kind`` is its backbones' :attr:`FrozenBackbone.kind`, which decides a run's default head before one is built;
+    ``sizer`` (see :data:`Sizer`), where given, tells a model's input size before it is built.
     """
-    _SOURCES[prefix] = _Source(factory, lister, description, checker, kind)
+    _SOURCES[prefix] = _Source(factory, lister, description, checker, kind, sizer)
 
 
 def listed_names(lister: Callable[[], list[str]], prefix: str = "") -> Callable[[str], None]:
@@ -214,6 +228,14 @@ def check_model(name: str) -> None:
     checker = _SOURCES[source].checker
     if checker is not None:
         checker(model_name)
+
+
+def planned_input_size(name: str, pretrained: Any = None) -> tuple[int, bool] | None:
+    """(input size, whether only that size fits) of ``--model name`` with ``--pretrained pretrained``, without
+    building it; None where its source cannot tell before."""
+    source, model_name = _split_name(name)
+    sizer = _SOURCES[source].sizer
+    return sizer(model_name, pretrained) if sizer is not None else None
 
 
 def model_kind(name: str) -> str:
@@ -295,6 +317,17 @@ def _create_open_clip(
     return OpenCLIPBackbone(model, open_clip.get_tokenizer(name), name=name)
 
 
+def _open_clip_size(name: str, pretrained: Any = None) -> tuple[int, bool] | None:
+    import open_clip
+
+    _add_packaged_configs()
+    cfg = open_clip.get_model_config(name)  # (None for a model of the HF hub: known once it is fetched)
+    if not cfg:
+        return None
+    size = cfg.get("vision_cfg", {}).get("image_size", 224)
+    return int(size[0] if isinstance(size, (tuple, list)) else size), True
+
+
 def _settings_of_every_tag(name: str, tags: Sequence[str]) -> dict[str, Any]:
     """For a weights file that names no tag: the normalization and activation all of ``name``'s pretrained
     ``tags`` share (SigLIP's mean and std of 0.5, the OpenAI ResNets' QuickGELU), else open_clip's defaults."""
@@ -335,6 +368,7 @@ register_backbone_source(
     "open_clip CLIP models (bare names)",
     listed_names(_list_open_clip),
     kind="clip",
+    sizer=_open_clip_size,
 )
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .backbones import FrozenBackbone, create_backbone
+from .backbones import FrozenBackbone, check_input_size, create_backbone, planned_input_size
 from .config import HEADS, RunConfig
 from .heads import (
     LABEL_MAPS,
@@ -95,6 +95,16 @@ def build_prompter(cfg: RunConfig, backbone: FrozenBackbone) -> Prompter:
         if getattr(cfg, key) is None:
             setattr(cfg, key, value)
     return prompter.to(backbone.mean.device)
+
+
+def check_sizes(cfg: RunConfig) -> None:
+    """Raise ValueError, as :func:`build_prompter` would, where ``cfg``'s sizes do not fit its model, told before
+    the model is built or its weights downloaded (where its source can tell the model's input size)."""
+    sized = planned_input_size(cfg.model, cfg.pretrained)
+    if sized is not None:
+        size, fixed = sized
+        check_input_size(cfg.model, cfg.input_size or size, size, fixed)
+        planned_sizes(cfg, size)
 
 
 def planned_sizes(cfg: RunConfig, model_input_size: int) -> dict[str, int]:

@@ -277,19 +277,35 @@ def _create_timm(
     if not getattr(model, "num_classes", 0):
         raise ValueError(f"model timm:{name} has no classifier (num_classes 0); it cannot give source logits")
     cfg = model.pretrained_cfg
-    size = int(cfg.get("input_size", (3, 224, 224))[-1])
+    size, fixed = _timm_size_of(cfg)
     return ClassifierBackbone(
         model,
         mean=cfg.get("mean", IMAGENET_MEAN),
         std=cfg.get("std", IMAGENET_STD),
         input_size=size,
-        fixed_input_size=bool(cfg.get("fixed_input_size", False)),
+        fixed_input_size=fixed,
         name=f"timm:{name}",
         num_source_classes=model.num_classes,
         feature_fn=_timm_features,
         source_classnames=_imagenet_classnames(model.num_classes),
         classifier=model.get_classifier(),
     )
+
+
+def _timm_size_of(cfg: Any) -> tuple[int, bool]:
+    """(input size, fixed) from a timm pretrained config (a dict, or timm's PretrainedCfg)."""
+    cfg = cfg if isinstance(cfg, dict) else cfg.to_dict()
+    return int(cfg.get("input_size", (3, 224, 224))[-1]), bool(cfg.get("fixed_input_size", False))
+
+
+def _timm_size(name: str, pretrained: Any = None) -> tuple[int, bool] | None:
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(name)  # what timm.create_model(name) sets as the model's pretrained_cfg
+    except RuntimeError:  # an unknown tag: the factory tells
+        return None
+    return _timm_size_of(cfg) if cfg is not None else None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -321,6 +337,25 @@ def _default_tv_weights(name: str) -> Any:
         return tvm.get_model_weights(name).DEFAULT
     except (KeyError, ValueError, AttributeError):
         return None
+
+
+def _tv_fixed(name: str) -> bool:
+    """Whether torchvision model ``name`` takes only its own input size (its ViTs and MaxViT)."""
+    return name.startswith(("vit_", "maxvit_"))
+
+
+def _tv_size(name: str, pretrained: Any = None) -> tuple[int, bool] | None:
+    """The size of torchvision weights given by name (the default ones included); None for random weights or a
+    weights file, whose size the built model tells (a ViT's from its position embeddings)."""
+    import torchvision.models as tvm
+
+    if _is_none(pretrained) or (not _is_default(pretrained) and Path(str(pretrained)).expanduser().exists()):
+        return None
+    try:
+        weights = tvm.get_model_weights(name).verify("DEFAULT" if _is_default(pretrained) else str(pretrained))
+    except (KeyError, ValueError, TypeError):  # an unknown weights name: the factory tells
+        return None
+    return int(weights.transforms().crop_size[0]), _tv_fixed(name)
 
 
 def _create_tv(name: str, pretrained: str | Path | None = None, **_: Any) -> ClassifierBackbone:
@@ -360,7 +395,7 @@ def _create_tv(name: str, pretrained: str | Path | None = None, **_: Any) -> Cla
         if hasattr(model, "transform_input"):  # GoogLeNet, Inception v3: as torchvision's builder sets with weights,
             model.transform_input = True  # their published weights expect (0.5, 0.5, 0.5) statistics, made from ours
     path, num_classes = _classifier_layer(model)
-    fixed = isinstance(model, (tvm.VisionTransformer, tvm.MaxVit))
+    fixed = _tv_fixed(name)
     # A weights file or random weights take their statistics and size from the default weights' transforms
     # (metadata only, nothing is downloaded): EfficientNet-B3 is a 300-pixel model whichever way it was loaded.
     described = weights if weights is not None else _default_tv_weights(name)
@@ -401,6 +436,10 @@ def _cifar_features(model: nn.Module, x: Tensor) -> Tensor:
     return model.forward_features(x)
 
 
+def _cifar_size(name: str, pretrained: Any = None) -> tuple[int, bool]:
+    return 32, False  # CIFAR's images; any size fits (global average pooling)
+
+
 def _create_cifar(
     name: str,
     pretrained: str | Path | None = None,
@@ -419,12 +458,13 @@ def _create_cifar(
         pretrained = "cifar10"
     model = create_cifar_resnet(depth, pretrained=pretrained, cache_dir=cache_dir, download=download)
     mean, std = CIFAR10_MEAN_STD
+    size, fixed = _cifar_size(name)
     return ClassifierBackbone(
         model,
         mean=mean,
         std=std,
-        input_size=32,
-        fixed_input_size=False,
+        input_size=size,
+        fixed_input_size=fixed,
         name=f"cifar:{name}",
         num_source_classes=model.num_classes,
         feature_fn=_cifar_features,
@@ -439,6 +479,7 @@ register_backbone_source(
     _list_timm,
     "timm classifiers, any timm name (--pretrained default | FILE | none)",
     _check_timm_name,
+    sizer=_timm_size,
 )
 register_backbone_source(
     "tv",
@@ -446,6 +487,7 @@ register_backbone_source(
     _list_tv,
     "torchvision classifiers (--pretrained default | IMAGENET1K_V1 | FILE | none)",
     listed_names(_list_tv, "tv:"),
+    sizer=_tv_size,
 )
 register_backbone_source(
     "cifar",
@@ -453,4 +495,5 @@ register_backbone_source(
     _list_cifar,
     "CIFAR-10 ResNets (--pretrained FILE | FOLDER | cifar10 | none)",
     listed_names(_list_cifar, "cifar:"),
+    sizer=_cifar_size,
 )

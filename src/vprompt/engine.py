@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .backbones import model_kind
-from .build import PromptedModel, build_backbone, build_head, build_prompter, to_float_rgb
+from .build import PromptedModel, build_backbone, build_head, build_prompter, check_sizes, to_float_rgb
 from .checkpoint import LAST_FILE, PROMPT_FILE, atomic_write, load_prompt, load_state, save_prompt, save_state
 from .config import RunConfig, check_precision, comparable, resolve_config
 from .data import DataSplits, check_dataset, make_loader, prepare_data
@@ -454,6 +454,7 @@ def _build_for_run(
     Seeded first, so that a randomly initialized backbone or prompt is the same in training and in evaluation."""
     check_dataset(cfg.dataset, cfg.dataset_options)  # a mistyped name is told before a model is downloaded
     resolve_head(cfg.head, cfg.label_map, model_kind(cfg.model))  # and so is a mistyped or conflicting head
+    check_sizes(cfg)  # and sizes that do not fit the model
     torch.manual_seed(torch_seed(cfg.seed))
     backbone = build_backbone(cfg, device, weights_like)
     prompter = build_prompter(cfg, backbone)

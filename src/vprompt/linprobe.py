@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .backbones import FrozenBackbone
-from .build import build_backbone, build_prompter, to_float_rgb
+from .build import build_backbone, build_prompter, check_sizes, to_float_rgb
 from .checkpoint import atomic_write
 from .config import RunConfig, l2_strengths
 from .data import DataSplits, check_dataset, default_data_dir, make_loader, no_validation_reason
@@ -357,6 +357,7 @@ def _fit_probe(cfg: RunConfig, env: DistEnv, device: torch.device) -> dict[str, 
     setup_logging(run_dir, env)
 
     check_dataset(cfg.dataset, cfg.dataset_options)  # a mistyped name is told before a model is downloaded
+    check_sizes(cfg)  # and so is an input size the model does not take
     torch.manual_seed(torch_seed(cfg.seed))  # a randomly initialized backbone is then the same on every rerun
     backbone = build_backbone(cfg, device)
     prompter = build_prompter(cfg, backbone)  # the "none" prompter: resize to S only; sets cfg's input size

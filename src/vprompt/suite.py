@@ -313,6 +313,7 @@ def expand_suite(suite: SuiteConfig, output: str | Path | None = None) -> list[S
     """Every run of the grid, dataset by dataset. Cells whose settings do not resolve (an unknown method or
     dataset, e.g. one not installed yet) come back with ``cfg=None`` and the reason in ``error``."""
     from .backbones import check_model
+    from .build import check_sizes
     from .data import check_dataset, get_dataset_spec
 
     out = str(output) if output is not None else suite.output
@@ -333,6 +334,7 @@ def expand_suite(suite: SuiteConfig, output: str | Path | None = None) -> list[S
                     where = f"{suite.source} ({m.label} on {dataset})"
                     cfg = resolve_config(values, source=where, check_unused=set(m.overrides))
                     check_model(cfg.model)  # a mistyped name is invalid in a dry run too, not a new run
+                    check_sizes(cfg)  # as are sizes that do not fit the model
                     if ds_error is None:
                         try:
                             check_dataset(dataset, cfg.dataset_options)  # as is a mistyped dataset option
