@@ -139,8 +139,17 @@ def test_a_download_removes_what_a_killed_one_left_and_spares_one_in_progress(tm
         part.write_bytes(b"partial")
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     monkeypatch.setattr("urllib.request.urlopen", lambda url, timeout: _Response(b"data"))
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append("fsync") or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: calls.append("replace") or real_replace(a, b))
     download_verified("https://example.org/f.bin", tmp_path / "f.bin", hashlib.sha256(b"data").hexdigest())
     assert sorted(p.name for p in tmp_path.iterdir()) == [current.name, "f.bin"]
+    # Whole on the disk before it has its name, and readable by others as any file made here (not mkstemp's 0600).
+    assert calls == ["fsync", "replace", "fsync"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_mnist_download_verifies_md5_and_is_reused(tmp_path, monkeypatch):

@@ -43,14 +43,20 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes private files; artifacts get the usual permissions
-        _fsync(tmp)
-        os.replace(tmp, path)
+        move_into_place(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def move_into_place(tmp: str | Path, path: str | Path) -> None:
+    """Rename the finished temporary file ``tmp`` (made by ``mkstemp`` beside ``path``) to ``path``, with the usual
+    permissions, its bytes on the disk before the rename and the rename on the disk before this returns."""
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes private files; artifacts get the usual permissions
+    _fsync(tmp)
+    os.replace(tmp, path)
     if os.name == "posix":  # the rename itself is recorded in the folder (Windows opens no folder)
-        _fsync(path.parent)
+        _fsync(Path(path).parent)
 
 
 def _fsync(path: str | Path) -> None:

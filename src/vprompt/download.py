@@ -102,9 +102,11 @@ def download_verified(url: str, dest: str | Path, expected: str, algorithm: str 
         except http.client.HTTPException as e:  # IncompleteRead, BadStatusLine: not OSErrors, unlike the rest
             raise ConnectionError(f"{url}: {type(e).__name__}: {first_line(e) or 'bad response'}") from e
         got = digest.hexdigest()
-        if got != expected:
+        if got != expected.lower():  # (hexdigest is lower case; a published digest may not be)
             raise DigestMismatch(f"{url}: {algorithm.upper()} {got}, expected {expected}")
-        os.replace(tmp, dest)
+        from .checkpoint import move_into_place
+
+        move_into_place(tmp, dest)  # readable by others, and whole after a crash of the machine
         return dest
     finally:
         Path(tmp).unlink(missing_ok=True)
