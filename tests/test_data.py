@@ -236,6 +236,7 @@ def test_16bit_and_float_grayscale_images_decode_to_their_8bit_values(tmp_path):
     from PIL import Image
 
     from vprompt.data.base import load_rgb
+    from vprompt.errors import DataFileError
 
     ramp = np.arange(0, 65536, 257, dtype=np.uint16).reshape(16, 16)  # 0, 257, ..., 65535
     Image.fromarray(ramp).save(tmp_path / "g16.png")
@@ -244,6 +245,9 @@ def test_16bit_and_float_grayscale_images_decode_to_their_8bit_values(tmp_path):
     assert np.array_equal(np.asarray(load_rgb(tmp_path / "g16.png"))[..., 0], expected)  # PIL alone: 99 % white
     Image.fromarray(expected.astype(np.float32) / 255).save(tmp_path / "f.tif")
     assert np.array_equal(np.asarray(load_rgb(tmp_path / "f.tif"))[..., 1], expected)
+    Image.fromarray(np.full((4, 4), 1_500_000, dtype=np.int32)).save(tmp_path / "i32.tif")  # beyond 16 bits
+    with pytest.raises(DataFileError, match="i32.tif: cannot decode .* outside 0..65535"):
+        load_rgb(tmp_path / "i32.tif")
     Image.fromarray(ramp // 256).save(tmp_path / "dark.pgm")  # a dark 16-bit image: all its values below 256
     assert Image.open(tmp_path / "dark.pgm").mode == "I"  # as Pillow opens 16-bit PGM (and, once, PNG) files
     assert np.asarray(load_rgb(tmp_path / "dark.pgm")).max() <= 1  # as dark as it is, not read as 8-bit

@@ -54,9 +54,17 @@ def test_mnist_crop_keeps_the_central_box(tmp_path):
     images, _ = _write_mnist(tmp_path, "train", 12, gz=False)
     cropped = create_dataset("mnist", tmp_path, "train", crop="20")  # as --dataset-option crop=20 gives it
     assert torch.equal(cropped.images[:, 0], torch.from_numpy(images[:, 4:24, 4:24]))
-    for bad in (29, 0, "abc", 20.5, True):
-        with pytest.raises(ValueError, match=re.escape(f"crop={bad!r} must be a whole number from 1 to 28")):
+    with pytest.raises(ValueError, match=re.escape("crop=29 must be a whole number from 1 to 28")):
+        create_dataset("mnist", tmp_path, "train", crop=29)
+    for bad in (0, "abc", 20.5, True):
+        with pytest.raises(ValueError, match=re.escape(f"crop={bad!r} must be a whole number >= 1")):
             create_dataset("mnist", tmp_path, "train", crop=bad)
+    # IDX digits of another size: the bound and the centre are theirs
+    small, _ = _write_mnist(tmp_path / "small", "train", 4, gz=False, size=16)
+    cropped = create_dataset("mnist", tmp_path / "small", "train", crop=8)
+    assert torch.equal(cropped.images[:, 0], torch.from_numpy(small[:, 4:12, 4:12]))
+    with pytest.raises(ValueError, match=re.escape("crop=20 must be a whole number from 1 to 16")):
+        create_dataset("mnist", tmp_path / "small", "train", crop=20)
 
 
 def test_official_train_set_is_preferred_over_train10k_and_subfolders_are_searched(tmp_path):

@@ -65,9 +65,9 @@ class ArrayDataset(Dataset):
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image file as RGB (grayscale, palette and RGBA images are converted; 16-bit, 32-bit and float
-    grayscale are scaled to 8 bits first, where PIL's own conversion would clip them to white). A file that
-    cannot be decoded raises a DataFileError (an OSError) that names it."""
+    """Open an image file as RGB (grayscale, palette and RGBA images are converted; 16-bit and float grayscale are
+    scaled to 8 bits first, where PIL's own conversion would clip them to white). A file that cannot be decoded, or
+    integer grayscale beyond 16 bits, raises a DataFileError (an OSError) that names it."""
     try:
         return _decode_rgb(path)
     except (OSError, ValueError) as e:  # PIL's messages ("image file is truncated") do not name the file
@@ -79,6 +79,10 @@ def _decode_rgb(path: str | Path) -> Image.Image:
         if img.mode.startswith("I") or img.mode == "F":
             a = np.asarray(img, dtype=np.float64)
             if img.mode.startswith("I"):  # 16-bit files open as I;16 or, with older Pillow, as I
+                if a.max(initial=0) > 65535 or a.min(initial=0) < 0:
+                    raise ValueError(
+                        "integer grayscale outside 0..65535 has no one 8-bit reading; save it as 8 or 16 bits"
+                    )
                 a = a / 257.0  # 0..65535 -> 0..255
             elif a.max(initial=0) <= 1.01:  # float images hold 0..1 (with some overshoot) or 0..255
                 a = a * 255.0

@@ -130,9 +130,8 @@ def mnist_dataset(
     ``crop`` keeps the central ``crop`` x ``crop`` pixels (20: the box NIST's digits were scaled into, without the
     black margin that centring them in 28 x 28 added)."""
     root = Path(root)
-    side = None
     if crop not in (None, ""):
-        side = whole_option("mnist", "crop", crop, 1, 28)  # pixels
+        whole_option("mnist", "crop", crop, 1)  # told before a download; the bound is the images' side (below)
     found = find_mnist_files(root, split)
     if found is None:
         prefix = _MNIST_PREFIXES[split][0]
@@ -151,7 +150,8 @@ def mnist_dataset(
     images, labels = read_idx(found[0]), read_idx(found[1])
     _check_pair(images, labels, found)
     _log.info("mnist %s: %d digits from %s", split, len(labels), found[0].parent)
-    if side is not None:
+    if crop not in (None, ""):
+        side = whole_option("mnist", "crop", crop, 1, min(images.shape[1:]))  # pixels
         top, left = (images.shape[1] - side) // 2, (images.shape[2] - side) // 2
         images = np.ascontiguousarray(images[:, top : top + side, left : left + side])
     return ArrayDataset(images, labels.astype(np.int64), DIGIT_CLASSES)
