@@ -135,10 +135,17 @@ def test_open_clip_weights_get_the_activation_and_normalization_they_were_traine
     assert torch.allclose(backbone.std.flatten(), torch.tensor(mean_std[1]))
 
 
-def test_clip_head_logits_stay_fp32_under_autocast():
+@pytest.mark.parametrize("kind", ["text", "linear"])
+def test_head_logits_stay_fp32_under_autocast(kind):
+    from vprompt.heads import LinearHead
+
     torch.manual_seed(0)
     text = torch.nn.functional.normalize(torch.randn(100, 32), dim=-1)
-    head = ClipTextHead(text, 100.0)
+    if kind == "text":
+        head = ClipTextHead(text, 100.0)
+    else:
+        head = LinearHead(32, 100)
+        head.linear.weight.data, head.linear.bias.data = 100 * text, torch.zeros(100)
     feats = text[torch.randint(0, 100, (256,))] + 0.3 * torch.randn(256, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = head(feats)

@@ -308,7 +308,8 @@ class LinearHead(Head):
         self.lr = float(lr)
 
     def forward(self, features: Tensor) -> Tensor:
-        return self.linear(features)
+        with torch.autocast(features.device.type, enabled=False):  # fp32 logits, as the other heads give: bf16 ties
+            return self.linear(features.float())
 
     def extra_repr(self) -> str:
         return f"lr={self.lr:g}"
