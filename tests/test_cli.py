@@ -182,6 +182,15 @@ def test_a_finished_run_redone_and_interrupted_keeps_no_results_of_other_setting
     monkeypatch.setattr(engine, "_write_json", real_write)
     assert cli.main([*args, "--resume", "latest", "--eval-every", "2"]) == 0 and (run / "results.json").is_file()
 
+    # So is a run that trains nothing (no last.pt to resume: redone from the start), its first config kept.
+    zeroshot, run = tiny_run_args(tmp_path, "--method", "zeroshot", "--epochs", "0", name="zs"), tmp_path / "zs"
+    assert cli.main(zeroshot) == 0
+    first = (run / "config.yaml").read_text()
+    monkeypatch.setattr(engine, "_write_json", stop_at_results)
+    assert cli.main([*zeroshot, "--resume", "latest", "--precision", "bf16"]) == 130
+    assert not (run / "results.json").exists() and (run / "config.yaml").read_text() == first
+    assert yaml.safe_load((run / "config.resumed.yaml").read_text())["config"]["precision"] == "bf16"
+
 
 class _Sneaky:
     def __reduce__(self):  # what unpickling it would run

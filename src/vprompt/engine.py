@@ -690,7 +690,8 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
     config = cfg.to_dict()
     metrics_path = run_dir / "metrics.jsonl"
     if env.is_main:
-        _write_run_files(cfg, data, run_dir, resume_from is not None, model.backbone.input_size)
+        # (a run redone from the start, having no last.pt, is resumed too: its results go before anything else)
+        _write_run_files(cfg, data, run_dir, cfg.resume is not None, model.backbone.input_size)
         source = resume_from.parent if resume_from is not None else run_dir
         _rewind_run_files(run_dir, source, start_epoch, best, best_state, config, data.classnames)
         _log.info(
