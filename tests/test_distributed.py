@@ -146,3 +146,16 @@ def test_processes_that_would_resume_from_different_epochs_are_refused(monkeypat
         engine._check_same_start(3, DistEnv(0, 2, 0), torch.device("cpu"))
     monkeypatch.setattr(engine, "all_reduce_sum", lambda t, world_size: t.fill_(3))
     engine._check_same_start(3, DistEnv(0, 2, 0), torch.device("cpu"))  # the same epoch: no error
+
+
+def test_under_torchrun_each_process_takes_its_own_gpu(monkeypatch):
+    from vprompt import engine
+    from vprompt.distributed import DistEnv
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # (no GPU is touched: devices are only named)
+    second = DistEnv(1, 2, 1)
+    assert engine.resolve_device("cuda", second) == engine.resolve_device(None, second) == torch.device("cuda", 1)
+    assert engine.resolve_device("cuda:1", second) == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match="--device cuda:0 under torchrun: each process takes its own GPU"):
+        engine.resolve_device("cuda:0", second)  # both processes on GPU 0
+    assert engine.resolve_device("cuda:0", DistEnv()) == torch.device("cuda", 0)  # one process: any GPU

@@ -174,7 +174,12 @@ def resolve_device(device: str | None, env: DistEnv | None = None) -> torch.devi
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-        if env is not None and env.enabled and dev.index is None:
+        if env is not None and env.enabled:
+            if dev.index not in (None, env.local_rank):  # (every process would share one GPU)
+                raise ValueError(
+                    f"--device {device} under torchrun: each process takes its own GPU (process {env.local_rank} "
+                    f"cuda:{env.local_rank}); pass --device cuda, or CUDA_VISIBLE_DEVICES to choose the GPUs"
+                )
             dev = torch.device("cuda", env.local_rank)
     return dev
 
