@@ -154,7 +154,7 @@ def _small_suite(tmp_path, **extra):
     )
 
 
-def test_table_mean_std_partial_and_failed_cells(tmp_path, monkeypatch, capsys):
+def test_table_mean_std_partial_and_failed_cells(tmp_path, monkeypatch, capsys, vprompt_caplog):
     for name in ("d1", "d2"):
         monkeypatch.setitem(data_registry._REGISTRY, name, DatasetSpec(name=name, builder=synthetic_dataset))
     accs = {(m, d, s): 50.0 + 10 * (m == "vp") + 5 * (d == "d2") + s * s for m in ("evp", "vp") for d in ("d1", "d2")
@@ -189,8 +189,12 @@ def test_table_mean_std_partial_and_failed_cells(tmp_path, monkeypatch, capsys):
     assert sorted(calls) == sorted(fail)
     assert "(2/3)" not in (tmp_path / "suite_results.md").read_text()
 
+    vprompt_caplog.clear()
     with pytest.raises(RuntimeError, match="simulated"):
         run_suite(_small_suite(tmp_path / "again"), fit=_fake_fit(accs, fail), fail_fast=True)
+    started = [r.getMessage() for r in vprompt_caplog.records if "starting" in r.getMessage()]
+    assert len(started) == 4 and "vp on d1, seed 1: starting" in started[-1]  # the failing run, told as it started
+    assert "vp on d1, seed 1 failed: RuntimeError" in vprompt_caplog.records[-1].getMessage()
 
 
 def test_a_failure_of_the_users_making_is_logged_without_a_traceback(tmp_path, monkeypatch, vprompt_caplog):
@@ -240,6 +244,7 @@ def test_shots_rows_labels_and_per_method_seeds():
         ({"datasets": ["a"], "methods": ["evp", {"name": "evp", "lr": 1}]}, "give the entries distinct 'label's"),
         ({"datasets": ["a"], "methods": [{"name": "evp", "label": "../x"}]}, r"methods\[0\]: label '\.\./x' names"),
         ({"datasets": ["a"], "methods": [{"name": "evp", "label": ".."}]}, "give a name without '/'"),
+        ({"datasets": ["a"], "methods": [{"name": "evp", "label": "a|b"}]}, "a table row; give a name without"),
         ({"datasets": ["a"], "methods": ["evp"], "shots": [0]}, "shots must be positive integers or null"),
         ({"datasets": ["a"], "methods": []}, "'methods' must list at least one method"),
         ({"datasets": ["a"], "methods": ["evp"], "dataset_overrides": {"b": {}}}, "which is not in 'datasets'"),
@@ -344,7 +349,9 @@ def test_untrained_methods_take_only_their_settings_from_the_shared_base(tmp_pat
 
 def test_a_mistyped_model_or_dataset_option_is_an_invalid_run(monkeypatch):
     cells = expand_suite(parse_suite({"datasets": ["synthetic"], "methods": ["vp"], "base": {"model": "ViT-B-23"}}))
-    assert cells[0].cfg is None and "unknown --model 'ViT-B-23'; did you mean ViT-B-32" in cells[0].error
+    assert cells[0].cfg is None and "(vp on synthetic): unknown --model 'ViT-B-23'; did you mean" in cells[0].error
+    cells = expand_suite(parse_suite({"datasets": ["nosuch"], "methods": [{"name": "vp", "label": None}]}))
+    assert cells[0].cfg is None and "(vp on nosuch): unknown --dataset 'nosuch'" in cells[0].error  # (label: null)
     options = {"datasets": ["synthetic"], "methods": ["vp"], "base": {"dataset_options": {"bogus": 1}}}
     cells = expand_suite(parse_suite(options))  # told by a dry run, not found only when the run starts
     assert cells[0].cfg is None and "(vp on synthetic): dataset 'synthetic' has no option 'bogus'" in cells[0].error

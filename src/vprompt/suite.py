@@ -222,9 +222,13 @@ def parse_suite(data: dict[str, Any], source: str = "suite config", default_outp
             raise ValueError(f"{where} must be a method name or a mapping with a 'name'")
         m = dict(m)
         name = str(m.pop("name"))
-        label = str(m.pop("label", name))
-        if not label.strip(". ") or any(c in label for c in "/\\"):
-            raise ValueError(f"{where}: label {label!r} names its runs' folders; give a name without '/' or '\\'")
+        label = m.pop("label", None)
+        label = name if label is None else str(label)  # (label: null, as if left out)
+        if not label.strip(". ") or any(c in label for c in "/\\|"):
+            raise ValueError(
+                f"{where}: label {label!r} names its runs' folders and a table row; give a name without '/', '\\' "
+                "or '|'"
+            )
         seeds_ = _seeds_list(m.pop("seeds"), where) if "seeds" in m else None
         shots_ = _shots_list(m.pop("shots"), where) if "shots" in m else None
         methods.append(MethodEntry(name, label, _settings(m, where), seeds_, shots_))
@@ -328,21 +332,21 @@ def expand_suite(suite: SuiteConfig, output: str | Path | None = None) -> list[S
             for seed in m.seeds or suite.seeds:
                 values = _cell_settings(suite, dataset, m)
                 values.update(dataset=dataset, method=m.name, seed=seed, shots=shots, output=out)
-                cfg, error = None, ds_error
+                where = f"{suite.source} ({m.label} on {dataset})"
+                cfg, error = None, ds_error and f"{where}: {ds_error}"
                 try:
                     # a shared setting a method does not use is no error of its (only its entry's own are)
-                    where = f"{suite.source} ({m.label} on {dataset})"
                     cfg = resolve_config(values, source=where, check_unused=set(m.overrides))
-                    check_model(cfg.model)  # a mistyped name is invalid in a dry run too, not a new run
-                    check_sizes(cfg)  # as are sizes that do not fit the model
-                    if ds_error is None:
-                        try:
-                            check_dataset(dataset, cfg.dataset_options)  # as is a mistyped dataset option
-                        except ValueError as e:
-                            raise ValueError(f"{suite.source} ({m.label} on {dataset}): {e}") from None
+                    try:
+                        check_model(cfg.model)  # a mistyped name is invalid in a dry run too, not a new run
+                        check_sizes(cfg)  # as are sizes that do not fit the model
+                        if ds_error is None:
+                            check_dataset(dataset, cfg.dataset_options)  # and a mistyped dataset option
+                    except ValueError as e:
+                        raise ValueError(f"{where}: {e}") from None
                     if cfg.shots and cfg.train_fraction:
                         raise ValueError(
-                            f"{suite.source} ({m.label} on {dataset}): {shots}-shot and train_fraction "
+                            f"{where}: {shots}-shot and train_fraction "
                             f"{cfg.train_fraction} together; give one of them (e.g. set train_fraction per method)"
                         )
                     if m.label != m.name:  # the run name with the label in place of the method
@@ -466,6 +470,7 @@ def run_suite(
 
     pending = {id(c): _record(c, "pending") for c in cells}
     queue: list[tuple[str, SuiteCell, RunConfig]] = []
+    verb: dict[int, str] = {}
     for i, (cell, (state, why)) in enumerate(zip(cells, states)):
         tag = f"[{i + 1}/{len(cells)}] {cell.method} on {cell.dataset}, seed {cell.seed}" + (
             f", {cell.shots}-shot" if cell.shots else ""
@@ -480,26 +485,30 @@ def run_suite(
             pending[id(cell)] = _record(cell, "done", _read_results(cell))
         else:
             assert cell.cfg is not None
-            _log.info("suite %s: %s %s", tag, "resuming" if state == "resume" else "starting", cell.cfg.run_dir)
+            verb[id(cell)] = "resuming" if state == "resume" else "starting"
             queue.append((tag, cell, dataclasses.replace(cell.cfg, resume="latest")))
+    parallel = jobs > 1 and len(queue) > 1
+    for tag, cell, cfg in queue if parallel else ():  # (one at a time, each is told as it starts)
+        _log.info("suite %s: queued (%s) %s", tag, verb[id(cell)], cfg.run_dir)
 
     def finished(tag: str, cell: SuiteCell, outcome: dict[str, Any] | BaseException) -> None:
         if isinstance(outcome, BaseException):  # one failing run must not stop the grid
-            if fail_fast:
-                raise outcome
             trace = None if one_line(outcome) else outcome  # a bad setting or missing file is one line
             _log.error("suite %s failed: %s: %s", tag, type(outcome).__name__, outcome, exc_info=trace)
+            if fail_fast:
+                raise outcome
             pending[id(cell)] = _record(cell, "failed", error=f"{type(outcome).__name__}: {outcome}")
         else:
             pending[id(cell)] = _record(cell, "done", outcome)
         write_tables([pending[id(c)] for c in cells], suite, table_dir)  # current while the grid runs
 
-    if jobs > 1 and len(queue) > 1:
+    if parallel:
         _fetch_data_once([cfg for _, _, cfg in queue])
         _run_parallel(queue, jobs, finished)
     else:
         fit = fit or (lambda cfg: engine.fit(cfg))
         for tag, cell, cfg in queue:
+            _log.info("suite %s: %s %s", tag, verb[id(cell)], cfg.run_dir)
             try:
                 outcome: dict[str, Any] | BaseException = fit(cfg)
             except Exception as e:  # logged, recorded or re-raised by finished()
