@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import yaml
 from safetensors import safe_open
 
 from vprompt import cli, engine
-from vprompt.config import PRECISIONS, load_yaml, resolve_config
+from vprompt.config import PRECISIONS, check_recipe_kept, load_yaml, resolve_config
 
 from .conftest import ROOT, TINY_MODEL, tiny_run_args
 
@@ -394,6 +395,40 @@ def test_pretrained_none_is_random_weights_from_a_file_or_the_command_line(tmp_p
     assert resolve_config({"pretrained": "openai"}).pretrained == "openai"
 
 
+def test_the_command_line_undoes_a_files_settings(tmp_path):
+    file = tmp_path / "c.yaml"
+    file.write_text("deterministic: true\nshots: 2\ntrain_fraction: 0.5\n")
+
+    def values(*flags):
+        return resolve_config(cli._run_values(cli.build_parser().parse_args(["train", "-c", str(file), *flags]))[0])
+
+    assert (values().deterministic, values().shots, values().train_fraction) == (True, 2, 0.5)
+    undone = values("--no-deterministic", "--shots", "none", "--train-fraction", "None")
+    assert (undone.deterministic, undone.shots, undone.train_fraction) == (False, None, None)
+
+
+def test_a_method_or_optimizer_over_a_file_made_for_another_is_refused(tmp_path, capsys):
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    args = ["train", "--dataset", "synthetic", "--output", str(tmp_path)]
+    assert cli.main([*args, "-c", str(configs / "vp_clip_vitb32.yaml"), "--method", "evp"]) == 2
+    err = capsys.readouterr().err
+    assert "method evp over " in err and "spells out method vp's recipe (optimizer sgd, lr 40," in err, err
+    assert cli.main([*args, "-c", str(configs / "evp_clip_vitb32.yaml"), "--optimizer", "adamw"]) == 2
+    assert "optimizer adamw over " in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+    # Given with what they need, or over settings that are not another method's recipe: as asked
+    evp = load_yaml(configs / "evp_clip_vitb32.yaml")
+    check_recipe_kept({"optimizer": "adamw", "lr": 0.3}, evp, "command line", "evp.yaml")
+    check_recipe_kept({"method": "vp"}, {"method": "evp", "epochs": 1000, "batch_size": 8}, "command line", "f.yaml")
+
+
+def test_dataset_option_values_read_as_yaml_else_as_given():
+    assert cli._key_value("crop=020") == ("crop", 20)  # decimal, not YAML 1.1's octal
+    assert cli._key_value("pattern=*.jpg") == ("pattern", "*.jpg")  # not YAML (an alias): the text
+    assert cli._key_value("sizes=[1, 2]") == ("sizes", [1, 2]) and cli._key_value("flip=true") == ("flip", True)
+    assert cli._key_value("test-size=-5") == ("test_size", -5)
+
+
 def test_a_run_without_threads_gets_the_process_count_not_the_last_runs(monkeypatch):
     monkeypatch.setattr(engine, "_BASE_THREADS", [3])  # as a suite worker holding its share of the cores
     threads = torch.get_num_threads()
@@ -622,6 +657,11 @@ def test_a_config_file_that_is_not_yaml_or_is_a_folder_is_one_line_naming_it(tmp
     )
     with pytest.raises(FileNotFoundError, match=re.escape(f"config file {tmp_path} is a folder; give a YAML file")):
         load_yaml(tmp_path)
+    bad.write_bytes(b"\xff\xfe lr: 1\n")  # UTF-16, say
+    with pytest.raises(
+        ValueError, match=re.escape(f"config file {bad} is not UTF-8 text (invalid start byte at byte 0)")
+    ):
+        load_yaml(bad)
 
 
 def test_a_bad_dataset_option_value_names_the_config_file_it_came_from(tmp_path, capsys):

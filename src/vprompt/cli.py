@@ -28,12 +28,28 @@ _log = logging.getLogger("vprompt")
 
 
 def _key_value(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE``, the value read as in a YAML file (a number, true, a list), else taken as the text given."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     import yaml
 
-    return key.replace("-", "_"), yaml.safe_load(value)
+    if value.strip().isdigit():
+        return key.replace("-", "_"), int(value)  # decimal: YAML 1.1 would read 020 as octal 16
+    try:
+        return key.replace("-", "_"), yaml.safe_load(value)
+    except yaml.YAMLError:  # *.jpg, a: b: c
+        return key.replace("-", "_"), value
+
+
+def _or_none(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type that also takes ``none``: unset (a value of a config file undone)."""
+
+    def parse(text: str) -> Any:
+        return None if text.strip().lower() == "none" else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its errors ("invalid int value")
+    return parse
 
 
 def _add_head_options(g: Any, training: bool) -> None:
@@ -113,8 +129,13 @@ def _add_run_options(p: argparse.ArgumentParser, training: bool = True, heads: b
     g.add_argument("--eval-batch-size", type=int, default=S, help="evaluation batch size (the batch size)")
     g.add_argument("--val-fraction", type=float, default=S, help="training data held out for validation (0.1)")
     g.add_argument("--split-seed", type=int, default=S, help="seed of the validation split and few-shot draw (0)")
-    g.add_argument("--shots", type=int, default=S, metavar="K", help="train on K images per class (few-shot)")
-    g.add_argument("--train-fraction", type=float, default=S, metavar="F", help="train on this share of each class")
+    g.add_argument(
+        "--shots", type=_or_none(int), default=S, metavar="K", help="train on K images per class (few-shot; none: all)"
+    )
+    g.add_argument(
+        "--train-fraction", type=_or_none(float), default=S, metavar="F",
+        help="train on this share of each class (none: all)",
+    )  # fmt: skip
     g.add_argument("--precision", default=S, choices=PRECISIONS, help="autocast precision")
     g.add_argument("--device", default=S, help="cuda, cuda:1, cpu (default: cuda if available)")
     g.add_argument("--workers", type=int, default=S, help="data-loading processes for image files (4)")
@@ -125,7 +146,7 @@ def _add_run_options(p: argparse.ArgumentParser, training: bool = True, heads: b
     if training:
         g.add_argument("--resume", default=S, metavar="latest|PATH", help="continue from last.pt")
         g.add_argument(
-            "--deterministic", action="store_true", default=S,
+            "--deterministic", action=argparse.BooleanOptionalAction, default=S,
             help="deterministic GPU kernels: a GPU run repeats exactly (may be slower; a CPU run always does)",
         )  # fmt: skip
 
@@ -285,7 +306,7 @@ def _run_values(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str
 
     zeroshot and linprobe take from a config file only the settings they offer as flags, so that the file of a
     training run can be reused for them; the others (a prompt, an optimizer, epochs) are named and left out."""
-    from .config import check_dataset_options, load_yaml, under
+    from .config import check_dataset_options, check_recipe_kept, load_yaml, under
 
     values: dict[str, Any] = {}
     file = getattr(args, "config_file", None)
@@ -297,6 +318,8 @@ def _run_values(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str
     sources = dict.fromkeys(values, str(file))
     skip = {"func", "command", "config_file", "offered"}
     cli = {k: v for k, v in vars(args).items() if k not in skip}
+    if file:
+        check_recipe_kept(cli, values, "command line", str(file))
     from_file = check_dataset_options(values.get("dataset_options"), str(file)) if file else {}
     if "dataset_options" in cli:
         from_file = {k: v for k, v in from_file.items() if k not in dict(cli["dataset_options"])}

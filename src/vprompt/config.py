@@ -294,6 +294,29 @@ def method_recipe(method: str, source: str) -> dict[str, Any]:
     return {k: v for k, v in METHODS[method].items() if not k.startswith("_")}
 
 
+def check_recipe_kept(later: Mapping[str, Any], earlier: Mapping[str, Any], later_source: str, source: str) -> None:
+    """Refuse a ``later`` layer of settings (the command line) that changes the method or the optimizer of an
+    ``earlier`` one (a config file, named ``source``) whose settings were made for the old ones: the old method's
+    recipe spelled out (a VP file under ``--method evp`` would train VP's prompt, named evp), or a learning rate
+    that is a step size for the old optimizer."""
+    old, new = earlier.get("method"), later.get("method")
+    if old is not None and new is not None and old != new and old in METHODS and new in METHODS:
+        ours, theirs = method_recipe(old, source), method_recipe(new, later_source)
+        kept = [k for k in ours if k in earlier and k not in later and earlier[k] != theirs.get(k)]
+        if kept:
+            spelled = ", ".join(f"{k} {earlier[k]}" for k in kept)
+            raise ValueError(
+                f"{later_source}: method {new} over {source}, which spells out method {old}'s recipe ({spelled}); "
+                f"those would stay: give them for {new} too, or use a config file of {new}"
+            )
+    old_opt, new_opt = earlier.get("optimizer"), later.get("optimizer")
+    if old_opt is not None and new_opt not in (None, old_opt) and "lr" in earlier and "lr" not in later:
+        raise ValueError(
+            f"{later_source}: optimizer {new_opt} over {source}, whose lr {earlier['lr']} is a step size for "
+            f"{old_opt}; give --lr for {new_opt} too"
+        )
+
+
 def list_methods() -> dict[str, str]:
     """Method name -> one-line description."""
     return {k: v.get("_doc", "") for k, v in sorted(METHODS.items())}
@@ -476,7 +499,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
             f"config file {path} " + ("is a folder; give a YAML file" if path.is_dir() else "does not exist")
         )
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"config file {path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8"
+        ) from e
     except yaml.YAMLError as e:
         mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
