@@ -312,6 +312,12 @@ def test_dtd(tmp_path):
     for bad in (11, "x"):
         with pytest.raises(ValueError, match=f"partition={bad!r} must be one of 1..10"):
             _make("dtd", tmp_path, partition=bad)
+    (base / "labels" / "test1.txt").unlink()  # a file missing inside a folder that is there: the layout is told
+    with pytest.raises(
+        DatasetNotFoundError,
+        match=r"labels/test1\.txt'? \(expected dtd/.*; complete the folder, or delete it and pass --download\)",
+    ):
+        _make("dtd", tmp_path, "test")
 
 
 def test_clevr_count(tmp_path):
@@ -326,6 +332,13 @@ def test_clevr_count(tmp_path):
         (base / "scenes" / f"CLEVR_{split}_scenes.json").write_text(json.dumps({"scenes": scenes}))
     _check(_make("clevr_count", tmp_path), "clevr_count", 3, [0, 7, 2])
     _check(_make("clevr_count", tmp_path, "test"), "clevr_count", 1, [1])  # test = CLEVR's val
+    (base / "images" / "val" / ".DS_Store").write_bytes(b"")  # a file no scene names: named, not a KeyError
+    with pytest.raises(ValueError, match=r"images/val/\.DS_Store has no scene in CLEVR_val_scenes\.json; remove it"):
+        _make("clevr_count", tmp_path, "test")
+    for f in (base / "images" / "val").iterdir():  # the images of a split missing: no empty split
+        f.unlink()
+    with pytest.raises(DatasetNotFoundError, match=r"clevr_count: files not found .*no images in its images/val/"):
+        _make("clevr_count", tmp_path, "test")
 
 
 def test_gtsrb(tmp_path):
@@ -434,6 +447,7 @@ def test_dmlab_class_folders_and_holdout(tmp_path):
     _img(base / "train" / ".ipynb_checkpoints" / "x.png")
     _check(_make("dmlab", tmp_path), "dmlab", 6, [5, 5, 5, 0, 0, 0])  # folders sorted: "5" first
     _check(_make("dmlab", tmp_path, "test"), "dmlab", 1, [4])
+    (base / "val" / "5").mkdir(parents=True)  # a val/ folder without images is no split: val is held out
     data = prepare_data("dmlab", tmp_path, image_size=16, val_fraction=0.34, download=False)
     assert data.val_source == "holdout" and (len(data.train), len(data.val)) == (4, 2)
 

@@ -99,7 +99,9 @@ def folder_splits(name: str, root: Path, source: str = "auto", hf_id: str | None
     layout = _folder_layout(name, folder)
     if layout == "coop":
         return tuple(s for s in _SPLITS if _coop_entries(folder / _COOP[name][0], s))
-    return tuple(s for s in _SPLITS if (folder / (f"{s}.txt" if layout == "txt" else s)).exists())
+    if layout == "txt":
+        return tuple(s for s in _SPLITS if (folder / f"{s}.txt").exists())
+    return tuple(s for s in _SPLITS if image_files(folder / s))  # (an empty val/ is no split: held out of train)
 
 
 def _coop_entries(path: Path, split: str) -> list[list[Any]]:

@@ -88,7 +88,10 @@ def _open(name: str, root: Path, download: bool | str, make: Callable[[], Any]) 
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted" (a file missing, or failing its MD5)
         raise missing(name, root / sub, layout, hint, what="files not found or damaged") from e
     except OSError as e:  # a failed download (URLError) or a file torchvision expected
-        raise DatasetNotFoundError(f"dataset {name}: reading/downloading into {root / sub} failed: {e}") from e
+        raise DatasetNotFoundError(
+            f"dataset {name}: reading/downloading into {root / sub} failed: {e} (expected {layout}; "
+            f"{hint if isinstance(download, str) else 'complete the folder, or delete it and pass --download'})"
+        ) from e
 
 
 def _attr(ds: Any, name: str) -> Any:
@@ -203,7 +206,21 @@ def clevr_count(root: Path, split: str = "train", transform: Callable[..., Any] 
     from torchvision.datasets import CLEVRClassification
 
     tv_split = "val" if split == "test" else split
-    ds = _open("clevr_count", root, download, lambda: CLEVRClassification(str(root), split=tv_split, download=download))
+
+    def make() -> Any:
+        try:
+            return CLEVRClassification(str(root), split=tv_split, download=download)
+        except KeyError as e:  # torchvision reads every file of the images folder, a stray ._x.png or .DS_Store too
+            folder = root / LAYOUTS["clevr_count"][0] / "CLEVR_v1.0" / "images" / tv_split
+            raise ValueError(
+                f"dataset clevr_count: {folder / str(e.args[0])} has no scene in CLEVR_{tv_split}_scenes.json; "
+                "remove it (not an image of CLEVR)"
+            ) from e
+
+    ds = _open("clevr_count", root, download, make)
+    if not _attr(ds, "_image_files"):
+        raise missing("clevr_count", root / LAYOUTS["clevr_count"][0], LAYOUTS["clevr_count"][1],
+                      f"no images in its images/{tv_split}/", what="files not found")  # fmt: skip
     counts = _attr(ds, "_labels")
     if any(c is None or not 3 <= c <= 10 for c in counts):
         raise ValueError("dataset clevr_count: scenes with fewer than 3 or more than 10 objects (or without scenes)")
