@@ -25,6 +25,7 @@ from vprompt.data.shift import (
     cifar_c_dataset,
     download_cifar_c,
     find_shift_sets,
+    format_shift_report,
     safe_extract,
     summarize_shift,
 )
@@ -331,6 +332,18 @@ def test_wilds_adapter_maps_splits_and_class_names(tmp_path, fake_wilds):
     assert [s.name for s in find_shift_sets("fmow", tmp_path)] == ["fmow/id_test", "fmow/ood_val", "fmow/ood_test"]
     fmow = create_dataset("fmow", tmp_path, "train")
     assert len(fmow.classnames) == 62 and fmow.classnames[:2] == ["airport", "airport_hangar"]
+
+
+def test_wilds_summary_keeps_the_in_distribution_split_out_of_the_shifted_mean(tmp_path, fake_wilds):
+    sets = find_shift_sets("fmow", tmp_path)
+    assert [s.in_distribution for s in sets] == [True, False, False]
+    results = {"fmow/id_test": {"acc1": 60.0, "n": 5}, "fmow/ood_val": {"acc1": 50.0, "n": 5}}
+    results["fmow/ood_test"] = {"acc1": 40.0, "n": 5}
+    summary = summarize_shift(sets, results)["fmow"]
+    assert summary == {"mean": 45.0, "sets": 2, "id_mean": 60.0, "gap": 15.0}
+    report = {"dataset": "fmow", "split": "test", "acc1": 40.0, "n": 5, "shift": results}
+    text = format_shift_report({**report, "shift_summary": {"fmow": summary}})
+    assert "fmow: shifted mean 45.00 (2 sets), in distribution 60.00, gap 15.00" in text
 
 
 def test_iwildcam_class_names_from_the_release(tmp_path, fake_wilds, caplog):

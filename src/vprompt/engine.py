@@ -943,7 +943,8 @@ def evaluate_checkpoint(
     With ``shift`` (a list of shift-set names or globs; empty for the default sets), the prompt is also evaluated
     on the dataset's distribution-shift sets (:mod:`vprompt.data.shift`, e.g. CIFAR-10-C for cifar10, the OOD
     splits for the WILDS datasets), filtered by ``shift_severities``; the result then has ``shift`` (name ->
-    accuracy) and ``shift_summary`` (mean over corruptions per severity and overall). ``download`` fetches
+    accuracy) and ``shift_summary`` (per group: mean over corruptions per severity and overall, or over the
+    shifted splits with the in-distribution mean and the gap beside it). ``download`` fetches
     missing data (the dataset's and the shift sets'); only the files of ``split`` are read.
     """
     from .checkpoint import find_checkpoint

@@ -308,6 +308,8 @@ class ShiftSet:
         default: part of the default selection (``--shift`` without names) and of the summary means.
         split: the dataset's own split this set is, if it is one (WILDS ``ood_test`` is the ``test`` split): an
             evaluation of that split is reused for it, not run again.
+        in_distribution: an unshifted set evaluated beside the shifted ones (WILDS ``id_test``, ``id_val``): kept
+            out of the group's mean, and reported as its ``id_mean`` and the ``gap`` (``id_mean`` minus ``mean``).
     """
 
     name: str
@@ -317,6 +319,7 @@ class ShiftSet:
     severity: int | None = None
     default: bool = True
     split: str | None = None
+    in_distribution: bool = False
 
 
 #: ``builder(root, transform=, download=, classnames=, **dataset_options) -> list[ShiftSet]``
@@ -399,15 +402,23 @@ def find_shift_sets(
 def summarize_shift(sets: Iterable[ShiftSet], results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The standard summary of corruption benchmarks: per group, the mean top-1 accuracy over the standard
     corruptions at each severity and over all of them (mean corruption accuracy); groups without severities get
-    the mean over their sets. Extra corruptions are not averaged in."""
+    the mean over their shifted sets, and where in-distribution sets were evaluated beside them, their mean
+    (``id_mean``) and the ``gap``. Extra corruptions are not averaged in."""
     summary: dict[str, dict[str, Any]] = {}
     by_group: dict[str, list[ShiftSet]] = {}
     for s in sets:
         if s.name in results and s.default:
             by_group.setdefault(s.group, []).append(s)
-    for group, members in by_group.items():
-        accs = [results[s.name]["acc1"] for s in members]
-        entry: dict[str, Any] = {"mean": float(np.mean(accs)), "sets": len(members)}
+    for group, evaluated in by_group.items():
+        members = [s for s in evaluated if not s.in_distribution]
+        entry: dict[str, Any] = {}
+        if members:
+            entry = {"mean": float(np.mean([results[s.name]["acc1"] for s in members])), "sets": len(members)}
+        unshifted = [results[s.name]["acc1"] for s in evaluated if s.in_distribution]
+        if unshifted:
+            entry["id_mean"] = float(np.mean(unshifted))
+            if members:
+                entry["gap"] = entry["id_mean"] - entry["mean"]
         if any(s.severity is not None for s in members):
             per_sev = {}
             for sev in SEVERITIES:
@@ -456,6 +467,12 @@ def format_shift_report(result: dict[str, Any]) -> str:
         for name in flat:
             r = shift[name]
             lines.append(f"{name:{width}s}acc {r['acc1']:6.2f} ({r['n']} images)")
+    for group, s in summary.items():
+        if "gap" in s:
+            lines.append(
+                f"{group}: shifted mean {s['mean']:.2f} ({s['sets']} sets), in distribution {s['id_mean']:.2f}, "
+                f"gap {s['gap']:.2f}"
+            )
     return "\n".join(lines)
 
 
@@ -610,7 +627,16 @@ def _wilds_sets(
     splits, _ = WILDS_DATASETS[name]
     wanted = [s for s in _EVAL_SPLITS if s in splits and s != val_split]
     build = partial(wilds_dataset, root, transform=transform, download=download, name=name, val_split=val_split)
-    return [ShiftSet(f"{name}/{s}", partial(build, s), name, split="test" if s == "ood_test" else None) for s in wanted]
+    return [
+        ShiftSet(
+            f"{name}/{s}",
+            partial(build, s),
+            name,
+            split="test" if s == "ood_test" else None,
+            in_distribution=s.startswith("id_"),
+        )
+        for s in wanted
+    ]
 
 
 for _name, (_splits, _doc) in WILDS_DATASETS.items():
