@@ -193,6 +193,25 @@ def test_a_finished_run_redone_and_interrupted_keeps_no_results_of_other_setting
     assert yaml.safe_load((run / "config.resumed.yaml").read_text())["config"]["precision"] == "bf16"
 
 
+def test_a_new_run_in_a_folder_an_attempt_left_keeps_none_of_its_settings(tmp_path, monkeypatch):
+    real = engine.train_one_epoch
+    monkeypatch.setattr(engine, "train_one_epoch", _stops_at_call(1, real))
+    first, run = tiny_run_args(tmp_path, "--lr", "70"), tmp_path / "run"
+    assert cli.main(first) == 130  # stopped before any last.pt: the folder holds no run
+    monkeypatch.setattr(engine, "train_one_epoch", _stops_at_call(1, real))
+    assert cli.main([*first, "--resume", "latest"]) == 130 and (run / "config.resumed.yaml").is_file()
+    assert (run / "splits.json").is_file()
+    other = tiny_run_args(tmp_path, "--lr", "5", "--val-fraction", "0")
+    monkeypatch.setattr(engine, "train_one_epoch", _stops_at_call(1, real))
+    assert cli.main(other) == 130
+    # the folder describes the new run only: its settings, and no validation split it never had
+    assert not (run / "config.resumed.yaml").exists() and not (run / "splits.json").exists()
+    assert engine.saved_run(run)["config"]["lr"] == 5.0
+    monkeypatch.setattr(engine, "train_one_epoch", real)
+    assert cli.main([*other, "--resume", "latest"]) == 0  # was refused: "lr=70.0 there, 5.0 here"
+    assert yaml.safe_load((run / "config.resumed.yaml").read_text())["config"]["lr"] == 5.0
+
+
 class _Sneaky:
     def __reduce__(self):  # what unpickling it would run
         return (print, ("code ran",))

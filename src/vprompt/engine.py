@@ -696,7 +696,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
     metrics_path = run_dir / "metrics.jsonl"
     if env.is_main:
         # (a run redone from the start, having no last.pt, is resumed too: its results go before anything else)
-        _write_run_files(cfg, data, run_dir, cfg.resume is not None, model.backbone.input_size)
+        _write_run_files(cfg, data, run_dir, model.backbone.input_size)
         source = resume_from.parent if resume_from is not None else run_dir
         _rewind_run_files(run_dir, source, start_epoch, best, best_state, config, data.classnames)
         _log.info(
@@ -824,9 +824,20 @@ def _epoch_of(line: str) -> float:
         return math.inf
 
 
-def _write_run_files(cfg: RunConfig, data: DataSplits, run_dir: Path, resumed: bool, model_input_size: int) -> None:
-    """config.yaml (config.resumed.yaml when ``resumed``), with the model's own input size, and splits.json."""
+def continues_own_run(cfg: RunConfig) -> bool:
+    """Whether ``cfg`` continues or redoes the run its folder holds (``--resume latest``, or ``--resume`` of the
+    folder's own state), rather than starting a new one there (no ``--resume``, or another folder's state)."""
+    if cfg.resume is None or cfg.resume == "latest":
+        return cfg.resume == "latest"
+    path = Path(cfg.resume)
+    return (path if path.is_dir() else path.parent).resolve() == cfg.run_dir.resolve()
+
+
+def _write_run_files(cfg: RunConfig, data: DataSplits, run_dir: Path, model_input_size: int) -> None:
+    """config.yaml, or config.resumed.yaml for a run that continues the folder's own (:func:`continues_own_run`),
+    with the model's own input size; and splits.json. A new run drops what an attempt before it left of either."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    resumed = continues_own_run(cfg)
     meta = {
         "config": cfg.to_dict(),
         "model_input_size": model_input_size,
@@ -836,10 +847,15 @@ def _write_run_files(cfg: RunConfig, data: DataSplits, run_dir: Path, resumed: b
         "started" if not resumed else "resumed": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     name = "config.yaml" if not (resumed and (run_dir / "config.yaml").exists()) else "config.resumed.yaml"
-    if resumed:  # results of an earlier finish are redone with these settings: until then the run is unfinished
-        (run_dir / "results.json").unlink(missing_ok=True)
+    # Results of an earlier finish are redone with these settings: until then the run is unfinished. A new run
+    # keeps no settings of another: saved_run() reads config.resumed.yaml first.
+    (run_dir / "results.json").unlink(missing_ok=True)
+    if not resumed:
+        (run_dir / "config.resumed.yaml").unlink(missing_ok=True)
     atomic_write(run_dir / name, lambda tmp: Path(tmp).write_text(yaml.safe_dump(meta, sort_keys=False)))
-    if data.split_indices:
+    if not data.split_indices:
+        (run_dir / "splits.json").unlink(missing_ok=True)
+    else:
         _write_json(
             run_dir / "splits.json",
             {

@@ -367,7 +367,7 @@ def _fit_probe(cfg: RunConfig, env: DistEnv, device: torch.device) -> dict[str, 
     _strengths(
         grid, data.val is not None, no_validation_reason(cfg.val_fraction)
     )  # told before any feature is extracted, or a result removed
-    _write_run_files(cfg, data, run_dir, cfg.resume is not None, backbone.input_size)
+    _write_run_files(cfg, data, run_dir, backbone.input_size)
 
     key = _cache_key(cfg, prompter.input_size, data)
     cache_path = run_dir / FEATURES_FILE
