@@ -405,9 +405,11 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _append_jsonl(path: Path, obj: dict[str, Any]) -> None:
+    """Append a line, on disk before the ``last.pt`` written after it: a resume keeps, never rebuilds, the lines."""
     with open(path, "a") as f:
         f.write(json.dumps(obj) + "\n")
         f.flush()
+        os.fsync(f.fileno())
 
 
 def _resume_path(cfg: RunConfig) -> Path | None:
