@@ -193,6 +193,23 @@ def test_a_finished_run_redone_and_interrupted_keeps_no_results_of_other_setting
     assert yaml.safe_load((run / "config.resumed.yaml").read_text())["config"]["precision"] == "bf16"
 
 
+def test_eval_of_an_unfinished_run_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(engine, "train_one_epoch", _stops_at_call(2, engine.train_one_epoch))
+    args, run = tiny_run_args(tmp_path, epochs=3), tmp_path / "run"
+    assert cli.main(args) == 130 and (run / "prompt.safetensors").is_file()  # epoch 1's, selected so far
+    capsys.readouterr()
+    assert cli.main(["eval", "--checkpoint", str(run), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip().splitlines()[-1])["unfinished"] is True
+    assert "has not finished (no results.json): this is the prompt selected up to epoch 1 of 3" in err
+    monkeypatch.undo()
+    assert cli.main([*args, "--resume", "latest"]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", "--checkpoint", str(run), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "unfinished" not in json.loads(out.strip().splitlines()[-1]) and "has not finished" not in err
+
+
 def test_a_new_run_in_a_folder_an_attempt_left_keeps_none_of_its_settings(tmp_path, monkeypatch):
     real = engine.train_one_epoch
     monkeypatch.setattr(engine, "train_one_epoch", _stops_at_call(1, real))
@@ -755,6 +772,25 @@ def test_an_output_that_is_a_file_is_refused_before_anything_is_written(tmp_path
     err = capsys.readouterr().err.strip()
     assert f"{tmp_path / 'afile'} is a file, and runs are written to a folder; give another --output" in err
     assert (tmp_path / "afile").read_text() == "notes"
+    suite = tmp_path / "s.yaml"
+    suite.write_text(yaml.safe_dump({"base": {"model": TINY_MODEL}, "datasets": ["synthetic"], "methods": ["evp"]}))
+    for command in (["suite", str(suite)], ["demo"]):  # refused before any run, in one line
+        assert cli.main([*command, "--output", str(tmp_path / "afile" / "out")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(f"{tmp_path / 'afile'} is a file, and runs are written to a folder; give another --output")
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    import vprompt.checkpoint as checkpoint
+
+    locked = tmp_path / "locked"
+    locked.mkdir()  # (as root every folder is writable: the permission is what os.access says)
+    monkeypatch.setattr(checkpoint.os, "access", lambda path, mode: Path(path) != locked)
+    for command in (tiny_run_args(locked / "runs", epochs=1), ["demo", "--output", str(locked / "demo")]):
+        assert cli.main(command) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"no permission to write in {locked}; give another --output" in err
+        assert list(locked.iterdir()) == []
 
 
 def test_a_head_is_checked_where_it_was_given_and_before_the_model_is_built(tmp_path, monkeypatch):

@@ -112,6 +112,9 @@ def test_demo_runs_every_arm_and_writes_its_report(small_data, tmp_path, capsys,
         (["-b", "0"], "--batch-size 0 must be at least 1"),
         (["--inner-size", "40"], "smaller than --input-size 32"),
         (["--inner-size", "31"], "by an even number"),
+        (["--vp-lr", "nan"], "--vp-lr nan must be a positive finite number"),
+        (["--normgrad-lr", "-5"], "--normgrad-lr -5.0 must be a positive finite number"),
+        (["--device", "meta"], "--device meta: runs train on cpu, cuda, mps, xpu, not meta"),
     ],
 )
 def test_impossible_demo_settings_fail_in_one_line(tmp_path, capsys, flags, needle):

@@ -26,6 +26,25 @@ PROMPT_FILE = "prompt.safetensors"
 LAST_FILE = "last.pt"
 
 
+def check_output_folder(folder: str | Path, setting: str) -> None:
+    """Refuse, before any work, an output ``folder`` that cannot be made: one that is, or lies under, a file, or
+    whose nearest existing folder this process may not write to. ``setting`` names where it was given
+    (``--output``)."""
+    for existing in (Path(folder), *Path(folder).parents):
+        if existing.exists():
+            if not existing.is_dir():
+                raise FileExistsError(
+                    f"{setting} {folder}: {existing} is a file, and runs are written to a folder; give another "
+                    f"{setting}"
+                )
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise PermissionError(
+                    f"{setting} {folder}: no permission to write in {existing}; give another {setting}, or change "
+                    "the folder's permissions"
+                )
+            return
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,10 @@ class DemoSettings:
                             ("--jobs", self.jobs)):  # fmt: skip
             if value is not None and value < 1:
                 raise ValueError(f"{flag} {value} must be at least 1")
+        for flag, lr in (("--normgrad-lr", self.normgrad_lr), ("--sgd-lr", self.sgd_lr), ("--vp-lr", self.vp_lr),
+                         ("--adamw-lr", self.adamw_lr)):  # fmt: skip
+            if lr is not None and not (math.isfinite(lr) and lr > 0):
+                raise ValueError(f"{flag} {lr} must be a positive finite number")
         border = self.input_size - self.inner_size
         if self.inner_size < 1 or border < 2 or border % 2:
             raise ValueError(
@@ -239,12 +244,16 @@ def run_demo(
     settings: DemoSettings | None = None,
 ) -> dict[str, Any]:
     """Run (or complete) the demo and write its report; returns ``{arm: results.json contents}``."""
-    from .engine import CONFLICT
+    from .checkpoint import check_output_folder
+    from .engine import CONFLICT, resolve_device
     from .suite import run_suite
 
     s = settings or DemoSettings()
-    sources = _sources(data_dir)  # (its own --data-dir: an error about it needs no hint)
     output = Path(output)
+    check_output_folder(output, "--output")
+    if s.device is not None:
+        resolve_device(s.device)  # told once, not by every arm
+    sources = _sources(data_dir)  # (its own --data-dir: an error about it needs no hint)
     output.mkdir(parents=True, exist_ok=True)
     try:
         suite = _suite(s, sources, output)  # reads (or downloads) MNIST to size VP's warmup

@@ -34,7 +34,16 @@ from tqdm import tqdm
 from . import __version__
 from .backbones import model_kind
 from .build import PromptedModel, build_backbone, build_head, build_prompter, check_sizes, to_float_rgb
-from .checkpoint import LAST_FILE, PROMPT_FILE, atomic_write, load_prompt, load_state, save_prompt, save_state
+from .checkpoint import (
+    LAST_FILE,
+    PROMPT_FILE,
+    atomic_write,
+    check_output_folder,
+    load_prompt,
+    load_state,
+    save_prompt,
+    save_state,
+)
 from .config import RunConfig, check_precision, comparable, resolve_config
 from .data import DataSplits, check_dataset, make_loader, prepare_data
 from .data.loader import PAD_LABEL
@@ -171,9 +180,18 @@ def resolve_device(device: str | None, env: DistEnv | None = None) -> torch.devi
         dev = torch.device(device)
     except RuntimeError:
         raise ValueError(f"--device {device!r} is not a device; use cpu, cuda, cuda:1, ...") from None
+    available = {
+        "cpu": lambda: True,
+        "cuda": torch.cuda.is_available,
+        "mps": torch.backends.mps.is_available,
+        "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available(),
+    }
+    if dev.type not in available:
+        raise ValueError(f"--device {device}: runs train on {', '.join(available)}, not {dev.type}")
+    if not available[dev.type]():
+        name = {"cuda": "CUDA"}.get(dev.type, dev.type)
+        raise ValueError(f"--device {device}: {name} is not available on this machine; use --device cpu")
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
         if env is not None and env.enabled:
             if dev.index not in (None, env.local_rank):  # (every process would share one GPU)
                 raise ValueError(
@@ -590,7 +608,7 @@ def _run_folder_lock(run_dir: Path, env: DistEnv) -> Iterator[None]:
 
 def fit(cfg: RunConfig) -> dict[str, Any]:
     """Run ``cfg`` end to end in its run folder and return the results (also written to ``results.json``)."""
-    _check_run_folder(cfg)
+    check_output_folder(cfg.run_dir, "--output/--name")
     with _engine_settings(cfg):
         if cfg.method == "linprobe":  # no prompt to train: logistic regression on cached features
             from .linprobe import fit_linear_probe
@@ -601,18 +619,6 @@ def fit(cfg: RunConfig) -> dict[str, Any]:
             device = resolve_device(cfg.device, env)
             setup_logging(cfg.run_dir, env)  # first, so that nothing this run logs lands in another run's log.txt
             return _fit(cfg, env, device, cfg.run_dir)
-
-
-def _check_run_folder(cfg: RunConfig) -> None:
-    """Refuse a run folder that is, or lies under, a file."""
-    for folder in (cfg.run_dir, *cfg.run_dir.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise FileExistsError(
-                    f"--output {cfg.output} --name {cfg.run_name}: {folder} is a file, and runs are written to a "
-                    "folder; give another --output or --name"
-                )
-            return
 
 
 @contextlib.contextmanager
@@ -976,6 +982,12 @@ def evaluate_checkpoint(
         )
     path = find_checkpoint(checkpoint)
     state, config, meta = load_prompt(path)
+    unfinished = (path.parent / "config.yaml").is_file() and not (path.parent / "results.json").is_file()
+    if unfinished:  # in a run folder that has not finished: an intermediate prompt, not the run's result
+        _log.warning(
+            "%s has not finished (no results.json): this is the prompt selected up to epoch %s of %s; the run is "
+            "still going, or continues with --resume latest", path.parent, meta.get("epoch"), config.get("epochs"),
+        )  # fmt: skip
     flags = {
         "device": device, "data_dir": data_dir, "pretrained": pretrained, "batch_size": batch_size,
         "eval_batch_size": batch_size, "precision": precision, "workers": workers, "threads": threads,
@@ -1026,6 +1038,8 @@ def evaluate_checkpoint(
     loader = make_loader(parts[split], bs, False, cfg.seed, dev, cfg.workers)
     result = evaluate(model, loader, dev, cfg.precision, env, desc=split)
     out = {"checkpoint": str(path), "split": split, "dataset": cfg.dataset, "epoch": meta.get("epoch"), **result}
+    if unfinished:
+        out["unfinished"] = True
     if shift_sets is not None:
         out["shift"] = {}
         for s in shift_sets:

@@ -17,7 +17,9 @@ class DataFileError(OSError):
 
 #: ValueError is here because settings are checked with it; a bug that raises one is shown in full by
 #: setting the environment variable VPROMPT_DEBUG=1.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, DataFileError, CLIError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError, FileNotFoundError, FileExistsError, PermissionError, DataFileError, CLIError,
+)  # fmt: skip
 
 
 def user_message(error: BaseException) -> str:

@@ -442,12 +442,17 @@ def run_suite(
             several single-threaded runs than as one run over several threads.
     """
     from . import engine
+    from .checkpoint import check_output_folder
     from .distributed import DistEnv
 
     if jobs < 1:
         raise ValueError(f"--jobs {jobs} must be at least 1")
     out = Path(output) if output is not None else Path(suite.output)
     table_dir = Path(suite.table_output) if suite.table_output else out
+    if not dry_run:  # before any run: told once, not once per run
+        check_output_folder(out, "--output" if output is not None else "base: output:")
+        if suite.table_output:
+            check_output_folder(table_dir, "table: output:")
     cells = expand_suite(suite, out)
     engine.setup_logging(None, DistEnv())
     records: list[RunRecord] = []
