@@ -164,6 +164,19 @@ def test_image_folder_labels_mean_the_same_class_in_a_split_that_lacks_one(tmp_p
     assert sorted({int(data.test[i][1]) for i in range(len(data.test))}) == [0, 2]  # cat is still 2, not 1
 
 
+def test_a_folder_of_one_class_is_refused_and_a_class_without_training_images_is_told(tmp_path, vprompt_caplog):
+    _write_folder(tmp_path / "one", "train", ["cat"])
+    _write_folder(tmp_path / "one", "test", ["cat"])
+    with pytest.raises(ValueError, match=re.escape(f"in {tmp_path / 'one'}: 1 class ['cat']; a classifier needs")):
+        prepare_data("imagefolder", tmp_path / "one", image_size=8, download=False)
+    _write_folder(tmp_path / "two", "train", ["ant", "cat"])
+    (tmp_path / "two" / "train" / "bee").mkdir()
+    _write_folder(tmp_path / "two", "test", ["ant", "bee", "cat"])
+    data = prepare_data("imagefolder", tmp_path / "two", image_size=8, download=False)
+    assert data.classnames == ["ant", "bee", "cat"]
+    assert "no training image of class 'bee': the prompt never learns them" in vprompt_caplog.text
+
+
 def test_image_folder_skips_hidden_folders_and_files_and_names_a_broken_image(tmp_path):
     _write_folder(tmp_path, "train", ["ant", "bee", ".ipynb_checkpoints"])
     (tmp_path / "train" / "ant" / "._0.png").write_bytes(b"macOS metadata")
@@ -261,3 +274,40 @@ def test_synthetic_options_are_checked():
             create_dataset("synthetic", None, "train" if key != "n_test" else "test", **{key: value})
     one, other = (create_dataset("synthetic", None, "train", n_train=8, seed=s) for s in ("1", 2))  # as documented
     assert not torch.equal(one.images, other.images)
+
+
+def test_a_run_resumed_on_other_data_is_refused_naming_what_changed(tmp_path, monkeypatch, capsys):
+    from vprompt import cli, engine
+
+    from .conftest import tiny_run_args
+
+    data = tmp_path / "data"
+    _write_folder(data, "train", ["ant", "bee"], n=10)
+    _write_folder(data, "test", ["ant", "bee"], n=2)
+    real, calls = engine.train_one_epoch, []
+
+    def stop_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_one_epoch", stop_in_epoch_2)
+    args = tiny_run_args(
+        tmp_path, "--dataset", "imagefolder", "--data-dir", str(data), "-b", "4", "--workers", "0", epochs=3
+    )
+    assert cli.main(args) == 130  # last.pt of epoch 1
+    monkeypatch.setattr(engine, "train_one_epoch", real)
+    resume = [*args, "--resume", "latest"]
+    Image.new("RGB", (20, 12)).save(data / "train" / "ant" / "new.png")
+    capsys.readouterr()
+    assert cli.main(resume) == 2  # the validation split would be drawn from other images
+    assert "the data changed since the run started (train images: 18 then, 19 now)" in capsys.readouterr().err
+    (data / "train" / "ant" / "new.png").unlink()
+    _write_folder(data, "train", ["cow"], n=10)
+    assert cli.main(resume) == 2
+    assert "(classes: 2 then, 3 now, with 'cow'; train images: 18 then, 27 now; val images" in capsys.readouterr().err
+    for f in (data / "train" / "cow").iterdir():
+        f.unlink()
+    (data / "train" / "cow").rmdir()
+    assert cli.main(resume) == 0  # the same data again

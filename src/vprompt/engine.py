@@ -11,6 +11,7 @@ uninterrupted run would have (on a GPU, with ``--deterministic``: see :func:`det
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -418,6 +419,35 @@ def setup_logging(run_dir: Path | None, env: DistEnv) -> None:
     logger.propagate = False
 
 
+def _data_identity(data: DataSplits) -> dict[str, Any]:
+    """What a resumed run must find again: the classes, the number of training and validation images, and a
+    digest of which images were held out or drawn."""
+    split = json.dumps(data.split_indices, sort_keys=True).encode()
+    return {
+        "classes": list(data.classnames),
+        "train images": len(data.train) if data.train is not None else 0,
+        "val images": len(data.val) if data.val is not None else 0,
+        "split": hashlib.sha256(split).hexdigest(),
+    }
+
+
+def _data_changes(was: dict[str, Any] | None, now: dict[str, Any]) -> str:
+    """How the data of :func:`_data_identity` ``now`` differs from ``was`` (a run's start), or "" (also when the
+    run saved none)."""
+    if was is None or was == now:
+        return ""
+    what = [f"{k}: {was.get(k)} then, {now[k]} now" for k in ("train images", "val images") if was.get(k) != now[k]]
+    before, after = list(was.get("classes", [])), now["classes"]
+    if before != after:
+        named = []
+        for how, names in (("without", set(before) - set(after)), ("with", set(after) - set(before))):
+            if names:
+                shown = sorted(names)
+                named.append(f"{how} {', '.join(map(repr, shown[:5]))}{' ...' if len(shown) > 5 else ''}")
+        what.insert(0, f"classes: {len(before)} then, {len(after)} now, {', '.join(named) or 'in another order'}")
+    return "; ".join(what) or "other images held out for validation or drawn for training"
+
+
 def _write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
 
@@ -687,6 +717,12 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
                 f"--resume {resume_from}: the run was started with other settings ({diff}); use the same settings "
                 "or a new --name"
             )
+        changes = _data_changes(state.get("data"), _data_identity(data))
+        if changes:
+            raise ValueError(
+                f"--resume {resume_from}: the data changed since the run started ({changes}); resume on the same "
+                "data, or start a new run (--name)"
+            )
         model.load_artifact_state(state["model"])
         for opt, sd in zip(optimizers, state["optimizers"]):
             opt.load_state_dict(sd)
@@ -765,6 +801,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
                     "schedulers": [s.state_dict() for s in schedulers],
                     "scaler": scaler.state_dict() if scaler is not None else {},
                     "config": config,
+                    "data": _data_identity(data),
                 },
             )
         barrier(env.world_size)

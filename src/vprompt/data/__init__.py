@@ -146,6 +146,16 @@ def prepare_data(
         assert test is not None
         return DataSplits(None, None, test, list(test.classnames), spec.templates, "none")
     classnames = list(train_full.classnames)
+    where = f"dataset {name}" + (f" in {root}" if root is not None else "")
+    if len(classnames) < 2:
+        raise ValueError(f"{where}: {len(classnames)} class {classnames}; a classifier needs at least 2")
+    counts = torch.bincount(torch.as_tensor(train_full.targets, dtype=torch.long), minlength=len(classnames))
+    empty = [classnames[c] for c in range(len(classnames)) if counts[c] == 0]
+    if empty:
+        _log.warning(
+            "%s: no training image of class %s: the prompt never learns them (add images of them, or remove them)",
+            where, ", ".join(map(repr, empty)),
+        )  # fmt: skip
     all_idx = list(range(len(train_full)))
     val: Dataset | None = None
     if val_fraction > 0 and "val" in spec.available_splits(root, options):
