@@ -37,3 +37,20 @@ def test_the_new_bytes_reach_the_disk_before_the_rename_and_the_rename_after(tmp
     assert [c[0] for c in calls] == ["fsync", "replace", "fsync"]
     assert calls[0][1].startswith(str(tmp_path / ".last.pt.")) and calls[2][1] == str(tmp_path)
     assert path.read_text() == "state"
+
+
+def test_a_prompt_whose_metadata_was_damaged_is_named(tmp_path):
+    import re
+
+    import torch
+    from safetensors.torch import save_file
+
+    from vprompt.checkpoint import load_prompt, save_prompt
+
+    path = tmp_path / "prompt.safetensors"
+    save_prompt(path, {"prompter.prompt": torch.zeros(3)}, {"lr": 1.0}, epoch=2)
+    assert load_prompt(path)[1:] == ({"lr": 1.0}, {"epoch": 2})
+    for config, why in (('{"lr": 1.0', "its metadata is not valid JSON"), ("[1, 2]", "its config metadata is a list")):
+        save_file({"prompter.prompt": torch.zeros(3)}, str(path), {"format": "vprompt-prompt/1", "config": config})
+        with pytest.raises(ValueError, match=re.escape(f"{path}: {why}")):
+            load_prompt(path)

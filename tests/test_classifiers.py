@@ -127,8 +127,14 @@ def test_torchvision_backbone_with_imagenet_normalization_and_local_weights(tmp_
     with torch.no_grad():
         assert torch.equal(again(x), logits)
     torch.save({"fc.weight": torch.zeros(3, 512)}, tmp_path / "bad.pth")
-    with pytest.raises(ValueError, match="does not match model tv:resnet18"):
+    with pytest.raises(ValueError, match="does not match model tv:resnet18") as info:
         create_backbone("tv:resnet18", pretrained=str(tmp_path / "bad.pth"))
+    # one short line: how many keys differ, the first few named (PyTorch lists all 100 or so)
+    missing = [k for k in tv.model.state_dict() if k != "fc.weight"]
+    assert f": {len(missing)} missing ({', '.join(missing[:3])}, ...); 1 of another shape (fc.weight: " in str(
+        info.value
+    )
+    assert len(str(info.value)) < 400
 
 
 @pytest.mark.filterwarnings("error::FutureWarning")  # torchvision's warning about its slow init, which is skipped

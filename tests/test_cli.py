@@ -672,6 +672,7 @@ def test_the_configs_prompter_names_are_the_prompters():
         ("batch_size: 8.5", "batch_size 8.5 must be an integer"),
         ("epochs: -1", "epochs -1 must be at least 0"),
         ("val_fraction: 1.5", "val_fraction 1.5 must be in [0, 1)"),
+        ("momentum: 1.5", "momentum 1.5 must be in [0, 1)"),
         ("download: maybe", "download 'maybe' must be true or false"),
     ],
 )
@@ -697,6 +698,18 @@ def test_a_config_file_that_is_not_yaml_or_is_a_folder_is_one_line_naming_it(tmp
     with pytest.raises(
         ValueError, match=re.escape(f"config file {bad} is not UTF-8 text (invalid start byte at byte 0)")
     ):
+        load_yaml(bad)
+    for text, where in (
+        ("lr: 70\nepochs: 2\nlr: 7\n", "line 3, column 1"),
+        ("m:\n  - {name: vp, lr: 1, lr: 2}\n", "line 2, column 23"),
+    ):
+        bad.write_text(text)  # the last would win unseen
+        with pytest.raises(ValueError, match=re.escape(f"{bad} is not valid YAML at {where}: 'lr' is given twice")):
+            load_yaml(bad)
+    bad.write_text("base: &b {lr: 1, epochs: 2}\nother:\n  <<: *b\n  lr: 3\n")  # a merge's key may be overridden
+    assert load_yaml(bad)["other"] == {"lr": 3, "epochs": 2}
+    bad.write_text("warmup-steps: 10\nwarmup_steps: 20\n")
+    with pytest.raises(ValueError, match=re.escape(f"{bad}: 'warmup_steps' is given twice (with - and with _)")):
         load_yaml(bad)
 
 

@@ -169,6 +169,8 @@ def test_a_folder_of_one_class_is_refused_and_a_class_without_training_images_is
     _write_folder(tmp_path / "one", "test", ["cat"])
     with pytest.raises(ValueError, match=re.escape(f"in {tmp_path / 'one'}: 1 class ['cat']; a classifier needs")):
         prepare_data("imagefolder", tmp_path / "one", image_size=8, download=False)
+    with pytest.raises(FileNotFoundError, match="is a file; give the folder that holds the dataset's files"):
+        prepare_data("mnist", next((tmp_path / "one" / "test" / "cat").iterdir()), image_size=8, download=False)
     _write_folder(tmp_path / "two", "train", ["ant", "cat"])
     (tmp_path / "two" / "train" / "bee").mkdir()
     _write_folder(tmp_path / "two", "test", ["ant", "bee", "cat"])

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .download import fetching_weights, first_line
-from .errors import did_you_mean
+from .errors import did_you_mean, state_dict_mismatch
 
 __all__ = [
     "FrozenBackbone",
@@ -313,7 +313,8 @@ def _create_open_clip(
     except Exception as e:  # what open_clip raises on a file it cannot use varies (KeyError, AssertionError, ...)
         if not is_file:
             raise
-        raise ValueError(f"--pretrained {pretrained}: not a checkpoint of {name} ({error_line(e)})") from e
+        why = state_dict_mismatch(e) if isinstance(e, RuntimeError) else error_line(e)
+        raise ValueError(f"--pretrained {pretrained}: not a checkpoint of {name} ({why})") from e
     return OpenCLIPBackbone(model, open_clip.get_tokenizer(name), name=name)
 
 

@@ -109,8 +109,16 @@ def load_prompt(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any], di
         ) from e
     if raw.get("format") != "vprompt-prompt/1" or "config" not in raw:
         raise ValueError(f"{path} is a safetensors file but not a vprompt prompt (no vprompt config in its metadata)")
-    meta = {k: json.loads(v) for k, v in raw.items() if k not in ("format", "config")}
-    return tensors, json.loads(raw["config"]), meta
+    try:
+        meta = {k: json.loads(v) for k, v in raw.items() if k not in ("format", "config")}
+        config = json.loads(raw["config"])
+    except ValueError as e:
+        raise ValueError(
+            f"{path}: its metadata is not valid JSON ({e}); the file was changed after it was saved"
+        ) from e
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: its config metadata is a {type(config).__name__}, not the run's settings")
+    return tensors, config, meta
 
 
 def save_state(path: str | Path, state: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .download import DigestMismatch, download_verified, fetching_weights, file_digest
+from .errors import state_dict_mismatch
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -350,5 +351,5 @@ def create_cifar_resnet(
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
-        raise ValueError(f"{path} does not match the ResNet-{depth} architecture: {exc}") from exc
+        raise ValueError(f"{path} does not match the ResNet-{depth} architecture: {state_dict_mismatch(exc)}") from exc
     return model

@@ -41,7 +41,7 @@ from .backbones import (
     register_backbone_source,
 )
 from .download import fetching_weights
-from .errors import did_you_mean
+from .errors import did_you_mean, state_dict_mismatch
 
 __all__ = ["ClassifierBackbone", "load_state_dict_file", "TIMM_EXAMPLES"]
 
@@ -205,9 +205,7 @@ def _load_weights(model: nn.Module, path: Path, name: str, state: dict[str, Tens
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first = str(e).splitlines()
-        detail = "; ".join(line.strip() for line in first[1:3]) or str(e)
-        raise ValueError(f"--pretrained {path} does not match model {name}: {detail}") from e
+        raise ValueError(f"--pretrained {path} does not match model {name}: {state_dict_mismatch(e)}") from e
     _log.info("model %s: loaded weights from %s", name, path)
 
 

@@ -144,7 +144,7 @@ class SettingError(ValueError):
 #: The smallest value of numeric settings (None, where a setting allows it, always means "unset").
 _AT_LEAST: dict[str, float] = {
     "epochs": 0, "warmup_steps": 0, "workers": 0, "log_every": 0, "threads": 0, "lr": 0, "head_lr": 0,
-    "momentum": 0, "weight_decay": 0, "batch_size": 1, "eval_batch_size": 1, "input_size": 1, "inner_size": 1,
+    "weight_decay": 0, "batch_size": 1, "eval_batch_size": 1, "input_size": 1, "inner_size": 1,
     "prompt_size": 1, "ilm_interval": 1, "eval_every": 1, "shots": 1,
 }  # fmt: skip
 #: Settings with a fixed set of values.
@@ -152,10 +152,10 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "head": HEADS, "label_map": LABEL_MAPS, "prompter": PROMPTERS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
     "diversity": DIVERSITIES, "templates": TEMPLATES, "precision": PRECISIONS,
 }  # fmt: skip
-#: Shares: (low, high, low allowed, high allowed).
+#: Shares, and momentum (1 or more never forgets a gradient): (low, high, low allowed, high allowed).
 _SHARES: dict[str, tuple[float, float, bool, bool]] = {
     "val_fraction": (0, 1, True, False), "train_fraction": (0, 1, False, True),
-    "di_prob": (0, 1, True, True), "di_min_scale": (0, 1, False, True),
+    "di_prob": (0, 1, True, True), "di_min_scale": (0, 1, False, True), "momentum": (0, 1, True, False),
 }  # fmt: skip
 
 
@@ -491,6 +491,27 @@ def comparable(settings: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # (<<: keys that a mapping then overrides are fine)
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the safe loader's own error tells it
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice; keep one", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a dict, with dashes in keys accepted as underscores."""
     path = Path(path)
@@ -499,7 +520,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
             f"config file {path} " + ("is a folder; give a YAML file" if path.is_dir() else "does not exist")
         )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
     except UnicodeDecodeError as e:
         raise ValueError(
             f"config file {path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8"
@@ -510,4 +531,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"config file {path} is not valid YAML{where}: {problem or e}") from e
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    settings: dict[str, Any] = {}
+    for k, v in data.items():
+        key = str(k).replace("-", "_")
+        if key in settings:
+            raise ValueError(f"config file {path}: {key!r} is given twice (with - and with _); keep one")
+        settings[key] = v
+    return settings

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Iterable
 
 
@@ -42,3 +43,24 @@ def did_you_mean(value: object, known: Iterable[str], prefix: str = "", cutoff: 
     """``"; did you mean a, b?"`` with up to three of ``known`` close to ``value`` (each after ``prefix``), or ""."""
     close = difflib.get_close_matches(str(value), list(known), n=3, cutoff=cutoff)
     return f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
+
+
+def state_dict_mismatch(error: BaseException, shown: int = 3) -> str:
+    """PyTorch's ``load_state_dict`` error (a line per kind, every key named) told in one short line: how many
+    keys are missing, unexpected or of another shape, with the first ``shown`` of each."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    if not lines or not lines[0].startswith("Error(s) in loading state_dict"):
+        return lines[0] if lines else type(error).__name__
+    parts, shapes = [], []
+    for line in lines[1:]:
+        kind, _, rest = line.partition(" key(s) in state_dict: ")
+        if rest:
+            keys = re.findall(r'"([^"]*)"', rest)
+            more = ", ..." if len(keys) > shown else ""
+            parts.append(f"{len(keys)} {kind.lower()} ({', '.join(keys[:shown])}{more})")
+        elif line.startswith("size mismatch for "):
+            shapes.append(line.removeprefix("size mismatch for ").rstrip("."))
+    if shapes:
+        more = "; ..." if len(shapes) > 1 else ""
+        parts.append(f"{len(shapes)} of another shape ({shapes[0]}{more})")
+    return "; ".join(parts) or lines[0]

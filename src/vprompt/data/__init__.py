@@ -131,6 +131,8 @@ def prepare_data(
     """
     spec = get_dataset_spec(name)
     root = Path(root).expanduser() if root is not None else default_data_dir()
+    if root.is_file():
+        raise FileNotFoundError(f"--data-dir {root} is a file; give the folder that holds the dataset's files")
     options = dict(options or {})
     eval_tf = build_transform(image_size, random_crop=False)
     train_tf = build_transform(image_size, random_crop=random_crop)
