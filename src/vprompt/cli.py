@@ -235,7 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_suite)
 
     p = sub.add_parser(
-        "zeroshot", help="zero-shot CLIP baseline", description="Evaluate a CLIP model zero-shot (no prompt)."
+        "zeroshot",
+        help="no-prompt baseline: zero-shot CLIP, or a classifier through a label map",
+        description="Evaluate a frozen model with no prompt: CLIP zero-shot, or a classifier through a label map "
+        "(--label-map identity|flm|rlm).",
     )
     _add_run_options(p, training=False)
     _add_untrained_options(p.add_argument_group("zero-shot"), resume_help="evaluate again in the same run folder")
