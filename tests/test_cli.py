@@ -385,6 +385,24 @@ def test_zeroshot_evaluates_without_training(tmp_path):
     assert not (tmp_path / "zs" / "last.pt").exists()
 
 
+def test_zeroshot_evaluates_a_folder_of_test_images_only(tmp_path, capsys):
+    from PIL import Image
+
+    for c, name in enumerate(("ant", "bee")):
+        (tmp_path / "data" / "test" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (20, 20), (200 * c, 40 * i, 0)).save(tmp_path / "data" / "test" / name / f"{i}.png")
+    args = ["zeroshot", "--model", TINY_MODEL, "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"),
+            "--output", str(tmp_path), "--workers", "0"]  # fmt: skip
+    assert cli.main([*args, "--name", "zs"]) == 0  # CLIP's text head learns nothing from training images
+    results = json.loads((tmp_path / "zs" / "results.json").read_text())
+    assert (results["n_train"], results["selection"], results["test"]["n"]) == (0, "last", 6)
+    capsys.readouterr()
+    assert cli.main([*args, "--name", "flm", "--head", "flm"]) == 2  # a label map is learned from them
+    err = capsys.readouterr().err
+    assert "no folder" in err and "/train (--data-dir must hold train/ and test/" in err and "it has: test" in err
+
+
 def test_zeroshot_reuses_a_training_config_file_without_training(tmp_path, caplog):
     train_file = tmp_path / "evp.yaml"
     training = {"prompter": "evp", "epochs": 2, "lr": 5.0}

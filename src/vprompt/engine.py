@@ -46,8 +46,9 @@ from .checkpoint import (
     save_state,
 )
 from .config import RunConfig, check_precision, comparable, resolve_config
-from .data import DataSplits, check_dataset, make_loader, prepare_data
+from .data import DataSplits, check_dataset, get_dataset_spec, make_loader, prepare_data
 from .data.loader import PAD_LABEL
+from .data.registry import default_data_dir
 from .data.splits import torch_seed
 from .distributed import DistEnv, all_reduce_grads, all_reduce_sum, barrier, init_distributed
 from .diversity import InputDiversity, create_diversity
@@ -508,8 +509,11 @@ def _build_for_run(
 
     Seeded first, so that a randomly initialized backbone or prompt is the same in training and in evaluation."""
     check_dataset(cfg.dataset, cfg.dataset_options)  # a mistyped name is told before a model is downloaded
-    resolve_head(cfg.head, cfg.label_map, model_kind(cfg.model))  # and so is a mistyped or conflicting head
+    head = resolve_head(cfg.head, cfg.label_map, model_kind(cfg.model))  # and so is a mistyped or conflicting head
     check_sizes(cfg)  # and sizes that do not fit the model
+    if read == "all" and not cfg.epochs and head in _HEADS_WITHOUT_DATA and not _has_train_split(cfg):
+        _log.info("dataset %s has no training split: the run is evaluated on its test split only", cfg.dataset)
+        read = "test"
     torch.manual_seed(torch_seed(cfg.seed))
     backbone = build_backbone(cfg, device, weights_like)
     prompter = build_prompter(cfg, backbone)
@@ -517,8 +521,21 @@ def _build_for_run(
         cfg.diversity, min_scale=cfg.di_min_scale, prob=cfg.di_prob, shard=(env.rank, env.world_size)
     )
     data = data_for_run(cfg, prompter.image_size, augment and diversity.random_crop, read)
-    head = build_head(cfg, backbone, data.classnames, data.templates)
-    return PromptedModel(prompter, backbone, head), data, diversity
+    return (
+        PromptedModel(prompter, backbone, build_head(cfg, backbone, data.classnames, data.templates)),
+        data,
+        diversity,
+    )
+
+
+#: Heads that learn nothing from the training data: a run that trains nothing with them needs none.
+_HEADS_WITHOUT_DATA = ("text", "identity", "rlm")
+
+
+def _has_train_split(cfg: RunConfig) -> bool:
+    """Whether ``cfg``'s dataset has a training split (a user's folder may hold only test/)."""
+    root = Path(cfg.data_dir).expanduser() if cfg.data_dir is not None else default_data_dir()
+    return "train" in get_dataset_spec(cfg.dataset).available_splits(root, cfg.dataset_options)
 
 
 def data_for_run(cfg: RunConfig, image_size: int, random_crop: bool, read: str = "all") -> DataSplits:
@@ -675,10 +692,9 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
     model, data, diversity = _build_for_run(cfg, device, env=env)
     if cfg.resume == "latest" and resume_from is None:
         refuse_other_run(cfg)  # after the build, which resolves the sizes left to the model's default
-    if len(data.train) < env.world_size:  # a process with no training image would have no label-mapping outputs
-        raise ValueError(
-            f"{len(data.train)} training images for {env.world_size} processes: launch at most {len(data.train)}"
-        )
+    n_train = len(data.train) if data.train is not None else 0  # (none: a run evaluated on a test split only)
+    if data.train is not None and n_train < env.world_size:  # a process with no image would have no map outputs
+        raise ValueError(f"{n_train} training images for {env.world_size} processes: launch at most {n_train}")
     if epochs and not model.trainable_parameters():
         raise ValueError(
             f"--epochs {epochs}: method {cfg.method} with prompter {cfg.prompter} and head {cfg.head} has nothing to "
@@ -699,11 +715,11 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
     def loader(ds: Any, shuffle: bool, bs: int) -> Any:
         return make_loader(ds, bs, shuffle, cfg.seed, device, cfg.workers, env.rank, env.world_size)
 
-    train_loader = loader(data.train, True, per_proc)
+    train_loader = loader(data.train, True, per_proc) if data.train is not None else None
     # Label maps count every training image once: in order, without the padding of a shuffled epoch.
-    map_loader = train_loader.in_order()
+    map_loader = train_loader.in_order() if train_loader is not None else None
     val_loader = loader(data.val, False, eval_bs) if data.val is not None else None
-    optimizers, schedulers = _optimizers(cfg, model, len(train_loader))
+    optimizers, schedulers = _optimizers(cfg, model, len(train_loader) if train_loader is not None else 0)
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
 
     start_epoch, best = 0, {"epoch": 0, "val_acc1": -math.inf}
@@ -745,7 +761,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
         _rewind_run_files(run_dir, source, start_epoch, best, best_state, config, data.classnames)
         _log.info(
             "run %s: %s on %s (%s), %s; %d train / %s val (%s) / %d test images; %d learnable prompt values; %s",
-            run_dir, cfg.method, cfg.dataset, cfg.model, model.prompter.extra_repr(), len(data.train),
+            run_dir, cfg.method, cfg.dataset, cfg.model, model.prompter.extra_repr(), n_train,
             len(data.val) if data.val is not None else 0, data.val_source, len(data.test), model.prompter.num_values(),
             device,
         )  # fmt: skip
@@ -949,7 +965,7 @@ def _finish(
         best_val = evaluate(model, val_loader, device, cfg.precision, env, desc="val (best)") if val_loader else None
     results = {
         **cfg.identity(),
-        "n_train": len(data.train),
+        "n_train": len(data.train) if data.train is not None else 0,
         "epochs": epochs,
         "selection": "val" if data.val is not None else "last",
         "best_epoch": best["epoch"],
