@@ -68,6 +68,9 @@ def test_default_inner_size_matches_paper():
 def test_evp_rejects_bad_sizes(inner, flag):
     with pytest.raises(ValueError, match=flag):
         EVPPrompter(224, inner)
+    with pytest.raises(ValueError, match=r"--input-size 2 is too small .*: give at least 3"):
+        EVPPrompter(2)  # (not an --inner-size the user never gave)
+    assert EVPPrompter(3).pad == 1
 
 
 def test_create_prompter_prompt_size_and_conflicts():

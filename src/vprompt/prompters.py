@@ -148,7 +148,12 @@ class EVPPrompter(Prompter):
 
     def __init__(self, input_size: int = 224, inner_size: int | None = None) -> None:
         super().__init__()
-        inner_size = default_inner_size(input_size) if inner_size is None else inner_size
+        if inner_size is None:
+            inner_size = default_inner_size(input_size)
+            if inner_size < 1:
+                raise ValueError(
+                    f"--input-size {input_size} is too small for EVP's border and an image inside it: give at least 3"
+                )
         if not 0 < inner_size < input_size:
             raise ValueError(
                 f"--inner-size {inner_size} must be smaller than --input-size {input_size} (and positive): "
