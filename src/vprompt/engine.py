@@ -476,7 +476,6 @@ def _resume_path(cfg: RunConfig) -> Path | None:
     if cfg.resume == "latest":
         path = run_dir / LAST_FILE
         if not path.exists():  # a run without training state (zeroshot) is redone: see refuse_other_run
-            _log.info("--resume latest: no %s yet, starting from scratch", path)
             return None
         return path
     path = Path(cfg.resume)
@@ -692,6 +691,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
     model, data, diversity = _build_for_run(cfg, device, env=env)
     if cfg.resume == "latest" and resume_from is None:
         refuse_other_run(cfg)  # after the build, which resolves the sizes left to the model's default
+        _log.info("--resume latest: no %s yet, starting from scratch", run_dir / LAST_FILE)
     n_train = len(data.train) if data.train is not None else 0  # (none: a run evaluated on a test split only)
     if data.train is not None and n_train < env.world_size:  # a process with no image would have no map outputs
         raise ValueError(f"{n_train} training images for {env.world_size} processes: launch at most {n_train}")
