@@ -433,6 +433,8 @@ def test_resisc45_split_files(tmp_path):
     assert data.val_source == "official" and data.classnames == names
     _check(_make("resisc45", tmp_path), "resisc45", 2, [0, 44])
     _check(_make("resisc45", tmp_path, "test"), "resisc45", 1, [1])
+    (base / "val.txt").write_text("\n")  # an empty official split would select epoch 1 on no image
+    assert prepare_data("resisc45", tmp_path, image_size=16, download=False).val_source != "official"
     (base / "test.txt").write_text("images/airport/airport_000.jpg 45\n")
     with pytest.raises(ValueError, match=r"label in 0\.\.44"):
         _make("resisc45", tmp_path, "test")
@@ -539,6 +541,14 @@ def test_hf_route_reads_hub_parquet_files(tmp_path):
     kw = {"source": "hf", "hf_id": str(hub)}
     _check(_make("resisc45", tmp_path, **kw), "resisc45", 3, [0, 44, 2])
     _check(_make("resisc45", tmp_path, "val", **kw), "resisc45", 1, [2])
+
+
+def test_hub_images_decode_as_files_do():
+    from vprompt.data.benchmark_hf import HFImageDataset
+
+    gray16 = Image.fromarray(np.full((4, 4), 20000, np.uint16))  # 16-bit grayscale: PIL's convert clips it to white
+    pixel = np.asarray(HFImageDataset([{"image": gray16}], "image", [0], ["a"])[0][0])[0, 0]
+    assert pixel.tolist() == [78, 78, 78]  # 20000 / 257, as load_rgb reads the same file
 
 
 def test_hf_route_without_download_stays_offline(tmp_path):

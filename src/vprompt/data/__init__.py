@@ -165,6 +165,9 @@ def prepare_data(
             val = make("val", eval_tf)
         except SplitNotFoundError as e:  # a copy (hf_id=...) that turns out to have no validation split
             _log.warning("%s: no official validation split (%s); holding one out of the training data", name, e)
+    if val is not None and not len(val):  # (an empty val.txt, a hub copy's 0-row split): it would select epoch 1
+        _log.warning("%s: the official validation split is empty; holding one out of the training data", name)
+        val = None
     if val is not None:
         _log.info("%s: using the official validation split", name)
         train_idx, val_idx, val_source = all_idx, [], "official"

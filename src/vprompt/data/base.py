@@ -76,18 +76,24 @@ def load_rgb(path: str | Path) -> Image.Image:
 
 def _decode_rgb(path: str | Path) -> Image.Image:
     with Image.open(path) as img:
-        if img.mode.startswith("I") or img.mode == "F":
-            a = np.asarray(img, dtype=np.float64)
-            if img.mode.startswith("I"):  # 16-bit files open as I;16 or, with older Pillow, as I
-                if a.max(initial=0) > 65535 or a.min(initial=0) < 0:
-                    raise ValueError(
-                        "integer grayscale outside 0..65535 has no one 8-bit reading; save it as 8 or 16 bits"
-                    )
-                a = a / 257.0  # 0..65535 -> 0..255
-            elif a.max(initial=0) <= 1.01:  # float images hold 0..1 (with some overshoot) or 0..255
-                a = a * 255.0
-            return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
-        return img.convert("RGB")
+        return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """An opened image as RGB, as :func:`load_rgb` reads files (for images that come decoded: a hub dataset's).
+
+    Raises:
+        ValueError: integer grayscale beyond 16 bits."""
+    if img.mode.startswith("I") or img.mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I"):  # 16-bit files open as I;16 or, with older Pillow, as I
+            if a.max(initial=0) > 65535 or a.min(initial=0) < 0:
+                raise ValueError("integer grayscale outside 0..65535 has no one 8-bit reading; save it as 8 or 16 bits")
+            a = a / 257.0  # 0..65535 -> 0..255
+        elif a.max(initial=0) <= 1.01:  # float images hold 0..1 (with some overshoot) or 0..255
+            a = a * 255.0
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+    return img.convert("RGB")
 
 
 class FileDataset(Dataset):

@@ -32,7 +32,7 @@ from unittest import mock
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .base import FileDataset
+from .base import FileDataset, to_rgb
 from .benchmark_base import classnames, map_names
 from .datasets import class_folders, image_files
 from .registry import DatasetNotFoundError, DatasetOptionError, MissingDependencyError, SplitNotFoundError
@@ -181,7 +181,7 @@ class HFImageDataset(Dataset):
             import io
 
             img = Image.open(io.BytesIO(img))
-        img = img.convert("RGB")
+        img = to_rgb(img)
         return (self.transform(img) if self.transform else img), self.targets[i]
 
 

@@ -48,11 +48,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from torch.utils.data import Dataset
 
 from ..download import DigestMismatch, download_verified, file_digest
 from ..errors import DataFileError
-from .base import ArrayDataset, build_transform
+from .base import ArrayDataset, build_transform, to_rgb
 from .registry import (
     DatasetNotFoundError,
     DatasetOptionError,
@@ -545,7 +546,7 @@ class WildsSplit(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
         x, y, _ = self.subset[i]
-        img = x.convert("RGB") if hasattr(x, "convert") else x
+        img = to_rgb(x) if isinstance(x, Image.Image) else x
         return (self.transform(img) if self.transform else img), int(y)
 
 
