@@ -2,8 +2,14 @@
 
 import csv
 import json
+import multiprocessing
+import os
 import re
+import signal
 import statistics
+import threading
+import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -427,6 +433,29 @@ def test_parallel_jobs_give_the_same_results_as_one_at_a_time(tmp_path):
     with pytest.raises(ValueError, match="size=1 must be a whole number"):
         run_suite(parse_suite(config), output=tmp_path / "stop", jobs=2, quiet=True, fail_fast=True)
     assert not list((tmp_path / "stop").glob("*/results.json"))  # the 10000-epoch run did not go on to its end
+
+    # A run's process that dies (killed for memory, say) fails that run only: the others run on to their end.
+    def writes_to(pid, path):
+        fds = Path(f"/proc/{pid}/fd")
+        return any(os.path.realpath(fd) == str(path.resolve()) for fd in fds.iterdir())
+
+    def kill_the_long_run():
+        for _ in range(1200):
+            logs = list((tmp_path / "died").glob("long-*/log.txt"))
+            if logs and "epoch 1/" in logs[0].read_text():
+                (child,) = [c for c in multiprocessing.active_children() if writes_to(c.pid, logs[0])]
+                os.kill(child.pid, signal.SIGKILL)
+                return
+            time.sleep(0.1)
+
+    config["methods"] = [{**long, "epochs": 200, "label": "long"}, {"name": "evp", "label": "a"}, "vp"]
+    config["base"]["log_every"] = 1
+    killer = threading.Thread(target=kill_the_long_run)
+    killer.start()
+    report = run_suite(parse_suite(config), output=tmp_path / "died", jobs=2, quiet=True)
+    killer.join()
+    assert [r.status for r in report.records] == ["failed", "done", "done"]
+    assert "the run's process died (exit code -9) before the run ended" in report.records[0].error
 
 
 def test_an_interrupted_suite_says_to_run_it_again(tmp_path, monkeypatch, capsys):

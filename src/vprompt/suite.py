@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, check_dataset_options, load_yaml, resolve_config, under
-from .errors import did_you_mean, one_line
+from .errors import USER_ERRORS, did_you_mean, one_line
 
 __all__ = ["SuiteConfig", "MethodEntry", "SuiteCell", "RunRecord", "SuiteReport", "load_suite", "expand_suite",
            "run_suite", "build_table"]  # fmt: skip
@@ -549,25 +549,50 @@ def _fetch_data_once(cfgs: Sequence[RunConfig]) -> None:
                 _log.warning("suite: could not prepare %s %s before the parallel runs: %s", cfg.dataset, split, e)
 
 
-def _worker_init(threads: int) -> None:
+class _ChildTraceback(Exception):
+    """The traceback of an error raised in a run's process, as text (shown as the cause of the error)."""
+
+    def __str__(self) -> str:
+        return f"\n{self.args[0]}"
+
+
+def _run_in_child(cfg: RunConfig, threads: int, send: Any) -> None:
+    """A run in its own (spawned) process: its results, or its error and traceback, go back through ``send``."""
+    import pickle
     import signal
+    import traceback
 
     import torch
 
-    torch.set_num_threads(threads)
-    # Ctrl-C reaches the whole process group: the suite's process stops the runs, a worker must not go on to the
-    # next one (an interrupted run's last.pt keeps it resumable).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _fit_in_worker(cfg: RunConfig) -> dict[str, Any]:
     from .distributed import DistEnv
     from .engine import fit, setup_logging
 
+    torch.set_num_threads(threads)
+    # Ctrl-C reaches the whole process group: the suite's process stops the runs (an interrupted run's last.pt
+    # keeps it resumable).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    trace = ""
     try:
-        return fit(cfg)
+        outcome: Any = fit(cfg)
+    except BaseException as e:  # noqa: BLE001 - reported by the suite's process
+        outcome, trace = e, traceback.format_exc()
+        try:
+            pickle.loads(pickle.dumps(e))
+        except Exception:  # noqa: BLE001 - an error the suite's process could not rebuild: its kind and message
+            kind = next((k for k in USER_ERRORS if isinstance(e, k)), RuntimeError)
+            outcome = kind(f"{type(e).__name__}: {e}" if kind is RuntimeError else str(e))
     finally:
-        setup_logging(None, DistEnv())  # close this run's log.txt before the worker takes the next run
+        setup_logging(None, DistEnv())
+    send.send((outcome, trace))
+    send.close()
+
+
+def _receive(pipe: Any) -> Any:
+    """What a run's process sent, or None where it ended without sending (the pipe is closed)."""
+    try:
+        return pipe.recv()
+    except (EOFError, OSError):
+        return None
 
 
 def _run_parallel(
@@ -575,25 +600,46 @@ def _run_parallel(
     jobs: int,
     finished: Callable[[str, SuiteCell, dict[str, Any] | BaseException], None],
 ) -> None:
-    """Run the queued configs ``jobs`` at a time in fresh (spawned) processes, reporting each as it ends."""
+    """Run the queued configs ``jobs`` at a time, each in its own fresh (spawned) process, reporting each as it
+    ends. A process that dies (killed for memory, a crash in native code) fails its own run only."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing.connection import wait
 
     threads = max(1, (os.cpu_count() or 1) // min(jobs, len(queue)))  # an equal share for each run at once
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)) as pool:
-        futures = {pool.submit(_fit_in_worker, cfg): (tag, cell) for tag, cell, cfg in queue}
-        try:
-            for fut in as_completed(futures):
-                tag, cell = futures[fut]
-                error = fut.exception()
-                finished(tag, cell, error if error is not None else fut.result())
-        except BaseException:  # Ctrl-C, or --fail-fast: stop now, not after the runs in progress and queued
-            for fut in futures:
-                fut.cancel()
-            for process in list((getattr(pool, "_processes", None) or {}).values()):
-                process.terminate()
-            raise
+    waiting = list(queue)
+    running: dict[Any, dict[str, Any]] = {}  # the process's sentinel -> the run
+    try:
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                tag, cell, cfg = waiting.pop(0)
+                recv, send = ctx.Pipe(duplex=False)
+                process = ctx.Process(target=_run_in_child, args=(cfg, threads, send), daemon=True)
+                process.start()
+                send.close()  # (the child holds the sending end)
+                running[process.sentinel] = {"tag": tag, "cell": cell, "process": process, "pipe": recv}
+            pipes = {run["pipe"]: run for run in running.values() if "sent" not in run}
+            for ready in wait([*running, *pipes]):
+                if ready in pipes:  # read as soon as sent: a child blocked on a full pipe would never end
+                    pipes[ready]["sent"] = _receive(ready)
+            for sentinel in [s for s, run in running.items() if not run["process"].is_alive()]:
+                run = running.pop(sentinel)
+                if "sent" not in run:
+                    run["sent"] = _receive(run["pipe"]) if run["pipe"].poll() else None
+                run["pipe"].close()
+                run["process"].join()
+                outcome, trace = run.get("sent") or (None, "")
+                if outcome is None:
+                    code = run["process"].exitcode
+                    outcome = RuntimeError(f"the run's process died (exit code {code}) before the run ended")
+                elif trace and isinstance(outcome, BaseException):
+                    outcome.__cause__ = _ChildTraceback(trace)
+                finished(run["tag"], run["cell"], outcome)
+    finally:  # Ctrl-C, or --fail-fast: stop the runs in progress now; the queued ones never start
+        for run in running.values():
+            run["process"].terminate()
+            run["process"].join()
+            run["pipe"].close()
 
 
 def _free_memory() -> None:
