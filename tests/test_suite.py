@@ -280,6 +280,27 @@ def test_an_interrupted_run_continues_with_another_precision_a_finished_one_does
     assert state == "conflict" and "precision='fp32' there, 'bf16' here" in why
 
 
+def test_a_finished_run_on_another_data_folder_is_not_this_cells_result(tmp_path, monkeypatch):
+    from vprompt.suite import _state
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    monkeypatch.chdir(tmp_path)
+
+    def cell(data_dir):
+        suite = {"datasets": ["imagefolder"], "methods": ["vp"], "base": {"data_dir": data_dir}}
+        return expand_suite(parse_suite(suite), output=tmp_path / "runs")[0]
+
+    run = cell("a").cfg.run_dir
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"config": cell("a").cfg.to_dict()}))
+    (run / "results.json").write_text("{}")
+    assert _state(cell("a")) == ("done", "")
+    assert _state(cell(str(tmp_path / "a"))) == ("done", "")  # the same folder, spelled otherwise
+    state, why = _state(cell("b"))  # its results are another folder's images
+    assert state == "conflict" and "data_dir='a' there, 'b' here" in why
+
+
 def test_a_train_fraction_is_labelled_as_such_and_cannot_meet_shots(tmp_path):
     suite = parse_suite({"datasets": ["synthetic"], "methods": ["evp"], "shots": [None, 5],
                          "base": {"train_fraction": 0.05}})  # fmt: skip

@@ -101,8 +101,8 @@ def identity_keys(cfg: RunConfig) -> tuple[str, ...]:
 def result_keys(cfg: RunConfig) -> tuple[str, ...]:
     """Settings that may change when ``cfg``'s run continues, but make a finished run's results another run's."""
     if not _untrained(cfg):
-        return ("precision", "eval_every")
-    return ("precision", "l2_grid") if cfg.method == "linprobe" else ("precision",)
+        return ("precision", "eval_every", "data_dir")
+    return ("precision", "l2_grid", "data_dir") if cfg.method == "linprobe" else ("precision", "data_dir")
 
 
 #: How a run folder that holds a run made with other settings is reported (the demo looks for it).
@@ -122,8 +122,9 @@ _SIZES = ("input_size", "inner_size", "prompt_size")
 
 
 def _same_weights(old: Any, new: Any) -> bool:
-    """Whether two ``pretrained`` values name the same weights: equal, paths to the same file or folder, or, where
-    the old path is not there (another machine, another working directory), a path of the same name."""
+    """Whether two ``pretrained`` (or ``data_dir``) values name the same files: equal, paths to the same file or
+    folder, or, where the old path is not there (another machine, another working directory), a path of the same
+    name."""
     if old == new:
         return True
     if not (isinstance(old, str) and isinstance(new, str)) or not Path(new).expanduser().exists():
@@ -137,7 +138,7 @@ def changed_settings(old: dict[str, Any], cfg: RunConfig, keys: Sequence[str] = 
     empty when the run is the same. Both are compared as :func:`~vprompt.config.comparable` gives them (a setting
     a run does not use is no difference). A key absent from ``old`` counts as unchanged, and so does a size left to
     its default (None) on either side: the saved prompt's shape then decides. Any other None is a value (no
-    few-shot draw, random weights) and is compared. Weights files are compared by where they are
+    few-shot draw, random weights) and is compared. Weights files and data folders are compared by where they are
     (:func:`_same_weights`), ``head`` and ``label_map`` by the head they give (``--label-map flm`` is a
     classifier's default head)."""
     old, now = comparable(old), comparable(cfg.to_dict())
@@ -150,7 +151,7 @@ def changed_settings(old: dict[str, Any], cfg: RunConfig, keys: Sequence[str] = 
 
     def differs(k: str) -> bool:
         new = now[k]
-        if k == "pretrained":
+        if k in ("pretrained", "data_dir"):
             return not _same_weights(old[k], new)
         if k in ("head", "label_map") and old[k] != new:
             before = head_of(old.get("head"), old.get("label_map"), old.get("model") or cfg.model)
