@@ -48,7 +48,7 @@ from .checkpoint import (
 from .config import RunConfig, check_precision, comparable, resolve_config
 from .data import DataSplits, check_dataset, get_dataset_spec, make_loader, prepare_data
 from .data.loader import PAD_LABEL
-from .data.registry import default_data_dir
+from .data.registry import data_root
 from .data.splits import torch_seed
 from .distributed import DistEnv, all_reduce_grads, all_reduce_sum, barrier, init_distributed
 from .diversity import InputDiversity, create_diversity
@@ -101,8 +101,10 @@ def identity_keys(cfg: RunConfig) -> tuple[str, ...]:
 def result_keys(cfg: RunConfig) -> tuple[str, ...]:
     """Settings that may change when ``cfg``'s run continues, but make a finished run's results another run's."""
     if not _untrained(cfg):
-        return ("precision", "eval_every", "data_dir")
-    return ("precision", "l2_grid", "data_dir") if cfg.method == "linprobe" else ("precision", "data_dir")
+        how = ("eval_every",)
+    else:
+        how = ("l2_grid",) if cfg.method == "linprobe" else ()
+    return ("precision", *how, "data_dir")
 
 
 #: How a run folder that holds a run made with other settings is reported (the demo looks for it).
@@ -421,14 +423,19 @@ def setup_logging(run_dir: Path | None, env: DistEnv) -> None:
     logger.propagate = False
 
 
+def _count(split: Any) -> int:
+    """The length of a split of :class:`DataSplits` (or of its loader), 0 where it has none."""
+    return len(split) if split is not None else 0
+
+
 def _data_identity(data: DataSplits) -> dict[str, Any]:
     """What a resumed run must find again: the classes, the number of training and validation images, and a
     digest of which images were held out or drawn."""
     split = json.dumps(data.split_indices, sort_keys=True).encode()
     return {
         "classes": list(data.classnames),
-        "train images": len(data.train) if data.train is not None else 0,
-        "val images": len(data.val) if data.val is not None else 0,
+        "train images": _count(data.train),
+        "val images": _count(data.val),
         "split": hashlib.sha256(split).hexdigest(),
     }
 
@@ -509,9 +516,9 @@ def _build_for_run(
 
     Seeded first, so that a randomly initialized backbone or prompt is the same in training and in evaluation."""
     check_dataset(cfg.dataset, cfg.dataset_options)  # a mistyped name is told before a model is downloaded
-    head = resolve_head(cfg.head, cfg.label_map, model_kind(cfg.model))  # and so is a mistyped or conflicting head
+    kind = resolve_head(cfg.head, cfg.label_map, model_kind(cfg.model))  # and so is a mistyped or conflicting head
     check_sizes(cfg)  # and sizes that do not fit the model
-    if read == "all" and not cfg.epochs and head in _HEADS_WITHOUT_DATA and not _has_train_split(cfg):
+    if read == "all" and not cfg.epochs and kind in _HEADS_WITHOUT_DATA and not _has_train_split(cfg):
         _log.info("dataset %s has no training split: the run is evaluated on its test split only", cfg.dataset)
         read = "test"
     torch.manual_seed(torch_seed(cfg.seed))
@@ -521,11 +528,8 @@ def _build_for_run(
         cfg.diversity, min_scale=cfg.di_min_scale, prob=cfg.di_prob, shard=(env.rank, env.world_size)
     )
     data = data_for_run(cfg, prompter.image_size, augment and diversity.random_crop, read)
-    return (
-        PromptedModel(prompter, backbone, build_head(cfg, backbone, data.classnames, data.templates)),
-        data,
-        diversity,
-    )
+    head = build_head(cfg, backbone, data.classnames, data.templates)
+    return PromptedModel(prompter, backbone, head), data, diversity
 
 
 #: Heads that learn nothing from the training data: a run that trains nothing with them needs none.
@@ -534,8 +538,7 @@ _HEADS_WITHOUT_DATA = ("text", "identity", "rlm")
 
 def _has_train_split(cfg: RunConfig) -> bool:
     """Whether ``cfg``'s dataset has a training split (a user's folder may hold only test/)."""
-    root = Path(cfg.data_dir).expanduser() if cfg.data_dir is not None else default_data_dir()
-    return "train" in get_dataset_spec(cfg.dataset).available_splits(root, cfg.dataset_options)
+    return "train" in get_dataset_spec(cfg.dataset).available_splits(data_root(cfg.data_dir), cfg.dataset_options)
 
 
 def data_for_run(cfg: RunConfig, image_size: int, random_crop: bool, read: str = "all") -> DataSplits:
@@ -693,7 +696,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
     if cfg.resume == "latest" and resume_from is None:
         refuse_other_run(cfg)  # after the build, which resolves the sizes left to the model's default
         _log.info("--resume latest: no %s yet, starting from scratch", run_dir / LAST_FILE)
-    n_train = len(data.train) if data.train is not None else 0  # (none: a run evaluated on a test split only)
+    n_train = _count(data.train)  # (no training split: a run evaluated on a test split only)
     if data.train is not None and n_train < env.world_size:  # a process with no image would have no map outputs
         raise ValueError(f"{n_train} training images for {env.world_size} processes: launch at most {n_train}")
     if epochs and not model.trainable_parameters():
@@ -720,7 +723,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
     # Label maps count every training image once: in order, without the padding of a shuffled epoch.
     map_loader = train_loader.in_order() if train_loader is not None else None
     val_loader = loader(data.val, False, eval_bs) if data.val is not None else None
-    optimizers, schedulers = _optimizers(cfg, model, len(train_loader) if train_loader is not None else 0)
+    optimizers, schedulers = _optimizers(cfg, model, _count(train_loader))
     scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
 
     start_epoch, best = 0, {"epoch": 0, "val_acc1": -math.inf}
@@ -763,7 +766,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
         _log.info(
             "run %s: %s on %s (%s), %s; %d train / %s val (%s) / %d test images; %d learnable prompt values; %s",
             run_dir, cfg.method, cfg.dataset, cfg.model, model.prompter.extra_repr(), n_train,
-            len(data.val) if data.val is not None else 0, data.val_source, len(data.test), model.prompter.num_values(),
+            _count(data.val), data.val_source, len(data.test), model.prompter.num_values(),
             device,
         )  # fmt: skip
 
@@ -889,7 +892,7 @@ def _epoch_of(line: str) -> float:
 def continues_own_run(cfg: RunConfig) -> bool:
     """Whether ``cfg`` continues or redoes the run its folder holds (``--resume latest``, or ``--resume`` of the
     folder's own state), rather than starting a new one there (no ``--resume``, or another folder's state)."""
-    if cfg.resume is None or cfg.resume == "latest":
+    if cfg.resume in (None, "latest"):
         return cfg.resume == "latest"
     path = Path(cfg.resume)
     return (path if path.is_dir() else path.parent).resolve() == cfg.run_dir.resolve()
@@ -966,7 +969,7 @@ def _finish(
         best_val = evaluate(model, val_loader, device, cfg.precision, env, desc="val (best)") if val_loader else None
     results = {
         **cfg.identity(),
-        "n_train": len(data.train) if data.train is not None else 0,
+        "n_train": _count(data.train),
         "epochs": epochs,
         "selection": "val" if data.val is not None else "last",
         "best_epoch": best["epoch"],

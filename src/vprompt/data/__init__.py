@@ -30,6 +30,7 @@ from .registry import (
     SplitNotFoundError,
     check_dataset,
     create_dataset,
+    data_root,
     default_data_dir,
     get_dataset_spec,
     list_datasets,
@@ -50,6 +51,7 @@ __all__ = [
     "DeviceBatches",
     "build_transform",
     "create_dataset",
+    "data_root",
     "default_data_dir",
     "epoch_order",
     "get_dataset_spec",
@@ -130,7 +132,7 @@ def prepare_data(
         train_fraction: keep this share of each class instead (at least one image per class).
     """
     spec = get_dataset_spec(name)
-    root = Path(root).expanduser() if root is not None else default_data_dir()
+    root = data_root(root)
     if root.is_file():
         raise FileNotFoundError(f"--data-dir {root} is a file; give the folder that holds the dataset's files")
     options = dict(options or {})
@@ -148,7 +150,7 @@ def prepare_data(
         assert test is not None
         return DataSplits(None, None, test, list(test.classnames), spec.templates, "none")
     classnames = list(train_full.classnames)
-    where = f"dataset {name}" + (f" in {root}" if root is not None else "")
+    where = f"dataset {name} in {root}"
     if len(classnames) < 2:
         raise ValueError(f"{where}: {len(classnames)} class {classnames}; a classifier needs at least 2")
     counts = torch.bincount(torch.as_tensor(train_full.targets, dtype=torch.long), minlength=len(classnames))

@@ -24,6 +24,7 @@ __all__ = [
     "get_dataset_spec",
     "check_dataset",
     "list_datasets",
+    "data_root",
     "default_data_dir",
     "DatasetNotFoundError",
     "SplitNotFoundError",
@@ -144,6 +145,11 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("VPROMPT_DATA", Path.home() / ".cache" / "vprompt" / "data")).expanduser()
 
 
+def data_root(root: str | Path | None) -> Path:
+    """The data folder ``root`` (``~`` expanded), or :func:`default_data_dir` where none is given."""
+    return Path(root).expanduser() if root is not None else default_data_dir()
+
+
 def create_dataset(
     name: str,
     root: str | Path | None = None,
@@ -165,7 +171,7 @@ def create_dataset(
     spec = check_dataset(name, options)
     if split not in spec.splits:
         raise ValueError(f"dataset {name!r} has no split {split!r} (it has: {', '.join(spec.splits)})")
-    root = Path(root).expanduser() if root is not None else default_data_dir()
+    root = data_root(root)
     ds = spec.builder(root=root, split=split, transform=transform, download=download, **options)
     if spec.classnames is not None and not getattr(ds, "classnames", None):
         ds.classnames = list(spec.classnames)

@@ -59,7 +59,7 @@ from .registry import (
     DatasetOptionError,
     DatasetSpec,
     MissingDependencyError,
-    default_data_dir,
+    data_root,
     register_dataset,
 )
 
@@ -117,7 +117,7 @@ def cifar_c_folder(root: str | Path | None, classes: int = 10) -> Path:
     """Where the CIFAR-``classes``-C release lives under the data folder ``root``."""
     if classes not in CIFAR_C:
         raise ValueError(f"CIFAR-C exists for 10 and 100 classes, not {classes}")
-    return (Path(root).expanduser() if root is not None else default_data_dir()) / CIFAR_C[classes][0]
+    return data_root(root) / CIFAR_C[classes][0]
 
 
 def _missing_cifar_c(folder: Path, classes: int, what: str) -> DatasetNotFoundError:
@@ -372,7 +372,7 @@ def find_shift_sets(
     if dataset not in _SHIFTS:
         have = ", ".join(list_shift_datasets())
         raise ValueError(f"--shift: no distribution-shift sets for dataset {dataset!r} (there are for: {have})")
-    root = Path(root).expanduser() if root is not None else default_data_dir()
+    root = data_root(root)
     transform = build_transform(image_size, random_crop=False)
     sets = _SHIFTS[dataset](root, transform=transform, download=download, classnames=classnames, **(options or {}))
     if patterns:
