@@ -490,7 +490,7 @@ def _resume_path(cfg: RunConfig) -> Path | None:
     path = path / LAST_FILE if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(f"--resume {cfg.resume}: no training state at {path}")
-    if holds_run and path.resolve().parent != run_dir.resolve():
+    if holds_run and not continues_own_run(cfg):
         raise FileExistsError(
             f"--resume {cfg.resume}: run folder {run_dir} already holds another run; the state of {path.parent} "
             "continues in a new folder (--name) or in its own"
