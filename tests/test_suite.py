@@ -424,7 +424,7 @@ def test_shipped_suite_config_expands_to_the_paper_grid(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_parallel_jobs_give_the_same_results_as_one_at_a_time(tmp_path):
+def test_parallel_jobs_give_the_same_results_as_one_at_a_time(tmp_path, capfd):
     # Spawned workers see only registered datasets, so this grid uses the built-in synthetic one twice.
     config = {
         "base": {"model": TINY_MODEL, "epochs": 1, "batch_size": 16, "log_every": 0, "device": "cpu", "threads": 1,
@@ -446,6 +446,11 @@ def test_parallel_jobs_give_the_same_results_as_one_at_a_time(tmp_path):
         log = (tmp_path / "two" / name / "log.txt").read_text()
         mentioned = set(re.findall(r"/two/([\w.-]+)", log))
         assert mentioned == {name}, (name, mentioned)
+        assert "] INFO" not in log  # the console's tag is not written to the run's own log
+    # On the console, where the runs' lines interleave, each line of a run's process says which run it is.
+    err = capfd.readouterr().err
+    for i, name in enumerate(names):
+        assert re.search(rf"\[{i + 1}/3\] INFO .*/two/{re.escape(name)}\b", err), name
 
     # --fail-fast stops the grid at a failing run, and the runs in progress and queued with it.
     long = {"name": "evp", "epochs": 10000}

@@ -222,8 +222,18 @@ def _seed_epoch(seed: int, epoch: int) -> None:
     torch.manual_seed(torch_seed(seed * 1_000_003 + epoch + 1))
 
 
+_console_tag = ""  # in a suite's run process: "[3/12] ", the run's place in the grid
+
+
+def tag_console(tag: str) -> None:
+    """Begin each console line of this process (not its ``log.txt``'s) with ``tag``, and show no progress bar: the
+    lines of a suite's runs in their own processes interleave on one terminal, where bars would overwrite each other."""
+    global _console_tag
+    _console_tag = tag
+
+
 def _show_progress(env: DistEnv) -> bool:
-    return env.is_main and sys.stderr.isatty()
+    return env.is_main and sys.stderr.isatty() and not _console_tag
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -410,15 +420,18 @@ def setup_logging(run_dir: Path | None, env: DistEnv) -> None:
     if not env.is_main:
         logger.setLevel(logging.WARNING)
         return
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+
+    def line(tag: str) -> logging.Formatter:
+        return logging.Formatter(f"%(asctime)s {tag.replace('%', '%%')}%(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+
     stream = logging.StreamHandler()
     stream._vprompt = True  # type: ignore[attr-defined]
-    stream.setFormatter(fmt)
+    stream.setFormatter(line(_console_tag))
     logger.addHandler(stream)
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         fh = _RunLogHandler(run_dir / "log.txt")
-        fh.setFormatter(fmt)
+        fh.setFormatter(line(""))
         logger.addHandler(fh)
     logger.propagate = False
 

@@ -556,8 +556,9 @@ class _ChildTraceback(Exception):
         return f"\n{self.args[0]}"
 
 
-def _run_in_child(cfg: RunConfig, threads: int, send: Any) -> None:
-    """A run in its own (spawned) process: its results, or its error and traceback, go back through ``send``."""
+def _run_in_child(cfg: RunConfig, threads: int, send: Any, tag: str) -> None:
+    """A run in its own (spawned) process: its results, or its error and traceback, go back through ``send``. Its
+    console lines begin with ``tag``."""
     import pickle
     import signal
     import traceback
@@ -565,8 +566,9 @@ def _run_in_child(cfg: RunConfig, threads: int, send: Any) -> None:
     import torch
 
     from .distributed import DistEnv
-    from .engine import fit, setup_logging
+    from .engine import fit, setup_logging, tag_console
 
+    tag_console(tag)
     torch.set_num_threads(threads)
     # Ctrl-C reaches the whole process group: the suite's process stops the runs (an interrupted run's last.pt
     # keeps it resumable).
@@ -614,7 +616,8 @@ def _run_parallel(
             while waiting and len(running) < jobs:
                 tag, cell, cfg = waiting.pop(0)
                 recv, send = ctx.Pipe(duplex=False)
-                process = ctx.Process(target=_run_in_child, args=(cfg, threads, send), daemon=True)
+                place = tag.split("]")[0] + "] "  # "[3/12] ", the run's place in the grid
+                process = ctx.Process(target=_run_in_child, args=(cfg, threads, send, place), daemon=True)
                 process.start()
                 send.close()  # (the child holds the sending end)
                 running[process.sentinel] = {"tag": tag, "cell": cell, "process": process, "pipe": recv}
