@@ -42,7 +42,7 @@ from .backbones import FrozenBackbone
 from .build import build_backbone, build_prompter, check_sizes, to_float_rgb
 from .checkpoint import atomic_write
 from .config import RunConfig, l2_strengths
-from .data import DataSplits, check_dataset, default_data_dir, make_loader, no_validation_reason
+from .data import DataSplits, check_dataset, data_root, make_loader, no_validation_reason
 from .data.splits import torch_seed
 from .distributed import DistEnv
 from .prompters import Prompter
@@ -141,7 +141,7 @@ def _cache_key(cfg: RunConfig, input_size: int, data: DataSplits) -> dict[str, A
 
     key = {k: getattr(cfg, k, None) for k in (*DATA_KEYS, "precision")}
     key["input_size"] = input_size  # (the seed is there for a randomly initialized backbone)
-    key["data_dir"] = str(Path(cfg.data_dir or default_data_dir()).expanduser().resolve())
+    key["data_dir"] = str(data_root(cfg.data_dir).resolve())
     key["weights_file"] = _file_stamp(cfg.pretrained)
     parts = {"train": data.train, "val": data.val, "test": data.test}
     key["labels"] = {name: _labels_digest(ds) for name, ds in parts.items() if ds is not None}
