@@ -1,4 +1,6 @@
+import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,6 +192,19 @@ def test_image_folder_skips_hidden_folders_and_files_and_names_a_broken_image(tm
     broken.write_bytes(broken.read_bytes()[:40])  # cut short, as an interrupted copy leaves it
     with pytest.raises(OSError, match=re.escape(f"{broken}: cannot decode this image")):
         create_dataset("imagefolder", tmp_path, "train")[4]
+
+
+def test_image_folder_walks_linked_folders_once_and_lists_files_only(tmp_path):
+    _write_folder(tmp_path, "train", ["ant", "bee"])
+    _write_folder(tmp_path / "more", "train", ["ant"])  # 3 images, linked in below the class folder
+    os.symlink(tmp_path / "more" / "train" / "ant", tmp_path / "train" / "ant" / "batch2")
+    os.symlink(tmp_path / "train" / "ant", tmp_path / "train" / "ant" / "loop")  # a link to itself: walked once
+    (tmp_path / "train" / "bee" / "album.jpg").mkdir()  # a folder named like an image is no image
+    os.symlink(tmp_path / "gone.png", tmp_path / "train" / "bee" / "gone.png")  # nor is a broken link
+    ds = create_dataset("imagefolder", tmp_path, "train")
+    names = [Path(p).relative_to(tmp_path / "train").as_posix() for p, _ in ds.samples]
+    assert names == ["ant/0.png", "ant/1.png", "ant/2.png", "ant/batch2/0.png", "ant/batch2/1.png", "ant/batch2/2.png",
+                     "bee/0.png", "bee/1.png", "bee/2.png"]  # fmt: skip
 
 
 @pytest.mark.parametrize("workers", [0, 1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -120,13 +121,18 @@ def class_folders(folder: Path) -> list[Path]:
 
 
 def image_files(folder: Path) -> list[Path]:
-    """The image files under ``folder`` (at any depth; none when it does not exist), sorted, without hidden files
-    or files in hidden folders."""
-    return [
-        f
-        for f in sorted(folder.rglob("*"))
-        if f.suffix.lower() in IMAGE_EXTENSIONS and not any(map(_hidden, f.relative_to(folder).parts))
-    ]
+    """The image files under ``folder`` (at any depth, through linked folders too; none when it does not exist),
+    sorted, without hidden files or files in hidden folders."""
+    found, seen = [], set()
+    for here, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:  # a link back up the tree: walked once
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not _hidden(d)]
+        found += [Path(here, f) for f in files if not _hidden(f) and Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(f for f in found if f.is_file())  # (not a folder, nor a broken link, named like an image)
 
 
 def image_folder_dataset(
