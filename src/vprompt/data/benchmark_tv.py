@@ -22,6 +22,7 @@ import torch
 
 from .base import ArrayDataset, FileDataset
 from .benchmark_base import classnames, map_folders, map_names, missing, name_key, select_split
+from .datasets import class_folders
 from .registry import DatasetNotFoundError, MissingDependencyError
 
 __all__ = [
@@ -290,22 +291,23 @@ def caltech101(
     split_file: str | None = None,
 ):
     """Caltech101 (101 classes without BACKGROUND_Google, 8,677 images); train / val / test from the shipped
-    stratified split of torchvision's order (sorted class folders, image_0001.jpg, image_0002.jpg, ...)."""
+    stratified split of torchvision's order (sorted class folders, each one's image_0001.jpg, image_0002.jpg, ...).
+    The images are the files there (hidden ones and other files left out); torchvision fetches a missing copy."""
     from torchvision.datasets import Caltech101
 
     folder = root / "caltech101" / "101_ObjectCategories"
-    if not download and not folder.is_dir():  # torchvision would create root/caltech101 before failing
-        raise missing("caltech101", root / "caltech101", LAYOUTS["caltech101"][1])
-    if folder.is_dir() and not (folder / "BACKGROUND_Google").is_dir():  # torchvision removes it by name
-        raise missing(
-            "caltech101", folder / "BACKGROUND_Google", "the folder torchvision leaves out of the classes",
-            f"create it, empty (mkdir {folder / 'BACKGROUND_Google'}); vprompt does not read it",
-        )  # fmt: skip
-    ds = _open("caltech101", root, download, lambda: Caltech101(str(root), target_type="category", download=download))
-    categories = _attr(ds, "categories")
+    if not folder.is_dir():
+        if not download:  # torchvision would create root/caltech101 before failing
+            raise missing("caltech101", root / "caltech101", LAYOUTS["caltech101"][1])
+        _open("caltech101", root, download, lambda: Caltech101(str(root), target_type="category", download=True))
+    # Listed here, not taken from torchvision: it counts every entry of a class folder (a .DS_Store, Thumbs.db) and
+    # makes up image_<n>.jpg from the count, and fails on a copy without the BACKGROUND_Google folder.
+    categories = [p.name for p in class_folders(folder) if p.name != "BACKGROUND_Google"]
     to_ours = map_folders("caltech101", categories)
-    y, idx = _attr(ds, "y"), _attr(ds, "index")
-    paths = [folder / categories[c] / f"image_{i:04d}.jpg" for c, i in zip(y, idx)]
-    labels = [to_ours[c] for c in y]
+    paths, labels = [], []
+    for c, category in enumerate(categories):
+        images = sorted(f for f in (folder / category).glob("image_*.jpg") if f.is_file())
+        paths += images
+        labels += [to_ours[c]] * len(images)
     keep = select_split("caltech101", folder, labels, split, split_file)
     return _files("caltech101", [paths[i] for i in keep], [labels[i] for i in keep], transform)
