@@ -437,6 +437,16 @@ def test_resisc45_split_files(tmp_path):
     assert data.val_source == "official" and data.classnames == names
     _check(_make("resisc45", tmp_path), "resisc45", 2, [0, 44])
     _check(_make("resisc45", tmp_path, "test"), "resisc45", 1, [1])
+    train_txt = (base / "train.txt").read_text()
+    (base / "train.txt").write_text(train_txt, encoding="utf-8-sig")  # as Notepad saves it: with a byte-order mark
+    read = _make("resisc45", tmp_path)
+    assert [Path(p).relative_to(base).as_posix() for p, _ in read.samples] == [
+        "images/airplane/airplane_000.jpg", "images/wetland/wetland_001.jpg"]  # fmt: skip
+    _check(read, "resisc45", 2, [0, 44])
+    (base / "train.txt").write_text(train_txt + "images/airplane/airplane_009.jpg 0\n")  # listed, not there
+    with pytest.raises(DatasetNotFoundError, match=re.escape(f"{base / 'train.txt'}: 1 of the 3 images it lists")):
+        _make("resisc45", tmp_path)
+    (base / "train.txt").write_text(train_txt)
     (base / "val.txt").write_text("\n")  # an empty official split would select epoch 1 on no image
     assert prepare_data("resisc45", tmp_path, image_size=16, download=False).val_source != "official"
     (base / "test.txt").write_text("images/airport/airport_000.jpg 45\n")
@@ -472,6 +482,9 @@ def test_ucf101_coop_layout(tmp_path):
     assert prepare_data("ucf101", tmp_path, image_size=16, download=False).val_source == "official"
     strict = prepare_data("ucf101", tmp_path, image_size=16, val_fraction=0, download=False)  # strictly K-shot
     assert (strict.val, strict.val_source, len(strict.train)) == (None, "none", 2)
+    (base / "UCF-101-midframes" / split["val"][0][0]).unlink()
+    with pytest.raises(DatasetNotFoundError, match=re.escape(f"{base / 'split_zhou_UCF101.json'}: 1 of the 1 ")):
+        _make("ucf101", tmp_path, "val")
 
 
 def test_ucf101_split_files_beside_coops_release_give_every_split(tmp_path, caplog):

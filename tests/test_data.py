@@ -192,6 +192,10 @@ def test_image_folder_skips_hidden_folders_and_files_and_names_a_broken_image(tm
     broken.write_bytes(broken.read_bytes()[:40])  # cut short, as an interrupted copy leaves it
     with pytest.raises(OSError, match=re.escape(f"{broken}: cannot decode this image")):
         create_dataset("imagefolder", tmp_path, "train")[4]
+    listed = create_dataset("imagefolder", tmp_path, "train")
+    broken.unlink()  # gone after the listing: said so, not "cannot decode"
+    with pytest.raises(OSError, match=re.escape(f"{broken}: no such file (moved or deleted after the data")):
+        listed[4]
 
 
 def test_image_folder_walks_linked_folders_once_and_lists_files_only(tmp_path):

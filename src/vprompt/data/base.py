@@ -70,6 +70,8 @@ def load_rgb(path: str | Path) -> Image.Image:
     integer grayscale beyond 16 bits, raises a DataFileError (an OSError) that names it."""
     try:
         return _decode_rgb(path)
+    except FileNotFoundError as e:
+        raise DataFileError(f"{path}: no such file (moved or deleted after the data were listed?)") from e
     except (OSError, ValueError) as e:  # PIL's messages ("image file is truncated") do not name the file
         raise DataFileError(f"{path}: cannot decode this image ({e}); replace or remove the file") from e
 

@@ -116,6 +116,16 @@ def _label_of_folder(name: str, folder: Path, names: Sequence[str]) -> int:
     return map_names(name, [folder.name], names, where)[0]
 
 
+def _check_listed(listing: Path, paths: Sequence[str]) -> None:
+    """The images a split file lists must be there: told now, naming the file that lists them, not mid-epoch."""
+    gone = [p for p in paths if not Path(p).is_file()]
+    if gone:
+        raise DatasetNotFoundError(
+            f"{listing}: {len(gone)} of the {len(paths)} images it lists are not there (the first: {gone[0]}); "
+            f"its paths are relative to {listing.parent}"
+        )
+
+
 def folder_dataset(name: str, folder: Path, split: str, transform: Callable[..., Any] | None) -> FileDataset:
     """The folder route (see the module doc)."""
     names = classnames(name)
@@ -123,13 +133,14 @@ def folder_dataset(name: str, folder: Path, split: str, transform: Callable[...,
     split_txt = folder / f"{split}.txt"
     if layout == "txt" and split_txt.is_file():
         samples = []
-        for n, line in enumerate(split_txt.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(split_txt.read_text(encoding="utf-8-sig").splitlines(), 1):  # (Notepad's BOM)
             if not line.strip():
                 continue
             rel, _, label = line.rstrip().rpartition(" ")
             if not rel or not label.lstrip("-").isdigit() or not 0 <= int(label) < len(names):
                 raise ValueError(f"{split_txt}:{n}: expected '<relative path> <label in 0..{len(names) - 1}>'")
             samples.append((str(folder / rel), int(label)))
+        _check_listed(split_txt, [p for p, _ in samples])
         return FileDataset(samples, names, transform)
     if layout == "coop":
         split_json, images = _COOP[name]
@@ -138,7 +149,9 @@ def folder_dataset(name: str, folder: Path, split: str, transform: Callable[...,
             raise DatasetNotFoundError(f"dataset {name}: {folder / split_json} has no {split!r} split")
         # CoOp's entries are [image path, label, class name]; the label follows from the name.
         labels = map_names(name, [e[2] for e in entries], names)
-        return FileDataset([(str(folder / images / e[0]), y) for e, y in zip(entries, labels)], names, transform)
+        samples = [(str(folder / images / e[0]), y) for e, y in zip(entries, labels)]
+        _check_listed(folder / split_json, [p for p, _ in samples])
+        return FileDataset(samples, names, transform)
     split_dir = folder / split
     if layout == "dirs" and split_dir.is_dir():
         samples = [(str(f), _label_of_folder(name, c, names)) for c in class_folders(split_dir) for f in image_files(c)]
