@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from vprompt import cli
+from vprompt.checkpoint import current_umask
 from vprompt.data import create_dataset, prepare_data
 from vprompt.data import shift as shift_mod
 from vprompt.data.datasets import synthetic_dataset
@@ -153,6 +154,13 @@ def test_download_extracts_safely_and_atomically(tmp_path):
     assert folder == root / "CIFAR-10-C" and sorted(p.name for p in folder.iterdir()) == ["fog.npy", "labels.npy"]
     assert sorted(p.name for p in root.iterdir()) == ["CIFAR-10-C"]  # no archive, staging or .part left behind
     assert len(cifar_c_dataset(root, "fog", 2)) == 4
+    _tar(tmp_path / "flat.tar", {"labels.npy": _npy(labels), "fog.npy": _npy(np.zeros((20, 32, 32, 3), np.uint8))})
+    flat = download_cifar_c(
+        tmp_path / "flat", 10, url=(tmp_path / "flat.tar").as_uri(), md5=_md5(tmp_path / "flat.tar")
+    )
+    assert (
+        flat.stat().st_mode & 0o777 == folder.stat().st_mode & 0o777 == 0o777 & ~current_umask()
+    )  # not mkdtemp's 0o700
 
     _tar(tmp_path / "evil.tar", {"CIFAR-10-C/labels.npy": _npy(labels), "../escaped.npy": b"x"})
     with pytest.raises(ValueError, match="refusing to extract '../escaped.npy'"):

@@ -45,7 +45,7 @@ def check_output_folder(folder: str | Path, setting: str) -> None:
             return
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -71,7 +71,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
 def move_into_place(tmp: str | Path, path: str | Path) -> None:
     """Rename the finished temporary file ``tmp`` (made by ``mkstemp`` beside ``path``) to ``path``, with the usual
     permissions, its bytes on the disk before the rename and the rename on the disk before this returns."""
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes private files; artifacts get the usual permissions
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes private files; artifacts get the usual permissions
     _fsync(tmp)
     os.replace(tmp, path)
     if os.name == "posix":  # the rename itself is recorded in the folder (Windows opens no folder)

@@ -51,6 +51,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..checkpoint import current_umask
 from ..download import DigestMismatch, download_verified, file_digest
 from ..errors import DataFileError
 from .base import ArrayDataset, build_transform, to_rgb
@@ -242,6 +243,7 @@ def download_cifar_c(root: str | Path, classes: int = 10, url: str | None = None
     except OSError as e:
         raise _missing_cifar_c(folder, classes, f"the download failed ({e}); no files") from e
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".extracting", dir=root))  # its own per process
+    os.chmod(staging, 0o777 & ~current_umask())  # (mkdtemp: private) it is the release folder of an archive without one
     try:
         safe_extract(archive, staging)
         found = staging / name if (staging / name).is_dir() else staging
