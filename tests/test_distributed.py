@@ -71,7 +71,8 @@ def test_two_processes_match_one(tmp_path):
 @pytest.mark.slow
 def test_three_processes_evaluate_zero_shot_as_one_with_any_batch_size(tmp_path):
     _torchrun()
-    common = ("--method", "zeroshot", "--epochs", "0", "-b", "32")  # 32 is no multiple of 3: nothing is trained
+    # Nothing is trained: neither a batch of 2 for 3 processes nor evaluation batches of 32 (no multiple of 3) matter.
+    common = ("--method", "zeroshot", "--epochs", "0", "-b", "2", "--eval-batch-size", "32")
     _train(tmp_path, 1, *common, name="one")
     _train(tmp_path, 3, *common, name="three")
     a, b = (json.loads((tmp_path / run / "results.json").read_text())["test"] for run in ("one", "three"))

@@ -726,7 +726,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
             f"--head {cfg.head} is trained with the prompt, and {what} trains nothing: it would be reported untrained "
             f"({fix})"
         )
-    per_proc = cfg.batch_size // env.world_size
+    per_proc = cfg.batch_size // env.world_size or 1  # (0 only where nothing is trained: training refuses it above)
     eval_bs = (cfg.eval_batch_size or cfg.batch_size) // env.world_size or 1
 
     def loader(ds: Any, shuffle: bool, bs: int) -> Any:
