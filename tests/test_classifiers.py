@@ -66,7 +66,7 @@ def test_training_step_leaves_batchnorm_statistics_and_weights_alone(request, fi
     assert all(torch.equal(after[k], v) for k, v in before_bn.items())
 
 
-@pytest.mark.parametrize("name", ["cifar:resnet20", "timm:test_resnet", "tv:resnet18"])
+@pytest.mark.parametrize("name", ["cifar:resnet20", "timm:test_resnet", "tv:resnet18", "tv:squeezenet1_1"])
 def test_the_classifier_layer_gives_fp32_logits_under_bf16_autocast(name):
     # bf16 logits tie between classes often enough to move accuracy; the final layer runs in fp32, as its input
     # (the penultimate features, computed in bf16) would give it outside autocast.
@@ -75,9 +75,15 @@ def test_the_classifier_layer_gives_fp32_logits_under_bf16_autocast(name):
     x = backbone.normalize(torch.rand(4, 3, 32, 32))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         logits, features = backbone.encode(x), backbone.encode_features(x)
-    layer = backbone.model.linear if name.startswith("cifar") else backbone.model.fc
     assert logits.dtype == torch.float32 and features.dtype == torch.bfloat16
-    assert torch.equal(logits, F.linear(features.float(), layer.weight, layer.bias))
+    if name == "tv:squeezenet1_1":  # its classifier: a 1x1 convolution over the feature map, ReLU, then pooling
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            feature_map = backbone.model.features(x)
+        expected = backbone.model.classifier.forward(feature_map.float()).flatten(1)
+    else:
+        layer = backbone.model.linear if name.startswith("cifar") else backbone.model.fc
+        expected = F.linear(features.float(), layer.weight, layer.bias)
+    assert torch.equal(logits, expected)
     with torch.no_grad():  # outside autocast nothing changes
         assert backbone.encode(x).dtype == torch.float32
 

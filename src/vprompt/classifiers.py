@@ -77,9 +77,9 @@ class ClassifierBackbone(FrozenBackbone):
         num_source_classes: number of logits it outputs.
         feature_fn: ``(model, normalized input) -> (B, D)`` penultimate features.
         source_classnames: names of the source classes when known (CIFAR-10, ImageNet-1k).
-        classifier: the final ``nn.Linear``, which then runs in fp32 under autocast (as the CLIP head does): bf16
-            logits of about 10 are rounded to steps of 1/16, so two classes tie in a few images in a thousand and
-            the argmax takes the lower index.
+        classifier: the layer (or layers) that gives the logits, which then runs in fp32 under autocast (as the CLIP
+            head does): bf16 logits of about 10 are rounded to steps of 1/16, so two classes tie in a few images in
+            a thousand and the argmax takes the lower index.
     """
 
     kind = "classifier"
@@ -98,8 +98,9 @@ class ClassifierBackbone(FrozenBackbone):
         classifier: nn.Module | None = None,
     ) -> None:
         super().__init__(model, mean, std, input_size, fixed_input_size=fixed_input_size, name=name)
-        if isinstance(classifier, nn.Linear):
-            classifier.register_forward_hook(_fp32_linear)
+        for layer in classifier if isinstance(classifier, (tuple, list)) else [classifier]:  # (a distilled ViT: 2)
+            if isinstance(layer, nn.Module):
+                layer.register_forward_hook(_in_fp32)
         self.num_source_classes = int(num_source_classes)
         self.output_dim = self.num_source_classes
         self._feature_fn = feature_fn
@@ -126,13 +127,13 @@ class ClassifierBackbone(FrozenBackbone):
 # Shared helpers
 
 
-def _fp32_linear(layer: nn.Linear, args: tuple[Tensor, ...], out: Tensor) -> Tensor | None:
-    """Forward hook: the layer's output recomputed in fp32 when autocast gave a lower precision."""
-    if out.dtype == torch.float32:
+def _in_fp32(layer: nn.Module, args: tuple[Any, ...], out: Any) -> Tensor | None:
+    """Forward hook: the layer's output recomputed in fp32 where autocast gave a lower precision (the layer: a
+    classifier's final ``Linear``, or SqueezeNet's 1x1 convolution and pooling)."""
+    if not isinstance(out, Tensor) or out.dtype == torch.float32:
         return None
-    with torch.autocast(out.device.type, enabled=False):
-        bias = None if layer.bias is None else layer.bias.float()
-        return nn.functional.linear(args[0].float(), layer.weight.float(), bias)
+    with torch.autocast(out.device.type, enabled=False):  # (forward: not its hooks, which saw the call already)
+        return layer.forward(*(a.float() if isinstance(a, Tensor) and a.is_floating_point() else a for a in args))
 
 
 def _is_none(pretrained: str | Path | None) -> bool:
