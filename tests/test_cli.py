@@ -555,6 +555,14 @@ def test_eval_reads_only_the_files_of_its_split_and_downloads_nothing(tmp_path, 
     val = json.loads(capsys.readouterr().out)  # and the training split's files alone serve --split val
     assert cli.main(["eval", "--checkpoint", run, "--data-dir", str(only_train), "--split", "val", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == val and not (only_train / "mnist").exists()
+    # Other training digits: a split redrawn from them is not the run's (some may be digits it trained on).
+    more = tmp_path / "more"
+    more.mkdir()
+    write_idx(more / "train-images-idx3-ubyte.gz", rng.integers(0, 255, (80, 28, 28), dtype=np.uint8))
+    write_idx(more / "train-labels-idx1-ubyte.gz", (np.arange(80) % 10).astype(np.uint8))
+    assert cli.main(["eval", "--checkpoint", run, "--data-dir", str(more), "--split", "val"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--split val: the data differ from those" in err and "train images: 50 then, 70 now" in err, err
 
 
 def test_eval_from_another_folder_names_the_runs_relative_paths(tmp_path, monkeypatch, capsys):

@@ -453,6 +453,13 @@ def _data_identity(data: DataSplits) -> dict[str, Any]:
     }
 
 
+def _prompt_meta(data: DataSplits, epoch: int, val_acc1: float | None) -> dict[str, Any]:
+    """What a prompt file holds besides its tensors and settings: the epoch selected and its validation accuracy,
+    the classes its head maps by position, and the data it was trained on (``vprompt eval --split train|val``
+    evaluates on those images only)."""
+    return {"epoch": epoch, "classnames": list(data.classnames), "val_acc1": val_acc1, "data": _data_identity(data)}
+
+
 def _data_changes(was: dict[str, Any] | None, now: dict[str, Any]) -> str:
     """How the data of :func:`_data_identity` ``now`` differs from ``was`` (a run's start), or "" (also when the
     run saved none)."""
@@ -775,7 +782,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
         # (a run redone from the start, having no last.pt, is resumed too: its results go before anything else)
         _write_run_files(cfg, data, run_dir, model.backbone.input_size)
         source = resume_from.parent if resume_from is not None else run_dir
-        _rewind_run_files(run_dir, source, start_epoch, best, best_state, config, data.classnames)
+        _rewind_run_files(run_dir, source, start_epoch, best, best_state, config, data)
         _log.info(
             "run %s: %s on %s (%s), %s; %d train / %s val (%s) / %d test images; %d learnable prompt values; %s",
             run_dir, cfg.method, cfg.dataset, cfg.model, model.prompter.extra_repr(), n_train,
@@ -818,8 +825,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
             # In this order: if the run stops before last.pt is written, resuming redoes this epoch and first
             # rewinds these two files to what last.pt records (_rewind_run_files).
             if improved:
-                meta = {"epoch": done, "classnames": data.classnames, "val_acc1": best["val_acc1"]}
-                save_prompt(run_dir / PROMPT_FILE, best_state, config, **meta)
+                save_prompt(run_dir / PROMPT_FILE, best_state, config, **_prompt_meta(data, done, best["val_acc1"]))
             save_state(
                 run_dir / LAST_FILE,
                 {
@@ -871,7 +877,7 @@ def _rewind_run_files(
     best: dict[str, Any],
     best_state: dict[str, Tensor],
     config: dict[str, Any],
-    classnames: Sequence[str],
+    data: DataSplits,
 ) -> None:
     """Make ``run_dir`` hold what the run's start says, in case it stopped between writing its files and writing
     ``last.pt``: the metrics of ``source`` (the folder of the state resumed from, or ``run_dir``) up to ``epoch``
@@ -888,8 +894,7 @@ def _rewind_run_files(
     if kept != old:
         atomic_write(metrics, lambda tmp: Path(tmp).write_text("".join(kept)))
     if best_state:
-        meta = {"epoch": best["epoch"], "classnames": list(classnames), "val_acc1": best["val_acc1"]}
-        save_prompt(run_dir / PROMPT_FILE, best_state, config, **meta)
+        save_prompt(run_dir / PROMPT_FILE, best_state, config, **_prompt_meta(data, best["epoch"], best["val_acc1"]))
     else:  # nothing selected yet (a fresh start, or no evaluation yet with --eval-every): no prompt of a later epoch
         (run_dir / PROMPT_FILE).unlink(missing_ok=True)
 
@@ -970,8 +975,8 @@ def _finish(
     last_test = evaluate(model, test_loader, device, cfg.precision, env, desc="test (last)")
     last_val = evaluate(model, val_loader, device, cfg.precision, env, desc="val (last)") if val_loader else None
     if epochs == 0 and env.is_main:
-        save_prompt(run_dir / PROMPT_FILE, model.artifact_state(), config, epoch=0, classnames=data.classnames)
         best = {"epoch": 0, "val_acc1": last_val["acc1"] if last_val else None}
+        save_prompt(run_dir / PROMPT_FILE, model.artifact_state(), config, **_prompt_meta(data, 0, best["val_acc1"]))
     barrier(env.world_size)
     if best["epoch"] == epochs:
         best_test, best_val = last_test, last_val
@@ -1091,6 +1096,12 @@ def evaluate_checkpoint(
         raise ValueError(
             f"{path}: the dataset's classes {how} those the prompt was trained on (its head maps by position); "
             "train the prompt again on this dataset"
+        )
+    changes = _data_changes(meta.get("data"), _data_identity(data)) if split != "test" else ""
+    if changes:  # other images held out or drawn: not the run's own split, and perhaps its training images
+        raise ValueError(
+            f"--split {split}: the data differ from those {path} was trained on ({changes}), so this would not be the "
+            f"run's {split} split; evaluate on the data it was trained on (--data-dir), or use --split test"
         )
     model.load_artifact_state({k: v.to(dev) for k, v in state.items()})
     parts = {"train": data.train, "val": data.val, "test": data.test}
