@@ -121,7 +121,7 @@ def test_linprobe_run_folder_results_and_feature_cache(tmp_path, monkeypatch, ca
         cli.main(_args(tmp_path, "--resume", "latest", "--data-dir", str(tmp_path / "elsewhere")))
 
 
-def test_the_feature_cache_knows_the_labels_and_the_weights_file(tmp_path):
+def test_the_feature_cache_knows_the_labels_and_the_weights_file(tmp_path, monkeypatch):
     from vprompt.data import ArrayDataset, DataSplits
 
     images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
@@ -136,6 +136,9 @@ def test_the_feature_cache_knows_the_labels_and_the_weights_file(tmp_path):
     key = linprobe._cache_key(cfg, 32, splits([0, 0, 1, 1]))
     assert key == linprobe._cache_key(cfg, 32, splits([0, 0, 1, 1]))
     assert key != linprobe._cache_key(cfg, 32, splits([1, 1, 0, 0]))  # same folder and sizes, other images
+    monkeypatch.chdir(tmp_path)  # the same file written another way (as --resume latest takes it): the same features
+    relative = resolve_config({"method": "linprobe", "pretrained": "./w.safetensors", "output": str(tmp_path)})
+    assert linprobe._cache_key(relative, 32, splits([0, 0, 1, 1])) == key
     weights.write_bytes(b"other weights")
     assert key != linprobe._cache_key(cfg, 32, splits([0, 0, 1, 1]))
 

@@ -143,6 +143,8 @@ def _cache_key(cfg: RunConfig, input_size: int, data: DataSplits) -> dict[str, A
     key["input_size"] = input_size  # (the seed is there for a randomly initialized backbone)
     key["data_dir"] = str(data_root(cfg.data_dir).resolve())
     key["weights_file"] = _file_stamp(cfg.pretrained)
+    if key["weights_file"] is not None:  # a file or folder: where it is, however the path was written
+        key["pretrained"] = str(Path(cfg.pretrained).expanduser().resolve())
     parts = {"train": data.train, "val": data.val, "test": data.test}
     key["labels"] = {name: _labels_digest(ds) for name, ds in parts.items() if ds is not None}
     return key
