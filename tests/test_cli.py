@@ -784,6 +784,8 @@ def test_a_setting_the_run_would_not_use_is_refused_where_it_was_given():
         ({"model": "cifar:resnet20", "templates": "ensemble"}, "--templates ensemble: the text prompts of a CLIP"),
         ({"head": "linear", "templates": "single"}, "--templates single: the text prompts of a CLIP text head, not"),
         ({"l2_grid": [0.1, 1]}, "--l2-grid 0.1,1: the L2 strengths of method linprobe, not evp"),
+        ({"method": "zeroshot", "eval_every": 3}, "--eval-every 3: how often training epochs are validated; a run"),
+        ({"method": "linprobe", "eval_every": 2}, "--eval-every 2: how often training epochs are validated; a run"),
     ):
         with pytest.raises(ValueError, match=re.escape(f"command line: {told}")):
             resolve_config(given, source="command line")

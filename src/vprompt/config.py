@@ -411,6 +411,7 @@ _NOTHING: dict[str, Any] = {
     "optimizer": None,
     "schedule": None,
     "diversity": "none",
+    "eval_every": 1,
 }
 
 _PROBE_IGNORES = ("prompter", "prompt_size", "inner_size", "epochs", "head", "label_map", "lr", "optimizer",
@@ -437,6 +438,8 @@ def _unused(settings: Mapping[str, Any]) -> dict[str, str]:
     if diversity != "di":
         for key in ("di_min_scale", "di_prob"):
             why[key] = f"only diversity di resizes and pads, not {diversity}"
+    if not settings.get("epochs"):
+        why["eval_every"] = "how often training epochs are validated; a run of --epochs 0 trains none"
     if method == "linprobe":
         probe = (
             "a linear probe fits logistic regression on frozen features, with no prompt, epochs, optimizer or head; "
