@@ -700,6 +700,8 @@ def test_the_configs_prompter_names_are_the_prompters():
         ("val_fraction: 1.5", "val_fraction 1.5 must be in [0, 1)"),
         ("momentum: 1.5", "momentum 1.5 must be in [0, 1)"),
         ("download: maybe", "download 'maybe' must be true or false"),
+        ("name: ../elsewhere", "name '../elsewhere' must be a folder name inside --output, without / or \\"),
+        ("name: ..", "name '..' must be a folder name inside --output, without / or \\"),
     ],
 )
 def test_config_file_values_of_the_wrong_type_or_range_name_file_and_key(tmp_path, text, message):
@@ -708,6 +710,13 @@ def test_config_file_values_of_the_wrong_type_or_range_name_file_and_key(tmp_pat
     with pytest.raises(ValueError) as info:
         resolve_config(load_yaml(bad), source=str(bad))
     assert str(info.value) == f"{bad}: {message}"
+
+
+def test_a_run_name_that_would_leave_the_output_folder_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert cli.main(tiny_run_args(out, name="../escaped")) == 2
+    assert "--name '../escaped' must be a folder name inside --output" in capsys.readouterr().err
+    assert not (tmp_path / "escaped").exists() and not out.exists()
 
 
 def test_a_config_file_that_is_not_yaml_or_is_a_folder_is_one_line_naming_it(tmp_path):

@@ -214,6 +214,8 @@ def _checked(f: dataclasses.Field, value: Any) -> Any:
         if f.name in _CHOICES and str(value) not in _CHOICES[f.name]:
             hint = did_you_mean(value, _CHOICES[f.name])
             raise SettingError(f.name, f"{shown} is not one of {', '.join(_CHOICES[f.name])}{hint}")
+        if f.name == "name" and (str(value) in ("", ".", "..") or any(c in str(value) for c in "/\\\0")):
+            raise SettingError(f.name, f"{shown} must be a folder name inside --output, without / or \\")
         return str(value)
     number = _number(value, kind)
     if number is None:
