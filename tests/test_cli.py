@@ -165,9 +165,10 @@ def test_deterministic_gpu_runs_repeat_and_resume_exactly(tmp_path, monkeypatch,
     assert torch.equal(one, _final_prompt(tmp_path / "two")) and torch.equal(one, _final_prompt(tmp_path / "broken"))
 
 
-def test_a_finished_run_redone_and_interrupted_keeps_no_results_of_other_settings(tmp_path, monkeypatch):
+def test_a_finished_run_redone_and_interrupted_keeps_no_results_of_other_settings(tmp_path, monkeypatch, capsys):
     args, run = tiny_run_args(tmp_path, "--device", "cpu"), tmp_path / "run"
     assert cli.main(args) == 0 and (run / "results.json").is_file()
+    finished = (run / "results.json").read_text()
     real_write = engine._write_json
 
     def stop_at_results(path, data):
@@ -178,8 +179,10 @@ def test_a_finished_run_redone_and_interrupted_keeps_no_results_of_other_setting
     monkeypatch.setattr(engine, "_write_json", stop_at_results)
     assert cli.main([*args, "--resume", "latest", "--eval-every", "2"]) == 130  # its final evaluation redone
     assert (run / "config.resumed.yaml").is_file() and not (run / "results.json").exists()  # unfinished, not done
+    assert (run / engine.PREVIOUS_RESULTS).read_text() == finished  # and what it had finished is not lost
     monkeypatch.setattr(engine, "_write_json", real_write)
     assert cli.main([*args, "--resume", "latest", "--eval-every", "2"]) == 0 and (run / "results.json").is_file()
+    assert not (run / engine.PREVIOUS_RESULTS).exists()
 
     # So is a run that trains nothing (no last.pt to resume: redone from the start), its first config kept.
     zeroshot, run = tiny_run_args(tmp_path, "--method", "zeroshot", "--epochs", "0", name="zs"), tmp_path / "zs"
@@ -189,6 +192,11 @@ def test_a_finished_run_redone_and_interrupted_keeps_no_results_of_other_setting
     assert cli.main([*zeroshot, "--resume", "latest", "--precision", "bf16"]) == 130
     assert not (run / "results.json").exists() and (run / "config.yaml").read_text() == first
     assert yaml.safe_load((run / "config.resumed.yaml").read_text())["config"]["precision"] == "bf16"
+    # its earlier results still mark the folder as holding a run, which another run may not take over
+    capsys.readouterr()
+    assert cli.main([*zeroshot, "--templates", "ensemble"]) == 2
+    assert f"run folder {run} already holds a run" in capsys.readouterr().err
+    assert (run / engine.PREVIOUS_RESULTS).is_file()
 
 
 def test_eval_of_an_unfinished_run_says_so(tmp_path, monkeypatch, capsys):

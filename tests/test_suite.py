@@ -372,6 +372,9 @@ def test_untrained_methods_take_only_their_settings_from_the_shared_base(tmp_pat
     (run / "config.yaml").write_text(yaml.safe_dump({"config": {**saved, "l2_grid": [1.0]}}))
     state, why = _state(probe)
     assert state == "conflict" and "l2_grid=[1.0] there, None here" in why
+    # a probe redone with these L2 strengths and interrupted (its earlier results set aside) is continued
+    (run / "results.json").rename(run / "results.previous.json")
+    assert _state(probe) == ("resume", "")
 
 
 def test_a_mistyped_model_or_dataset_option_is_an_invalid_run(monkeypatch):

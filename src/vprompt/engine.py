@@ -489,13 +489,29 @@ def _append_jsonl(path: Path, obj: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+#: Where a finished run's results wait while the run is redone (``--resume latest`` with other settings, or a probe
+#: swept again): the redo's results.json replaces them, an interruption leaves them here.
+PREVIOUS_RESULTS = "results.previous.json"
+
+
+def write_results(run_dir: Path, results: dict[str, Any]) -> None:
+    """``results.json``: the run is finished, and the results of an earlier finish it redid are gone."""
+    _write_json(run_dir / "results.json", results)
+    (run_dir / PREVIOUS_RESULTS).unlink(missing_ok=True)
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds training state or results (a finished run's, or those waiting while it is redone)."""
+    return any((run_dir / name).exists() for name in (LAST_FILE, "results.json", PREVIOUS_RESULTS))
+
+
 def _resume_path(cfg: RunConfig) -> Path | None:
     """The ``last.pt`` to resume from, or None to start afresh (refusing to overwrite a finished or started run).
     ``--resume PATH`` of another run folder continues that run's state in this one, which must hold no run."""
     run_dir = cfg.run_dir
-    holds_run = (run_dir / LAST_FILE).exists() or (run_dir / "results.json").exists()
+    held = holds_run(run_dir)
     if cfg.resume is None:
-        if holds_run:
+        if held:
             raise FileExistsError(
                 f"run folder {run_dir} already holds a run; pass --resume latest to continue it (a run that trains "
                 "nothing: to redo it, a probe on its cached features), or --name to start another"
@@ -510,7 +526,7 @@ def _resume_path(cfg: RunConfig) -> Path | None:
     path = path / LAST_FILE if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(f"--resume {cfg.resume}: no training state at {path}")
-    if holds_run and not continues_own_run(cfg):
+    if held and not continues_own_run(cfg):
         raise FileExistsError(
             f"--resume {cfg.resume}: run folder {run_dir} already holds another run; the state of {path.parent} "
             "continues in a new folder (--name) or in its own"
@@ -930,9 +946,11 @@ def _write_run_files(cfg: RunConfig, data: DataSplits, run_dir: Path, model_inpu
         "started" if not resumed else "resumed": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     name = "config.yaml" if not (resumed and (run_dir / "config.yaml").exists()) else "config.resumed.yaml"
-    # Results of an earlier finish are redone with these settings: until then the run is unfinished. A new run
-    # keeps no settings of another: saved_run() reads config.resumed.yaml first.
-    (run_dir / "results.json").unlink(missing_ok=True)
+    # Results of an earlier finish are redone with these settings: until then the run is unfinished, and they wait
+    # aside (write_results drops them). A new run keeps no settings of another: saved_run() reads
+    # config.resumed.yaml first.
+    if (run_dir / "results.json").exists():
+        os.replace(run_dir / "results.json", run_dir / PREVIOUS_RESULTS)
     if not resumed:
         (run_dir / "config.resumed.yaml").unlink(missing_ok=True)
     atomic_write(run_dir / name, lambda tmp: Path(tmp).write_text(yaml.safe_dump(meta, sort_keys=False)))
@@ -999,7 +1017,7 @@ def _finish(
         "train_images_per_s": train_images / train_seconds if train_seconds else None,
     }
     if env.is_main:
-        _write_json(run_dir / "results.json", results)
+        write_results(run_dir, results)
         _log.info(
             "done: test acc %.2f at epoch %d (selected on %s%s); last epoch test acc %.2f",
             best_test["acc1"], best["epoch"], results["selection"],

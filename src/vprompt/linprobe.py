@@ -352,7 +352,7 @@ def fit_linear_probe(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _fit_probe(cfg: RunConfig, env: DistEnv, device: torch.device) -> dict[str, Any]:
-    from .engine import _write_json, _write_run_files, data_for_run, refuse_other_run, setup_logging
+    from .engine import _write_run_files, data_for_run, refuse_other_run, setup_logging, write_results
 
     grid = cfg.l2_grid or DEFAULT_L2_GRID
     run_dir = cfg.run_dir
@@ -431,7 +431,7 @@ def _fit_probe(cfg: RunConfig, env: DistEnv, device: torch.device) -> dict[str, 
         "train_images_per_s": None,
         "sweep": sweep,
     }
-    _write_json(run_dir / "results.json", results)
+    write_results(run_dir, results)
     _log.info(
         "done: linear probe test acc %.2f (l2 %.1e selected on %s%s)",
         test_metrics["acc1"],

@@ -7,7 +7,8 @@ other) in its own run folder under the suite's output folder. Run folder names a
 of the method when it has one), so running the suite again
 
 * skips a run whose ``results.json`` exists (finished),
-* resumes a run that has ``last.pt`` but no ``results.json`` (interrupted; ``--resume latest``),
+* resumes a run that has ``last.pt`` or ``results.previous.json`` but no ``results.json`` (interrupted;
+  ``--resume latest``),
 * refuses a run folder that holds a run with other settings (recorded as failed; change ``output`` or delete it),
 
 and a failing run is logged and recorded as failed without stopping the grid (``--fail-fast`` stops it). After
@@ -379,13 +380,13 @@ def _sizes_planned(cfg: RunConfig, model_size: Any) -> RunConfig:
 
 def _state(cell: SuiteCell) -> tuple[str, str]:
     """(``invalid``, ``conflict``, ``done``, ``resume`` or ``new``, and a reason for the first two)."""
-    from .checkpoint import LAST_FILE
-    from .engine import CONFLICT, changed_settings, identity_keys, result_keys, saved_run
+    from .engine import CONFLICT, changed_settings, holds_run, identity_keys, result_keys, saved_run
 
     if cell.cfg is None:
         return "invalid", cell.error or "invalid settings"
     run_dir = cell.cfg.run_dir
-    finished, interrupted = (run_dir / "results.json").exists(), (run_dir / LAST_FILE).exists()
+    finished = (run_dir / "results.json").exists()
+    interrupted = not finished and holds_run(run_dir)  # (training state, or a redo's earlier results)
     saved = saved_run(run_dir)
     if finished or interrupted or saved.get("config"):  # (also a run stopped before its first last.pt)
         # A finished run computed with another precision, validation frequency or L2 sweep is not this cell's
