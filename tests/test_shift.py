@@ -3,9 +3,11 @@
 import hashlib
 import io
 import json
+import os
 import shutil
 import sys
 import tarfile
+import time
 import types
 from functools import partial
 
@@ -153,6 +155,20 @@ def test_download_extracts_safely_and_atomically(tmp_path):
     folder = download_cifar_c(root, 10, url=release, md5=_md5(tmp_path / "release.tar"))
     assert folder == root / "CIFAR-10-C" and sorted(p.name for p in folder.iterdir()) == ["fog.npy", "labels.npy"]
     assert sorted(p.name for p in root.iterdir()) == ["CIFAR-10-C"]  # no archive, staging or .part left behind
+    # What a process killed while extracting left (a copy of the release) is removed by the next, once nothing has
+    # been written to it for an hour (one extracting now is spared), and so is an archive its folder replaced.
+    again, hour_ago = tmp_path / "again", time.time() - 3601
+    for left in ("old", "current"):
+        (again / f".CIFAR-10-C.{left}.extracting" / "CIFAR-10-C").mkdir(parents=True)
+        (again / f".CIFAR-10-C.{left}.extracting" / "CIFAR-10-C" / "fog.npy").write_bytes(b"x")
+    old = again / ".CIFAR-10-C.old.extracting"
+    for path in (old, *old.rglob("*")):
+        os.utime(path, (hour_ago, hour_ago))
+    os.utime(again / ".CIFAR-10-C.current.extracting", (hour_ago, hour_ago))  # its file is being written
+    download_cifar_c(again, 10, url=release, md5=_md5(tmp_path / "release.tar"))
+    assert sorted(p.name for p in again.iterdir()) == [".CIFAR-10-C.current.extracting", "CIFAR-10-C"]
+    (again / "CIFAR-10-C.tar").write_bytes(b"left")
+    assert download_cifar_c(again, 10) == again / "CIFAR-10-C" and not (again / "CIFAR-10-C.tar").exists()
     assert len(cifar_c_dataset(root, "fog", 2)) == 4
     _tar(tmp_path / "flat.tar", {"labels.npy": _npy(labels), "fog.npy": _npy(np.zeros((20, 32, 32, 3), np.uint8))})
     flat = download_cifar_c(

@@ -24,8 +24,20 @@ __all__ = ["file_digest", "download_verified", "DigestMismatch", "fetching_weigh
 
 _CHUNK = 1 << 20
 TIMEOUT_S = 60.0
-#: A partial download untouched for this long was left by a process that was killed.
+#: A partial download (or extraction) untouched for this long was left by a process that was killed.
 STALE_PART_S = 3600.0
+
+
+def clear_stale(folder: Path, pattern: str) -> None:
+    """Remove what matches ``pattern`` in ``folder`` (files, or folders with all they hold) where nothing has been
+    written for :data:`STALE_PART_S`: what a killed download or extraction left. One in progress is younger."""
+    import shutil
+
+    for stale in folder.glob(pattern):
+        with contextlib.suppress(OSError):
+            paths = [stale, *(Path(d) / n for d, _, names in os.walk(stale) for n in names)]
+            if time.time() - max(p.stat().st_mtime for p in paths) > STALE_PART_S:
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
 
 class DigestMismatch(ValueError):
@@ -87,10 +99,7 @@ def download_verified(url: str, dest: str | Path, expected: str, algorithm: str 
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    for stale in dest.parent.glob(f".{dest.name}.*.part"):  # left by a killed download (3 GB for CIFAR-C)
-        with contextlib.suppress(OSError):
-            if time.time() - stale.stat().st_mtime > STALE_PART_S:  # (one being written now is younger)
-                stale.unlink()
+    clear_stale(dest.parent, f".{dest.name}.*.part")  # left by a killed download (3 GB for CIFAR-C)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     try:
         digest = _hasher(algorithm)

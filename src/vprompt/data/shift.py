@@ -52,7 +52,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..checkpoint import current_umask
-from ..download import DigestMismatch, download_verified, file_digest
+from ..download import DigestMismatch, clear_stale, download_verified, file_digest
 from ..errors import DataFileError
 from .base import ArrayDataset, build_transform, to_rgb
 from .registry import (
@@ -226,11 +226,12 @@ def download_cifar_c(root: str | Path, classes: int = 10, url: str | None = None
     """
     name, default_url, default_md5 = CIFAR_C[classes]
     root = Path(root).expanduser()
-    folder = root / name
+    folder, archive, expected = root / name, root / f"{name}.tar", md5 or default_md5
     if folder.is_dir():
+        archive.unlink(missing_ok=True)  # (kept by a process killed after it put the folder in place)
         return folder
     root.mkdir(parents=True, exist_ok=True)
-    archive, expected = root / f"{name}.tar", md5 or default_md5
+    clear_stale(root, f".{name}.*.extracting")  # a copy a killed process was extracting
     if archive.is_file() and file_digest(archive, "md5") != expected:
         _log.warning("%s is not the published archive (MD5 mismatch); downloading it again", archive)
         archive.unlink()
