@@ -4,8 +4,10 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -96,11 +98,34 @@ def test_interrupted_run_resumes_to_the_same_prompt(tmp_path, monkeypatch, metho
     # Starting again without --resume must not overwrite the interrupted run.
     assert cli.main(tiny_run_args(tmp_path, *extra, name="broken", epochs=3)) == 2
     monkeypatch.setattr(engine, "train_one_epoch", real)
+    # A process killed while it wrote (not unwound as here) leaves a temporary file, which the resume removes.
+    (tmp_path / "broken" / ".last.pt.k3j9x0a_").write_bytes(b"half")
+    (tmp_path / "broken" / ".notes").write_text("the user's")
     assert cli.main(tiny_run_args(tmp_path, *extra, "--resume", "latest", name="broken", epochs=3)) == 0
+    assert not (tmp_path / "broken" / ".last.pt.k3j9x0a_").exists() and (tmp_path / "broken" / ".notes").is_file()
     assert torch.equal(_final_prompt(tmp_path / "straight"), _final_prompt(tmp_path / "broken"))
     straight = json.loads((tmp_path / "straight" / "results.json").read_text())
     resumed = json.loads((tmp_path / "broken" / "results.json").read_text())
     assert straight["test"] == resumed["test"]
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
+    # as a scheduler stops a job, or a suite its runs: the run unwinds, says so, and can be resumed
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "vprompt", *tiny_run_args(tmp_path, epochs=10000)],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)  # fmt: skip
+    try:
+        for _ in range(600):
+            if (run / "last.pt").is_file() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "vprompt: interrupted; files already written are intact (resume with --resume latest)" in err
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] >= 1 and not (run / "results.json").exists()
 
 
 def test_a_trainable_head_skips_the_prompts_warmup(tmp_path):

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .config import DIVERSITIES, HEADS, LABEL_MAPS, OPTIMIZERS, PRECISIONS, PROMPTERS, SCHEDULES, TEMPLATES
-from .errors import USER_ERRORS, CLIError, one_line, user_message
+from .errors import USER_ERRORS, CLIError, one_line, sigterm_interrupts, user_message
 
 __all__ = ["main", "build_parser"]
 
@@ -469,7 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        with sigterm_interrupts():
+            return func(args)
     except USER_ERRORS as e:
         if not one_line(e):
             raise

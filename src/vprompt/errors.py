@@ -1,11 +1,14 @@
-"""Errors of the user's making (a bad setting, a missing file): reported as one line, not a traceback."""
+"""Errors of the user's making (a bad setting, a missing file): reported as one line, not a traceback; and a stop
+requested with SIGTERM, taken as an interruption (Ctrl-C)."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 
 class CLIError(Exception):
@@ -64,3 +67,24 @@ def state_dict_mismatch(error: BaseException, shown: int = 3) -> str:
         more = "; ..." if len(shapes) > 1 else ""
         parts.append(f"{len(shapes)} of another shape ({shapes[0]}{more})")
     return "; ".join(parts) or lines[0]
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """While in this block, SIGTERM (a scheduler's stop, ``suite --jobs`` stopping its runs) unwinds as Ctrl-C
+    does: what is half-written is removed and what is written is kept. Only the main thread gets signals."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)

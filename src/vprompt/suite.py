@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, check_dataset_options, load_yaml, resolve_config, under
-from .errors import USER_ERRORS, did_you_mean, one_line
+from .errors import USER_ERRORS, did_you_mean, one_line, sigterm_interrupts
 
 __all__ = ["SuiteConfig", "MethodEntry", "SuiteCell", "RunRecord", "SuiteReport", "load_suite", "expand_suite",
            "run_suite", "build_table"]  # fmt: skip
@@ -557,6 +557,10 @@ class _ChildTraceback(Exception):
         return f"\n{self.args[0]}"
 
 
+#: How long a run stopped by the suite may take to unwind before it is killed.
+_STOP_S = 30.0
+
+
 def _run_in_child(cfg: RunConfig, threads: int, send: Any, tag: str) -> None:
     """A run in its own (spawned) process: its results, or its error and traceback, go back through ``send``. Its
     console lines begin with ``tag``."""
@@ -571,12 +575,15 @@ def _run_in_child(cfg: RunConfig, threads: int, send: Any, tag: str) -> None:
 
     tag_console(tag)
     torch.set_num_threads(threads)
-    # Ctrl-C reaches the whole process group: the suite's process stops the runs (an interrupted run's last.pt
-    # keeps it resumable).
+    # Ctrl-C reaches the whole process group: the suite's process stops the runs, with SIGTERM, which unwinds a run
+    # as Ctrl-C would (an interrupted run's last.pt keeps it resumable).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     trace = ""
     try:
-        outcome: Any = fit(cfg)
+        with sigterm_interrupts():
+            outcome: Any = fit(cfg)
+    except KeyboardInterrupt:  # stopped by the suite, which reads nothing more from this process
+        return
     except BaseException as e:  # noqa: BLE001 - reported by the suite's process
         outcome, trace = e, traceback.format_exc()
         try:
@@ -642,7 +649,11 @@ def _run_parallel(
     finally:  # Ctrl-C, or --fail-fast: stop the runs in progress now; the queued ones never start
         for run in running.values():
             run["process"].terminate()
-            run["process"].join()
+        for run in running.values():
+            run["process"].join(_STOP_S)
+            if run["process"].is_alive():  # stuck while it unwinds: what it had written is kept regardless
+                run["process"].kill()
+                run["process"].join()
             run["pipe"].close()
 
 
