@@ -121,6 +121,22 @@ def test_linprobe_run_folder_results_and_feature_cache(tmp_path, monkeypatch, ca
         cli.main(_args(tmp_path, "--resume", "latest", "--data-dir", str(tmp_path / "elsewhere")))
 
 
+def test_a_probe_stopped_after_its_features_is_continued_on_them_and_not_taken_over(tmp_path, monkeypatch, capsys):
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(linprobe, "sweep_l2", stopped)
+    assert cli.main(_args(tmp_path)) == 130
+    run = tmp_path / "lp"
+    assert (run / "features.safetensors").is_file() and not (run / "results.json").exists()
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert cli.main(_args(tmp_path, "--dataset-option", "n_train=100")) == 2  # would write over its features
+    assert f"run folder {run} already holds a run; pass --resume latest" in capsys.readouterr().err
+    monkeypatch.setattr(linprobe, "extract_features", lambda *a, **k: pytest.fail("features must come from cache"))
+    assert cli.main(_args(tmp_path, "--resume", "latest")) == 0 and (run / "results.json").is_file()
+
+
 def test_the_feature_cache_knows_the_labels_and_the_weights_file(tmp_path, monkeypatch):
     from vprompt.data import ArrayDataset, DataSplits
 

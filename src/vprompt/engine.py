@@ -502,8 +502,11 @@ def write_results(run_dir: Path, results: dict[str, Any]) -> None:
 
 
 def holds_run(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds training state or results (a finished run's, or those waiting while it is redone)."""
-    return any((run_dir / name).exists() for name in (LAST_FILE, "results.json", PREVIOUS_RESULTS))
+    """Whether ``run_dir`` holds training state, a probe's extracted features, or results (a finished run's, or
+    those waiting while it is redone): what a run that is not continuing it would write over."""
+    from .linprobe import FEATURES_FILE
+
+    return any((run_dir / name).exists() for name in (LAST_FILE, FEATURES_FILE, "results.json", PREVIOUS_RESULTS))
 
 
 def _resume_path(cfg: RunConfig) -> Path | None:

@@ -6,7 +6,8 @@ Protocol (the CLIP paper's, on this project's splits):
    size S): a CLIP ViT's pooled features before its projection (other CLIP models: the image embedding), or a
    classifier's penultimate features (the input of its classifier layer). They
    are cached in the run folder (``features.safetensors``, written after each split) and reused when the run is
-   repeated or resumed after a stop with the same data and model (``--resume latest``).
+   redone or continued after a stop with the same data and model (``--resume latest``; without it a folder that
+   holds them is refused, as one holding a run is).
 2. Standardize with the training features' mean and std, then fit ``softmax(W x + b)`` by full-batch L-BFGS on
    ``mean cross-entropy + l2 / 2 * ||W||^2`` (the bias is not penalized) for every strength of the sweep
    (``--l2-grid``, default ``10^-6 .. 10^2`` in half-decade steps), from the strongest to the weakest, each started
