@@ -657,6 +657,7 @@ def test_bad_flags_give_one_clear_line(tmp_path, capsys, extra, needle):
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
     assert last.startswith("vprompt train: error:") and needle in last, err
+    assert "Traceback" not in err
     assert not (tmp_path / "run").exists(), "a run that never started left its folder behind"
 
 
@@ -797,10 +798,11 @@ def test_settings_are_typed_and_range_checked_whatever_their_source(tmp_path, ca
     for bad in ({"lr": float("nan")}, {"lr": "inf"}, {"epochs": 1.5}, {"epochs": True}):
         with pytest.raises(ValueError, match="must be (a finite number|an integer)"):
             resolve_config(bad)
-    for flag, value in (("--epochs", "-1"), ("--eval-batch-size", "0"), ("--batch-size", "0"), ("--workers", "-1")):
+    for flag, value, named in (("--epochs", "-1", "--epochs"), ("--eval-batch-size", "0", "--eval-batch-size"),
+                               ("-b", "0", "--batch-size"), ("--workers", "-1", "--workers")):  # fmt: skip
         assert cli.main(tiny_run_args(tmp_path, flag, value)) == 2
         err = capsys.readouterr().err
-        assert f"{flag} {value} must be at least" in err.splitlines()[-1], err
+        assert f"{named} {value} must be at least" in err.splitlines()[-1], err
         assert not (tmp_path / "run").exists()
     assert cli.main(tiny_run_args(tmp_path, "--device", "gpu")) == 2
     err = capsys.readouterr().err

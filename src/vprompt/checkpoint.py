@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -66,6 +67,14 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_unfinished_writes(folder: Path) -> None:
+    """Remove the temporary files :func:`atomic_write` makes (``.<name>.<mkstemp's 8 characters>``) that a process
+    killed while writing left in ``folder``. Only for a folder no other process is writing in."""
+    for path in folder.iterdir():
+        if re.fullmatch(r"\..+\.[a-z0-9_]{8}", path.name) and path.is_file():
+            path.unlink(missing_ok=True)
 
 
 def move_into_place(tmp: str | Path, path: str | Path) -> None:

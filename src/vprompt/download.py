@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import http.client
 import os
+import shutil
 import tempfile
 import time
 import urllib.error
@@ -31,8 +32,6 @@ STALE_PART_S = 3600.0
 def clear_stale(folder: Path, pattern: str) -> None:
     """Remove what matches ``pattern`` in ``folder`` (files, or folders with all they hold) where nothing has been
     written for :data:`STALE_PART_S`: what a killed download or extraction left. One in progress is younger."""
-    import shutil
-
     for stale in folder.glob(pattern):
         with contextlib.suppress(OSError):
             paths = [stale, *(Path(d) / n for d, _, names in os.walk(stale) for n in names)]

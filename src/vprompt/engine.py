@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from .checkpoint import (
     check_output_folder,
     load_prompt,
     load_state,
+    remove_unfinished_writes,
     save_prompt,
     save_state,
 )
@@ -673,14 +673,6 @@ def deterministic_kernels() -> Iterator[None]:
 LOCK_FILE = ".lock"
 
 
-def _remove_unfinished_writes(run_dir: Path) -> None:
-    """The temporary files of :func:`atomic_write` (``.<name>.<8 characters>``) that a killed process left in
-    ``run_dir``: the folder is locked, so no other process is writing them."""
-    for path in run_dir.iterdir():
-        if re.fullmatch(r"\..+\.[a-z0-9_]{8}", path.name) and path.is_file():
-            path.unlink(missing_ok=True)
-
-
 @contextlib.contextmanager
 def _run_folder_lock(run_dir: Path, env: DistEnv) -> Iterator[None]:
     """Hold ``run_dir``'s lock file for the run (the main process, where the OS has ``flock``): another process
@@ -701,7 +693,7 @@ def _run_folder_lock(run_dir: Path, env: DistEnv) -> Iterator[None]:
                 f"run folder {run_dir} is in use: another process is running there (it holds {run_dir / LOCK_FILE}); "
                 "wait for it to finish, or give this run another --name or --output"
             ) from None
-        _remove_unfinished_writes(run_dir)
+        remove_unfinished_writes(run_dir)  # (locked: no other process is writing them)
         yield
 
 
