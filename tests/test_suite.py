@@ -463,28 +463,33 @@ def test_parallel_jobs_give_the_same_results_as_one_at_a_time(tmp_path, capfd):
         run_suite(parse_suite(config), output=tmp_path / "stop", jobs=2, quiet=True, fail_fast=True)
     assert not list((tmp_path / "stop").glob("*/results.json"))  # the 10000-epoch run did not go on to its end
 
-    # A run's process that dies (killed for memory, say) fails that run only: the others run on to their end.
+    # A run's process that dies (killed for memory, say) fails that run only: the others run on to their end. One
+    # stopped with SIGTERM from outside (a scheduler's stop) unwinds, and is reported as stopped, not as a crash.
     def writes_to(pid, path):
         fds = Path(f"/proc/{pid}/fd")
         return any(os.path.realpath(fd) == str(path.resolve()) for fd in fds.iterdir())
 
-    def kill_the_long_run():
+    def stop(label, how):
         for _ in range(1200):
-            logs = list((tmp_path / "died").glob("long-*/log.txt"))
-            if logs and "epoch 1/" in logs[0].read_text():
+            logs = list((tmp_path / "died").glob(f"{label}-*/log.txt"))
+            if logs and (logs[0].parent / "last.pt").is_file():  # at least one epoch in
                 (child,) = [c for c in multiprocessing.active_children() if writes_to(c.pid, logs[0])]
-                os.kill(child.pid, signal.SIGKILL)
+                os.kill(child.pid, how)
                 return
             time.sleep(0.1)
 
-    config["methods"] = [{**long, "epochs": 200, "label": "long"}, {"name": "evp", "label": "a"}, "vp"]
+    config["methods"] = [{**long, "epochs": 200, "label": label} for label in ("killed", "stopped")] + ["vp"]
     config["base"]["log_every"] = 1
-    killer = threading.Thread(target=kill_the_long_run)
-    killer.start()
+    stoppers = [threading.Thread(target=stop, args=a) for a in (("killed", signal.SIGKILL), ("stopped", signal.SIGTERM))]
+    for stopper in stoppers:
+        stopper.start()
     report = run_suite(parse_suite(config), output=tmp_path / "died", jobs=2, quiet=True)
-    killer.join()
-    assert [r.status for r in report.records] == ["failed", "done", "done"]
+    for stopper in stoppers:
+        stopper.join()
+    assert [r.status for r in report.records] == ["failed", "failed", "done"]
     assert "the run's process died (exit code -9) before the run ended" in report.records[0].error
+    assert "was stopped (SIGTERM) before the run ended; what it wrote is kept" in report.records[1].error
+    assert (Path(report.records[1].run_dir) / "last.pt").is_file()  # it unwound, keeping its checkpoint
 
 
 def test_an_interrupted_suite_says_to_run_it_again(tmp_path, monkeypatch, capsys):

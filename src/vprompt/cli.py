@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .config import DIVERSITIES, HEADS, LABEL_MAPS, OPTIMIZERS, PRECISIONS, PROMPTERS, SCHEDULES, TEMPLATES
-from .errors import USER_ERRORS, CLIError, one_line, sigterm_interrupts, user_message
+from .errors import INTERRUPTED_EXIT, USER_ERRORS, CLIError, one_line, sigterm_interrupts, user_message
 
 __all__ = ["main", "build_parser"]
 
@@ -479,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         how = "run the same command again" if args.command in ("suite", "demo") else "resume with --resume latest"
         print(f"vprompt: interrupted; files already written are intact ({how})", file=sys.stderr)
-        return 130
+        return INTERRUPTED_EXIT
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -69,6 +69,10 @@ def state_dict_mismatch(error: BaseException, shown: int = 3) -> str:
     return "; ".join(parts) or lines[0]
 
 
+#: The exit status of a process interrupted by Ctrl-C or SIGTERM (128 + SIGINT, as a shell reports it).
+INTERRUPTED_EXIT = 130
+
+
 @contextlib.contextmanager
 def sigterm_interrupts() -> Iterator[None]:
     """While in this block, SIGTERM (a scheduler's stop, ``suite --jobs`` stopping its runs) unwinds as Ctrl-C

@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, check_dataset_options, load_yaml, resolve_config, under
-from .errors import USER_ERRORS, did_you_mean, one_line, sigterm_interrupts
+from .errors import INTERRUPTED_EXIT, USER_ERRORS, did_you_mean, one_line, sigterm_interrupts
 
 __all__ = ["SuiteConfig", "MethodEntry", "SuiteCell", "RunRecord", "SuiteReport", "load_suite", "expand_suite",
            "run_suite", "build_table"]  # fmt: skip
@@ -582,8 +582,8 @@ def _run_in_child(cfg: RunConfig, threads: int, send: Any, tag: str) -> None:
     try:
         with sigterm_interrupts():
             outcome: Any = fit(cfg)
-    except KeyboardInterrupt:  # stopped by the suite, which reads nothing more from this process
-        return
+    except KeyboardInterrupt:  # stopped by the suite, which reads nothing more, or by a SIGTERM from outside
+        sys.exit(INTERRUPTED_EXIT)
     except BaseException as e:  # noqa: BLE001 - reported by the suite's process
         outcome, trace = e, traceback.format_exc()
         try:
@@ -642,7 +642,12 @@ def _run_parallel(
                 outcome, trace = run.get("sent") or (None, "")
                 if outcome is None:
                     code = run["process"].exitcode
-                    outcome = RuntimeError(f"the run's process died (exit code {code}) before the run ended")
+                    outcome = RuntimeError(
+                        "the run's process was stopped (SIGTERM) before the run ended; what it wrote is kept, and "
+                        "running the suite again resumes it"
+                        if code == INTERRUPTED_EXIT
+                        else f"the run's process died (exit code {code}) before the run ended"
+                    )
                 elif trace and isinstance(outcome, BaseException):
                     outcome.__cause__ = _ChildTraceback(trace)
                 finished(run["tag"], run["cell"], outcome)
