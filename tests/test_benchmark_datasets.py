@@ -169,6 +169,11 @@ def test_flowers102(tmp_path, monkeypatch):
     data = prepare_data("flowers102", tmp_path, image_size=16, download=False)
     assert data.val_source == "official" and (len(data.train), len(data.val), len(data.test)) == (2, 2, 3)
     assert data.templates[0] == "a photo of a {}, a type of flower."
+    # An extraction stopped part-way leaves images out that torchvision's check (its .mat files) does not see.
+    (base / "jpg" / "image_00007.jpg").unlink()
+    gone = re.escape(f"1 of the 3 images it lists are not there (the first: {base / 'jpg' / 'image_00007.jpg'})")
+    with pytest.raises(DatasetNotFoundError, match=f"dataset flowers102 .*: {gone}; complete the folder"):
+        _make("flowers102", tmp_path, "test")
 
 
 def test_food101(tmp_path):
@@ -312,6 +317,9 @@ def test_dtd(tmp_path):
     for bad in (11, "x"):
         with pytest.raises(ValueError, match=f"partition={bad!r} must be one of 1..10"):
             _make("dtd", tmp_path, partition=bad)
+    (base / "images" / "banded" / "banded_0003.jpg").unlink()
+    with pytest.raises(DatasetNotFoundError, match=r"dataset dtd .*: 1 of the 1 images it lists are not there"):
+        _make("dtd", tmp_path, "test")
     (base / "labels" / "test1.txt").unlink()  # a file missing inside a folder that is there: the layout is told
     with pytest.raises(
         DatasetNotFoundError,

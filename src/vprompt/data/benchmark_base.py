@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from .registry import DatasetNotFoundError
 __all__ = [
     "LazyList",
     "SeededSplit",
+    "check_listed",
     "classnames",
     "load_metadata",
     "load_seeded_split",
@@ -141,6 +143,16 @@ def missing(
     """The one-line error for files that are not there (``what``): the folder, the expected layout, how to get them."""
     how = f"; {hint}" if hint else ""
     return DatasetNotFoundError(f"dataset {dataset}: {what} under {folder} (expected {layout}{how})")
+
+
+def check_listed(listing: str, paths: Sequence[str], fix: str) -> None:
+    """The images a file list names must all be there (a download or extraction stopped part-way leaves some out):
+    told as the data are built, naming the list, the first image missing and ``fix``, not mid-epoch."""
+    gone = [p for p in paths if not os.path.isfile(p)]
+    if gone:
+        raise DatasetNotFoundError(
+            f"{listing}: {len(gone)} of the {len(paths)} images it lists are not there (the first: {gone[0]}); {fix}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- seeded splits

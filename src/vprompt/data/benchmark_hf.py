@@ -33,7 +33,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .base import FileDataset, to_rgb
-from .benchmark_base import classnames, map_names
+from .benchmark_base import check_listed, classnames, map_names
 from .datasets import class_folders, image_files
 from .registry import DatasetNotFoundError, DatasetOptionError, MissingDependencyError, SplitNotFoundError
 
@@ -116,16 +116,6 @@ def _label_of_folder(name: str, folder: Path, names: Sequence[str]) -> int:
     return map_names(name, [folder.name], names, where)[0]
 
 
-def _check_listed(listing: Path, paths: Sequence[str]) -> None:
-    """The images a split file lists must be there: told now, naming the file that lists them, not mid-epoch."""
-    gone = [p for p in paths if not Path(p).is_file()]
-    if gone:
-        raise DatasetNotFoundError(
-            f"{listing}: {len(gone)} of the {len(paths)} images it lists are not there (the first: {gone[0]}); "
-            f"its paths are relative to {listing.parent}"
-        )
-
-
 def folder_dataset(name: str, folder: Path, split: str, transform: Callable[..., Any] | None) -> FileDataset:
     """The folder route (see the module doc)."""
     names = classnames(name)
@@ -140,7 +130,7 @@ def folder_dataset(name: str, folder: Path, split: str, transform: Callable[...,
             if not rel or not label.lstrip("-").isdigit() or not 0 <= int(label) < len(names):
                 raise ValueError(f"{split_txt}:{n}: expected '<relative path> <label in 0..{len(names) - 1}>'")
             samples.append((str(folder / rel), int(label)))
-        _check_listed(split_txt, [p for p, _ in samples])
+        check_listed(str(split_txt), [p for p, _ in samples], f"its paths are relative to {folder}")
         return FileDataset(samples, names, transform)
     if layout == "coop":
         split_json, images = _COOP[name]
@@ -150,7 +140,7 @@ def folder_dataset(name: str, folder: Path, split: str, transform: Callable[...,
         # CoOp's entries are [image path, label, class name]; the label follows from the name.
         labels = map_names(name, [e[2] for e in entries], names)
         samples = [(str(folder / images / e[0]), y) for e, y in zip(entries, labels)]
-        _check_listed(folder / split_json, [p for p, _ in samples])
+        check_listed(str(folder / split_json), [p for p, _ in samples], f"its paths are relative to {folder / images}")
         return FileDataset(samples, names, transform)
     split_dir = folder / split
     if layout == "dirs" and split_dir.is_dir():

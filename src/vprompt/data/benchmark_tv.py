@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .base import ArrayDataset, FileDataset
-from .benchmark_base import classnames, map_folders, map_names, missing, name_key, select_split
+from .benchmark_base import check_listed, classnames, map_folders, map_names, missing, name_key, select_split
 from .datasets import class_folders
 from .registry import DatasetNotFoundError, MissingDependencyError
 
@@ -71,6 +71,9 @@ LAYOUTS = {
 NEEDS_SCIPY = ("flowers102", "svhn", "cars")
 
 
+_COMPLETE_IT = "complete the folder, or delete it and pass --download"
+
+
 def _open(name: str, root: Path, download: bool | str, make: Callable[[], Any]) -> Any:
     """Run torchvision's constructor, turning its "not found" errors into one clear :class:`DatasetNotFoundError`.
 
@@ -91,7 +94,7 @@ def _open(name: str, root: Path, download: bool | str, make: Callable[[], Any]) 
     except OSError as e:  # a failed download (URLError) or a file torchvision expected
         raise DatasetNotFoundError(
             f"dataset {name}: reading/downloading into {root / sub} failed: {e} (expected {layout}; "
-            f"{hint if isinstance(download, str) else 'complete the folder, or delete it and pass --download'})"
+            f"{hint if isinstance(download, str) else _COMPLETE_IT})"
         ) from e
 
 
@@ -105,7 +108,9 @@ def _attr(ds: Any, name: str) -> Any:
 
 
 def _files(name: str, paths: Any, labels: Any, transform: Callable[..., Any] | None) -> FileDataset:
-    return FileDataset([(str(p), int(y)) for p, y in zip(paths, labels)], classnames(name), transform)
+    samples = [(str(p), int(y)) for p, y in zip(paths, labels)]
+    check_listed(f"dataset {name} (torchvision's list of its files)", [p for p, _ in samples], _COMPLETE_IT)
+    return FileDataset(samples, classnames(name), transform)
 
 
 def flowers102(root: Path, split: str = "train", transform: Callable[..., Any] | None = None, download: bool = False):
