@@ -16,7 +16,7 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from vprompt import cli, engine
+from vprompt import cli, engine, runs
 from vprompt.config import PRECISIONS, check_recipe_kept, load_yaml, resolve_config
 
 from .conftest import ROOT, TINY_MODEL, tiny_run_args
@@ -194,26 +194,26 @@ def test_a_finished_run_redone_and_interrupted_keeps_no_results_of_other_setting
     args, run = tiny_run_args(tmp_path, "--device", "cpu"), tmp_path / "run"
     assert cli.main(args) == 0 and (run / "results.json").is_file()
     finished = (run / "results.json").read_text()
-    real_write = engine._write_json
+    real_write = runs.write_json
 
     def stop_at_results(path, data):
         if str(path).endswith("results.json"):
             raise KeyboardInterrupt
         real_write(path, data)
 
-    monkeypatch.setattr(engine, "_write_json", stop_at_results)
+    monkeypatch.setattr(runs, "write_json", stop_at_results)
     assert cli.main([*args, "--resume", "latest", "--eval-every", "2"]) == 130  # its final evaluation redone
     assert (run / "config.resumed.yaml").is_file() and not (run / "results.json").exists()  # unfinished, not done
-    assert (run / engine.PREVIOUS_RESULTS).read_text() == finished  # and what it had finished is not lost
-    monkeypatch.setattr(engine, "_write_json", real_write)
+    assert (run / runs.PREVIOUS_RESULTS).read_text() == finished  # and what it had finished is not lost
+    monkeypatch.setattr(runs, "write_json", real_write)
     assert cli.main([*args, "--resume", "latest", "--eval-every", "2"]) == 0 and (run / "results.json").is_file()
-    assert not (run / engine.PREVIOUS_RESULTS).exists()
+    assert not (run / runs.PREVIOUS_RESULTS).exists()
 
     # So is a run that trains nothing (no last.pt to resume: redone from the start), its first config kept.
     zeroshot, run = tiny_run_args(tmp_path, "--method", "zeroshot", "--epochs", "0", name="zs"), tmp_path / "zs"
     assert cli.main(zeroshot) == 0
     first = (run / "config.yaml").read_text()
-    monkeypatch.setattr(engine, "_write_json", stop_at_results)
+    monkeypatch.setattr(runs, "write_json", stop_at_results)
     assert cli.main([*zeroshot, "--resume", "latest", "--precision", "bf16"]) == 130
     assert not (run / "results.json").exists() and (run / "config.yaml").read_text() == first
     assert yaml.safe_load((run / "config.resumed.yaml").read_text())["config"]["precision"] == "bf16"
@@ -221,7 +221,7 @@ def test_a_finished_run_redone_and_interrupted_keeps_no_results_of_other_setting
     capsys.readouterr()
     assert cli.main([*zeroshot, "--templates", "ensemble"]) == 2
     assert f"run folder {run} already holds a run" in capsys.readouterr().err
-    assert (run / engine.PREVIOUS_RESULTS).is_file()
+    assert (run / runs.PREVIOUS_RESULTS).is_file()
 
 
 def test_eval_of_an_unfinished_run_says_so(tmp_path, monkeypatch, capsys):
@@ -254,7 +254,7 @@ def test_a_new_run_in_a_folder_an_attempt_left_keeps_none_of_its_settings(tmp_pa
     assert cli.main(other) == 130
     # the folder describes the new run only: its settings, and no validation split it never had
     assert not (run / "config.resumed.yaml").exists() and not (run / "splits.json").exists()
-    assert engine.saved_run(run)["config"]["lr"] == 5.0
+    assert runs.saved_run(run)["config"]["lr"] == 5.0
     monkeypatch.setattr(engine, "train_one_epoch", real)
     assert cli.main([*other, "--resume", "latest"]) == 0  # was refused: "lr=70.0 there, 5.0 here"
     assert yaml.safe_load((run / "config.resumed.yaml").read_text())["config"]["lr"] == 5.0
@@ -378,10 +378,10 @@ def test_weights_spelled_otherwise_or_moved_are_the_same_run(tmp_path, monkeypat
         (tmp_path / path).write_bytes(b"weights")
     monkeypatch.chdir(tmp_path)
     cfg = resolve_config({"pretrained": str(tmp_path / "w" / "m.pt")})
-    assert engine.changed_settings({"pretrained": "w/m.pt"}, cfg) == ""  # the same file, relative
-    assert engine.changed_settings({"pretrained": "/on/another/machine/m.pt"}, cfg) == ""  # moved
+    assert runs.changed_settings({"pretrained": "w/m.pt"}, cfg) == ""  # the same file, relative
+    assert runs.changed_settings({"pretrained": "/on/another/machine/m.pt"}, cfg) == ""  # moved
     for other in ("v/other.pt", "openai", None):  # another file that is there, a tag, random weights
-        assert "pretrained=" in engine.changed_settings({"pretrained": other}, cfg), other
+        assert "pretrained=" in runs.changed_settings({"pretrained": other}, cfg), other
 
 
 def test_a_finished_run_is_neither_overwritten_nor_removed_by_a_second_start(tmp_path, capsys):
@@ -973,10 +973,10 @@ def test_a_run_folder_in_use_by_another_process_is_refused_and_left_alone(tmp_pa
     run = tmp_path / "run"
     run.mkdir()
     (run / "log.txt").write_text("the other run's log\n")
-    with open(run / engine.LOCK_FILE, "a") as held:  # as another process running there holds it
+    with open(run / runs.LOCK_FILE, "a") as held:  # as another process running there holds it
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert cli.main(tiny_run_args(tmp_path, epochs=1)) == 2
         assert f"run folder {run} is in use: another process is running there" in capsys.readouterr().err
-        assert sorted(p.name for p in run.iterdir()) == [engine.LOCK_FILE, "log.txt"]
+        assert sorted(p.name for p in run.iterdir()) == [runs.LOCK_FILE, "log.txt"]
     assert cli.main(tiny_run_args(tmp_path, epochs=1)) == 0  # free again
     assert (run / "results.json").is_file()

@@ -19,7 +19,7 @@ from vprompt.config import resolve_config
 from vprompt.data import DatasetSpec
 from vprompt.data import registry as data_registry
 from vprompt.data.datasets import synthetic_dataset
-from vprompt.engine import changed_settings
+from vprompt.runs import changed_settings
 from vprompt.suite import expand_suite, load_suite, parse_suite, run_suite
 
 from .conftest import ROOT, TINY_MODEL
@@ -480,7 +480,8 @@ def test_parallel_jobs_give_the_same_results_as_one_at_a_time(tmp_path, capfd):
 
     config["methods"] = [{**long, "epochs": 200, "label": label} for label in ("killed", "stopped")] + ["vp"]
     config["base"]["log_every"] = 1
-    stoppers = [threading.Thread(target=stop, args=a) for a in (("killed", signal.SIGKILL), ("stopped", signal.SIGTERM))]
+    how = {"killed": signal.SIGKILL, "stopped": signal.SIGTERM}
+    stoppers = [threading.Thread(target=stop, args=item) for item in how.items()]
     for stopper in stoppers:
         stopper.start()
     report = run_suite(parse_suite(config), output=tmp_path / "died", jobs=2, quiet=True)

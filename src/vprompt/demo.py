@@ -245,7 +245,8 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run (or complete) the demo and write its report; returns ``{arm: results.json contents}``."""
     from .checkpoint import check_output_folder
-    from .engine import CONFLICT, resolve_device
+    from .engine import resolve_device
+    from .runs import CONFLICT
     from .suite import run_suite
 
     s = settings or DemoSettings()

@@ -47,6 +47,7 @@ from .data import DataSplits, check_dataset, data_root, make_loader, no_validati
 from .data.splits import torch_seed
 from .distributed import DistEnv
 from .prompters import Prompter
+from .runs import DATA_KEYS, FEATURES_FILE, refuse_other_run, resume_path, write_results, write_run_files
 
 __all__ = [
     "DEFAULT_L2_GRID",
@@ -63,7 +64,6 @@ _log = logging.getLogger("vprompt")
 #: L2 strengths swept by default: 10^-6 .. 10^2, two per decade.
 DEFAULT_L2_GRID: tuple[float, ...] = tuple(10.0 ** (e / 2) for e in range(-12, 5))
 
-FEATURES_FILE = "features.safetensors"
 PROBE_FILE = "probe.safetensors"
 _FEATURES_FORMAT = "vprompt-features/2"  # 2: a CLIP ViT's features before its projection
 _PARTS = ("train", "val", "test")
@@ -138,8 +138,6 @@ def _file_stamp(path: str | None) -> list[Any] | None:
 def _cache_key(cfg: RunConfig, input_size: int, data: DataSplits) -> dict[str, Any]:
     """What the cached features depend on; a cache made with anything else is recomputed. Beyond the settings,
     the images: the folder they were read from, the labels of every split, and the weights file."""
-    from .engine import DATA_KEYS
-
     key = {k: getattr(cfg, k, None) for k in (*DATA_KEYS, "precision")}
     key["input_size"] = input_size  # (the seed is there for a randomly initialized backbone)
     key["data_dir"] = str(data_root(cfg.data_dir).resolve())
@@ -328,11 +326,9 @@ def sweep_l2(
 def _check_settings(cfg: RunConfig) -> None:
     """Refuse a run folder that holds a run when not asked to redo it (what a probe would ignore is refused with
     the settings: :func:`vprompt.config.resolve_config`)."""
-    from .engine import _resume_path
-
     if cfg.resume not in (None, "latest"):
         raise ValueError(f"--resume {cfg.resume!r}: a linear probe resumes only as 'latest' (reusing cached features)")
-    _resume_path(cfg)  # refuses a folder holding a run unless asked to redo it
+    resume_path(cfg)  # refuses a folder holding a run unless asked to redo it
 
 
 def fit_linear_probe(cfg: RunConfig) -> dict[str, Any]:
@@ -353,7 +349,7 @@ def fit_linear_probe(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _fit_probe(cfg: RunConfig, env: DistEnv, device: torch.device) -> dict[str, Any]:
-    from .engine import _write_run_files, data_for_run, refuse_other_run, setup_logging, write_results
+    from .engine import data_for_run, setup_logging
 
     grid = cfg.l2_grid or DEFAULT_L2_GRID
     run_dir = cfg.run_dir
@@ -370,7 +366,7 @@ def _fit_probe(cfg: RunConfig, env: DistEnv, device: torch.device) -> dict[str, 
     _strengths(
         grid, data.val is not None, no_validation_reason(cfg.val_fraction)
     )  # told before any feature is extracted, or a result removed
-    _write_run_files(cfg, data, run_dir, backbone.input_size)
+    write_run_files(cfg, data, run_dir, backbone.input_size)
 
     key = _cache_key(cfg, prompter.input_size, data)
     cache_path = run_dir / FEATURES_FILE

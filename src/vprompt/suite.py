@@ -380,7 +380,7 @@ def _sizes_planned(cfg: RunConfig, model_size: Any) -> RunConfig:
 
 def _state(cell: SuiteCell) -> tuple[str, str]:
     """(``invalid``, ``conflict``, ``done``, ``resume`` or ``new``, and a reason for the first two)."""
-    from .engine import CONFLICT, changed_settings, holds_run, identity_keys, result_keys, saved_run
+    from .runs import CONFLICT, changed_settings, holds_run, identity_keys, result_keys, saved_run
 
     if cell.cfg is None:
         return "invalid", cell.error or "invalid settings"
