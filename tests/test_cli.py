@@ -384,6 +384,18 @@ def test_weights_spelled_otherwise_or_moved_are_the_same_run(tmp_path, monkeypat
         assert "pretrained=" in runs.changed_settings({"pretrained": other}, cfg), other
 
 
+def test_a_dataset_option_given_its_default_is_the_same_run():
+    cfg = resolve_config({"dataset": "synthetic", "dataset_options": {"n_train": 96, "size": 32}})  # 32: the default
+    assert runs.changed_settings({"dataset": "synthetic", "dataset_options": {"n_train": 96}}, cfg) == ""
+    other = {"dataset": "synthetic", "dataset_options": {"n_train": 96, "size": 16}}
+    assert "dataset_options={'n_train': 96, 'size': 16} there, {'n_train': 96} here" in runs.changed_settings(
+        other, cfg
+    )
+    dtd = resolve_config({"dataset": "dtd"})  # and the other way round: the default spelled out in the earlier run
+    assert runs.changed_settings({"dataset": "dtd", "dataset_options": {"partition": 1}}, dtd) == ""
+    assert "dataset_options=" in runs.changed_settings({"dataset": "dtd", "dataset_options": {"partition": 2}}, dtd)
+
+
 def test_a_finished_run_is_neither_overwritten_nor_removed_by_a_second_start(tmp_path, capsys):
     assert cli.main(tiny_run_args(tmp_path, epochs=1)) == 0
     before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}

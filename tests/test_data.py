@@ -297,6 +297,24 @@ def test_synthetic_options_are_checked():
     assert not torch.equal(one.images, other.images)
 
 
+def test_every_dataset_option_has_a_default_the_registry_can_read():
+    import inspect
+
+    import vprompt.data.benchmark  # noqa: F401  (registers the benchmark datasets)
+    import vprompt.data.shift  # noqa: F401
+    from vprompt.data import get_dataset_spec, list_datasets
+
+    # A default spelled out is no other run (changed_settings) only where the registry sees the builder's defaults,
+    # through any partial or wrapper around it.
+    for name in list_datasets():
+        spec = get_dataset_spec(name)
+        params = inspect.signature(spec.builder).parameters
+        for option in spec.options:
+            assert params[option].default is not inspect.Parameter.empty, (name, option)
+            assert spec.explicit_options({option: params[option].default}) == {}, (name, option)
+            assert spec.explicit_options({option: "another"}) == {option: "another"}, (name, option)
+
+
 def test_a_run_resumed_on_other_data_is_refused_naming_what_changed(tmp_path, monkeypatch, capsys):
     from vprompt import cli, engine
 

@@ -487,9 +487,15 @@ def _refuse_unused(cfg: RunConfig, given: Collection[str]) -> None:
 
 
 def comparable(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """A run's saved ``settings`` as two runs are compared: the settings it does not use as :data:`_NOTHING`, and
-    the L2 strengths as the sorted set the probe sweeps (a config file may give them as strings)."""
+    """A run's saved ``settings`` as two runs are compared: the settings it does not use as :data:`_NOTHING`, the
+    L2 strengths as the sorted set the probe sweeps (a config file may give them as strings), and the dataset
+    options without those given their default."""
+    from .data import get_dataset_spec
+
     out = {**settings, **{k: _NOTHING[k] for k in _unused(settings) if k in settings}}
+    if out.get("dataset_options"):
+        with contextlib.suppress(ValueError):  # an unknown dataset: its options compared as written
+            out["dataset_options"] = get_dataset_spec(out["dataset"]).explicit_options(out["dataset_options"])
     if out.get("l2_grid") is not None:
         with contextlib.suppress(SettingError):
             out["l2_grid"] = l2_strengths(out["l2_grid"])

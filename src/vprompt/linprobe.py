@@ -43,7 +43,7 @@ from .backbones import FrozenBackbone
 from .build import build_backbone, build_prompter, check_sizes, to_float_rgb
 from .checkpoint import atomic_write
 from .config import RunConfig, l2_strengths
-from .data import DataSplits, check_dataset, data_root, make_loader, no_validation_reason
+from .data import DataSplits, check_dataset, data_root, get_dataset_spec, make_loader, no_validation_reason
 from .data.splits import torch_seed
 from .distributed import DistEnv
 from .prompters import Prompter
@@ -139,6 +139,7 @@ def _cache_key(cfg: RunConfig, input_size: int, data: DataSplits) -> dict[str, A
     """What the cached features depend on; a cache made with anything else is recomputed. Beyond the settings,
     the images: the folder they were read from, the labels of every split, and the weights file."""
     key = {k: getattr(cfg, k, None) for k in (*DATA_KEYS, "precision")}
+    key["dataset_options"] = get_dataset_spec(cfg.dataset).explicit_options(cfg.dataset_options)
     key["input_size"] = input_size  # (the seed is there for a randomly initialized backbone)
     key["data_dir"] = str(data_root(cfg.data_dir).resolve())
     key["weights_file"] = _file_stamp(cfg.pretrained)

@@ -9,8 +9,10 @@ Class names and templates are package data read on first use (:mod:`.benchmark_b
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from . import benchmark_tv as tv
@@ -66,6 +68,7 @@ def _with_clip_names(name: str) -> None:
     that its own names are the same classes in the same order."""
     base = get_dataset_spec(name)
 
+    @functools.wraps(base.builder)
     def builder(**kwargs: Any) -> Any:
         ds = base.builder(**kwargs)
         names = classnames(name)
@@ -188,7 +191,7 @@ _HF_DESCRIPTIONS = {
 for _name, (_description, _n) in _HF_DESCRIPTIONS.items():
     _register(
         _name,
-        lambda _name=_name, **kw: hub_or_folder_dataset(_name, **kw),
+        partial(hub_or_folder_dataset, _name),
         _description,
         n=_n,
         splits=_TRAIN_VAL_TEST,

@@ -7,6 +7,7 @@ given by ``--data-dir``; each builder decides where under it its files live and 
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -86,7 +87,8 @@ class DatasetSpec:
         templates: the dataset's own CLIP prompt ensemble, if the literature has one.
         description: one line for ``vprompt list datasets``.
         in_memory: whether the builder returns an in-memory :class:`~vprompt.data.base.ArrayDataset`.
-        options: extra keyword options the builder accepts (documentation for the CLI).
+        options: extra keyword options the builder accepts, each with a keyword default in the builder's signature
+            (the values: documentation for the CLI).
         find_splits: for datasets whose splits depend on the files (a user's folder), ``(root, options) -> splits``.
     """
 
@@ -104,6 +106,12 @@ class DatasetSpec:
     def available_splits(self, root: Path, options: dict[str, Any] | None = None) -> tuple[str, ...]:
         """The splits present for data under ``root`` read with the dataset ``options``."""
         return self.find_splits(root, dict(options or {})) if self.find_splits else self.splits
+
+    def explicit_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` without those given their default (the builder's keyword default; ``inspect`` follows
+        ``functools.partial`` and ``functools.wraps``): a default spelled out reads the same data as one left out."""
+        params = inspect.signature(self.builder).parameters
+        return {k: v for k, v in options.items() if k not in params or params[k].default != v}
 
 
 _REGISTRY: dict[str, DatasetSpec] = {}
