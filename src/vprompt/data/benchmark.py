@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import replace
-from functools import partial
 from typing import Any
 
 from . import benchmark_tv as tv
@@ -191,7 +190,7 @@ _HF_DESCRIPTIONS = {
 for _name, (_description, _n) in _HF_DESCRIPTIONS.items():
     _register(
         _name,
-        partial(hub_or_folder_dataset, _name),
+        functools.partial(hub_or_folder_dataset, _name),
         _description,
         n=_n,
         splits=_TRAIN_VAL_TEST,
