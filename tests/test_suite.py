@@ -571,3 +571,15 @@ def test_a_setting_a_run_does_not_use_is_no_difference_and_no_error_when_shared(
     assert evp_cell.error is None and vp_cell.cfg.weight_decay == 1e-4
     grid["methods"] = [{"name": "evp", "weight_decay": 1e-4}]
     assert "weight_decay 0.0001: the normalized gradient has none" in expand_suite(parse_suite(grid))[0].error
+
+
+def test_parallel_runs_fetch_each_dataset_once_a_spelled_out_default_included(monkeypatch):
+    import vprompt.data
+    from vprompt.config import RunConfig
+    from vprompt.suite import _fetch_data_once
+
+    fetched = []
+    monkeypatch.setattr(vprompt.data, "create_dataset", lambda name, root, split, **kw: fetched.append((split, kw)))
+    same = [RunConfig(dataset="synthetic", download=True, dataset_options=o) for o in ({}, {"seed": 0})]
+    _fetch_data_once([*same, RunConfig(dataset="synthetic", download=True, dataset_options={"seed": 1})])
+    assert fetched == [(s, {"download": True, **o}) for o in ({}, {"seed": 1}) for s in ("train", "test")]

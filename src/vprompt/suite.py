@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, check_dataset_options, load_yaml, resolve_config, under
+from .config import RunConfig, check_dataset_options, comparable, load_yaml, resolve_config, under
 from .errors import INTERRUPTED_EXIT, USER_ERRORS, did_you_mean, one_line, sigterm_interrupts
 
 __all__ = ["SuiteConfig", "MethodEntry", "SuiteCell", "RunRecord", "SuiteReport", "load_suite", "expand_suite",
@@ -539,7 +539,8 @@ def _fetch_data_once(cfgs: Sequence[RunConfig]) -> None:
 
     seen = set()
     for cfg in cfgs:
-        key = (cfg.dataset, cfg.data_dir, repr(sorted(cfg.dataset_options.items())))
+        options = comparable({"dataset": cfg.dataset, "dataset_options": cfg.dataset_options})["dataset_options"]
+        key = (cfg.dataset, cfg.data_dir, repr(sorted(options.items())))
         if not cfg.download or key in seen:
             continue
         seen.add(key)
