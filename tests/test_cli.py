@@ -494,14 +494,16 @@ def test_pretrained_none_is_random_weights_from_a_file_or_the_command_line(tmp_p
 
 def test_the_command_line_undoes_a_files_settings(tmp_path):
     file = tmp_path / "c.yaml"
-    file.write_text("deterministic: true\nshots: 2\ntrain_fraction: 0.5\n")
+    file.write_text("deterministic: true\nshots: 2\n")
 
     def values(*flags):
         return resolve_config(cli._run_values(cli.build_parser().parse_args(["train", "-c", str(file), *flags]))[0])
 
-    assert (values().deterministic, values().shots, values().train_fraction) == (True, 2, 0.5)
-    undone = values("--no-deterministic", "--shots", "none", "--train-fraction", "None")
-    assert (undone.deterministic, undone.shots, undone.train_fraction) == (False, None, None)
+    assert (values().deterministic, values().shots) == (True, 2)
+    undone = values("--no-deterministic", "--shots", "none", "--train-fraction", "0.5")  # (one of the two, not both)
+    assert (undone.deterministic, undone.shots, undone.train_fraction) == (False, None, 0.5)
+    file.write_text("train_fraction: 0.5\n")
+    assert values().train_fraction == 0.5 and values("--train-fraction", "None").train_fraction is None
 
 
 def test_a_method_or_optimizer_over_a_file_made_for_another_is_refused(tmp_path, capsys):
@@ -744,6 +746,15 @@ def test_the_configs_prompter_names_are_the_prompters():
         ("download: maybe", "download 'maybe' must be true or false"),
         ("name: ../elsewhere", "name '../elsewhere' must be a folder name inside --output, without / or \\"),
         ("name: ..", "name '..' must be a folder name inside --output, without / or \\"),
+        (
+            "method: [evp]",
+            "method ['evp'] must be a single value (one of evp, fixed_patch, linprobe, random_patch, vp, zeroshot)",
+        ),
+        (
+            "shots: 4\ntrain_fraction: 0.5",
+            "shots 4 and train_fraction 0.5 together: give one of them, K images per "
+            "class or a share of each class (none undoes one given in a config file)",
+        ),
     ],
 )
 def test_config_file_values_of_the_wrong_type_or_range_name_file_and_key(tmp_path, text, message):
@@ -752,6 +763,13 @@ def test_config_file_values_of_the_wrong_type_or_range_name_file_and_key(tmp_pat
     with pytest.raises(ValueError) as info:
         resolve_config(load_yaml(bad), source=str(bad))
     assert str(info.value) == f"{bad}: {message}"
+
+
+def test_a_config_files_method_of_the_wrong_shape_is_replaced_by_the_method_flag(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("method: {name: evp}\n")
+    assert cli.main(tiny_run_args(tmp_path, "--config", str(config), "--method", "vp", epochs=1)) == 0
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["method"] == "vp"
 
 
 def test_a_run_name_that_would_leave_the_output_folder_is_refused_before_anything_is_written(tmp_path, capsys):
@@ -800,6 +818,9 @@ def test_a_bad_dataset_option_value_names_the_config_file_it_came_from(tmp_path,
     assert cli.main([*args, "--dataset-option", "n_train=x"]) == 2  # given on the command line: no file named
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--dataset-option n_train='x' must be" in err and str(config) not in err, err
+    config.write_text("dataset_options: {n_trian: 8}\n")  # an option the dataset does not have
+    assert cli.main(args) == 2
+    assert f"{config}: dataset 'synthetic' has no option 'n_trian'" in capsys.readouterr().err
 
 
 def test_settings_are_typed_and_range_checked_whatever_their_source(tmp_path, capsys):

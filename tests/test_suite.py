@@ -305,7 +305,7 @@ def test_a_train_fraction_is_labelled_as_such_and_cannot_meet_shots(tmp_path):
     suite = parse_suite({"datasets": ["synthetic"], "methods": ["evp"], "shots": [None, 5],
                          "base": {"train_fraction": 0.05}})  # fmt: skip
     full, five = expand_suite(suite, output=tmp_path)
-    assert full.error is None and "5-shot and train_fraction 0.05 together" in five.error
+    assert full.error is None and "shots 5 and train_fraction 0.05 together: give one of them" in five.error
     assert "| evp | 0.05 of train | – | – |" in run_suite(suite, output=tmp_path, dry_run=True).markdown
     per_dataset = parse_suite({"datasets": ["synthetic"], "methods": ["evp"], "shots": [None, 5],
                                "dataset_overrides": {"synthetic": {"train_fraction": 0.1}}})  # fmt: skip

@@ -104,6 +104,11 @@ class RunConfig:
                 setattr(self, key, value)
         for f in dataclasses.fields(self):
             setattr(self, f.name, _checked(f, getattr(self, f.name)))
+        if self.shots and self.train_fraction:
+            raise SettingError(
+                "shots", f"shots {self.shots} and train_fraction {self.train_fraction:g} together: give one of them, "
+                "K images per class or a share of each class (none undoes one given in a config file)",
+            )  # fmt: skip
         if recipe_lr and self.optimizer != recipe.get("optimizer"):
             raise SettingError(
                 "lr", f"lr: optimizer {self.optimizer} needs its own; method {self.method}'s lr "
@@ -290,6 +295,8 @@ METHODS: dict[str, dict[str, Any]] = {
 def method_recipe(method: str, source: str) -> dict[str, Any]:
     """The settings ``method`` fills in where they were left unset, or a ValueError naming ``source``, the close
     matches and the methods."""
+    if not isinstance(method, str):
+        raise ValueError(f"{source}: method {method!r} must be a single value (one of {', '.join(sorted(METHODS))})")
     if method not in METHODS:
         hint = did_you_mean(method, METHODS)
         raise ValueError(f"{source}: unknown method {method!r}{hint} (available: {', '.join(sorted(METHODS))})")
@@ -302,7 +309,7 @@ def check_recipe_kept(later: Mapping[str, Any], earlier: Mapping[str, Any], late
     recipe spelled out (a VP file under ``--method evp`` would train VP's prompt, named evp), or a learning rate
     that is a step size for the old optimizer."""
     old, new = earlier.get("method"), later.get("method")
-    if old is not None and new is not None and old != new and old in METHODS and new in METHODS:
+    if old != new and all(isinstance(m, str) and m in METHODS for m in (old, new)):
         ours, theirs = method_recipe(old, source), method_recipe(new, later_source)
         kept = [k for k in ours if k in earlier and k not in later and earlier[k] != theirs.get(k)]
         if kept:

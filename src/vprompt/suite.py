@@ -345,11 +345,6 @@ def expand_suite(suite: SuiteConfig, output: str | Path | None = None) -> list[S
                             check_dataset(dataset, cfg.dataset_options)  # and a mistyped dataset option
                     except ValueError as e:
                         raise ValueError(f"{where}: {e}") from None
-                    if cfg.shots and cfg.train_fraction:
-                        raise ValueError(
-                            f"{where}: {shots}-shot and train_fraction "
-                            f"{cfg.train_fraction} together; give one of them (e.g. set train_fraction per method)"
-                        )
                     if m.label != m.name:  # the run name with the label in place of the method
                         name = cfg.run_name
                         rest = name[len(cfg.method) :] if name.startswith(cfg.method) else f"-{name}"

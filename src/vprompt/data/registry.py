@@ -144,7 +144,8 @@ def check_dataset(name: str, options: Mapping[str, Any] | None = None) -> Datase
     unknown = sorted(set(options or {}) - set(spec.options))
     if unknown:
         known = ", ".join(sorted(spec.options)) or "none"
-        raise ValueError(f"dataset {name!r} has no option {unknown[0]!r} (--dataset-option; it takes: {known})")
+        message = f"dataset {name!r} has no option {unknown[0]!r} (--dataset-option; it takes: {known})"
+        raise DatasetOptionError(message, unknown[0])
     return spec
 
 
