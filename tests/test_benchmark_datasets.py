@@ -228,6 +228,14 @@ def test_a_split_file_whose_splits_overlap_or_overrun_is_refused(tmp_path):
     path.write_text("not a split")
     with pytest.raises(DatasetNotFoundError, match=f"split file {path}"):
         load_seeded_split("eurosat", path)
+    write_seeded_split(path, good)
+    whole = path.read_bytes()
+    for damaged in (whole[: len(whole) // 2], whole[:100] + bytes(b ^ 0xFF for b in whole[100:120]) + whole[120:]):
+        path.write_bytes(damaged)  # cut short, or bytes changed inside a compressed array
+        with pytest.raises(DatasetNotFoundError, match=f"split file {path}"):
+            load_seeded_split("eurosat", path)
+    with pytest.raises(DatasetNotFoundError, match="split file 5: "):  # as a YAML file gives split_file: 5
+        load_seeded_split("eurosat", 5)
 
 
 def test_sun397(tmp_path):
@@ -460,6 +468,9 @@ def test_resisc45_split_files(tmp_path):
     (base / "test.txt").write_text("images/airport/airport_000.jpg 45\n")
     with pytest.raises(ValueError, match=r"label in 0\.\.44"):
         _make("resisc45", tmp_path, "test")
+    (base / "test.txt").write_bytes("images/a\u00e9roport.jpg 1\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=re.escape(f"{base / 'test.txt'}: not UTF-8 text")):
+        _make("resisc45", tmp_path, "test")
 
 
 def test_dmlab_class_folders_and_holdout(tmp_path):
@@ -493,6 +504,11 @@ def test_ucf101_coop_layout(tmp_path):
     (base / "UCF-101-midframes" / split["val"][0][0]).unlink()
     with pytest.raises(DatasetNotFoundError, match=re.escape(f"{base / 'split_zhou_UCF101.json'}: 1 of the 1 ")):
         _make("ucf101", tmp_path, "val")
+    for text, told in (("{bad", "not a JSON file"), ('["a"]', "'train' is not a list of CoOp's entries"),
+                       ('{"train": [["a.jpg", 0]]}', "'train' is not a list of CoOp's entries")):  # fmt: skip
+        (base / "split_zhou_UCF101.json").write_text(text)
+        with pytest.raises(ValueError, match=re.escape(f"{base / 'split_zhou_UCF101.json'}: {told}")):
+            _make("ucf101", tmp_path)
 
 
 def test_ucf101_split_files_beside_coops_release_give_every_split(tmp_path, caplog):

@@ -18,6 +18,8 @@ import functools
 import json
 import os
 import re
+import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -233,7 +235,7 @@ def load_seeded_split(dataset: str, path: str | Path | None = None) -> SeededSpl
     Raises:
         DatasetNotFoundError: the file is not a split file, or its splits overlap or index past its images.
     """
-    src = Path(path) if path is not None else split_path(dataset)
+    src = Path(str(path)).expanduser() if path is not None else split_path(dataset)
     try:
         with resources.as_file(src) as p, np.load(p, allow_pickle=False) as z:
             missing = [k for k in _SPLIT_ARRAYS if k not in z.files]
@@ -246,7 +248,7 @@ def load_seeded_split(dataset: str, path: str | Path | None = None) -> SeededSpl
                 int(z["seed"]),
                 (float(z["fractions"][0]), float(z["fractions"][1])),
             )
-    except (OSError, ValueError) as e:  # absent, not an .npz, pickled arrays, missing arrays
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # absent, not .npz, damaged, pickled
         raise DatasetNotFoundError(f"split file {src}: {e}") from e
     seen = np.concatenate(list(split.indices.values()))
     if len(seen) and (seen.min() < 0 or seen.max() >= split.num_samples):

@@ -105,8 +105,19 @@ def folder_splits(name: str, root: Path, source: str = "auto", hf_id: str | None
 
 
 def _coop_entries(path: Path, split: str) -> list[list[Any]]:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f).get(split, [])
+    """The ``split`` entries of CoOp's split file, each ``[image path, label, class name]``."""
+    expected = '{"train": [[image path, label, class name], ...], "val": [...], "test": [...]}'
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except ValueError as e:  # not UTF-8, not JSON
+        raise ValueError(f"{path}: not a JSON file ({e}); CoOp's split file is {expected}") from None
+    entries = data.get(split, []) if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not all(
+        isinstance(e, list) and len(e) == 3 and isinstance(e[0], str) and isinstance(e[2], str) for e in entries
+    ):
+        raise ValueError(f"{path}: {split!r} is not a list of CoOp's entries; CoOp's split file is {expected}")
+    return entries
 
 
 def _label_of_folder(name: str, folder: Path, names: Sequence[str]) -> int:
@@ -123,7 +134,11 @@ def folder_dataset(name: str, folder: Path, split: str, transform: Callable[...,
     split_txt = folder / f"{split}.txt"
     if layout == "txt" and split_txt.is_file():
         samples = []
-        for n, line in enumerate(split_txt.read_text(encoding="utf-8-sig").splitlines(), 1):  # (Notepad's BOM)
+        try:
+            lines = split_txt.read_text(encoding="utf-8-sig").splitlines()  # (Notepad's BOM)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{split_txt}: not UTF-8 text ({e}); save it as UTF-8") from None
+        for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             rel, _, label = line.rstrip().rpartition(" ")
