@@ -88,6 +88,9 @@ def test_a_file_that_is_no_checkpoint_of_the_model_is_one_line(tmp_path):
         assert "\n" not in str(info.value)
     with pytest.raises(ValueError, match=r"notes.pt: not a PyTorch checkpoint .*\(\w+Error: "):
         create_backbone("tv:resnet18", pretrained=str(tmp_path / "notes.pt"))
+    (tmp_path / "cut.safetensors").write_text("not weights\n")  # or a download cut short
+    with pytest.raises(ValueError, match=r"cut.safetensors: not a safetensors file \(\w+Error: "):
+        create_backbone("tv:resnet18", pretrained=str(tmp_path / "cut.safetensors"))
 
 
 def test_fixed_input_size_is_enforced(tiny_backbone):

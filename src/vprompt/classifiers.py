@@ -179,18 +179,17 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
         ValueError: the file does not hold a state dict.
     """
     path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    safetensors = path.suffix == ".safetensors"
+    try:
+        if safetensors:
+            from safetensors.torch import load_file
 
-        obj: Any = load_file(str(path))
-    else:
-        try:
+            obj: Any = load_file(str(path))
+        else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # unpickling refused or not a torch file: say which file and why
-            raise ValueError(
-                f"--pretrained {path}: not a PyTorch checkpoint that torch.load(weights_only=True) reads "
-                f"({error_line(e)})"
-            ) from e
+    except Exception as e:  # cut short, unpickling refused, or not such a file: say which file and why
+        kind = "a safetensors file" if safetensors else "a PyTorch checkpoint that torch.load(weights_only=True) reads"
+        raise ValueError(f"--pretrained {path}: not {kind} ({error_line(e)})") from e
     for key in _STATE_DICT_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
