@@ -628,6 +628,9 @@ def test_eval_from_another_folder_names_the_runs_relative_paths(tmp_path, monkey
     assert err.endswith(f"the run's data_dir 'digits' is relative to the folder it was trained from and is not found "
                         f"from {tmp_path}; pass --data-dir with where it is")  # fmt: skip
     assert cli.main(["eval", "--checkpoint", run, "--data-dir", str(work / "digits")]) == 0
+    monkeypatch.setenv("HOME", str(work))  # a path under ~ is found from anywhere
+    assert cli.main(tiny_run_args(tmp_path, "--dataset", "mnist", "--data-dir", "~/digits", name="home", epochs=1)) == 0
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "home")]) == 0
 
 
 def test_eval_refuses_shift_options_without_shift(tmp_path, capsys):

@@ -693,8 +693,8 @@ def _finish(
 
 def _relative_path_missing(value: Any, tags: bool) -> bool:
     """Whether ``value`` is a relative path that does not exist from here (with ``tags``, a value without a folder
-    in it is a weights tag such as ``openai``, not a path)."""
-    if not isinstance(value, str) or Path(value).is_absolute() or Path(value).exists():
+    in it is a weights tag such as ``openai``, not a path; ``~`` is the home folder, as where the run read it)."""
+    if not isinstance(value, str) or Path(value).expanduser().is_absolute() or Path(value).exists():
         return False
     return not tags or value.startswith(".") or "/" in value or os.sep in value
 
