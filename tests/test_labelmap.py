@@ -116,6 +116,8 @@ def test_mapping_is_saved_and_restored_with_the_state_dict():
     fresh.load_state_dict(head.state_dict())
     assert torch.equal(fresh(torch.eye(4)), torch.eye(4)[:, [1, 0, 3]])
     assert not fresh.epoch_start(3, lambda: pytest.fail("a restored FLM map must not be recomputed"))
+    with pytest.raises(RuntimeError, match="its label map reads source class 3 of a model with 3"):
+        LabelMappingHead(3, 3, "flm").load_state_dict(head.state_dict())  # a map made for a model of more classes
 
 
 def test_too_many_target_classes_is_a_clear_error(tiny_backbone):

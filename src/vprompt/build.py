@@ -63,7 +63,7 @@ class PromptedModel(nn.Module):
         """Inverse of :meth:`artifact_state`, strict.
 
         Raises:
-            ValueError: the saved state does not fit this prompter or head (other sizes)."""
+            ValueError: the saved state does not fit this prompter or head (other sizes, another model's label map)."""
         for prefix, module in (("prompter.", self.prompter), ("head.", self.head)):
             sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             mask = getattr(module, "mask", None)  # fixed by the sizes: a saved one must be the same
@@ -74,10 +74,13 @@ class PromptedModel(nn.Module):
                     raise RuntimeError("\nits mask has another border")
             except RuntimeError as e:
                 detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
-                raise ValueError(
-                    f"the saved {prefix[:-1]} does not fit this run's ({detail}); was it saved with other sizes "
-                    "(--input-size, --inner-size, --prompt-size)?"
-                ) from e
+                other = (
+                    "other sizes (--input-size, --inner-size, --prompt-size)"
+                    if module is self.prompter
+                    else "another model or dataset"
+                )
+                raise ValueError(f"the saved {prefix[:-1]} does not fit this run's ({detail}); was it saved with "
+                                 f"{other}?") from e  # fmt: skip
 
 
 def build_backbone(cfg: RunConfig, device: torch.device | str, weights_like: str | None = None) -> FrozenBackbone:

@@ -236,6 +236,12 @@ class LabelMappingHead(Head):
     def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
         # Loading a saved map (eval, resume) makes the head ready without recomputing anything.
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        outside = self.mapping[(self.mapping < -1) | (self.mapping >= self.num_source_classes)]
+        if len(outside):  # another model's map: it would index past this model's logits
+            error_msgs = args[-1]
+            error_msgs.append(
+                f"its label map reads source class {int(outside[0])} of a model with {self.num_source_classes}"
+            )
         self._ready = bool((self.mapping >= 0).all())
 
     def forward(self, source_logits: Tensor) -> Tensor:
