@@ -187,6 +187,12 @@ def test_table_mean_std_partial_and_failed_cells(tmp_path, monkeypatch, capsys, 
         RunRecord("vp", None, "d1", s, "pending") for s in (2, 3)
     ]
     assert "| vp | – |" in build_table(waiting, _small_suite(tmp_path, datasets=["d1"], methods=["vp"]))[0]
+    # The note says which epoch a run's figure is of: with no validation split (val_fraction 0) the last.
+    grid = _small_suite(tmp_path, methods=["vp"])
+    runs = [RunRecord("vp", None, d, 1, "done", test_acc1=50.0, val_acc1=v) for d, v in (("d1", 40.0), ("d2", None))]
+    assert "of the epoch selected on validation; mean" in build_table(runs[:1], grid)[0]
+    assert "of the last epoch (no validation split); mean" in build_table(runs[1:], grid)[0]
+    assert "selected on validation (the last epoch for vp on d2: no validation split)" in build_table(runs, grid)[0]
 
     # Run again: finished runs are read back, only the failed ones are retried.
     calls = []
@@ -258,6 +264,16 @@ def test_shots_rows_labels_and_per_method_seeds():
         ({"datasets": ["a"], "methods": [{"name": "evp", "shots": [4, 4]}]}, r"methods\[0\]: shots 4 is listed twice"),
         ({"datasets": ["a"], "methods": [{"name": "evp", "output": "x"}]}, "'output' is the suite's folder"),
         ({"datasets": ["a"], "methods": ["evp"], "base": {"dataset_options": [1]}}, "dataset_options must be a map"),
+        (
+            {"datasets": ["a"], "methods": ["evp"], "table": {"output": {"a": 1}}},
+            r"s.yaml: table: 'output' must be a name",
+        ),
+        ({"datasets": ["a"], "methods": ["evp"], "table": {"name": None}}, "table: 'name' must be a name or a text"),
+        (
+            {"datasets": ["a"], "methods": ["evp"], "table": {"title": ["a"]}},
+            r"'title' must be a name or a text, not \[",
+        ),
+        ({"datasets": ["a"], "methods": ["evp"], "base": {"output": ["a", "b"]}}, "s.yaml: base: 'output' must be"),
     ],
 )
 def test_bad_suite_configs(data, needle):
@@ -583,3 +599,46 @@ def test_parallel_runs_fetch_each_dataset_once_a_spelled_out_default_included(mo
     same = [RunConfig(dataset="synthetic", download=True, dataset_options=o) for o in ({}, {"seed": 0})]
     _fetch_data_once([*same, RunConfig(dataset="synthetic", download=True, dataset_options={"seed": 1})])
     assert fetched == [(s, {"download": True, **o}) for o in ({}, {"seed": 1}) for s in ("train", "test")]
+
+
+@pytest.mark.slow
+def test_the_runs_of_a_suite_killed_outright_stop_and_stay_resumable(tmp_path):
+    import fcntl
+    import subprocess
+    import sys
+
+    from vprompt.runs import LOCK_FILE
+
+    config = {
+        "base": {"model": TINY_MODEL, "epochs": 10000, "batch_size": 16, "log_every": 0, "device": "cpu", "threads": 1,
+                 "dataset_options": {"n_train": 48, "n_test": 24}, "output": str(tmp_path / "runs")},
+        "datasets": ["synthetic"],
+        "methods": ["evp", {"name": "vp", "warmup_steps": 2}],
+        "seeds": [7],
+    }  # fmt: skip
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with open(tmp_path / "console.txt", "w") as console:
+        suite = subprocess.Popen([sys.executable, "-m", "vprompt", "suite", str(path), "--jobs", "2"],
+                                 stdout=console, stderr=console)  # fmt: skip
+        try:
+            for _ in range(1200):
+                if len(list((tmp_path / "runs").glob("*/last.pt"))) == 2:  # both runs an epoch in
+                    break
+                time.sleep(0.1)
+            else:
+                pytest.fail((tmp_path / "console.txt").read_text())
+        finally:
+            suite.kill()  # SIGKILL: the suite's process cannot stop its runs
+            suite.wait()
+    for run in (tmp_path / "runs").glob("*-seed7"):
+        with open(run / LOCK_FILE, "a") as lock:
+            for _ in range(300):  # the run's process lets go of its folder once it has stopped
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    time.sleep(0.1)
+            else:
+                pytest.fail(f"{run.name} runs on after its suite was killed")
+        assert (run / "last.pt").is_file() and not (run / "results.json").exists()

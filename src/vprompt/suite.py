@@ -259,6 +259,8 @@ def parse_suite(data: dict[str, Any], source: str = "suite config", default_outp
             keep_offered(
                 shared, offered, f"{source}: {m.label} is not using the shared settings (base, dataset_overrides)"
             )
+    output = _text(base, "output", default_output, f"{source}: base")
+    base.pop("output", None)
     return SuiteConfig(
         base=base,
         datasets=datasets,
@@ -266,12 +268,22 @@ def parse_suite(data: dict[str, Any], source: str = "suite config", default_outp
         seeds=seeds,
         shots=_shots_list(data.get("shots"), source),
         dataset_overrides=ds_over,
-        table_name=str(table.get("name", "suite_results")),
-        table_title=table.get("title"),
-        table_output=table.get("output"),
-        output=str(base.pop("output", default_output)),
+        table_name=_text(table, "name", "suite_results", f"{source}: table"),
+        table_title=_text(table, "title", None, f"{source}: table"),
+        table_output=_text(table, "output", None, f"{source}: table"),
+        output=output,
         source=source,
     )
+
+
+def _text(values: dict[str, Any], key: str, default: str | None, where: str) -> str | None:
+    """``values[key]`` as text (a folder, a file name, a title), or ``default`` where it is not given."""
+    if key not in values:
+        return default
+    value = values[key]
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool) and str(value):
+        return str(value)
+    raise ValueError(f"{where}: {key!r} must be a name or a text, not {value!r}")
 
 
 def load_suite(path: str | Path) -> SuiteConfig:
@@ -557,9 +569,24 @@ class _ChildTraceback(Exception):
 _STOP_S = 30.0
 
 
-def _run_in_child(cfg: RunConfig, threads: int, send: Any, tag: str) -> None:
+def _stop_when_orphaned(parent: int) -> None:
+    """Send this process SIGTERM (which unwinds a run as Ctrl-C does, keeping it resumable) once the suite's process
+    ``parent`` is gone: killed with SIGKILL, or by the OOM killer, it could not stop its runs itself."""
+    import signal
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="vprompt-suite-watch", daemon=True).start()
+
+
+def _run_in_child(cfg: RunConfig, threads: int, send: Any, tag: str, parent: int) -> None:
     """A run in its own (spawned) process: its results, or its error and traceback, go back through ``send``. Its
-    console lines begin with ``tag``."""
+    console lines begin with ``tag``; the run stops if the suite's process ``parent`` ends before it."""
     import pickle
     import signal
     import traceback
@@ -577,6 +604,7 @@ def _run_in_child(cfg: RunConfig, threads: int, send: Any, tag: str) -> None:
     trace = ""
     try:
         with sigterm_interrupts():
+            _stop_when_orphaned(parent)
             outcome: Any = fit(cfg)
     except KeyboardInterrupt:  # stopped by the suite, which reads nothing more, or by a SIGTERM from outside
         sys.exit(INTERRUPTED_EXIT)
@@ -621,7 +649,7 @@ def _run_parallel(
                 tag, cell, cfg = waiting.pop(0)
                 recv, send = ctx.Pipe(duplex=False)
                 place = tag.split("]")[0] + "] "  # "[3/12] ", the run's place in the grid
-                process = ctx.Process(target=_run_in_child, args=(cfg, threads, send, place), daemon=True)
+                process = ctx.Process(target=_run_in_child, args=(cfg, threads, send, place, os.getpid()), daemon=True)
                 process.start()
                 send.close()  # (the child holds the sending end)
                 running[process.sentinel] = {"tag": tag, "cell": cell, "process": process, "pipe": recv}
@@ -714,9 +742,16 @@ def build_table(records: Sequence[RunRecord], suite: SuiteConfig) -> tuple[str, 
         avg_text = f"{average:.2f}" if average is not None else "–"
         lines.append("| " + " | ".join([m.label, *shot_cell, *texts, avg_text]) + " |")
     seeds = sorted({r.seed for r in records})
+    done = [r for r in records if r.status == "done"]
+    unselected = sorted({f"{r.method} on {r.dataset}" for r in done if r.val_acc1 is None})  # val_fraction 0
+    which = "the epoch selected on validation"
+    if unselected and all(r.val_acc1 is None for r in done):
+        which = "the last epoch (no validation split)"
+    elif unselected:
+        which += f" (the last epoch for {', '.join(unselected)}: no validation split)"
     lines += [
         "",
-        f"Top-1 test accuracy (%) of the epoch selected on validation; mean ± sample standard deviation over "
+        f"Top-1 test accuracy (%) of {which}; mean ± sample standard deviation over "
         f"seeds {', '.join(map(str, seeds))}. (k/n): k of n seeds finished; –: not finished yet.",
     ]
     failed = [r for r in records if r.status == "failed"]
