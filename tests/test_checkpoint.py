@@ -54,3 +54,6 @@ def test_a_prompt_whose_metadata_was_damaged_is_named(tmp_path):
         save_file({"prompter.prompt": torch.zeros(3)}, str(path), {"format": "vprompt-prompt/1", "config": config})
         with pytest.raises(ValueError, match=re.escape(f"{path}: {why}")):
             load_prompt(path)
+    save_prompt(path, {"prompter.prompt": torch.zeros(3)}, {"lr": 1.0}, classnames=5)  # as if edited by hand
+    with pytest.raises(ValueError, match=re.escape(f"{path}: its classnames metadata is not a list of names")):
+        load_prompt(path)

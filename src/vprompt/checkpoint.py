@@ -127,6 +127,11 @@ def load_prompt(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any], di
         ) from e
     if not isinstance(config, dict):
         raise ValueError(f"{path}: its config metadata is a {type(config).__name__}, not the run's settings")
+    names = meta.get("classnames", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(
+            f"{path}: its classnames metadata is not a list of names; the file was changed after it was saved"
+        )
     return tensors, config, meta
 
 
