@@ -151,3 +151,15 @@ def test_a_demo_data_folder_that_does_not_exist_is_named_and_nothing_is_written(
 
 def _run_name(arm: str) -> str:
     return f"{arm}-cifar-resnet20-mnist-seed42"
+
+
+def test_the_demo_runs_one_arm_per_core_it_may_use(monkeypatch):
+    import os
+
+    from vprompt.demo import default_jobs
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)  # the machine's cores; this process may use two of them
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 5}, raising=False)
+    assert (default_jobs("cpu"), default_jobs("cuda")) == (2, 1)
+    monkeypatch.delattr(os, "sched_getaffinity")  # where the OS does not say (macOS, Windows): every core
+    assert default_jobs("cpu") == 5  # (at most the five trained arms)

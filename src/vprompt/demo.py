@@ -216,7 +216,9 @@ def default_threads(device: str | None) -> int | None:
 
 def default_jobs(device: str | None) -> int:
     """Runs at a time: one per core on the CPU (at most the five trained arms), one on a GPU."""
-    return min(5, os.cpu_count() or 1) if _on_cpu(device) else 1
+    from .distributed import usable_cpus
+
+    return min(5, usable_cpus()) if _on_cpu(device) else 1
 
 
 def train_size(mnist_dir: str | None) -> int:

@@ -14,7 +14,16 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistEnv", "init_distributed", "all_reduce_grads", "all_reduce_sum", "barrier"]
+__all__ = ["DistEnv", "init_distributed", "all_reduce_grads", "all_reduce_sum", "barrier", "usable_cpus"]
+
+
+def usable_cpus() -> int:
+    """The CPU cores this process may run on: its affinity where the OS tells it (``taskset``, a container's
+    cpuset), which ``os.cpu_count`` (every core of the machine) does not; at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)

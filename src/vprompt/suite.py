@@ -639,7 +639,9 @@ def _run_parallel(
     import multiprocessing
     from multiprocessing.connection import wait
 
-    threads = max(1, (os.cpu_count() or 1) // min(jobs, len(queue)))  # an equal share for each run at once
+    from .distributed import usable_cpus
+
+    threads = max(1, usable_cpus() // min(jobs, len(queue)))  # an equal share for each run at once
     ctx = multiprocessing.get_context("spawn")
     waiting = list(queue)
     running: dict[Any, dict[str, Any]] = {}  # the process's sentinel -> the run
