@@ -79,8 +79,9 @@ class PromptedModel(nn.Module):
                     if module is self.prompter
                     else "another model or dataset"
                 )
-                raise ValueError(f"the saved {prefix[:-1]} does not fit this run's ({detail}); was it saved with "
-                                 f"{other}?") from e  # fmt: skip
+                raise ValueError(
+                    f"the saved {prefix[:-1]} does not fit this run's ({detail}); was it saved with {other}?"
+                ) from e
 
 
 def build_backbone(cfg: RunConfig, device: torch.device | str, weights_like: str | None = None) -> FrozenBackbone:

@@ -233,12 +233,22 @@ class LabelMappingHead(Head):
             self.mapping.copy_(torch.arange(num_classes))
             self._ready = True
 
-    def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any) -> None:
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Tensor],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
         # Loading a saved map (eval, resume) makes the head ready without recomputing anything.
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
         outside = self.mapping[(self.mapping < -1) | (self.mapping >= self.num_source_classes)]
         if len(outside):  # another model's map: it would index past this model's logits
-            error_msgs = args[-1]
             error_msgs.append(
                 f"its label map reads source class {int(outside[0])} of a model with {self.num_source_classes}"
             )

@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, check_dataset_options, comparable, load_yaml, resolve_config, under
+from .config import RunConfig, check_dataset_options, load_yaml, resolve_config, under
 from .errors import INTERRUPTED_EXIT, USER_ERRORS, did_you_mean, one_line, sigterm_interrupts
 
 __all__ = ["SuiteConfig", "MethodEntry", "SuiteCell", "RunRecord", "SuiteReport", "load_suite", "expand_suite",
@@ -542,11 +542,11 @@ def run_suite(
 def _fetch_data_once(cfgs: Sequence[RunConfig]) -> None:
     """Download each dataset the runs need here, once, before parallel runs would all download it into the same
     files at the same time. A dataset that fails here is left to fail, and be recorded, in its runs."""
-    from .data import create_dataset
+    from .data import create_dataset, get_dataset_spec
 
     seen = set()
     for cfg in cfgs:
-        options = comparable({"dataset": cfg.dataset, "dataset_options": cfg.dataset_options})["dataset_options"]
+        options = get_dataset_spec(cfg.dataset).explicit_options(cfg.dataset_options)  # (a known dataset: a run)
         key = (cfg.dataset, cfg.data_dir, repr(sorted(options.items())))
         if not cfg.download or key in seen:
             continue
