@@ -121,12 +121,12 @@ def cifar_c_folder(root: str | Path | None, classes: int = 10) -> Path:
     return data_root(root) / CIFAR_C[classes][0]
 
 
-def _missing_cifar_c(folder: Path, classes: int, what: str) -> DatasetNotFoundError:
+def _missing_cifar_c(folder: Path, classes: int, what: str, downloading: bool = False) -> DatasetNotFoundError:
     url = CIFAR_C[classes][1]
     if folder.is_dir():  # --download fetches only into a folder that is not there
         how = f"complete it from {url}, or delete it and pass --download"
-    else:
-        how = f"download {url} and extract it into {folder.parent}, or pass --download"
+    else:  # (after --download itself failed, passing it again is no advice)
+        how = f"download {url} and extract it into {folder.parent}" + ("" if downloading else ", or pass --download")
     return DatasetNotFoundError(f"CIFAR-{classes}-C: {what} in {folder} ({how})")
 
 
@@ -240,16 +240,17 @@ def download_cifar_c(root: str | Path, classes: int = 10, url: str | None = None
             _log.info("downloading %s to %s", url or default_url, archive)
             download_verified(url or default_url, archive, expected, "md5")
     except DigestMismatch as e:
-        raise _missing_cifar_c(folder, classes, f"the download is not the published archive ({e}); no files") from e
+        what = f"the download is not the published archive ({e}); no files"
+        raise _missing_cifar_c(folder, classes, what, downloading=True) from e
     except OSError as e:
-        raise _missing_cifar_c(folder, classes, f"the download failed ({e}); no files") from e
+        raise _missing_cifar_c(folder, classes, f"the download failed ({e}); no files", downloading=True) from e
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".extracting", dir=root))  # its own per process
     os.chmod(staging, 0o777 & ~current_umask())  # (mkdtemp: private) it is the release folder of an archive without one
     try:
         safe_extract(archive, staging)
         found = staging / name if (staging / name).is_dir() else staging
         if not (found / "labels.npy").is_file():
-            raise _missing_cifar_c(folder, classes, f"{archive} holds no {name}/labels.npy; no files")
+            raise _missing_cifar_c(folder, classes, f"{archive} holds no {name}/labels.npy; no files", downloading=True)
         try:
             os.replace(found, folder)
         except OSError:
