@@ -26,6 +26,8 @@ from .conftest import ROOT, TINY_MODEL
 
 PAPER_DATASETS = ["cifar100", "cifar10", "flowers102", "food101", "eurosat", "sun397", "svhn", "pets", "dtd",
                   "resisc45", "clevr_count", "dmlab"]  # fmt: skip
+#: The least a finished run's results.json holds.
+FINISHED = json.dumps({"test": {"acc1": 50.0}})
 
 
 @pytest.fixture
@@ -291,7 +293,7 @@ def test_an_interrupted_run_continues_with_another_precision_a_finished_one_does
     (run / "config.yaml").write_text(yaml.safe_dump({"config": {**cell.cfg.to_dict(), "precision": "fp32"}}))
     (run / "last.pt").write_bytes(b"")
     assert _state(cell) == ("resume", "")  # as --resume allows: precision is how, not what, a run computes
-    (run / "results.json").write_text("{}")
+    (run / "results.json").write_text(FINISHED)
     state, why = _state(cell)
     assert state == "conflict" and "precision='fp32' there, 'bf16' here" in why
 
@@ -310,11 +312,40 @@ def test_a_finished_run_on_another_data_folder_is_not_this_cells_result(tmp_path
     run = cell("a").cfg.run_dir
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump({"config": cell("a").cfg.to_dict()}))
-    (run / "results.json").write_text("{}")
+    (run / "results.json").write_text(FINISHED)
     assert _state(cell("a")) == ("done", "")
     assert _state(cell(str(tmp_path / "a"))) == ("done", "")  # the same folder, spelled otherwise
     state, why = _state(cell("b"))  # its results are another folder's images
     assert state == "conflict" and "data_dir='a' there, 'b' here" in why
+
+
+@pytest.mark.parametrize("damage", ["", '{"test', '{"x": 1}', "{}", '{"test": {"acc1": null}}', "\xff"])
+def test_a_damaged_results_file_is_a_failed_cell_named_and_the_grid_goes_on(tmp_path, damage, capsys):
+    suite = parse_suite(
+        {
+            "datasets": ["synthetic"],
+            "methods": ["zeroshot", "linprobe"],
+            "base": {
+                "model": TINY_MODEL,
+                "device": "cpu",
+                "batch_size": 16,
+                "dataset_options": {"n_train": 48, "n_test": 24},
+            },
+        }
+    )
+    assert not run_suite(suite, output=tmp_path).failed
+    damaged = expand_suite(suite, output=tmp_path)[0].cfg.run_dir / "results.json"
+    damaged.write_bytes(damage.encode("latin-1"))
+    for dry_run in (True, False):
+        report = run_suite(suite, output=tmp_path, dry_run=dry_run)
+        (failed,) = report.failed
+        assert failed.method == "zeroshot" and f"{damaged} is not a finished run's results" in failed.error
+        assert "delete it and the run is redone" in failed.error
+        assert [r.status for r in report.records if r.method == "linprobe"] == ["done"]  # the rest is tabulated
+        assert re.search(r"\| zeroshot \| (–|failed) \|", report.markdown)  # (a dry run marks only what is done)
+    assert "1 damaged" in capsys.readouterr().out
+    damaged.unlink()  # as the message says: the next rerun redoes it
+    assert not run_suite(suite, output=tmp_path).failed and json.loads(damaged.read_text())["test"]["acc1"] >= 0
 
 
 def test_a_train_fraction_is_labelled_as_such_and_cannot_meet_shots(tmp_path):
@@ -336,7 +367,7 @@ def test_a_finished_probe_is_judged_by_its_last_sweep_and_only_probes_by_l2_stre
     for cell in cells:  # both finished with the suite's settings
         cell.cfg.run_dir.mkdir(parents=True)
         (cell.cfg.run_dir / "config.yaml").write_text(yaml.safe_dump({"config": cell.cfg.to_dict()}))
-        (cell.cfg.run_dir / "results.json").write_text("{}")
+        (cell.cfg.run_dir / "results.json").write_text(FINISHED)
     assert [_state(c)[0] for c in cells] == ["done", "done"]
     suite["base"]["l2_grid"] = [0.1, 1.0, 10.0]  # another sweep: another probe, the same prompt
     assert [_state(c)[0] for c in expand_suite(parse_suite(suite), output=tmp_path)] == ["done", "conflict"]
@@ -354,7 +385,7 @@ def test_a_finished_few_shot_run_is_not_the_full_data_cell(tmp_path):
     run = cell.cfg.run_dir
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump({"config": {**cell.cfg.to_dict(), "shots": 16}}))
-    (run / "results.json").write_text("{}")
+    (run / "results.json").write_text(FINISHED)
     state, why = _state(cell)  # None shots (all the data) is a value, unlike a size left to the model
     assert state == "conflict" and "shots=16 there, None here" in why
 
@@ -379,7 +410,7 @@ def test_untrained_methods_take_only_their_settings_from_the_shared_base(tmp_pat
     run.mkdir(parents=True)
     saved = {**probe.cfg.to_dict(), "epochs": 50, "lr": 10.0}  # a finished probe given the base's epochs and lr
     (run / "config.yaml").write_text(yaml.safe_dump({"config": saved}))
-    (run / "results.json").write_text("{}")
+    (run / "results.json").write_text(FINISHED)
     assert _state(probe) == ("done", "")  # settings a probe has no use for are no conflict
     # What identifies a probe is what `linprobe --resume latest` compares, which the batch size of the feature
     # extraction is not; a finished probe that swept other L2 strengths is another result.

@@ -248,7 +248,7 @@ def run_demo(
     """Run (or complete) the demo and write its report; returns ``{arm: results.json contents}``."""
     from .checkpoint import check_output_folder
     from .engine import resolve_device
-    from .runs import CONFLICT
+    from .runs import CONFLICT, read_results
     from .suite import run_suite
 
     s = settings or DemoSettings()
@@ -268,7 +268,7 @@ def run_demo(
         first = report.failed[0]
         hint = " (another --output starts a fresh demo)" if CONFLICT in first.error else ""
         raise ValueError(_with_data_hint(f"demo arm {first.method} failed: {first.error}{hint}"))
-    results = {r.method: json.loads((Path(r.run_dir) / "results.json").read_text()) for r in report.records}
+    results = {r.method: read_results(Path(r.run_dir)) for r in report.records}
     run_dirs = {r.method: Path(r.run_dir) for r in report.records}
     table = _table(results)
     _write_report(output, table, s, data_dir, results)

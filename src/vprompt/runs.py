@@ -32,6 +32,7 @@ from .checkpoint import LAST_FILE, PROMPT_FILE, atomic_write, remove_unfinished_
 from .config import RunConfig, comparable
 from .data import DataSplits
 from .distributed import DistEnv
+from .errors import DataFileError
 from .heads import resolve_head
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "data_identity",
     "folder_lock",
     "holds_run",
+    "read_results",
     "identity_keys",
     "prompt_meta",
     "refuse_other_run",
@@ -269,6 +271,25 @@ def write_results(run_dir: Path, results: dict[str, Any]) -> None:
     """``results.json``: the run is finished, and the results of an earlier finish it redid are gone."""
     write_json(run_dir / "results.json", results)
     (run_dir / PREVIOUS_RESULTS).unlink(missing_ok=True)
+
+
+def read_results(run_dir: Path) -> dict[str, Any]:
+    """A finished run's ``results.json``, refused in one line naming it when it is not one (cut short, edited): what
+    reads it (a suite's table, the demo's report) would otherwise fail on a key or show no accuracy."""
+    path = run_dir / "results.json"
+    try:
+        results = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, ValueError) as e:
+        results, why = None, f"not JSON ({e})"
+    else:
+        why = "no test accuracy (test: acc1)"
+    test = results.get("test") if isinstance(results, dict) else None
+    if not isinstance(test, dict) or not isinstance(test.get("acc1"), (int, float)):
+        raise DataFileError(
+            f"{path} is not a finished run's results: {why}; delete it and the run is redone (vprompt train "
+            "--resume latest with the run's settings, or the suite that made it)"
+        )
+    return results
 
 
 def holds_run(run_dir: Path) -> bool:

@@ -10,6 +10,8 @@ of the method when it has one), so running the suite again
 * resumes a run that has ``last.pt`` or ``results.previous.json`` but no ``results.json`` (interrupted;
   ``--resume latest``),
 * refuses a run folder that holds a run with other settings (recorded as failed; change ``output`` or delete it),
+* records a run whose ``results.json`` is damaged (not JSON, no test accuracy) as failed, naming it (deleting it
+  has the next rerun redo the run),
 
 and a failing run is logged and recorded as failed without stopping the grid (``--fail-fast`` stops it). After
 every run the tables are rewritten, so they always show what has finished. The runs share one process and its
@@ -68,7 +70,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, check_dataset_options, load_yaml, resolve_config, under
-from .errors import INTERRUPTED_EXIT, USER_ERRORS, did_you_mean, one_line, sigterm_interrupts
+from .errors import INTERRUPTED_EXIT, USER_ERRORS, DataFileError, did_you_mean, one_line, sigterm_interrupts
 
 __all__ = ["SuiteConfig", "MethodEntry", "SuiteCell", "RunRecord", "SuiteReport", "load_suite", "expand_suite",
            "run_suite", "build_table"]  # fmt: skip
@@ -385,9 +387,13 @@ def _sizes_planned(cfg: RunConfig, model_size: Any) -> RunConfig:
         return cfg
 
 
+#: The states of a cell that is recorded as failed without running.
+_CANNOT_RUN = ("invalid", "conflict", "damaged")
+
+
 def _state(cell: SuiteCell) -> tuple[str, str]:
-    """(``invalid``, ``conflict``, ``done``, ``resume`` or ``new``, and a reason for the first two)."""
-    from .runs import CONFLICT, changed_settings, holds_run, identity_keys, result_keys, saved_run
+    """(``invalid``, ``conflict``, ``damaged``, ``done``, ``resume`` or ``new``, and a reason for the first three)."""
+    from .runs import CONFLICT, changed_settings, holds_run, identity_keys, read_results, result_keys, saved_run
 
     if cell.cfg is None:
         return "invalid", cell.error or "invalid settings"
@@ -404,6 +410,10 @@ def _state(cell: SuiteCell) -> tuple[str, str]:
         if diff:
             return "conflict", f"{run_dir} {CONFLICT} ({diff}); delete it or change the output"
     if finished:
+        try:
+            read_results(run_dir)
+        except DataFileError as e:  # (a failed cell: the grid goes on, and the rerun after its deletion redoes it)
+            return "damaged", str(e)
         return "done", ""
     return ("resume", "") if interrupted else ("new", "")
 
@@ -417,13 +427,6 @@ def _record(cell: SuiteCell, status: str, results: dict[str, Any] | None = None,
         rec.val_acc1 = float(results["val"]["acc1"]) if results.get("val") else None
         rec.best_epoch = results.get("best_epoch")
     return rec
-
-
-def _read_results(cell: SuiteCell) -> dict[str, Any]:
-    import json
-
-    assert cell.cfg is not None
-    return json.loads((cell.cfg.run_dir / "results.json").read_text())
 
 
 def run_suite(
@@ -440,8 +443,9 @@ def run_suite(
     Args:
         suite: the parsed config.
         output: the suite folder, overriding ``base.output``.
-        dry_run: print each run's state (done, resume, new, invalid, conflict) and the table of what is finished;
-            run and write nothing. The invalid and conflicting runs come back as failed.
+        dry_run: print each run's state (done, resume, new, invalid, conflict, damaged) and the table of what is
+            finished; run and write nothing. The runs that cannot run (invalid, conflicting, damaged results) come
+            back as failed.
         fail_fast: re-raise the first failure instead of recording it and going on.
         fit: the function that runs one config (default :func:`vprompt.engine.fit`).
         quiet: do not print the table at the end (a caller that reports on its own).
@@ -452,6 +456,7 @@ def run_suite(
     from . import engine
     from .checkpoint import check_output_folder
     from .distributed import DistEnv
+    from .runs import read_results
 
     if jobs < 1:
         raise ValueError(f"--jobs {jobs} must be at least 1")
@@ -474,10 +479,11 @@ def run_suite(
         print(f"{len(cells)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
         for cell, (state, _) in zip(cells, states):
             # Only finished runs enter the table; what would fail is listed above.
-            records.append(_record(cell, "done", _read_results(cell)) if state == "done" else _record(cell, "pending"))
+            results = read_results(cell.cfg.run_dir) if state == "done" else None
+            records.append(_record(cell, "done", results) if results else _record(cell, "pending"))
         markdown = build_table(records, suite)[0]
         print(markdown)
-        cannot = {id(c): why for c, (state, why) in zip(cells, states) if state in ("invalid", "conflict")}
+        cannot = {id(c): why for c, (state, why) in zip(cells, states) if state in _CANNOT_RUN}
         records = [_record(c, "failed", error=cannot[id(c)]) if id(c) in cannot else r for c, r in zip(cells, records)]
         return SuiteReport(records, markdown, [])  # the runs that cannot run count as failed
 
@@ -488,14 +494,14 @@ def run_suite(
         tag = f"[{i + 1}/{len(cells)}] {cell.method} on {cell.dataset}, seed {cell.seed}" + (
             f", {cell.shots}-shot" if cell.shots else ""
         )
-        if state in ("invalid", "conflict"):
+        if state in _CANNOT_RUN:
             _log.error("suite %s: %s", tag, why)
             if fail_fast:
                 raise ValueError(f"{tag}: {why}")
             pending[id(cell)] = _record(cell, "failed", error=why)
         elif state == "done":
             _log.info("suite %s: finished already (%s)", tag, cell.cfg.run_dir)
-            pending[id(cell)] = _record(cell, "done", _read_results(cell))
+            pending[id(cell)] = _record(cell, "done", read_results(cell.cfg.run_dir))
         else:
             assert cell.cfg is not None
             verb[id(cell)] = "resuming" if state == "resume" else "starting"
