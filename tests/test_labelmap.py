@@ -124,8 +124,10 @@ def test_too_many_target_classes_is_a_clear_error(tiny_backbone):
     with pytest.raises(ValueError, match="dataset has 100 classes and the model only 10; use --head linear"):
         LabelMappingHead(100, 10, "flm")
     cfg = resolve_config({"model": "x", "label_map": "flm"})
-    with pytest.raises(ValueError, match="maps a classifier's logits"):
+    with pytest.raises(ValueError, match="maps a classifier's logits.*use --head text or --head linear"):
         build_head(cfg, tiny_backbone, ["a", "b"])
+    with pytest.raises(ValueError, match=r"maps a classifier's logits.*\(use --head text\)"):  # zero-shot: no training
+        build_head(resolve_config({"model": "x", "label_map": "flm", "method": "zeroshot"}), tiny_backbone, ["a"])
     with pytest.raises(ValueError, match="--label-map flm conflicts with --head text"):
         build_head(resolve_config({"label_map": "flm", "head": "text"}), tiny_backbone, ["a", "b"])
 

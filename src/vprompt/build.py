@@ -141,10 +141,11 @@ def build_head(
     """
     head = resolve_head(cfg.head, cfg.label_map, backbone.kind)
     if head in LABEL_MAPS:
-        if backbone.kind != "classifier":
+        if backbone.kind != "classifier":  # (a linear head is trained: no choice for a run that trains nothing)
+            heads = "--head text or --head linear" if cfg.epochs else "--head text"
             raise ValueError(
                 f"--label-map/--head {head} maps a classifier's logits; {cfg.model!r} is a {backbone.kind} model "
-                "(use --head text or --head linear)"
+                f"(use {heads})"
             )
         mapping = create_label_mapping(
             head,
