@@ -364,6 +364,23 @@ def test_resume_from_another_folder_goes_only_to_a_folder_without_a_run(tmp_path
     assert [m["epoch"] for m in _metrics(tmp_path / "c")] == [1, 2]
 
 
+def test_a_finished_run_continued_in_a_new_folder_is_that_folders_own(tmp_path, monkeypatch, capsys):
+    assert cli.main(tiny_run_args(tmp_path, name="a", epochs=1)) == 0
+    assert cli.main(tiny_run_args(tmp_path, "--resume", str(tmp_path / "a"), name="b", epochs=1)) == 0  # no epoch left
+    assert (tmp_path / "b" / "last.pt").read_bytes() == (tmp_path / "a" / "last.pt").read_bytes()
+    results = (tmp_path / "b" / "results.json").read_text()
+    monkeypatch.setattr(engine, "train_one_epoch", lambda *a, **k: pytest.fail("a finished epoch was re-trained"))
+    assert cli.main(tiny_run_args(tmp_path, "--resume", "latest", name="b", epochs=1)) == 0  # finished again, as is
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["test"] == json.loads(results)["test"]
+    # A finished run whose training state is gone is not trained again from scratch under its results.
+    (tmp_path / "b" / "last.pt").unlink()
+    capsys.readouterr()
+    assert cli.main(tiny_run_args(tmp_path, "--resume", "latest", name="b", epochs=1)) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'b'} holds a finished run but not its training state (last.pt)" in err
+    assert (tmp_path / "b" / "results.json").read_text() == results
+
+
 def test_resume_refuses_changed_settings(tmp_path, capsys):
     assert cli.main(tiny_run_args(tmp_path, epochs=1)) == 0
     assert cli.main(tiny_run_args(tmp_path, "--lr", "5", "--resume", "latest", epochs=1)) == 2

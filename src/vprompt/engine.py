@@ -31,6 +31,7 @@ from .build import PromptedModel, build_backbone, build_head, build_prompter, ch
 from .checkpoint import (
     LAST_FILE,
     PROMPT_FILE,
+    atomic_write,
     check_output_folder,
     load_prompt,
     load_state,
@@ -545,6 +546,9 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
         write_run_files(cfg, data, run_dir, model.backbone.input_size)
         source = resume_from.parent if resume_from is not None else run_dir
         rewind_run_files(run_dir, source, start_epoch, best, best_state, config, data)
+        if resume_from is not None and source.resolve() != run_dir.resolve():
+            # This folder's own state from the start: --resume latest here continues it even when no epoch is left
+            atomic_write(run_dir / LAST_FILE, lambda tmp: shutil.copyfile(resume_from, tmp))
         _log.info(
             "run %s: %s on %s (%s), %s; %d train / %s val (%s) / %d test images; %d learnable prompt values; %s",
             run_dir, cfg.method, cfg.dataset, cfg.model, model.prompter.extra_repr(), n_train,

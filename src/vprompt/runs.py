@@ -312,6 +312,12 @@ def resume_path(cfg: RunConfig) -> Path | None:
         return None
     if cfg.resume == "latest":
         path = run_dir / LAST_FILE
+        if not path.exists() and cfg.epochs and (run_dir / "results.json").exists():
+            raise FileExistsError(
+                f"--resume latest: {run_dir} holds a finished run but not its training state ({LAST_FILE}) to continue "
+                "from, so it would be trained again from scratch; delete its results.json to do that, or --name to "
+                "start another run"
+            )
         if not path.exists():  # a run without training state (zeroshot) is redone: see refuse_other_run
             return None
         return path
