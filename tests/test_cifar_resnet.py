@@ -197,6 +197,15 @@ def test_cache_dir_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert cifar_resnet.default_cache_dir() == Path.home() / ".cache" / "vprompt" / "cifar10_resnets"
 
 
+def test_a_cache_that_is_a_file_is_one_line_naming_the_variable(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: pytest.fail("nothing is fetched"))
+    for cache in ("afile", "afile/sub"):
+        monkeypatch.setenv("VPROMPT_CACHE", str(tmp_path / cache))
+        with pytest.raises(FileExistsError, match=f"{tmp_path / 'afile'} is a file.*set \\$VPROMPT_CACHE to a folder"):
+            cifar_resnet.resolve_cifar_resnet_checkpoint(20, "cifar10")
+
+
 class _FakeResponse(io.BytesIO):
     def __enter__(self) -> _FakeResponse:
         return self

@@ -261,6 +261,12 @@ def resolve_cifar_resnet_checkpoint(
                     f"{path} not found and download=False; download {CIFAR_RESNET_URL.format(file=file_name)} there, "
                     "or pass --pretrained PATH pointing to a local copy"
                 )
+            blocker = next(p for p in (folder, *folder.parents) if p.exists())  # ("/" at the latest)
+            if not blocker.is_dir():
+                given = "cache_dir" if cache_dir is not None else "$VPROMPT_CACHE"
+                raise FileExistsError(
+                    f"{blocker} is a file, so the weights cannot be downloaded into {folder}: set {given} to a folder"
+                )
             _download(CIFAR_RESNET_URL.format(file=file_name), path, expected)
     elif path.is_dir():
         folder = path
