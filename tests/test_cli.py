@@ -758,6 +758,8 @@ def test_the_configs_prompter_names_are_the_prompters():
     ("text", "message"),
     [
         ("epochs: abc", "epochs 'abc' must be an integer"),
+        ("shots: none", "shots 'none' must be an integer (or null, YAML's none, to leave it unset)"),
+        ("batch_size: none", "batch_size 'none' must be an integer"),  # (never unset)
         ("lr: fast", "lr 'fast' must be a finite number"),
         ("batch_size: 8.5", "batch_size 8.5 must be an integer"),
         ("epochs: -1", "epochs -1 must be at least 0"),
@@ -841,6 +843,9 @@ def test_a_bad_dataset_option_value_names_the_config_file_it_came_from(tmp_path,
     config.write_text("dataset_options: {n_trian: 8}\n")  # an option the dataset does not have
     assert cli.main(args) == 2
     assert f"{config}: dataset 'synthetic' has no option 'n_trian'" in capsys.readouterr().err
+    config.write_text("dataset: mnsit\n")  # and a dataset the file names
+    assert cli.main([a for a in args if a not in ("--dataset", "synthetic")]) == 2
+    assert f"{config}: unknown dataset 'mnsit'; did you mean mnist?" in capsys.readouterr().err
 
 
 def test_settings_are_typed_and_range_checked_whatever_their_source(tmp_path, capsys):
@@ -929,15 +934,15 @@ def test_an_output_folder_that_cannot_be_written_is_refused_in_one_line(tmp_path
         assert list(locked.iterdir()) == []
 
 
-def test_a_head_is_checked_where_it_was_given_and_before_the_model_is_built(tmp_path, monkeypatch):
+def test_a_head_is_checked_where_it_was_given_and_before_the_model_is_built():
     for key, bad, hint in (("head", "lineer", "linear"), ("label_map", "ilmm", "ilm")):
         with pytest.raises(ValueError, match=rf"h\.yaml: {key} '{bad}' is not one of .*; did you mean {hint}\?"):
             resolve_config({key: bad}, source="h.yaml")
-    monkeypatch.setattr(engine, "build_backbone", lambda *a, **k: pytest.fail("the head is checked first"))
-    cfg = resolve_config({"model": "cifar:resnet20", "dataset": "synthetic", "head": "linear", "label_map": "ilm",
-                          "output": str(tmp_path)})  # fmt: skip
-    with pytest.raises(ValueError, match="--label-map ilm conflicts with --head linear"):
-        engine.fit(cfg)
+    with pytest.raises(ValueError, match=r"h\.yaml: label_map ilm conflicts with head linear; give only one"):
+        resolve_config({"model": "cifar:resnet20", "head": "linear", "label_map": "ilm"}, source="h.yaml")
+    sources = {"label_map": "command line", "head": "h.yaml"}  # each named where it was given
+    with pytest.raises(ValueError, match=r"^command line: --label-map ilm conflicts with head linear"):
+        resolve_config({"head": "linear", "label_map": "ilm"}, sources=sources)
 
 
 def test_list_commands(capsys):

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from vprompt import cli
 from vprompt.build import build_head
 from vprompt.config import resolve_config
-from vprompt.heads import LabelMappingHead, LinearHead, greedy_label_mapping, prediction_counts
+from vprompt.heads import LabelMappingHead, LinearHead, greedy_label_mapping, prediction_counts, resolve_head
 
 
 def _outputs(pairs: list[tuple[int, int, int]], num_source: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,8 +128,8 @@ def test_too_many_target_classes_is_a_clear_error(tiny_backbone):
         build_head(cfg, tiny_backbone, ["a", "b"])
     with pytest.raises(ValueError, match=r"maps a classifier's logits.*\(use --head text\)"):  # zero-shot: no training
         build_head(resolve_config({"model": "x", "label_map": "flm", "method": "zeroshot"}), tiny_backbone, ["a"])
-    with pytest.raises(ValueError, match="--label-map flm conflicts with --head text"):
-        build_head(resolve_config({"label_map": "flm", "head": "text"}), tiny_backbone, ["a", "b"])
+    with pytest.raises(ValueError, match="label_map flm conflicts with head text"):
+        resolve_head("text", "flm", "clip")
 
 
 def test_linear_head_on_the_backbone_output(tiny_backbone):

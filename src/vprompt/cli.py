@@ -347,13 +347,18 @@ def _print_results(results: dict[str, Any]) -> None:
 
 def _cmd_train(args: argparse.Namespace, method: str | None = None) -> int:
     from .config import resolve_config
-    from .data import DatasetOptionError
+    from .data import DatasetOptionError, get_dataset_spec
     from .engine import fit
 
     values, sources = _run_values(args)
     if method is not None:  # zeroshot, linprobe
         values["method"], sources["method"] = method, f"vprompt {method}"
     cfg = resolve_config(values, source="command line", sources=sources)
+    if sources.get("dataset", "command line") != "command line":  # a dataset named in a file: the file is named
+        try:
+            get_dataset_spec(cfg.dataset)
+        except ValueError as e:
+            raise ValueError(f"{sources['dataset']}: {str(e).replace('--dataset', 'dataset', 1)}") from None
     try:
         results = fit(cfg)
     except DatasetOptionError as e:  # checked where the data is read: named here with the file it came from

@@ -109,6 +109,7 @@ class RunConfig:
                 "shots", f"shots {self.shots} and train_fraction {self.train_fraction:g} together: give one of them, "
                 "K images per class or a share of each class (none undoes one given in a config file)",
             )  # fmt: skip
+        check_head_choice(self.head, self.label_map)
         if recipe_lr and self.optimizer != recipe.get("optimizer"):
             raise SettingError(
                 "lr", f"lr: optimizer {self.optimizer} needs its own; method {self.method}'s lr "
@@ -144,6 +145,13 @@ class SettingError(ValueError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(message)
         self.key = key
+
+
+def check_head_choice(head: str, label_map: str | None) -> None:
+    """A :class:`SettingError` when ``label_map`` and ``head`` name two heads (``head`` must be ``auto`` or the
+    same): ``--label-map flm`` is ``--head flm``."""
+    if label_map is not None and head not in ("auto", label_map):
+        raise SettingError("label_map", f"label_map {label_map} conflicts with head {head}; give only one of them")
 
 
 #: The smallest value of numeric settings (None, where a setting allows it, always means "unset").
@@ -224,7 +232,9 @@ def _checked(f: dataclasses.Field, value: Any) -> Any:
         return str(value)
     number = _number(value, kind)
     if number is None:
-        raise SettingError(f.name, f"{shown} must be {'an integer' if kind == 'int' else 'a finite number'}")
+        nullable = f.default is None and str(value).lower() == "none"
+        unset = " (or null, YAML's none, to leave it unset)" if nullable else ""
+        raise SettingError(f.name, f"{shown} must be {'an integer' if kind == 'int' else 'a finite number'}{unset}")
     if f.name in _AT_LEAST and number < _AT_LEAST[f.name]:
         raise SettingError(f.name, f"{shown} must be at least {_AT_LEAST[f.name]:g}")
     if f.name in _SHARES:

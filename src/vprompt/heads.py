@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import LABEL_MAPS, TEMPLATES
+from .config import LABEL_MAPS, TEMPLATES, check_head_choice
 from .data.splits import torch_seed
 
 __all__ = [
@@ -53,8 +53,7 @@ def resolve_head(head: str, label_map: str | None, kind: str) -> str:
     with ``auto`` the text head for a CLIP model and FLM label mapping for a classifier (``kind``). Each is one of
     its choices (:data:`~vprompt.config.HEADS`, :data:`~vprompt.config.LABEL_MAPS`), as a RunConfig checks."""
     if label_map is not None:
-        if head not in ("auto", label_map):
-            raise ValueError(f"--label-map {label_map} conflicts with --head {head}; give only one of them")
+        check_head_choice(head, label_map)
         return label_map
     if head == "auto":
         return "text" if kind == "clip" else "flm"
