@@ -465,9 +465,12 @@ def test_resisc45_split_files(tmp_path):
     (base / "train.txt").write_text(train_txt)
     (base / "val.txt").write_text("\n")  # an empty official split would select epoch 1 on no image
     assert prepare_data("resisc45", tmp_path, image_size=16, download=False).val_source != "official"
-    (base / "test.txt").write_text("images/airport/airport_000.jpg 45\n")
-    with pytest.raises(ValueError, match=r"label in 0\.\.44"):
-        _make("resisc45", tmp_path, "test")
+    for label in ("45", "\u00b2"):  # out of range, and a digit int() does not read
+        (base / "test.txt").write_text(f"images/airport/airport_000.jpg {label}\n")
+        with pytest.raises(
+            ValueError, match=re.escape(f"{base / 'test.txt'}:1: expected '<relative path> <label in 0..44>'")
+        ):
+            _make("resisc45", tmp_path, "test")
     (base / "test.txt").write_bytes("images/a\u00e9roport.jpg 1\n".encode("latin-1"))
     with pytest.raises(ValueError, match=re.escape(f"{base / 'test.txt'}: not UTF-8 text")):
         _make("resisc45", tmp_path, "test")
@@ -482,6 +485,10 @@ def test_dmlab_class_folders_and_holdout(tmp_path):
     _img(base / "train" / ".ipynb_checkpoints" / "x.png")
     _check(_make("dmlab", tmp_path), "dmlab", 6, [5, 5, 5, 0, 0, 0])  # folders sorted: "5" first
     _check(_make("dmlab", tmp_path, "test"), "dmlab", 1, [4])
+    _img(base / "test" / "\u2460" / "0.png")  # a digit to isdigit(), not to int(): a folder name, not a label
+    with pytest.raises(ValueError, match=re.escape(f"class '\u2460' of the folder {base / 'test' / chr(0x2460)}")):
+        _make("dmlab", tmp_path, "test")
+    shutil.rmtree(base / "test" / "\u2460")
     (base / "val" / "5").mkdir(parents=True)  # a val/ folder without images is no split: val is held out
     data = prepare_data("dmlab", tmp_path, image_size=16, val_fraction=0.34, download=False)
     assert data.val_source == "holdout" and (len(data.train), len(data.val)) == (4, 2)

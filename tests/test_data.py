@@ -181,7 +181,7 @@ def test_a_folder_of_one_class_is_refused_and_a_class_without_training_images_is
     assert "no training image of class 'bee': the prompt never learns them" in vprompt_caplog.text
 
 
-def test_image_folder_skips_hidden_folders_and_files_and_names_a_broken_image(tmp_path):
+def test_image_folder_skips_hidden_folders_and_files_and_names_a_broken_image(tmp_path, monkeypatch):
     _write_folder(tmp_path, "train", ["ant", "bee", ".ipynb_checkpoints"])
     (tmp_path / "train" / "ant" / "._0.png").write_bytes(b"macOS metadata")
     (tmp_path / "train" / "bee" / ".cache").mkdir()
@@ -192,6 +192,10 @@ def test_image_folder_skips_hidden_folders_and_files_and_names_a_broken_image(tm
     broken.write_bytes(broken.read_bytes()[:40])  # cut short, as an interrupted copy leaves it
     with pytest.raises(OSError, match=re.escape(f"{broken}: cannot decode this image")):
         create_dataset("imagefolder", tmp_path, "train")[4]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4)  # Pillow refuses an image of over twice as many pixels
+    with pytest.raises(OSError, match=re.escape(f"{tmp_path / 'train' / 'ant' / '0.png'}: cannot decode this image")):
+        create_dataset("imagefolder", tmp_path, "train")[0]  # (a DecompressionBombError, no OSError)
+    monkeypatch.undo()
     listed = create_dataset("imagefolder", tmp_path, "train")
     broken.unlink()  # gone after the listing: said so, not "cannot decode"
     with pytest.raises(OSError, match=re.escape(f"{broken}: no such file (moved or deleted after the data")):

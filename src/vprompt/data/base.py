@@ -72,7 +72,7 @@ def load_rgb(path: str | Path) -> Image.Image:
         return _decode_rgb(path)
     except FileNotFoundError as e:
         raise DataFileError(f"{path}: no such file (moved or deleted after the data were listed?)") from e
-    except (OSError, ValueError) as e:  # PIL's messages ("image file is truncated") do not name the file
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # PIL's messages do not name the file
         raise DataFileError(f"{path}: cannot decode this image ({e}); replace or remove the file") from e
 
 

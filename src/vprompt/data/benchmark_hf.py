@@ -24,6 +24,7 @@ import contextlib
 import functools
 import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,7 @@ def _coop_entries(path: Path, split: str) -> list[list[Any]]:
 
 
 def _label_of_folder(name: str, folder: Path, names: Sequence[str]) -> int:
-    if folder.name.isdigit() and int(folder.name) < len(names):
+    if folder.name.isascii() and folder.name.isdigit() and int(folder.name) < len(names):  # (not "²", "①")
         return int(folder.name)
     where = f"the folder {folder} (named like a class, or by a label in 0..{len(names) - 1})"
     return map_names(name, [folder.name], names, where)[0]
@@ -142,7 +143,7 @@ def folder_dataset(name: str, folder: Path, split: str, transform: Callable[...,
             if not line.strip():
                 continue
             rel, _, label = line.rstrip().rpartition(" ")
-            if not rel or not label.lstrip("-").isdigit() or not 0 <= int(label) < len(names):
+            if not rel or not re.fullmatch(r"-?[0-9]+", label) or not 0 <= int(label) < len(names):
                 raise ValueError(f"{split_txt}:{n}: expected '<relative path> <label in 0..{len(names) - 1}>'")
             samples.append((str(folder / rel), int(label)))
         check_listed(str(split_txt), [p for p, _ in samples], f"its paths are relative to {folder}")
