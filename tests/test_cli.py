@@ -1038,3 +1038,15 @@ def test_a_run_folder_in_use_by_another_process_is_refused_and_left_alone(tmp_pa
         assert sorted(p.name for p in run.iterdir()) == [runs.LOCK_FILE, "log.txt"]
     assert cli.main(tiny_run_args(tmp_path, epochs=1)) == 0  # free again
     assert (run / "results.json").is_file()
+
+
+def test_a_name_that_is_not_utf8_reaches_the_run_log_escaped(tmp_path, capsys):
+    from vprompt.distributed import DistEnv
+
+    engine.setup_logging(tmp_path, DistEnv())
+    try:
+        engine._log.info("class folder %s", os.fsdecode(b"caf\xe9"))  # as a Latin-1 folder name is listed
+    finally:
+        engine.setup_logging(None, DistEnv())
+    assert "class folder caf\\udce9" in (tmp_path / "log.txt").read_text()
+    assert "Logging error" not in capsys.readouterr().err

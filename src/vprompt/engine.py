@@ -280,6 +280,14 @@ class _RunLogHandler(logging.FileHandler):
     """Marks the handlers this module added, so a second run in the same process replaces them."""
 
 
+class _LineFormatter(logging.Formatter):
+    """A log line with what UTF-8 cannot hold escaped (a file name that is not UTF-8, as ``os.listdir`` gives it with
+    surrogates): a stream that encodes strictly would otherwise drop the line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def setup_logging(run_dir: Path | None, env: DistEnv) -> None:
     """Log to stderr (main process) and to ``run_dir/log.txt`` (appending, so a resumed run keeps its history)."""
     logger = logging.getLogger("vprompt")
@@ -293,7 +301,7 @@ def setup_logging(run_dir: Path | None, env: DistEnv) -> None:
         return
 
     def line(tag: str) -> logging.Formatter:
-        return logging.Formatter(f"%(asctime)s {tag.replace('%', '%%')}%(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+        return _LineFormatter(f"%(asctime)s {tag.replace('%', '%%')}%(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
 
     stream = logging.StreamHandler()
     stream._vprompt = True  # type: ignore[attr-defined]
@@ -301,7 +309,7 @@ def setup_logging(run_dir: Path | None, env: DistEnv) -> None:
     logger.addHandler(stream)
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        fh = _RunLogHandler(run_dir / "log.txt")
+        fh = _RunLogHandler(run_dir / "log.txt", encoding="utf-8")
         fh.setFormatter(line(""))
         logger.addHandler(fh)
     logger.propagate = False
