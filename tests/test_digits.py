@@ -7,6 +7,7 @@ import hashlib
 import io
 import re
 import sys
+import urllib.error
 
 import numpy as np
 import pytest
@@ -93,6 +94,29 @@ def test_mnist_errors_name_the_files_and_the_fix(tmp_path):
     write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(4, np.uint8))
     with pytest.raises(ValueError, match="has 3 images but .* has 4 labels"):
         create_dataset("mnist", tmp_path, "test")
+
+
+def test_a_half_pair_is_told_when_a_download_fails_and_when_another_pair_is_read(tmp_path, monkeypatch, vprompt_caplog):
+    def offline(url, timeout):
+        raise urllib.error.URLError("offline (simulated)")
+
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((3, 28, 28), np.uint8))
+    with pytest.raises(
+        DatasetNotFoundError, match="could not download .*found .*t10k-images-idx3-ubyte but not t10k-labels"
+    ):
+        create_dataset("mnist", tmp_path, "test", download=True)  # the file that is missing, not only the download
+    _write_mnist(tmp_path, "train10k", 10, gz=False)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", np.zeros((3, 28, 28), np.uint8))  # the full set, half there
+    assert len(create_dataset("mnist", tmp_path, "train")) == 10
+    assert "found" in vprompt_caplog.text and "train-images-idx3-ubyte.gz but not train-labels" in vprompt_caplog.text
+
+
+def test_an_empty_test_split_is_no_accuracy(tmp_path):
+    _write_mnist(tmp_path, "train", 20, gz=False)
+    _write_mnist(tmp_path, "t10k", 0, gz=False)
+    with pytest.raises(DatasetNotFoundError, match=f"dataset mnist in {tmp_path}: its test split has no images"):
+        prepare_data("mnist", tmp_path, image_size=32, download=False)
 
 
 class _Response(io.BytesIO):

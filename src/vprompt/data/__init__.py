@@ -146,6 +146,9 @@ def prepare_data(
         raise ValueError(f"read={read!r}: choose from all, test, train")
     train_full = None if read == "test" else make("train", train_tf)
     test = None if read == "train" else make(test_split, eval_tf)
+    for split, part in (("train", train_full), (test_split, test)):
+        if part is not None and not len(part):  # (no accuracy of no image; no prompt learned from none)
+            raise DatasetNotFoundError(f"dataset {name} in {root}: its {split} split has no images; add its files")
     if train_full is None:
         assert test is not None
         return DataSplits(None, None, test, list(test.classnames), spec.templates, "none")

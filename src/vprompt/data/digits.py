@@ -133,20 +133,25 @@ def mnist_dataset(
     if crop not in (None, ""):
         whole_option("mnist", "crop", crop, 1)  # told before a download; the bound is the images' side (below)
     found = find_mnist_files(root, split)
+    half = "".join(f"; {note}" for note in _half_pairs(root, split))  # (a file whose other half is missing)
+    if found is not None and half:
+        _log.warning("mnist %s: reading %s and %s%s", split, *found, half)
     if found is None:
         prefix = _MNIST_PREFIXES[split][0]
         names = [f"{_stem(prefix, kind)}.gz" for kind in ("images", "labels")]
         if not download:
             where = ", ".join(str(f) for f in _search_folders(root))
             alt = " (or train10k-*)" if split == "train" else ""
-            half = "".join(f"; {note}" for note in _half_pairs(root, split))
             raise DatasetNotFoundError(
                 f"dataset mnist: no {names[0][:-3]}[.gz] and {names[1][:-3]}[.gz]{alt} in {where}{half}; pass "
                 "--data-dir to the folder holding them, or allow the download (--download)"
             )
         _log.info("mnist: downloading the official %s files into %s", split, root / "mnist")
         # A file an earlier, interrupted download completed (renamed into place only once its MD5 matched) is kept.
-        found = tuple(_find(root / "mnist", name[:-3]) or _download(name, root / "mnist") for name in names)
+        try:
+            found = tuple(_find(root / "mnist", name[:-3]) or _download(name, root / "mnist") for name in names)
+        except DatasetNotFoundError as e:
+            raise DatasetNotFoundError(f"{e}{half}") from None
     images, labels = read_idx(found[0]), read_idx(found[1])
     _check_pair(images, labels, found)
     _log.info("mnist %s: %d digits from %s", split, len(labels), found[0].parent)
