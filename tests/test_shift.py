@@ -87,6 +87,34 @@ def test_a_cut_short_or_pickled_file_is_named_and_never_unpickled(tmp_path):
         cifar_c_dataset(tmp_path, "snow", 1)
 
 
+@pytest.mark.parametrize("name", ["fog.npy", "labels.npy"])
+def test_an_empty_file_is_named(tmp_path, name):
+    from vprompt.errors import DataFileError
+
+    out = _fake_cifar_c(tmp_path, corruptions=("fog",))
+    (out / name).write_bytes(b"")  # (numpy: EOFError)
+    with pytest.raises(DataFileError, match=rf"^{out / name}: cut short or corrupt .*; download and extract the arc"):
+        cifar_c_dataset(tmp_path, "fog", 1)
+
+
+def test_files_of_another_shape_or_type_are_refused_when_loaded(tmp_path):
+    out = _fake_cifar_c(tmp_path, corruptions=("fog",))
+    labels = np.load(out / "labels.npy")
+    for bad in (labels[:, None], labels.astype(np.float32), labels[:-1]):
+        np.save(out / "labels.npy", bad)
+        with pytest.raises(ValueError, match=rf"^{out / 'labels.npy'}: expected 1-D integer labels in 0\.\.9, one per"):
+            cifar_c_dataset(tmp_path, "fog", 1)
+    np.save(out / "labels.npy", labels.astype(np.uint8))  # the release's own labels are uint8
+    assert cifar_c_dataset(tmp_path, "fog", 2).targets.tolist() == [i % 10 for i in range(N)]
+    images = np.load(out / "fog.npy")
+    for bad in (images.astype(np.float32), images[..., 0], images[:-1]):
+        np.save(out / "fog.npy", bad)
+        with pytest.raises(
+            ValueError, match=rf"^{out / 'fog.npy'}: expected uint8 images \({5 * N}, H, W, 3\), one per"
+        ):
+            cifar_c_dataset(tmp_path, "fog", 1)
+
+
 def test_missing_files_name_the_folder_and_the_download(tmp_path):
     with pytest.raises(DatasetNotFoundError) as e:
         cifar_c_dataset(tmp_path, "fog", 1, classes=100)
@@ -112,8 +140,8 @@ def test_shift_set_selection(tmp_path):
         "cifar10c/fog/2", "cifar10c/fog/4"]  # fmt: skip
     with pytest.raises(ValueError, match="cifar10c/fog/5 with --shift-severity 3 selects no shift set of cifar10"):
         find_shift_sets("cifar10", tmp_path, ["cifar10c/fog/5"], severities=[3])
-    with pytest.raises(ValueError, match="'cifar10c/snow' matches no shift set of cifar10"):
-        find_shift_sets("cifar10", tmp_path, ["cifar10c/snow"])
+    with pytest.raises(ValueError, match=r"'cifar10c/rain' matches no shift set of cifar10 \(they are: cifar10c/gaus"):
+        find_shift_sets("cifar10", tmp_path, ["cifar10c/rain"])
     with pytest.raises(ValueError, match="no distribution-shift sets for dataset 'synthetic'"):
         find_shift_sets("synthetic", tmp_path)
     sets = find_shift_sets("cifar10", tmp_path, ["cifar10c"])
@@ -121,6 +149,43 @@ def test_shift_set_selection(tmp_path):
     summary = summarize_shift(sets, results)["cifar10c"]
     assert summary["corruptions"] == 2  # spatter is reported but not averaged
     assert summary["severity"] == {str(s): s * 10 + 0.5 for s in range(1, 6)} and summary["mean"] == 30.5
+
+
+def test_asking_only_for_corruptions_that_are_not_there_says_which_and_where_to_get_them(tmp_path):
+    out = _fake_cifar_c(tmp_path, corruptions=("fog", "spatter"))
+    url = "https://zenodo.org/records/2535967/files/CIFAR-10-C.tar"
+    with pytest.raises(DatasetNotFoundError) as e:
+        find_shift_sets("cifar10", tmp_path, ["cifar10c/fog", "cifar10c/snow"])
+    assert str(e.value).startswith(f"--shift cifar10c/snow: CIFAR-10-C: no snow.npy in {out} (complete it from {url}")
+    assert "it holds only fog.npy, spatter.npy" in str(e.value)
+    # A pattern matching some sets that are there takes those.
+    assert [s.name for s in find_shift_sets("cifar10", tmp_path, ["cifar10c/s*/1"])] == ["cifar10c/spatter/1"]
+
+    # Only extra corruptions: the default selection (the standard ones) is an error, with or without a severity.
+    (out / "fog.npy").unlink()
+    for severities in (None, [3]):
+        with pytest.raises(DatasetNotFoundError) as e:
+            find_shift_sets("cifar10", tmp_path, severities=severities)
+        msg = str(e.value)
+        assert msg.startswith(f"--shift (the default sets): CIFAR-10-C: no gaussian_noise.npy in {out}") and url in msg
+        assert "it holds only spatter.npy (ask for one by name: --shift cifar10c/spatter)" in msg
+    assert [s.name for s in find_shift_sets("cifar10", tmp_path, ["cifar10c/spatter"], severities=[3])] == [
+        "cifar10c/spatter/3"]  # fmt: skip
+
+
+def test_eval_of_the_default_sets_in_a_folder_without_them_is_an_error(tmp_path, monkeypatch, capsys):
+    assert cli.main(tiny_run_args(tmp_path, "--dataset-option", "n_train=32", "--dataset-option", "n_test=8",
+                                  epochs=1)) == 0  # fmt: skip
+    data_dir = tmp_path / "data"
+    _fake_cifar_c(data_dir, ("speckle_noise",), labels=synthetic_dataset(n_train=32, n_test=8, split="test").targets)
+    monkeypatch.setitem(shift_mod._SHIFTS, "synthetic", partial(shift_mod._cifar_c_sets, classes=10))
+    args = ["eval", "--checkpoint", str(tmp_path / "run"), "--data-dir", str(data_dir), "--shift"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "no gaussian_noise.npy in" in err and "--shift cifar10c/speckle_noise" in err and "Traceback" not in err
+    assert cli.main([*args, "cifar10c/speckle_noise", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert sorted(result["shift"]) == [f"cifar10c/speckle_noise/{s}" for s in range(1, 6)]
 
 
 def _tar(path, members):

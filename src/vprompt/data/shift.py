@@ -165,22 +165,28 @@ def cifar_c_dataset(
     folder = cifar_c_folder(root, classes)
     if not folder.is_dir() and download:
         download_cifar_c(folder.parent, classes)
-    for f in ("labels.npy", f"{corruption}.npy"):
-        if not (folder / f).is_file():
-            raise _missing_cifar_c(folder, classes, f"no {f}")
-    images, labels = (_load_npy(folder / f) for f in (f"{corruption}.npy", "labels.npy"))
-    n_total = len(labels)
-    if images.ndim != 4 or images.shape[3] != 3 or len(images) != n_total or n_total % len(SEVERITIES):
-        raise ValueError(
-            f"{folder / f'{corruption}.npy'}: expected (5 x N, H, W, 3) images with one label each, got images "
-            f"{images.shape} and {n_total} labels"
-        )
-    n = n_total // len(SEVERITIES)
-    part = slice((severity - 1) * n, severity * n)
+    images_file, labels_file = folder / f"{corruption}.npy", folder / "labels.npy"
+    for f in (labels_file, images_file):
+        if not f.is_file():
+            raise _missing_cifar_c(folder, classes, f"no {f.name}")
+    images, labels = _load_npy(images_file), _load_npy(labels_file)
     names = list(classnames) if classnames is not None else _default_cifar_names(classes)
+    again = "download and extract the archive again"
+    if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) % len(SEVERITIES):
+        raise ValueError(
+            f"{labels_file}: expected 1-D integer labels in 0..{len(names) - 1}, one per image of the 5 severities "
+            f"(a multiple of 5), got {labels.dtype} {labels.shape}; {again}"
+        )
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3 or len(images) != len(labels):
+        raise ValueError(
+            f"{images_file}: expected uint8 images ({len(labels)}, H, W, 3), one per label of {labels_file.name} "
+            f"(all of severity 1, then 2, ... 5), got {images.dtype} {images.shape}; {again}"
+        )
+    n = len(labels) // len(SEVERITIES)
+    part = slice((severity - 1) * n, severity * n)
     ys = np.asarray(labels[part]).astype(np.int64)
     if len(ys) and (ys.min() < 0 or ys.max() >= len(names)):
-        raise ValueError(f"{folder / 'labels.npy'}: labels outside 0..{len(names) - 1}")
+        raise ValueError(f"{labels_file}: labels outside 0..{len(names) - 1}; {again}")
     return ArrayDataset(np.array(images[part]), ys, names)  # a copy: the memory map is read-only
 
 
@@ -189,7 +195,7 @@ def _load_npy(path: Path) -> np.ndarray:
     is a :class:`DataFileError` naming it."""
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError) as e:  # (EOFError: an empty file, or one cut short in its header)
         pickled = "allow_pickle" in str(e) or "Python objects" in str(e)
         reason = "holds pickled objects, not an array" if pickled else f"cut short or corrupt ({e})"
         raise DataFileError(f"{path}: {reason}; download and extract the archive again") from e
@@ -278,10 +284,13 @@ def _cifar_c_sets(
     present = _available_corruptions(folder)
     if not present or not (folder / "labels.npy").is_file():
         raise _missing_cifar_c(folder, classes, "no labels.npy and <corruption>.npy files")
-    missing = [c for c in CORRUPTIONS if c not in present]
-    if missing:
-        _log.warning("CIFAR-%d-C: %d of the 15 corruptions missing in %s: %s", classes, len(missing), folder, missing)
+    absent = [c for c in CORRUPTIONS if c not in present]
+    if absent:
+        _log.warning("CIFAR-%d-C: %d of the 15 corruptions missing in %s: %s", classes, len(absent), folder, absent)
     group = f"cifar{classes}c"
+    holds = (
+        f"it holds only {', '.join(f'{c}.npy' for c in present)} (ask for one by name: --shift {group}/{present[0]})"
+    )
     return [
         ShiftSet(
             f"{group}/{c}/{s}",
@@ -290,8 +299,9 @@ def _cifar_c_sets(
             c,
             s,
             default=c in CORRUPTIONS,
+            missing=None if c in present else f"{_missing_cifar_c(folder, classes, f'no {c}.npy')}; {holds}",
         )
-        for c in present
+        for c in (*CORRUPTIONS, *EXTRA_CORRUPTIONS)
         for s in SEVERITIES
     ]
 
@@ -315,6 +325,8 @@ class ShiftSet:
             evaluation of that split is reused for it, not run again.
         in_distribution: an unshifted set evaluated beside the shifted ones (WILDS ``id_test``, ``id_val``): kept
             out of the group's mean, and reported as its ``id_mean`` and the ``gap`` (``id_mean`` minus ``mean``).
+        missing: a set of the dataset whose files this data folder lacks: the one-line error (naming them and where
+            to get them) for asking only for such sets; :func:`find_shift_sets` never returns one.
     """
 
     name: str
@@ -325,6 +337,7 @@ class ShiftSet:
     default: bool = True
     split: str | None = None
     in_distribution: bool = False
+    missing: str | None = None
 
 
 #: ``builder(root, transform=, download=, classnames=, **dataset_options) -> list[ShiftSet]``
@@ -371,7 +384,8 @@ def find_shift_sets(
 
     Raises:
         ValueError: no shift sets for ``dataset``, or a pattern that matches none.
-        DatasetNotFoundError: the files are missing (naming the folder and where to get them).
+        DatasetNotFoundError: the files are missing, or those of every set a pattern (or the default selection)
+            names (naming the folder and where to get them).
     """
     if dataset not in _SHIFTS:
         have = ", ".join(list_shift_datasets())
@@ -380,16 +394,23 @@ def find_shift_sets(
     transform = build_transform(image_size, random_crop=False)
     sets = _SHIFTS[dataset](root, transform=transform, download=download, classnames=classnames, **(options or {}))
     if patterns:
-        chosen = []
-        for pat in patterns:
-            hits = [s for s in sets if fnmatch.fnmatchcase(s.name, pat) or fnmatch.fnmatchcase(s.name, f"{pat}/*")]
-            if not hits:
-                shown = ", ".join(s.name for s in sets[:6]) + (", ..." if len(sets) > 6 else "")
-                raise ValueError(f"--shift {pat!r} matches no shift set of {dataset} (they are: {shown})")
-            chosen += [s for s in hits if s not in chosen]
-        sets = chosen
+        asked = {
+            p: [s for s in sets if fnmatch.fnmatchcase(s.name, p) or fnmatch.fnmatchcase(s.name, f"{p}/*")]
+            for p in patterns
+        }
     else:
-        sets = [s for s in sets if s.default]
+        asked = {"(the default sets)": [s for s in sets if s.default]}
+    chosen: list[ShiftSet] = []
+    for pat, hits in asked.items():
+        if not hits:
+            names = [s.name for s in sets if s.missing is None]
+            shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+            raise ValueError(f"--shift {pat!r} matches no shift set of {dataset} (they are: {shown})")
+        there = [s for s in hits if s.missing is None]
+        if not there:  # only sets whose files are not there: say which, and where to get them
+            raise DatasetNotFoundError(f"--shift {pat}: {hits[0].missing}")
+        chosen += [s for s in there if s not in chosen]
+    sets = chosen
     if severities:
         bad = sorted(set(severities) - set(SEVERITIES))
         if bad:
