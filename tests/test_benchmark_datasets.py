@@ -463,6 +463,14 @@ def test_resisc45_split_files(tmp_path):
     with pytest.raises(DatasetNotFoundError, match=re.escape(f"{base / 'train.txt'}: 1 of the 3 images it lists")):
         _make("resisc45", tmp_path)
     (base / "train.txt").write_text(train_txt)
+    val_txt = (base / "val.txt").read_text()
+    (base / "val.txt").write_text(val_txt + "images/wetland/wetland_001.jpg 44\n")  # a training image
+    for split in ("train", "val"):  # told from either side
+        with pytest.raises(ValueError, match=r"(train|val)\.txt share 1 images \(e\.g\. .*wetland_001\.jpg\)"):
+            _make("resisc45", tmp_path, split)
+    (base / "val.txt").write_text(val_txt * 2)
+    with pytest.raises(ValueError, match=re.escape(f"{base / 'val.txt'} lists an image more than once")):
+        _make("resisc45", tmp_path, "val")
     (base / "val.txt").write_text("\n")  # an empty official split would select epoch 1 on no image
     assert prepare_data("resisc45", tmp_path, image_size=16, download=False).val_source != "official"
     for label in ("45", "\u00b2"):  # out of range, and a digit int() does not read
@@ -542,8 +550,7 @@ def test_ucf101_integer_labels_follow_classind(tmp_path):
     for cls, y in official.items():
         _img(base / "frames" / cls / "v_1.jpg")
         lines.append(f"frames/{cls}/v_1.jpg {y - 1}")
-    for split in ("train", "test"):
-        (base / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    (base / "train.txt").write_text("\n".join(lines) + "\n")
     ds = _make("ucf101", tmp_path)
     named = {Path(path).parent.name: ds.classnames[y].replace(" ", "").lower() for path, y in ds.samples}
     assert named == {cls: cls.lower() for cls in official}

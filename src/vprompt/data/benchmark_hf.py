@@ -24,6 +24,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -128,24 +129,47 @@ def _label_of_folder(name: str, folder: Path, names: Sequence[str]) -> int:
     return map_names(name, [folder.name], names, where)[0]
 
 
+def _txt_samples(split_txt: Path, folder: Path, num_classes: int) -> list[tuple[str, int]]:
+    """The (path, label) lines of a ``<split>.txt`` file, paths relative to ``folder``."""
+    try:
+        lines = split_txt.read_text(encoding="utf-8-sig").splitlines()  # (Notepad's BOM)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{split_txt}: not UTF-8 text ({e}); save it as UTF-8") from None
+    samples = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        rel, _, label = line.rstrip().rpartition(" ")
+        if not rel or not re.fullmatch(r"-?[0-9]+", label) or not 0 <= int(label) < num_classes:
+            raise ValueError(f"{split_txt}:{n}: expected '<relative path> <label in 0..{num_classes - 1}>'")
+        samples.append((str(folder / rel), int(label)))
+    return samples
+
+
+def _check_disjoint(split_txt: Path, paths: Sequence[str], folder: Path, num_classes: int) -> None:
+    """Refuse a split file that lists an image twice, or one another split file of ``folder`` lists: validation or
+    test would score training images."""
+    files = {os.path.normpath(p) for p in paths}
+    if len(files) != len(paths):
+        raise ValueError(f"{split_txt} lists an image more than once; list each image once")
+    for other in (folder / f"{s}.txt" for s in _SPLITS):
+        if other != split_txt and other.is_file():
+            shared = files & {os.path.normpath(p) for p, _ in _txt_samples(other, folder, num_classes)}
+            if shared:
+                raise ValueError(
+                    f"{split_txt} and {other} share {len(shared)} images (e.g. {min(shared)}): a split's images are "
+                    "no other split's, or validation and test score training images; list each image in one"
+                )
+
+
 def folder_dataset(name: str, folder: Path, split: str, transform: Callable[..., Any] | None) -> FileDataset:
     """The folder route (see the module doc)."""
     names = classnames(name)
     layout = _folder_layout(name, folder)
     split_txt = folder / f"{split}.txt"
     if layout == "txt" and split_txt.is_file():
-        samples = []
-        try:
-            lines = split_txt.read_text(encoding="utf-8-sig").splitlines()  # (Notepad's BOM)
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{split_txt}: not UTF-8 text ({e}); save it as UTF-8") from None
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            rel, _, label = line.rstrip().rpartition(" ")
-            if not rel or not re.fullmatch(r"-?[0-9]+", label) or not 0 <= int(label) < len(names):
-                raise ValueError(f"{split_txt}:{n}: expected '<relative path> <label in 0..{len(names) - 1}>'")
-            samples.append((str(folder / rel), int(label)))
+        samples = _txt_samples(split_txt, folder, len(names))
+        _check_disjoint(split_txt, [p for p, _ in samples], folder, len(names))
         check_listed(str(split_txt), [p for p, _ in samples], f"its paths are relative to {folder}")
         return FileDataset(samples, names, transform)
     if layout == "coop":
