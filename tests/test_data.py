@@ -353,4 +353,22 @@ def test_a_run_resumed_on_other_data_is_refused_naming_what_changed(tmp_path, mo
     for f in (data / "train" / "cow").iterdir():
         f.unlink()
     (data / "train" / "cow").rmdir()
-    assert cli.main(resume) == 0  # the same data again
+    first = sorted((data / "train" / "ant").iterdir())[0]
+    first.rename(first.with_name("zz.png"))  # as many images, but the saved split's indices mean others now
+    assert cli.main(resume) == 2
+    assert "other files or labels (renamed, replaced or relabelled)" in capsys.readouterr().err
+    first.with_name("zz.png").rename(first)
+    moved = tmp_path / "moved"
+    data.rename(moved)  # the same files elsewhere are the same data
+    assert cli.main([*resume, "--data-dir", str(moved)]) == 0
+
+
+def test_a_runs_data_saved_before_a_part_of_the_identity_existed_is_compared_on_what_it_saved():
+    from vprompt.runs import data_changes
+
+    now = {"classes": ["a", "b"], "train images": 4, "val images": 2, "split": "s", "images": "i"}
+    assert data_changes({k: v for k, v in now.items() if k != "images"}, now) == ""
+    assert "other files or labels" in data_changes({**now, "images": "other"}, now)
+    assert data_changes({**now, "split": "t", "images": "other"}, now) == (
+        "other images held out for validation or drawn for training"
+    )

@@ -138,7 +138,7 @@ def test_a_probe_stopped_after_its_features_is_continued_on_them_and_not_taken_o
 
 
 def test_the_feature_cache_knows_the_labels_and_the_weights_file(tmp_path, monkeypatch):
-    from vprompt.data import ArrayDataset, DataSplits
+    from vprompt.data import ArrayDataset, DataSplits, FileDataset
 
     images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
 
@@ -157,6 +157,14 @@ def test_the_feature_cache_knows_the_labels_and_the_weights_file(tmp_path, monke
     assert linprobe._cache_key(relative, 32, splits([0, 0, 1, 1])) == key
     weights.write_bytes(b"other weights")
     assert key != linprobe._cache_key(cfg, 32, splits([0, 0, 1, 1]))
+
+    def files(*names):  # images decoded from files: their names count, not only their labels
+        train = FileDataset([(str(tmp_path / "img" / n), 0) for n in names], ["a", "b"])
+        return DataSplits(train, None, None, ["a", "b"])
+
+    assert linprobe._cache_key(cfg, 32, files("1.png", "2.png")) != linprobe._cache_key(
+        cfg, 32, files("1.png", "3.png")
+    )
 
     folder = tmp_path / "weights"  # a classifier's --pretrained may name the folder its file is in
     folder.mkdir()

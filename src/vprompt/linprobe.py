@@ -25,7 +25,6 @@ Reached as ``vprompt linprobe ...``, ``vprompt train --method linprobe ...``, or
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -47,7 +46,15 @@ from .data import DataSplits, check_dataset, data_root, get_dataset_spec, make_l
 from .data.splits import torch_seed
 from .distributed import DistEnv
 from .prompters import Prompter
-from .runs import DATA_KEYS, FEATURES_FILE, refuse_other_run, resume_path, write_results, write_run_files
+from .runs import (
+    DATA_KEYS,
+    FEATURES_FILE,
+    images_digest,
+    refuse_other_run,
+    resume_path,
+    write_results,
+    write_run_files,
+)
 
 __all__ = [
     "DEFAULT_L2_GRID",
@@ -116,15 +123,6 @@ def extract_features(
     return torch.cat(feats), torch.cat(labels).long()
 
 
-def _labels_digest(ds: Any) -> str:
-    """A digest of a split's labels in order (its size where it keeps no ``targets``)."""
-    targets = getattr(ds, "targets", None)
-    if targets is None:
-        return f"n={len(ds)}"
-    labels = torch.as_tensor(targets, dtype=torch.int64).cpu().numpy().tobytes()
-    return hashlib.sha256(labels).hexdigest()[:16]
-
-
 def _file_stamp(path: str | None) -> list[Any] | None:
     """Size and modification time of a weights file, or of every file in a weights folder (a file replaced under
     the same name is other weights); None for weights given by name."""
@@ -137,7 +135,7 @@ def _file_stamp(path: str | None) -> list[Any] | None:
 
 def _cache_key(cfg: RunConfig, input_size: int, data: DataSplits) -> dict[str, Any]:
     """What the cached features depend on; a cache made with anything else is recomputed. Beyond the settings,
-    the images: the folder they were read from, the labels of every split, and the weights file."""
+    the images: the folder they were read from, the files and labels of every split, and the weights file."""
     key = {k: getattr(cfg, k, None) for k in (*DATA_KEYS, "precision")}
     key["dataset_options"] = get_dataset_spec(cfg.dataset).explicit_options(cfg.dataset_options)
     key["input_size"] = input_size  # (the seed is there for a randomly initialized backbone)
@@ -146,7 +144,7 @@ def _cache_key(cfg: RunConfig, input_size: int, data: DataSplits) -> dict[str, A
     if key["weights_file"] is not None:  # a file or folder: where it is, however the path was written
         key["pretrained"] = str(Path(cfg.pretrained).expanduser().resolve())
     parts = {"train": data.train, "val": data.val, "test": data.test}
-    key["labels"] = {name: _labels_digest(ds) for name, ds in parts.items() if ds is not None}
+    key["images"] = {name: images_digest([ds]) for name, ds in parts.items() if ds is not None}
     return key
 
 

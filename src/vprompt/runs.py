@@ -31,6 +31,7 @@ from .backbones import model_kind
 from .checkpoint import LAST_FILE, PROMPT_FILE, atomic_write, remove_unfinished_writes, save_prompt
 from .config import RunConfig, comparable
 from .data import DataSplits
+from .data.base import FileDataset, LabeledSubset
 from .distributed import DistEnv
 from .errors import DataFileError
 from .heads import resolve_head
@@ -48,6 +49,7 @@ __all__ = [
     "data_identity",
     "folder_lock",
     "holds_run",
+    "images_digest",
     "read_results",
     "identity_keys",
     "prompt_meta",
@@ -211,15 +213,46 @@ def split_size(split: Any) -> int:
     return len(split) if split is not None else 0
 
 
+def _file_names(ds: Any) -> list[str] | None:
+    """The file of each image of ``ds`` (a :class:`FileDataset` or a subset of one, in order), or None (images in
+    memory, or decoded by a loader)."""
+    indices = None
+    while isinstance(ds, LabeledSubset):
+        indices = ds.indices if indices is None else [ds.indices[i] for i in indices]
+        ds = ds.dataset
+    if not isinstance(ds, FileDataset) or not all(isinstance(s, (str, Path)) for s, _ in ds.samples):
+        return None
+    return [str(ds.samples[i][0]) for i in (range(len(ds.samples)) if indices is None else indices)]
+
+
+def images_digest(parts: Sequence[Any]) -> str:
+    """A digest of the labels of ``parts`` (datasets, or None; the size of one that keeps no ``targets``) and, where
+    they are files, of the files' names relative to the folder they share (so that the data may move): other files
+    at the same places (renamed, replaced by others) are other images."""
+    names = [_file_names(ds) if ds is not None else None for ds in parts]
+    files = [n for part in names if part for n in part]
+    root = os.path.commonpath(files) if len(files) > 1 else ""
+    relative = [[os.path.relpath(n, root) if root else n for n in part] if part else None for part in names]
+    return hashlib.sha256(json.dumps([relative, [_labels(ds) for ds in parts]]).encode()).hexdigest()
+
+
+def _labels(ds: Any) -> list[int] | int | None:
+    if ds is None:
+        return None
+    targets = getattr(ds, "targets", None)
+    return len(ds) if targets is None else torch.as_tensor(targets, dtype=torch.int64).tolist()
+
+
 def data_identity(data: DataSplits) -> dict[str, Any]:
-    """What a resumed run must find again: the classes, the number of training and validation images, and a
-    digest of which images were held out or drawn."""
+    """What a resumed run must find again: the classes, the number of training and validation images, a digest of
+    which images were held out or drawn, and one of the images' files and labels."""
     split = json.dumps(data.split_indices, sort_keys=True).encode()
     return {
         "classes": list(data.classnames),
         "train images": split_size(data.train),
         "val images": split_size(data.val),
         "split": hashlib.sha256(split).hexdigest(),
+        "images": images_digest([data.train, data.val]),
     }
 
 
@@ -233,7 +266,10 @@ def prompt_meta(data: DataSplits, epoch: int, val_acc1: float | None) -> dict[st
 def data_changes(was: dict[str, Any] | None, now: dict[str, Any]) -> str:
     """How the data of :func:`data_identity` ``now`` differs from ``was`` (a run's start), or "" (also when the
     run saved none)."""
-    if was is None or was == now:
+    if was is None:
+        return ""
+    now = {k: v for k, v in now.items() if k in was}  # (what a run saved before it was part of the identity is not)
+    if was == now:
         return ""
     what = [f"{k}: {was.get(k)} then, {now[k]} now" for k in ("train images", "val images") if was.get(k) != now[k]]
     before, after = list(was.get("classes", [])), now["classes"]
@@ -244,6 +280,8 @@ def data_changes(was: dict[str, Any] | None, now: dict[str, Any]) -> str:
                 shown = sorted(names)
                 named.append(f"{how} {', '.join(map(repr, shown[:5]))}{' ...' if len(shown) > 5 else ''}")
         what.insert(0, f"classes: {len(before)} then, {len(after)} now, {', '.join(named) or 'in another order'}")
+    if not what and was.get("split") == now.get("split"):
+        what = ["the same number of images, but other files or labels (renamed, replaced or relabelled)"]
     return "; ".join(what) or "other images held out for validation or drawn for training"
 
 
