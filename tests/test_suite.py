@@ -347,6 +347,12 @@ def test_a_damaged_results_file_is_a_failed_cell_named_and_the_grid_goes_on(tmp_
     damaged.unlink()  # as the message says: the next rerun redoes it
     assert not run_suite(suite, output=tmp_path).failed and json.loads(damaged.read_text())["test"]["acc1"] >= 0
 
+    settings = next(p for p in map(damaged.with_name, ("config.resumed.yaml", "config.yaml")) if p.exists())  # as read
+    saved = settings.read_bytes()
+    settings.write_bytes(saved[: len(saved) // 2] + b"\n  a: [")  # cut short in a flow, as an edit may leave it
+    (failed,) = run_suite(suite, output=tmp_path, dry_run=True).failed
+    assert f"{settings}: not YAML" in failed.error and "delete it to start the run again" in failed.error
+
 
 def test_a_train_fraction_is_labelled_as_such_and_cannot_meet_shots(tmp_path):
     suite = parse_suite({"datasets": ["synthetic"], "methods": ["evp"], "shots": [None, 5],

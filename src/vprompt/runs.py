@@ -124,7 +124,18 @@ def saved_run(run_dir: Path) -> dict[str, Any]:
     else its config.yaml), or {}: its settings under ``config``, and under ``model_input_size`` the size the model
     gave where the settings left it (absent from runs made before it was saved)."""
     path = next((p for p in (run_dir / "config.resumed.yaml", run_dir / "config.yaml") if p.exists()), run_dir)
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        saved = yaml.safe_load(path.read_bytes()) or {}
+    except yaml.YAMLError as e:  # (cut short, edited; not UTF-8 is a YAMLError too)
+        saved = f"not YAML ({' '.join(str(e).split())})"
+    if not isinstance(saved, dict) or not isinstance(saved.get("config", {}), dict):
+        why = saved if isinstance(saved, str) else "not the settings a run writes"
+        raise DataFileError(
+            f"{path}: {why}; the run folder is damaged: delete it to start the run again, or put the file back"
+        )
+    return saved
 
 
 #: Sizes a config may leave to the model (None until the prompter is built, then saved as resolved).

@@ -10,8 +10,8 @@ of the method when it has one), so running the suite again
 * resumes a run that has ``last.pt`` or ``results.previous.json`` but no ``results.json`` (interrupted;
   ``--resume latest``),
 * refuses a run folder that holds a run with other settings (recorded as failed; change ``output`` or delete it),
-* records a run whose ``results.json`` is damaged (not JSON, no test accuracy) as failed, naming it (deleting it
-  has the next rerun redo the run),
+* records a run whose ``results.json`` or ``config.yaml`` is damaged (not JSON or YAML, no test accuracy) as
+  failed, naming it,
 
 and a failing run is logged and recorded as failed without stopping the grid (``--fail-fast`` stops it). After
 every run the tables are rewritten, so they always show what has finished. The runs share one process and its
@@ -400,7 +400,12 @@ def _state(cell: SuiteCell) -> tuple[str, str]:
     run_dir = cell.cfg.run_dir
     finished = (run_dir / "results.json").exists()
     interrupted = not finished and holds_run(run_dir)  # (training state, or a redo's earlier results)
-    saved = saved_run(run_dir)
+    try:
+        saved = saved_run(run_dir)
+        if finished:
+            read_results(run_dir)
+    except DataFileError as e:  # (a failed cell: the grid goes on, and the rerun after the fix redoes it)
+        return "damaged", str(e)
     if finished or interrupted or saved.get("config"):  # (also a run stopped before its first last.pt)
         # A finished run computed with another precision, validation frequency or L2 sweep is not this cell's
         # result; an unfinished one may continue with them, as --resume allows.
@@ -410,10 +415,6 @@ def _state(cell: SuiteCell) -> tuple[str, str]:
         if diff:
             return "conflict", f"{run_dir} {CONFLICT} ({diff}); delete it or change the output"
     if finished:
-        try:
-            read_results(run_dir)
-        except DataFileError as e:  # (a failed cell: the grid goes on, and the rerun after its deletion redoes it)
-            return "damaged", str(e)
         return "done", ""
     return ("resume", "") if interrupted else ("new", "")
 
