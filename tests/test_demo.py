@@ -99,6 +99,17 @@ def test_demo_runs_every_arm_and_writes_its_report(small_data, tmp_path, capsys,
     assert cli.main(args) == 0
     assert before == {a: (out / "runs" / _run_name(a) / "results.json").stat().st_mtime_ns for a in ARM_DOCS}
 
+    # A finished arm's damaged files: a metrics file only costs its curve; a prompt file is named, with the way out.
+    vp_run = out / "runs" / _run_name("vp")
+    with open(vp_run / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 1, "val_acc1": 3')
+    assert cli.main(args) == 0
+    assert f"{vp_run / 'metrics.jsonl'} is damaged" in capsys.readouterr().err
+    (vp_run / "prompt.safetensors").write_bytes(b"garbage")
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"demo arm vp: {vp_run / 'prompt.safetensors'}" in err and f"delete {vp_run} and run the demo again" in err
+
     # Another budget in the same folder is refused in one line, not trained over the earlier arms.
     capsys.readouterr()
     assert cli.main([a if a != "1" else "2" for a in args]) == 2  # --epochs 2

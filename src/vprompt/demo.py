@@ -329,8 +329,12 @@ def _plot_curves(output: Path, run_dirs: dict[str, Path], results: dict[str, dic
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for arm, run_dir in run_dirs.items():
         metrics = run_dir / "metrics.jsonl"
-        rows = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
-        rows = [r for r in rows if "val_acc1" in r]
+        try:
+            rows = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
+        except ValueError as e:  # (edited, damaged: the table holds the arm's results; only its curve is lost)
+            _log.warning("%s is damaged (%s): the curve of arm %s is left out of curves.png", metrics, e, arm)
+            rows = []
+        rows = [r for r in rows if isinstance(r, dict) and isinstance(r.get("val_acc1"), (int, float))]
         if rows:
             ax.plot([r["epoch"] for r in rows], [r["val_acc1"] for r in rows], marker="o", label=arm)
         elif results[arm].get("val"):
@@ -364,7 +368,13 @@ def _save_prompt_images(output: Path, run_dirs: dict[str, Path], mnist_dir: str 
     for arm, run_dir in run_dirs.items():
         if arm in ("identity", "flm"):
             continue
-        state, cfg, _ = load_prompt(run_dir / "prompt.safetensors")
+        try:
+            state, cfg, _ = load_prompt(run_dir / "prompt.safetensors")
+        except (OSError, ValueError) as e:  # (its own advice, another file, is no demo's)
+            raise ValueError(
+                f"demo arm {arm}: {str(e).split('; ')[0]}; delete {run_dir} and run the demo again to train the arm "
+                "again"
+            ) from e
         if digit is None:
             test = create_dataset("mnist", mnist_dir, "test", download=False)
             digit = test[0][0].float().div(255).expand(3, -1, -1)[None]
