@@ -174,3 +174,18 @@ def test_the_demo_runs_one_arm_per_core_it_may_use(monkeypatch):
     assert (default_jobs("cpu"), default_jobs("cuda")) == (2, 1)
     monkeypatch.delattr(os, "sched_getaffinity")  # where the OS does not say (macOS, Windows): every core
     assert default_jobs("cpu") == 5  # (at most the five trained arms)
+
+
+def test_a_second_demo_in_the_same_folder_is_refused_at_once(small_data, tmp_path, capsys, monkeypatch):
+    import fcntl
+
+    from vprompt import suite
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    monkeypatch.setattr(suite, "run_suite", lambda *a, **k: pytest.fail("no arm starts"))
+    with open(out / ".lock", "a") as held:  # as a demo running there holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert cli.main(["demo", "--output", str(out), "--data-dir", str(small_data), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"demo folder {out} is in use" in err and "give this demo another --output" in err

@@ -247,9 +247,9 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run (or complete) the demo and write its report; returns ``{arm: results.json contents}``."""
     from .checkpoint import check_output_folder
+    from .distributed import DistEnv
     from .engine import resolve_device
-    from .runs import CONFLICT, read_results
-    from .suite import run_suite
+    from .runs import folder_lock
 
     s = settings or DemoSettings()
     output = Path(output)
@@ -257,7 +257,17 @@ def run_demo(
     if s.device is not None:
         resolve_device(s.device)  # told once, not by every arm
     sources = _sources(data_dir)  # (its own --data-dir: an error about it needs no hint)
-    output.mkdir(parents=True, exist_ok=True)
+    # One demo per folder: a second one would take arms from the first, and each would find the other's locks.
+    with folder_lock(output, DistEnv(), "demo folder", "give this demo another --output"):
+        return _demo(s, data_dir, sources, output)
+
+
+def _demo(
+    s: DemoSettings, data_dir: str | Path | None, sources: tuple[str, str | None], output: Path
+) -> dict[str, Any]:
+    from .runs import CONFLICT, read_results
+    from .suite import run_suite
+
     try:
         suite = _suite(s, sources, output)  # reads (or downloads) MNIST to size VP's warmup
     except FileNotFoundError as e:

@@ -471,9 +471,12 @@ LOCK_FILE = ".lock"
 
 
 @contextlib.contextmanager
-def folder_lock(run_dir: Path, env: DistEnv) -> Iterator[None]:
+def folder_lock(
+    run_dir: Path, env: DistEnv, what: str = "run folder", fix: str = "give this run another --name or --output"
+) -> Iterator[None]:
     """Hold ``run_dir``'s lock file for the run (the main process, where the OS has ``flock``): another process
-    given the same folder, e.g. the same suite started twice, is refused instead of writing over this run."""
+    given the same folder, e.g. the same suite started twice, is refused instead of writing over this run (told
+    as ``what``, with ``fix`` as the way round)."""
     try:
         import fcntl
     except ImportError:  # not POSIX
@@ -487,8 +490,8 @@ def folder_lock(run_dir: Path, env: DistEnv) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise FileExistsError(
-                f"run folder {run_dir} is in use: another process is running there (it holds {run_dir / LOCK_FILE}); "
-                "wait for it to finish, or give this run another --name or --output"
+                f"{what} {run_dir} is in use: another process is running there (it holds {run_dir / LOCK_FILE}); "
+                f"wait for it to finish, or {fix}"
             ) from None
         remove_unfinished_writes(run_dir)  # (locked: no other process is writing them)
         yield
