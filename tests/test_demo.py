@@ -142,6 +142,10 @@ def test_a_demo_arm_that_cannot_get_its_files_points_to_the_demos_own_flag(tmp_p
     monkeypatch.setattr(suite, "run_suite", lambda *a, **k: SuiteReport([failed], "", []))
     assert cli.main(["demo", "--output", str(tmp_path / "demo")]) == 2
     assert "both come from its own --data-dir DIR (the ResNets in DIR/cifar10_resnets" in capsys.readouterr().err
+    failed.error = "ValueError: w.th is the ResNet-32 checkpoint ...: give the ResNet-20 weights as --pretrained, or "
+    failed.error += "train with --model cifar:resnet32"  # the demo's flags for both: --data-dir and --depth
+    assert cli.main(["demo", "--output", str(tmp_path / "demo")]) == 2
+    assert "in place of the flags named above (and --depth N for --model cifar:resnetN)" in capsys.readouterr().err
 
     mnist_only = tmp_path / "idx"  # the IDX folder itself, as a user might pass it: MNIST found, the ResNets not
     mnist_only.mkdir()

@@ -232,11 +232,12 @@ def train_size(mnist_dir: str | None) -> int:
 
 def _with_data_hint(message: str) -> str:
     """``message`` of a failure to find or fetch files, told how the demo's own flag provides them."""
-    if "--pretrained PATH" not in message and "--data-dir" not in message:
+    if "--pretrained" not in message and "--data-dir" not in message:
         return message
+    depth = " (and --depth N for --model cifar:resnetN)" if "--model" in message else ""
     return (
         f"{message}; for the demo, both come from its own --data-dir DIR (the ResNets in DIR/cifar10_resnets, MNIST "
-        "in DIR/mnist), in place of the flags named above"
+        f"in DIR/mnist), in place of the flags named above{depth}"
     )
 
 
