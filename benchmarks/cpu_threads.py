@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 
 import torch
 
 from vprompt.backbones import create_backbone
+from vprompt.errors import USER_ERRORS, print_user_error
 from vprompt.prompters import create_prompter
 
 
@@ -60,9 +62,23 @@ def main() -> None:
     ap.add_argument("--eval-images", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
+    counts = [("--threads", n) for n in args.threads] + [("--eval-batch-sizes", n) for n in args.eval_batch_sizes]
+    counts += [("--image-size", args.image_size), ("--batch-size", args.batch_size), ("--steps", args.steps),
+               ("--eval-threads", args.eval_threads), ("--eval-images", args.eval_images),
+               ("--repeats", args.repeats)]  # fmt: skip
+    for flag, value in counts:
+        if value < 1:
+            ap.error(f"{flag} {value} must be at least 1")
+    try:
+        run(args)
+    except USER_ERRORS as e:  # a --model, --pretrained or geometry that vprompt rejects: one line
+        print_user_error(e, ap.prog)
+        sys.exit(2)
 
+
+def run(args: argparse.Namespace) -> None:
+    prompter = create_prompter("evp", args.input_size, args.inner_size)  # (checks the geometry before the model)
     backbone = create_backbone(args.model, pretrained=args.pretrained)
-    prompter = create_prompter("evp", args.input_size, args.inner_size)
     geometry = f"{args.model}, S={args.input_size}"
 
     if args.threads:

@@ -27,12 +27,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from vprompt.checkpoint import check_output_folder
+from vprompt.cifar_resnet import CIFAR_RESNET_DEPTHS
 from vprompt.config import PRECISIONS
 from vprompt.demo import DemoSettings, default_jobs, default_threads, run_demo, train_size
+from vprompt.engine import resolve_device
+from vprompt.errors import INTERRUPTED_EXIT, USER_ERRORS, print_user_error, user_message
 from vprompt.suite import parse_suite, run_suite
 
 EVP_LRS = (3.0, 10.0, 30.0)
@@ -40,6 +45,7 @@ DIVERSITY = ("di", "ref")
 VP_LRS = (4.0, 40.0)
 SGD_LRS = (0.5, 2.0, 8.0)
 ADAMW_LR = 0.3  # evp-adamw, selected on validation in BENCHMARKS.md 1e and 1j (not swept here)
+CHOSEN_KEYS = ("input_size", "inner_size", "diversity", "normgrad_lr", "vp_lr", "sgd_lr")  # what stage 2 takes
 
 
 def sweep(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -117,14 +123,13 @@ def sweep(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 def final(args: argparse.Namespace, out: Path, chosen: dict[str, Any]) -> dict[int, dict[str, Any]]:
     """Stage 2: the demo's arms at the full budget, for each depth."""
-    keys = ("input_size", "inner_size", "diversity", "normgrad_lr", "vp_lr", "sgd_lr")
     adamw_lr = args.adamw_lr if args.adamw_lr is not None else chosen.get("adamw_lr", ADAMW_LR)
     by_depth = {}
     for depth in args.depths:
         settings = DemoSettings(
             depth=depth, epochs=args.epochs, batch_size=args.batch_size, label_map="ilm", device=args.device,
             precision=args.precision, threads=args.threads, jobs=args.jobs, adamw_lr=adamw_lr,
-            **{k: chosen[k] for k in keys},
+            **{k: chosen[k] for k in CHOSEN_KEYS},
         )  # fmt: skip
         start = time.perf_counter()
         results = run_demo(args.data_dir, out / f"final-resnet{depth}", settings)
@@ -167,6 +172,22 @@ def summary(out: Path, chosen: dict[str, Any], by_depth: dict[int, dict[str, Any
     return text
 
 
+def read_chosen(ap: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """``--chosen``'s settings, or an argparse error when it is not a JSON object with what stage 2 takes (the
+    canvas may come from the flags instead)."""
+    fix = "give the chosen.json of an earlier run's --output"
+    try:
+        chosen = json.loads(Path(args.chosen).read_text())
+    except (OSError, ValueError) as e:  # (a JSONDecodeError and a UnicodeDecodeError are ValueErrors)
+        ap.error(f"--chosen {args.chosen}: {e.strerror if isinstance(e, OSError) else f'not JSON ({e})'}; {fix}")
+    if not isinstance(chosen, dict):
+        ap.error(f"--chosen {args.chosen}: not a JSON object; {fix}")
+    missing = [k for k in CHOSEN_KEYS if k not in chosen and getattr(args, k, None) is None]
+    if missing:
+        ap.error(f"--chosen {args.chosen} lacks {', '.join(missing)}; {fix}")
+    return chosen
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", default="../shared/data", help="folder with cifar10_resnets/ and mnist/")
@@ -175,7 +196,7 @@ def main() -> None:
     ap.add_argument("--precision", default=DemoSettings.precision, choices=PRECISIONS, help="autocast of every run")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads per run (default: the demo's)")
     ap.add_argument("--jobs", type=int, default=None, help="runs at a time (default: the demo's)")
-    ap.add_argument("--depths", type=int, nargs="+", default=[20])
+    ap.add_argument("--depths", type=int, nargs="+", default=[20], choices=CIFAR_RESNET_DEPTHS)
     ap.add_argument("--epochs", type=int, default=10, help="epochs of each trained arm in stage 2")
     ap.add_argument("--sweep-epochs", type=int, default=4)
     ap.add_argument("--input-size", type=int, default=None, help="canvas S (default: --chosen's, else 48)")
@@ -192,21 +213,34 @@ def main() -> None:
         help=f"lr of the evp-adamw arm (default: --chosen's adamw_lr, else {ADAMW_LR})",
     )
     args = ap.parse_args()
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    earlier = json.loads(Path(args.chosen).read_text()) if args.chosen else None
+    earlier = read_chosen(ap, args) if args.chosen else None
     for key, default in (("input_size", 48), ("inner_size", 32)):  # an explicit flag wins over --chosen
         if getattr(args, key) is None:
             setattr(args, key, earlier[key] if earlier else default)
+    out = Path(args.output)
     try:  # impossible settings fail here, not after the sweep
         if args.sweep_epochs < 1:
             raise ValueError(f"--sweep-epochs {args.sweep_epochs} must be at least 1")
+        adamw_lr = args.adamw_lr if args.adamw_lr is not None else (earlier or {}).get("adamw_lr", ADAMW_LR)
         DemoSettings(epochs=args.epochs, batch_size=args.batch_size, input_size=args.input_size,
-                     inner_size=args.inner_size, threads=args.threads, jobs=args.jobs)  # fmt: skip
-    except ValueError as e:
-        ap.error(str(e))
-    chosen = {**(earlier or sweep(args, out)), "input_size": args.input_size, "inner_size": args.inner_size}
-    print(summary(out, chosen, final(args, out, chosen), args))
+                     inner_size=args.inner_size, threads=args.threads, jobs=args.jobs, adamw_lr=adamw_lr)  # fmt: skip
+        if args.device is not None:
+            resolve_device(args.device)
+        check_output_folder(out, "--output")
+    except USER_ERRORS as e:
+        ap.error(user_message(e))
+    if not Path(args.data_dir).is_dir():
+        ap.error(f"--data-dir {args.data_dir} is not a folder: give the one that holds cifar10_resnets/ and mnist/")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        chosen = {**(earlier or sweep(args, out)), "input_size": args.input_size, "inner_size": args.inner_size}
+        print(summary(out, chosen, final(args, out, chosen), args))
+    except USER_ERRORS as e:  # what only vprompt can judge (a data file, a setting of chosen.json): one line
+        print_user_error(e, ap.prog)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{ap.prog}: interrupted; run the same command again to continue where it stopped", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT)
 
 
 if __name__ == "__main__":

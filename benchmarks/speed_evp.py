@@ -24,9 +24,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,9 +39,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from vprompt.backbones import create_backbone
 from vprompt.build import PromptedModel
+from vprompt.config import PRECISIONS
 from vprompt.data import ArrayDataset, make_loader
 from vprompt.diversity import create_diversity
-from vprompt.engine import deterministic_kernels, train_one_epoch
+from vprompt.engine import deterministic_kernels, resolve_device, train_one_epoch
+from vprompt.errors import USER_ERRORS, print_user_error
 from vprompt.heads import ClipTextHead, build_text_classifier, clean_classname
 from vprompt.optim import create_optimizer
 from vprompt.prompters import create_prompter
@@ -159,23 +164,40 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--images", type=int, default=0, help="dataset size (default: 4 batches)")
-    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], help="vprompt precisions to time")
+    ap.add_argument(
+        "--precisions", nargs="+", default=["fp32", "bf16"], choices=PRECISIONS, help="vprompt precisions to time"
+    )
     ap.add_argument("--out", default=None, help="append the JSON result to this file")
     ap.add_argument("--deterministic", action="store_true", help="both loops with vprompt's --deterministic kernels")
     args = ap.parse_args()
-    with deterministic_kernels() if args.deterministic else contextlib.nullcontext():  # as `vprompt train` does
-        run(args)
+    least = {"--batch-size": (args.batch_size, 1), "--steps": (args.steps, 1), "--warmup": (args.warmup, 0),
+             "--workers": (args.workers, 0), "--images": (args.images, 0)}  # fmt: skip
+    for flag, (value, low) in least.items():
+        if value < low:
+            ap.error(f"{flag} {value} must be at least {low}")
+    if 0 < args.images < args.batch_size:
+        ap.error(f"--images {args.images} is fewer than one batch of --batch-size {args.batch_size}")
+    if args.out:  # told now, not after the timing
+        out = Path(args.out)
+        if out.is_dir():
+            ap.error(f"--out {args.out} is a folder; give a file to append the result to")
+        if not os.access(out if out.exists() else out.parent, os.W_OK):
+            ap.error(f"--out {args.out}: cannot write there (does its folder exist?); give another file")
+    try:
+        with deterministic_kernels() if args.deterministic else contextlib.nullcontext():  # as `vprompt train` does
+            run(args)
+    except USER_ERRORS as e:  # a --device or --model that vprompt rejects: one line
+        print_user_error(e, ap.prog)
+        sys.exit(2)
 
 
 def run(args: argparse.Namespace) -> None:
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     torch.manual_seed(0)
     backbone = create_backbone(args.model, pretrained=None, device=device)
     if backbone.input_size != 224:  # both loops are the paper's geometry: S = 224, s = 164
-        raise SystemExit(f"--model {args.model} takes {backbone.input_size}-pixel inputs; this benchmark needs 224")
+        raise ValueError(f"--model {args.model} takes {backbone.input_size}-pixel inputs; this benchmark needs 224")
     n = args.images or 4 * args.batch_size
-    if n < args.batch_size:
-        raise SystemExit(f"--images {n} is fewer than one batch of --batch-size {args.batch_size}")
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, len(CLASSES), size=n)

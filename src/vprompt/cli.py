@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .config import DIVERSITIES, HEADS, LABEL_MAPS, OPTIMIZERS, PRECISIONS, PROMPTERS, SCHEDULES, TEMPLATES
-from .errors import INTERRUPTED_EXIT, USER_ERRORS, CLIError, one_line, sigterm_interrupts, user_message
+from .errors import INTERRUPTED_EXIT, USER_ERRORS, CLIError, print_user_error, sigterm_interrupts
 
 __all__ = ["main", "build_parser"]
 
@@ -477,9 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with sigterm_interrupts():
             return func(args)
     except USER_ERRORS as e:
-        if not one_line(e):
-            raise
-        print(f"vprompt {args.command}: error: {user_message(e)}", file=sys.stderr)
+        print_user_error(e, f"vprompt {args.command}")
         return 2
     except KeyboardInterrupt:
         how = "run the same command again" if args.command in ("suite", "demo") else "resume with --resume latest"

@@ -7,6 +7,7 @@ import contextlib
 import difflib
 import os
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -40,6 +41,14 @@ def user_message(error: BaseException) -> str:
 def one_line(error: BaseException) -> bool:
     """Whether ``error`` is reported as one line: a user error, unless VPROMPT_DEBUG asks for every traceback."""
     return isinstance(error, USER_ERRORS) and not os.environ.get("VPROMPT_DEBUG")
+
+
+def print_user_error(error: BaseException, prog: str) -> None:
+    """Print the user error ``error`` as ``<prog>: error: <its one line>`` on stderr (the caller then exits with
+    status 2), or re-raise it where it is shown in full (:func:`one_line`)."""
+    if not one_line(error):
+        raise error
+    print(f"{prog}: error: {user_message(error)}", file=sys.stderr)
 
 
 def did_you_mean(value: object, known: Iterable[str], prefix: str = "", cutoff: float = 0.6) -> str:
