@@ -243,7 +243,8 @@ def images_digest(parts: Sequence[Any]) -> str:
     names = [_file_names(ds) if ds is not None else None for ds in parts]
     files = [n for part in names if part for n in part]
     root = os.path.commonpath(files) if len(files) > 1 else ""
-    relative = [[os.path.relpath(n, root) if root else n for n in part] if part else None for part in names]
+    cut = len(root)  # (each file lies under root: its name after it, without relpath's cost per file)
+    relative = [[n[cut:] for n in part] if part else None for part in names]
     return hashlib.sha256(json.dumps([relative, [_labels(ds) for ds in parts]]).encode()).hexdigest()
 
 
