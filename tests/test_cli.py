@@ -730,6 +730,21 @@ def test_every_precision_the_flag_offers_has_an_autocast():
         engine.autocast(torch.device("cpu"), "fp8")
 
 
+def test_fp16_on_a_cpu_is_warned_about_once(vprompt_caplog):
+    engine._warn_fp16_on_cpu.cache_clear()
+    for _ in range(3):  # as every batch enters it
+        with engine.autocast(torch.device("cpu"), "fp16"):
+            pass
+    # (a record may reach the capture twice, through the logger's handler and through propagation: count records)
+    said = {id(r) for r in vprompt_caplog.records if "--precision fp16 on a CPU" in r.getMessage()}
+    assert len(said) == 1 and "bf16 is a CPU's fast" in vprompt_caplog.text
+
+
+def test_fit_given_settings_not_made_into_a_config_says_how(tmp_path):
+    with pytest.raises(TypeError, match=r"fit takes a RunConfig, not a dict: resolve_config\(\{\.\.\.\}\) makes one"):
+        engine.fit({"dataset": "synthetic", "output": str(tmp_path)})
+
+
 @pytest.mark.parametrize(
     "setting,told",
     [
