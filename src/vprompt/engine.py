@@ -534,6 +534,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
     start_epoch, best = 0, {"epoch": 0, "val_acc1": -math.inf}
     best_state: dict[str, Tensor] = {}  # the selected epoch's prompt, also kept in last.pt
     train_seconds, train_images = 0.0, 0
+    identity = data_identity(data)  # (once: each epoch's last.pt and selected prompt record it)
     if resume_from is not None:
         state = load_state(resume_from, map_location=device)
         diff = changed_settings(state.get("config", {}), cfg)
@@ -542,7 +543,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
                 f"--resume {resume_from}: the run was started with other settings ({diff}); use the same settings "
                 "or a new --name"
             )
-        changes = data_changes(state.get("data"), data_identity(data))
+        changes = data_changes(state.get("data"), identity)
         if changes:
             raise ValueError(
                 f"--resume {resume_from}: the data changed since the run started ({changes}); resume on the same "
@@ -613,7 +614,8 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
             # In this order: if the run stops before last.pt is written, resuming redoes this epoch and first
             # rewinds these two files to what last.pt records (rewind_run_files).
             if improved:
-                save_prompt(run_dir / PROMPT_FILE, best_state, config, **prompt_meta(data, done, best["val_acc1"]))
+                meta = prompt_meta(data, done, best["val_acc1"], identity)
+                save_prompt(run_dir / PROMPT_FILE, best_state, config, **meta)
             save_state(
                 run_dir / LAST_FILE,
                 {
@@ -628,7 +630,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
                     "schedulers": [s.state_dict() for s in schedulers],
                     "scaler": scaler.state_dict() if scaler is not None else {},
                     "config": config,
-                    "data": data_identity(data),
+                    "data": identity,
                 },
             )
         barrier(env.world_size)

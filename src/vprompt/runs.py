@@ -268,11 +268,14 @@ def data_identity(data: DataSplits) -> dict[str, Any]:
     }
 
 
-def prompt_meta(data: DataSplits, epoch: int, val_acc1: float | None) -> dict[str, Any]:
+def prompt_meta(
+    data: DataSplits, epoch: int, val_acc1: float | None, identity: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """What a prompt file holds besides its tensors and settings: the epoch selected and its validation accuracy,
     the classes its head maps by position, and the data it was trained on (``vprompt eval --split train|val``
-    evaluates on those images only)."""
-    return {"epoch": epoch, "classnames": list(data.classnames), "val_acc1": val_acc1, "data": data_identity(data)}
+    evaluates on those images only; ``identity``: :func:`data_identity` of ``data``, where the caller has it)."""
+    identity = identity if identity is not None else data_identity(data)
+    return {"epoch": epoch, "classnames": list(data.classnames), "val_acc1": val_acc1, "data": identity}
 
 
 def data_changes(was: dict[str, Any] | None, now: dict[str, Any]) -> str:
