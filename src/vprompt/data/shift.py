@@ -291,6 +291,11 @@ def _cifar_c_sets(
     holds = (
         f"it holds only {', '.join(f'{c}.npy' for c in present)} (ask for one by name: --shift {group}/{present[0]})"
     )
+    missing = {
+        c: f"{_missing_cifar_c(folder, classes, f'no {c}.npy')}; {holds}"
+        for c in (*CORRUPTIONS, *EXTRA_CORRUPTIONS)
+        if c not in present
+    }  # (once per corruption, not per severity)
     return [
         ShiftSet(
             f"{group}/{c}/{s}",
@@ -299,7 +304,7 @@ def _cifar_c_sets(
             c,
             s,
             default=c in CORRUPTIONS,
-            missing=None if c in present else f"{_missing_cifar_c(folder, classes, f'no {c}.npy')}; {holds}",
+            missing=missing.get(c),
         )
         for c in (*CORRUPTIONS, *EXTRA_CORRUPTIONS)
         for s in SEVERITIES
