@@ -203,12 +203,17 @@ def test_mnist_download_verifies_md5_and_is_reused(tmp_path, monkeypatch):
     assert len(create_dataset("mnist", root, "test", download=True)) == 5
     assert urls[2:] == [digits_module.MNIST_MIRRORS[0] + "t10k-labels-idx1-ubyte.gz"]  # only the missing file
 
-    # A corrupt download is rejected on every mirror and leaves nothing behind.
+    # A corrupt download is rejected on every mirror and leaves nothing behind: no file, and not the folders it made
+    # (which a later run would take for the data's), while a folder the user made stays.
     monkeypatch.setattr("urllib.request.urlopen", lambda url, timeout: _Response(b"<html>"))
     other = tmp_path / "other"
     with pytest.raises(DatasetNotFoundError, match="MD5"):
+        create_dataset("mnist", other / "data", "test", download=True)
+    assert not other.exists()
+    other.mkdir()
+    with pytest.raises(DatasetNotFoundError, match="MD5"):
         create_dataset("mnist", other, "test", download=True)
-    assert list((other / "mnist").iterdir()) == []
+    assert list(other.iterdir()) == []
 
 
 @pytest.mark.skipif(not MNIST.is_dir(), reason=f"{MNIST} not available")

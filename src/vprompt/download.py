@@ -97,9 +97,11 @@ def download_verified(url: str, dest: str | Path, expected: str, algorithm: str 
             ``ConnectionError``, a full disk; nothing is kept).
     """
     dest = Path(dest)
+    created = _missing_folders(dest.parent)
     dest.parent.mkdir(parents=True, exist_ok=True)
     clear_stale(dest.parent, f".{dest.name}.*.part")  # left by a killed download (3 GB for CIFAR-C)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    done = False
     try:
         digest = _hasher(algorithm)
         try:
@@ -115,6 +117,20 @@ def download_verified(url: str, dest: str | Path, expected: str, algorithm: str 
         from .checkpoint import move_into_place
 
         move_into_place(tmp, dest)  # readable by others, and whole after a crash of the machine
+        done = True
         return dest
     finally:
         Path(tmp).unlink(missing_ok=True)
+        if not done:  # a failed download leaves no empty folder behind for a later run to take as the data's
+            for folder in created:  # the deepest first; one another process has filled since stays
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, the deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
