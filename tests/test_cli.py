@@ -648,6 +648,11 @@ def test_eval_from_another_folder_names_the_runs_relative_paths(tmp_path, monkey
     monkeypatch.setenv("HOME", str(work))  # a path under ~ is found from anywhere
     assert cli.main(tiny_run_args(tmp_path, "--dataset", "mnist", "--data-dir", "~/digits", name="home", epochs=1)) == 0
     assert cli.main(["eval", "--checkpoint", str(tmp_path / "home")]) == 0
+    # A dataset that reads no files does not need its data folder (here one that never existed) to be found.
+    monkeypatch.chdir(work)
+    assert cli.main(tiny_run_args(tmp_path, "--data-dir", "nowhere", name="generated", epochs=1)) == 0
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "generated"), "--split", "val"]) == 0
 
 
 def test_eval_refuses_shift_options_without_shift(tmp_path, capsys):

@@ -782,7 +782,7 @@ def evaluate_checkpoint(
         if (
             key not in flags
             and _relative_path_missing(saved, tags=key == "pretrained")
-            and not (key == "data_dir" and download)
+            and not (key == "data_dir" and (download or not get_dataset_spec(config.get("dataset")).reads_files))
         ):
             raise FileNotFoundError(
                 f"{path}: the run's {key} {saved!r} is relative to the folder it was trained from and is not found "

@@ -56,6 +56,7 @@ register_dataset(
         description="colored squares on noise, 10 classes, 32x32, generated (tests and demos; no files)",
         in_memory=True,
         options={"num_classes": "10", "size": "32", "n_train": "500", "n_test": "200", "seed": "0"},
+        reads_files=False,
     )
 )
 

@@ -232,5 +232,6 @@ register_dataset(
         description="scikit-learn's 8x8 digits, 1,297 train / 500 test (fixed stratified split; needs scikit-learn)",
         in_memory=True,
         options={"test_size": "500", "test_seed": "0"},
+        reads_files=False,
     )
 )

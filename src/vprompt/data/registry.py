@@ -90,6 +90,7 @@ class DatasetSpec:
         options: extra keyword options the builder accepts, each with a keyword default in the builder's signature
             (the values: documentation for the CLI).
         find_splits: for datasets whose splits depend on the files (a user's folder), ``(root, options) -> splits``.
+        reads_files: False for a dataset that ignores the data folder (one shipped inside a package).
     """
 
     name: str
@@ -102,6 +103,7 @@ class DatasetSpec:
     in_memory: bool = False
     options: dict[str, str] = field(default_factory=dict)
     find_splits: Callable[[Path, dict[str, Any]], tuple[str, ...]] | None = None
+    reads_files: bool = True
 
     def available_splits(self, root: Path, options: dict[str, Any] | None = None) -> tuple[str, ...]:
         """The splits present for data under ``root`` read with the dataset ``options``."""
