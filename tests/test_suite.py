@@ -292,9 +292,9 @@ def test_an_interrupted_run_continues_with_another_precision_a_finished_one_does
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump({"config": {**cell.cfg.to_dict(), "precision": "fp32"}}))
     (run / "last.pt").write_bytes(b"")
-    assert _state(cell) == ("resume", "")  # as --resume allows: precision is how, not what, a run computes
+    assert _state(cell)[:2] == ("resume", "")  # as --resume allows: precision is how, not what, a run computes
     (run / "results.json").write_text(FINISHED)
-    state, why = _state(cell)
+    state, why, _ = _state(cell)
     assert state == "conflict" and "precision='fp32' there, 'bf16' here" in why
 
 
@@ -313,9 +313,9 @@ def test_a_finished_run_on_another_data_folder_is_not_this_cells_result(tmp_path
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump({"config": cell("a").cfg.to_dict()}))
     (run / "results.json").write_text(FINISHED)
-    assert _state(cell("a")) == ("done", "")
-    assert _state(cell(str(tmp_path / "a"))) == ("done", "")  # the same folder, spelled otherwise
-    state, why = _state(cell("b"))  # its results are another folder's images
+    assert _state(cell("a"))[:2] == ("done", "")
+    assert _state(cell(str(tmp_path / "a")))[:2] == ("done", "")  # the same folder, spelled otherwise
+    state, why, _ = _state(cell("b"))  # its results are another folder's images
     assert state == "conflict" and "data_dir='a' there, 'b' here" in why
 
 
@@ -392,7 +392,7 @@ def test_a_finished_few_shot_run_is_not_the_full_data_cell(tmp_path):
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump({"config": {**cell.cfg.to_dict(), "shots": 16}}))
     (run / "results.json").write_text(FINISHED)
-    state, why = _state(cell)  # None shots (all the data) is a value, unlike a size left to the model
+    state, why, _ = _state(cell)  # None shots (all the data) is a value, unlike a size left to the model
     assert state == "conflict" and "shots=16 there, None here" in why
 
 
@@ -417,17 +417,17 @@ def test_untrained_methods_take_only_their_settings_from_the_shared_base(tmp_pat
     saved = {**probe.cfg.to_dict(), "epochs": 50, "lr": 10.0}  # a finished probe given the base's epochs and lr
     (run / "config.yaml").write_text(yaml.safe_dump({"config": saved}))
     (run / "results.json").write_text(FINISHED)
-    assert _state(probe) == ("done", "")  # settings a probe has no use for are no conflict
+    assert _state(probe)[:2] == ("done", "")  # settings a probe has no use for are no conflict
     # What identifies a probe is what `linprobe --resume latest` compares, which the batch size of the feature
     # extraction is not; a finished probe that swept other L2 strengths is another result.
     (run / "config.yaml").write_text(yaml.safe_dump({"config": {**saved, "batch_size": 4}}))
-    assert _state(probe) == ("done", "")
+    assert _state(probe)[:2] == ("done", "")
     (run / "config.yaml").write_text(yaml.safe_dump({"config": {**saved, "l2_grid": [1.0]}}))
-    state, why = _state(probe)
+    state, why, _ = _state(probe)
     assert state == "conflict" and "l2_grid=[1.0] there, None here" in why
     # a probe redone with these L2 strengths and interrupted (its earlier results set aside) is continued
     (run / "results.json").rename(run / "results.previous.json")
-    assert _state(probe) == ("resume", "")
+    assert _state(probe)[:2] == ("resume", "")
 
 
 def test_a_mistyped_model_or_dataset_option_is_an_invalid_run(monkeypatch):
@@ -581,7 +581,9 @@ def test_a_finished_run_made_at_a_size_now_left_to_the_model_is_another_run(tmp_
     # The model's own size is 32: the runs made at 48 are not this grid's, although a size left to the model is
     # compared with nothing while resuming (the saved prompt's shape decides there)
     states = [_state(c) for c in expand_suite(grid(), output=tmp_path / "48")]
-    assert [s for s, _ in states] == ["conflict"] * 4 and all("input_size=48 there, 32 here" in w for _, w in states)
+    assert [s for s, _, _ in states] == ["conflict"] * 4 and all(
+        "input_size=48 there, 32 here" in w for _, w, _ in states
+    )
     # runs given the model's own size are the runs of a grid that leaves it to the model (and EVP's sizes follow)
     assert run_suite(grid(input_size=32, inner_size=24), output=tmp_path / "32", quiet=True).records[0].status == "done"
     assert [_state(c)[0] for c in expand_suite(grid(), output=tmp_path / "32")] == ["done"] * 4
@@ -595,9 +597,9 @@ def test_a_run_stopped_before_its_first_checkpoint_is_judged_by_its_config(tmp_p
     cell = expand_suite(parse_suite(grid), output=tmp_path)[0]
     cell.cfg.run_dir.mkdir(parents=True)  # what a run writes before its first epoch ends
     (cell.cfg.run_dir / "config.yaml").write_text(yaml.safe_dump({"config": cell.cfg.to_dict()}))
-    assert _state(cell) == ("new", "")  # started again from scratch
+    assert _state(cell)[:2] == ("new", "")  # started again from scratch
     grid["base"]["epochs"] = 1
-    state, why = _state(expand_suite(parse_suite(grid), output=tmp_path)[0])
+    state, why, _ = _state(expand_suite(parse_suite(grid), output=tmp_path)[0])
     assert state == "conflict" and "epochs=2 there, 1 here" in why and "delete it or change the output" in why
 
 

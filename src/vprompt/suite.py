@@ -391,21 +391,21 @@ def _sizes_planned(cfg: RunConfig, model_size: Any) -> RunConfig:
 _CANNOT_RUN = ("invalid", "conflict", "damaged")
 
 
-def _state(cell: SuiteCell) -> tuple[str, str]:
-    """(``invalid``, ``conflict``, ``damaged``, ``done``, ``resume`` or ``new``, and a reason for the first three)."""
+def _state(cell: SuiteCell) -> tuple[str, str, dict[str, Any] | None]:
+    """(``invalid``, ``conflict``, ``damaged``, ``done``, ``resume`` or ``new``; a reason for the first three; the
+    results of a ``done`` one)."""
     from .runs import CONFLICT, changed_settings, holds_run, identity_keys, read_results, result_keys, saved_run
 
     if cell.cfg is None:
-        return "invalid", cell.error or "invalid settings"
+        return "invalid", cell.error or "invalid settings", None
     run_dir = cell.cfg.run_dir
     finished = (run_dir / "results.json").exists()
     interrupted = not finished and holds_run(run_dir)  # (training state, or a redo's earlier results)
     try:
         saved = saved_run(run_dir)
-        if finished:
-            read_results(run_dir)
+        results = read_results(run_dir) if finished else None
     except DataFileError as e:  # (a failed cell: the grid goes on, and the rerun after the fix redoes it)
-        return "damaged", str(e)
+        return "damaged", str(e), None
     if finished or interrupted or saved.get("config"):  # (also a run stopped before its first last.pt)
         # A finished run computed with another precision, validation frequency or L2 sweep is not this cell's
         # result; an unfinished one may continue with them, as --resume allows.
@@ -413,10 +413,10 @@ def _state(cell: SuiteCell) -> tuple[str, str]:
         planned = _sizes_planned(cell.cfg, saved.get("model_input_size"))
         diff = changed_settings(saved.get("config", {}), planned, keys)
         if diff:
-            return "conflict", f"{run_dir} {CONFLICT} ({diff}); delete it or change the output"
+            return "conflict", f"{run_dir} {CONFLICT} ({diff}); delete it or change the output", None
     if finished:
-        return "done", ""
-    return ("resume", "") if interrupted else ("new", "")
+        return "done", "", results
+    return ("resume" if interrupted else "new"), "", None
 
 
 def _record(cell: SuiteCell, status: str, results: dict[str, Any] | None = None, error: str = "") -> RunRecord:
@@ -457,7 +457,6 @@ def run_suite(
     from . import engine
     from .checkpoint import check_output_folder
     from .distributed import DistEnv
-    from .runs import read_results
 
     if jobs < 1:
         raise ValueError(f"--jobs {jobs} must be at least 1")
@@ -472,26 +471,25 @@ def run_suite(
     records: list[RunRecord] = []
     states = [_state(c) for c in cells]
     if dry_run:
-        width = max(len(s) for s, _ in states)
-        for cell, (state, why) in zip(cells, states):
+        width = max(len(s) for s, _, _ in states)
+        for cell, (state, why, _) in zip(cells, states):
             where = cell.cfg.run_dir if cell.cfg is not None else f"{cell.method} on {cell.dataset}"
             print(f"{state:{width}s}  {where}" + (f"  ({why})" if why else ""))
-        counts = {s: sum(1 for x, _ in states if x == s) for s in dict.fromkeys(x for x, _ in states)}
+        counts = {s: sum(1 for x, _, _ in states if x == s) for s in dict.fromkeys(x for x, _, _ in states)}
         print(f"{len(cells)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
-        for cell, (state, _) in zip(cells, states):
+        for cell, (_, _, results) in zip(cells, states):
             # Only finished runs enter the table; what would fail is listed above.
-            results = read_results(cell.cfg.run_dir) if state == "done" else None
             records.append(_record(cell, "done", results) if results else _record(cell, "pending"))
         markdown = build_table(records, suite)[0]
         print(markdown)
-        cannot = {id(c): why for c, (state, why) in zip(cells, states) if state in _CANNOT_RUN}
+        cannot = {id(c): why for c, (state, why, _) in zip(cells, states) if state in _CANNOT_RUN}
         records = [_record(c, "failed", error=cannot[id(c)]) if id(c) in cannot else r for c, r in zip(cells, records)]
         return SuiteReport(records, markdown, [])  # the runs that cannot run count as failed
 
     pending = {id(c): _record(c, "pending") for c in cells}
     queue: list[tuple[str, SuiteCell, RunConfig]] = []
     verb: dict[int, str] = {}
-    for i, (cell, (state, why)) in enumerate(zip(cells, states)):
+    for i, (cell, (state, why, results)) in enumerate(zip(cells, states)):
         tag = f"[{i + 1}/{len(cells)}] {cell.method} on {cell.dataset}, seed {cell.seed}" + (
             f", {cell.shots}-shot" if cell.shots else ""
         )
@@ -502,7 +500,7 @@ def run_suite(
             pending[id(cell)] = _record(cell, "failed", error=why)
         elif state == "done":
             _log.info("suite %s: finished already (%s)", tag, cell.cfg.run_dir)
-            pending[id(cell)] = _record(cell, "done", read_results(cell.cfg.run_dir))
+            pending[id(cell)] = _record(cell, "done", results)
         else:
             assert cell.cfg is not None
             verb[id(cell)] = "resuming" if state == "resume" else "starting"
