@@ -57,3 +57,30 @@ def test_a_prompt_whose_metadata_was_damaged_is_named(tmp_path):
     save_prompt(path, {"prompter.prompt": torch.zeros(3)}, {"lr": 1.0}, classnames=5)  # as if edited by hand
     with pytest.raises(ValueError, match=re.escape(f"{path}: its classnames metadata is not a list of names")):
         load_prompt(path)
+
+
+def test_a_run_records_the_commit_of_its_own_source_tree_only(tmp_path):
+    import shutil
+    import subprocess
+
+    from vprompt.runs import _source
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)  # fmt: skip
+
+    git("init", "-q")
+    (tmp_path / "tracked").mkdir()
+    (tmp_path / "tracked" / "__init__.py").write_text("")
+    (tmp_path / "venv" / "vprompt").mkdir(parents=True)  # installed into a folder of someone else's repository
+    (tmp_path / "venv" / "vprompt" / "__init__.py").write_text("")
+    git("add", "tracked")
+    git("commit", "-q", "-m", "x")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert _source(tmp_path / "tracked") == {"git_sha": head, "git_dirty": False}
+    assert _source(tmp_path / "venv" / "vprompt") == {"git_sha": None, "git_dirty": None}  # not that repository's
+    (tmp_path / "tracked" / "__init__.py").write_text("x = 1")
+    assert _source(tmp_path / "tracked") == {"git_sha": head, "git_dirty": True}

@@ -107,6 +107,12 @@ def test_interrupted_run_resumes_to_the_same_prompt(tmp_path, monkeypatch, metho
     straight = json.loads((tmp_path / "straight" / "results.json").read_text())
     resumed = json.loads((tmp_path / "broken" / "results.json").read_text())
     assert straight["test"] == resumed["test"]
+    # When each start was: the first from scratch, the second from the saved state.
+    assert "started" in yaml.safe_load((tmp_path / "broken" / "config.yaml").read_text())
+    assert "resumed" in yaml.safe_load((tmp_path / "broken" / "config.resumed.yaml").read_text())
+    assert cli.main(tiny_run_args(tmp_path, *extra, "--resume", "latest", name="fresh", epochs=1)) == 0
+    fresh = yaml.safe_load((tmp_path / "fresh" / "config.yaml").read_text())  # no state yet: it started
+    assert "started" in fresh and "resumed" not in fresh
 
 
 def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):

@@ -566,7 +566,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
     metrics_path = run_dir / "metrics.jsonl"
     if env.is_main:
         # (a run redone from the start, having no last.pt, is resumed too: its results go before anything else)
-        write_run_files(cfg, data, run_dir, model.backbone.input_size)
+        write_run_files(cfg, data, run_dir, model.backbone.input_size, from_state=resume_from is not None)
         source = resume_from.parent if resume_from is not None else run_dir
         rewind_run_files(run_dir, source, start_epoch, best, best_state, config, data)
         if resume_from is not None and source.resolve() != run_dir.resolve():

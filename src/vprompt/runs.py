@@ -196,14 +196,24 @@ def refuse_other_run(cfg: RunConfig) -> None:
 # Its files
 
 
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
+def _source(package: Path = Path(__file__).parent) -> dict[str, Any]:
+    """The commit of the source tree holding ``package`` (vprompt's own) that a run was made with (``git_sha``), and
+    whether that tree had uncommitted edits (``git_dirty``); both None for an installed package, even one inside
+    another git project."""
+
+    def git(*args: str) -> subprocess.CompletedProcess[str] | None:
+        try:
+            return subprocess.run(["git", *args], cwd=package, capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    tracked = git("ls-files", "--error-unmatch", "__init__.py")  # (a venv in a user's repository is not)
+    head = git("rev-parse", "HEAD") if tracked is not None and tracked.returncode == 0 else None
+    if head is None or head.returncode != 0 or not head.stdout.strip():
+        return {"git_sha": None, "git_dirty": None}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    dirty = bool(status.stdout.strip()) if status is not None and status.returncode == 0 else None
+    return {"git_sha": head.stdout.strip(), "git_dirty": dirty}
 
 
 def _versions() -> dict[str, str]:
@@ -432,9 +442,12 @@ def continues_own_run(cfg: RunConfig) -> bool:
     return (path if path.is_dir() else path.parent).resolve() == cfg.run_dir.resolve()
 
 
-def write_run_files(cfg: RunConfig, data: DataSplits, run_dir: Path, model_input_size: int) -> None:
+def write_run_files(
+    cfg: RunConfig, data: DataSplits, run_dir: Path, model_input_size: int, from_state: bool = False
+) -> None:
     """config.yaml, or config.resumed.yaml for a run that continues the folder's own (:func:`continues_own_run`),
-    with the model's own input size; and splits.json. A new run drops what an attempt before it left of either."""
+    with the model's own input size; and splits.json. A new run drops what an attempt before it left of either.
+    The time is ``resumed`` for a run that continues a saved training state (``from_state``), else ``started``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     resumed = continues_own_run(cfg)
     meta = {
@@ -442,8 +455,8 @@ def write_run_files(cfg: RunConfig, data: DataSplits, run_dir: Path, model_input
         "model_input_size": model_input_size,
         "argv": sys.argv,
         "versions": _versions(),
-        "git_sha": _git_sha(),
-        "started" if not resumed else "resumed": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **_source(),
+        "resumed" if from_state else "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     name = "config.yaml" if not (resumed and (run_dir / "config.yaml").exists()) else "config.resumed.yaml"
     # Results of an earlier finish are redone with these settings: until then the run is unfinished, and they wait
