@@ -723,6 +723,15 @@ def test_zeroshot_with_a_trainable_head_points_to_the_commands_that_train_one(tm
     assert proc.returncode == 2 and "unrecognized arguments: --head-lr" in proc.stderr, proc.stderr
 
 
+def test_zeroshot_with_more_classes_than_a_classifiers_points_to_the_commands_that_train_a_head(tmp_path, capsys):
+    args = ["zeroshot", "--model", "cifar:resnet20", "--dataset", "synthetic", "--dataset-option", "num_classes=12",
+            "--dataset-option", "n_train=24", "--dataset-option", "n_test=12", "--output", str(tmp_path)]  # fmt: skip
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "12 classes and the model only 10" in err and "vprompt linprobe fits" in err and "--head linear" in err
+    assert "use --head linear instead" not in err  # which zeroshot refuses
+
+
 def test_vprompt_debug_shows_the_traceback_of_a_user_error(tmp_path, monkeypatch):
     monkeypatch.setenv("VPROMPT_DEBUG", "1")
     proc = _run(*tiny_run_args(tmp_path, "--method", "evq"), check=False)
@@ -754,6 +763,32 @@ def test_fp16_on_a_cpu_is_warned_about_once(vprompt_caplog):
 def test_fit_given_settings_not_made_into_a_config_says_how(tmp_path):
     with pytest.raises(TypeError, match=r"fit takes a RunConfig, not a dict: resolve_config\(\{\.\.\.\}\) makes one"):
         engine.fit({"dataset": "synthetic", "output": str(tmp_path)})
+
+
+def test_a_config_derived_with_another_method_takes_that_methods_recipe():
+    evp = resolve_config({"model": "cifar:resnet20", "dataset": "mnist", "epochs": 3})
+    vp = dataclasses.replace(evp, method="vp")
+    assert (vp.prompter, vp.optimizer, vp.lr, vp.schedule, vp.diversity) == ("pad", "sgd", 40.0, "cosine", "none")
+    assert vp.epochs == 3  # the user's own setting stays
+    assert resolve_config({**evp.to_dict(), "method": "vp"}) == vp  # a saved config given another method too
+    assert dataclasses.replace(evp, method="vp", lr=5.0).lr == 5.0
+    # A classifier's saved config reads back: the recipe's CLIP templates are not a setting the user gave.
+    assert resolve_config(evp.to_dict()) == evp and evp.recipe_filled["templates"] == "single"
+    assert resolve_config({"model": "cifar:resnet20", "templates": "single"}).templates == "single"  # the recipe's
+    with pytest.raises(ValueError, match="templates ensemble: the text prompts of a CLIP text head, not of head ilm"):
+        resolve_config({"model": "cifar:resnet20", "templates": "ensemble", "label_map": "ilm"})
+    with pytest.raises(ValueError, match="recipe_filled .*: what a method's recipe filled in, as a run saves it"):
+        resolve_config({"recipe_filled": {"momentum": 0.5}})
+
+
+def test_fit_leaves_the_callers_config_as_it_was(tmp_path):
+    cfg = resolve_config({"model": TINY_MODEL, "dataset": "synthetic", "epochs": 1, "output": str(tmp_path),
+                          "dataset_options": {"n_train": 40, "n_test": 20}, "batch_size": 20})  # fmt: skip
+    before = cfg.to_dict()
+    engine.fit(cfg)
+    assert cfg.to_dict() == before and cfg.input_size is None  # another model given it keeps its own size
+    saved = yaml.safe_load((cfg.run_dir / "config.yaml").read_text())["config"]
+    assert saved["input_size"] == 64 and saved["inner_size"] is not None  # the run's own record holds them
 
 
 @pytest.mark.parametrize(
@@ -1050,6 +1085,14 @@ def test_a_head_on_the_command_line_replaces_a_config_files_label_map(tmp_path):
     assert (values.get("head"), values.get("label_map"), sources["head"]) == ("linear", None, "command line")
     args = cli.build_parser().parse_args(["train", "-c", str(config), "--label-map", "ilm"])
     assert cli._run_values(args)[0]["label_map"] == "ilm"
+
+
+def test_one_of_evps_sizes_on_the_command_line_replaces_both_of_a_config_files(tmp_path):
+    args = cli.build_parser().parse_args(["train", "-c", str(ROOT / "configs" / "evp_clip_vitb32.yaml"),
+                                          "--inner-size", "180"])  # fmt: skip
+    values, sources = cli._run_values(args)
+    cfg = resolve_config(values, "command line", sources)
+    assert (cfg.input_size, cfg.inner_size, cfg.prompt_size) == (224, 180, None)  # its border: the 22 pixels left
 
 
 def test_a_run_folder_in_use_by_another_process_is_refused_and_left_alone(tmp_path, capsys):

@@ -95,13 +95,25 @@ class RunConfig:
     output: str = "runs"
     name: str | None = None
     resume: str | None = None
+    # what the method's recipe filled in (not the user's settings): a config derived with another method
+    # (dataclasses.replace(cfg, method="vp"), or a saved config given another method) takes that method's instead
+    recipe_filled: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         recipe = method_recipe(self.method, "method")
+        filled = self.recipe_filled
+        if not isinstance(filled, dict) or not all(k in _RECIPE_KEYS for k in filled):
+            raise SettingError("recipe_filled", f"recipe_filled {filled!r}: what a method's recipe filled in, as a run "
+                               "saves it; leave it out")  # fmt: skip
+        for key, value in filled.items():  # still the earlier recipe's value: not a setting of the user's
+            if getattr(self, key) == value:
+                setattr(self, key, None)
         recipe_lr = self.lr is None and recipe.get("epochs") and recipe.get("lr")
+        self.recipe_filled = {}
         for key, value in recipe.items():  # the method fills what was left unset
             if getattr(self, key) is None:
                 setattr(self, key, value)
+                self.recipe_filled[key] = value
         for f in dataclasses.fields(self):
             setattr(self, f.name, _checked(f, getattr(self, f.name)))
         if self.shots and self.train_fraction:
@@ -302,6 +314,10 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 
 
+#: The settings some method's recipe fills in.
+_RECIPE_KEYS = {k for recipe in METHODS.values() for k in recipe if not k.startswith("_")}
+
+
 def method_recipe(method: str, source: str) -> dict[str, Any]:
     """The settings ``method`` fills in where they were left unset, or a ValueError naming ``source``, the close
     matches and the methods."""
@@ -344,13 +360,14 @@ def list_methods() -> dict[str, str]:
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 
 
-#: Settings that say one thing: a layer of settings giving either replaces both of an earlier layer's.
-_ONE_SETTING = (("head", "label_map"),)
+#: Settings that say one thing: a layer of settings giving either replaces both of an earlier layer's. (EVP's
+#: border is what the shrunk image leaves of the input: a file's prompt_size 30 under --inner-size 180 is no conflict.)
+_ONE_SETTING = (("head", "label_map"), ("inner_size", "prompt_size"))
 
 
 def under(later: Mapping[str, Any], earlier: Mapping[str, Any]) -> dict[str, Any]:
-    """``earlier`` without what ``later`` replaces, to be updated with ``later``: its keys, and for ``head`` or
-    ``label_map`` both (a file's ``label_map: flm`` under ``--head linear`` is no conflict)."""
+    """``earlier`` without what ``later`` replaces, to be updated with ``later``: its keys, and of each group of
+    :data:`_ONE_SETTING` all (a file's ``label_map: flm`` under ``--head linear`` is no conflict)."""
     gone = {k for group in _ONE_SETTING if later.keys() & set(group) for k in group}
     return {k: v for k, v in earlier.items() if k not in gone}
 
@@ -495,9 +512,12 @@ def _head_of(settings: Mapping[str, Any]) -> str | None:
 def _refuse_unused(cfg: RunConfig, given: Collection[str]) -> None:
     """A :class:`SettingError` for a setting in ``given`` that ``cfg``'s optimizer, schedule, prompter, diversity,
     head or method would not use: the run would record it, but not apply it."""
+    recipe = method_recipe(cfg.method, "method")
     for key, why in _unused(cfg.to_dict()).items():
         value = getattr(cfg, key)
-        if key in given and value != _NOTHING[key]:
+        # (a file that spells out the method's own value, a CLIP recipe's templates under a classifier, asks for
+        # nothing the method would not do)
+        if key in given and value != _NOTHING[key] and value != recipe.get(key, _NOTHING[key]):
             shown = ",".join(f"{v:g}" for v in value) if isinstance(value, list) else value
             shown = f"{shown:g}" if isinstance(shown, float) else shown
             raise SettingError(key, f"{key} {shown}: {why}")
