@@ -11,6 +11,7 @@ uninterrupted run would have (on a GPU, with ``--deterministic``: see :func:`det
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import logging
 import math
@@ -463,6 +464,7 @@ def fit(cfg: RunConfig) -> dict[str, Any]:
     """Run ``cfg`` end to end in its run folder and return the results (also written to ``results.json``)."""
     if not isinstance(cfg, RunConfig):
         raise TypeError(f"fit takes a RunConfig, not a {type(cfg).__name__}: resolve_config({{...}}) makes one")
+    cfg = copy.deepcopy(cfg)  # the run fills in the sizes left to its model: in its own copy, not the caller's
     check_output_folder(cfg.run_dir, "--output/--name")
     with _engine_settings(cfg):
         if cfg.method == "linprobe":  # no prompt to train: logistic regression on cached features
