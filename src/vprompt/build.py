@@ -147,6 +147,13 @@ def build_head(
                 f"--label-map/--head {head} maps a classifier's logits; {cfg.model!r} is a {backbone.kind} model "
                 f"(use {heads})"
             )
+        if not cfg.epochs and len(classnames) > backbone.num_source_classes:  # (--head linear would be untrained)
+            raise ValueError(
+                f"--label-map {head} maps target classes one-to-one onto the model's classes, but the dataset has "
+                f"{len(classnames)} classes and the model only {backbone.num_source_classes}; a run that trains "
+                "nothing has no other head: vprompt linprobe fits a linear classifier on the frozen features, "
+                "vprompt train --head linear trains one with a prompt"
+            )
         mapping = create_label_mapping(
             head,
             num_classes=len(classnames),
