@@ -165,3 +165,13 @@ def test_vp_padding_adds_its_prompt_on_the_border_only_whatever_the_prompt_holds
     assert torch.allclose(
         added[:, :, border], torch.tensor([0.5, 0.25, 2.0])[None, :, None].expand(2, 3, int(border.sum()))
     )
+
+
+def test_sizes_are_whole_numbers_of_pixels_named_when_not():
+    import numpy as np
+
+    evp = create_prompter("evp", input_size=224.0, inner_size=np.int64(164))  # as a YAML file or numpy gives them
+    assert evp.geometry() == {"input_size": 224, "inner_size": 164, "prompt_size": 30}
+    for key, value in (("inner_size", 164.5), ("input_size", "224"), ("prompt_size", 30.5), ("prompt_size", True)):
+        with pytest.raises(ValueError, match=f"{key} {value!r} must be a whole number of pixels"):
+            create_prompter("evp", **{key: value})

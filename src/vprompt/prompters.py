@@ -17,7 +17,9 @@ Prompters:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -289,6 +291,13 @@ def list_prompters() -> list[str]:
     return sorted(_PROMPTERS)
 
 
+def _whole_size(key: str, value: Any) -> int:
+    """``value`` as an int (224.0 is 224), or a ValueError naming ``key``: a size is a whole number of pixels."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not float(value).is_integer():
+        raise ValueError(f"{key} {value!r} must be a whole number of pixels")
+    return int(value)
+
+
 def create_prompter(
     name: str,
     input_size: int = 224,
@@ -309,9 +318,12 @@ def create_prompter(
     Raises:
         ValueError: unknown name or inconsistent sizes, with a message naming the flag to fix.
     """
-    if name not in _PROMPTERS:
-        hint = did_you_mean(name, _PROMPTERS)
+    if not isinstance(name, str) or name not in _PROMPTERS:
+        hint = did_you_mean(name, _PROMPTERS) if isinstance(name, str) else ""
         raise ValueError(f"unknown prompter {name!r}{hint} (available: {', '.join(list_prompters())})")
+    input_size = _whole_size("input_size", input_size)
+    inner_size = None if inner_size is None else _whole_size("inner_size", inner_size)
+    prompt_size = None if prompt_size is None else _whole_size("prompt_size", prompt_size)
     if name == "evp":
         if prompt_size is not None:
             _check_border(prompt_size, input_size)
