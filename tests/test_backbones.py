@@ -72,6 +72,10 @@ def test_unknown_model_names_close_matches():
         create_backbone("ViT-B-23")
     with pytest.raises(ValueError, match="unknown model source"):
         create_backbone("nosuch:thing")
+    with pytest.raises(TypeError, match="create_backbone: name 3 must be a model name such as 'ViT-B-32', not a int"):
+        create_backbone(3)
+    with pytest.raises(TypeError, match="pretrained 5 must be a tag, a checkpoint path or None, not a int"):
+        create_backbone(TINY_MODEL, pretrained=5)
 
 
 def test_unknown_pretrained_tag_is_a_clear_error():
@@ -177,3 +181,35 @@ def test_clip_head_is_the_scaled_cosine_with_each_class():
     assert torch.allclose(
         head(torch.tensor([[3.0, 0.0], [1.0, 1.0]])), torch.tensor([[100.0, 0.0], [70.7107, 70.7107]])
     )
+
+
+def test_an_open_clip_model_saved_in_a_folder_is_read_with_its_weights_and_normalization(tmp_path):
+    import json
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    from vprompt.backbones import check_model, planned_input_size
+
+    create_backbone(TINY_MODEL)  # (makes the shipped config known to open_clip)
+    saved = open_clip.create_model(TINY_MODEL)
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    preprocess = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    config = {"model_cfg": open_clip.get_model_config(TINY_MODEL), "preprocess_cfg": preprocess}
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    with pytest.raises(FileNotFoundError, match=f"--model local-dir:{folder}: no weights file in {folder}"):
+        create_backbone(f"local-dir:{folder}")
+    save_file({k: v.contiguous() for k, v in saved.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    backbone = create_backbone(f"local-dir:{folder}")
+    assert backbone.mean.flatten().tolist() == [0.5] * 3 and backbone.std.flatten().tolist() == [0.25] * 3
+    loaded = next(m for m in backbone.modules() if hasattr(m, "visual")).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in saved.state_dict().items())  # its weights, not random ones
+    with pytest.raises(ValueError, match="brings its own weights; leave --pretrained out"):
+        create_backbone(f"local-dir:{folder}", pretrained="openai")
+    with pytest.raises(FileNotFoundError, match="no open_clip_config.json in"):
+        create_backbone(f"local-dir:{tmp_path / 'nowhere'}")
+    # A Hub name is no unknown model: its config is known once fetched (offline, the build says how to go round it).
+    for name in ("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "timm:hf-hub:timm/resnet18.a1_in1k"):
+        check_model(name)
+        assert planned_input_size(name) is None

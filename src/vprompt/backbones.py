@@ -226,7 +226,7 @@ def check_model(name: str) -> None:
     (one registered with a checker); nothing is built."""
     source, model_name = _split_name(name)
     checker = _SOURCES[source].checker
-    if checker is not None:
+    if checker is not None and not name.startswith(OPEN_CLIP_SCHEMAS):  # (known once read or fetched)
         checker(model_name)
 
 
@@ -275,6 +275,8 @@ def _create_open_clip(
     every tag of the model shares."""
     import open_clip
 
+    if name.startswith(OPEN_CLIP_SCHEMAS):
+        return _open_clip_with_its_weights(name, pretrained, cache_dir)
     check_model(name)
     tags = open_clip.list_pretrained_tags_by_model(name)
     if pretrained in (None, "", "none"):
@@ -318,11 +320,40 @@ def _create_open_clip(
     return OpenCLIPBackbone(model, open_clip.get_tokenizer(name), name=name)
 
 
+def _open_clip_with_its_weights(name: str, pretrained: str | None, cache_dir: str | None) -> FrozenBackbone:
+    """An open_clip model named ``hf-hub:ORG/REPO`` or ``local-dir:FOLDER``: its config (architecture, mean and
+    std) and weights come from that repository or folder, as open_clip saves them (``open_clip_config.json`` and a
+    weights file)."""
+    import open_clip
+
+    if pretrained not in (None, "", "none"):
+        raise ValueError(f"--pretrained {pretrained!r}: --model {name} brings its own weights; leave --pretrained out")
+    fetching: Any = nullcontext()
+    if name.startswith("local-dir:"):
+        folder = Path(name[len("local-dir:") :]).expanduser()
+        weights = [p for pattern in ("*.safetensors", "*.bin", "*.pth") for p in folder.glob(pattern)]
+        if not (folder / "open_clip_config.json").is_file() or not weights:
+            missing = "open_clip_config.json" if not (folder / "open_clip_config.json").is_file() else "weights file"
+            raise FileNotFoundError(
+                f"--model {name}: no {missing} in {folder}; local-dir: reads a folder as open_clip saves a model "
+                "(open_clip_config.json with its model_cfg, and a .safetensors, .bin or .pth weights file)"
+            )
+    else:
+        fetching = fetching_weights(
+            f"--model {name}", "copy the repository's files into a folder and pass --model local-dir:FOLDER"
+        )
+    with fetching:
+        model = open_clip.create_model(name, cache_dir=cache_dir)
+    return OpenCLIPBackbone(model, open_clip.get_tokenizer(name), name=name)
+
+
 def _open_clip_size(name: str, pretrained: Any = None) -> tuple[int, bool] | None:
     import open_clip
 
     _add_packaged_configs()
-    cfg = open_clip.get_model_config(name)  # (None for a model of the HF hub: known once it is fetched)
+    if name.startswith(OPEN_CLIP_SCHEMAS):  # known once its config is read or fetched, when it is built
+        return None
+    cfg = open_clip.get_model_config(name)
     if not cfg:
         return None
     size = cfg.get("vision_cfg", {}).get("image_size", 224)
@@ -373,7 +404,13 @@ register_backbone_source(
 )
 
 
+#: open_clip's names of a model whose config and weights are fetched from the Hugging Face Hub or read from a folder.
+OPEN_CLIP_SCHEMAS = ("hf-hub:", "local-dir:")
+
+
 def _split_name(name: str) -> tuple[str, str]:
+    if name.startswith(OPEN_CLIP_SCHEMAS):
+        return "openclip", name
     prefix, sep, rest = name.partition(":")
     if sep and prefix in _SOURCES:
         return prefix, rest
@@ -396,8 +433,14 @@ def create_backbone(
         device: where to put it.
         **kwargs: passed to the source's factory (e.g. ``cache_dir``).
     """
+    for key, value in (("name", name), ("pretrained", pretrained)):
+        if not isinstance(value, str) and not (key == "pretrained" and (value is None or isinstance(value, Path))):
+            what = "a tag, a checkpoint path or None" if key == "pretrained" else "a model name such as 'ViT-B-32'"
+            raise TypeError(f"create_backbone: {key} {value!r} must be {what}, not a {type(value).__name__}")
     source, model_name = _split_name(name)
-    backbone = _SOURCES[source].factory(model_name, pretrained=pretrained, **kwargs)
+    backbone = _SOURCES[source].factory(
+        model_name, pretrained=None if pretrained is None else str(pretrained), **kwargs
+    )
     return backbone.to(device)
 
 

@@ -250,6 +250,8 @@ def _check_timm_name(name: str) -> None:
     import timm
 
     arch, _, tag = name.partition(".")
+    if name.startswith("hf-hub:"):  # a model of the Hugging Face Hub: its config is known once fetched
+        return
     if timm.is_model(arch) and (not tag or name in timm.list_pretrained(f"{arch}.*")):
         return
     known = timm.list_pretrained() if tag else timm.list_models()
@@ -268,7 +270,8 @@ def _create_timm(
     if _is_none(pretrained):
         _warn_random(f"timm:{name}")
     kwargs: dict[str, Any] = {"cache_dir": cache_dir} if cache_dir else {}
-    with fetching_weights(f"--model timm:{name} --pretrained {pretrained}") if download else nullcontext():
+    hub = name.startswith("hf-hub:")  # (its config is fetched, with or without its weights)
+    with fetching_weights(f"--model timm:{name} --pretrained {pretrained}") if download or hub else nullcontext():
         model = timm.create_model(name, pretrained=download, **kwargs)
     if local is not None:
         _load_weights(model, local, f"timm:{name}")
@@ -299,6 +302,8 @@ def _timm_size_of(cfg: Any) -> tuple[int, bool]:
 def _timm_size(name: str, pretrained: Any = None) -> tuple[int, bool] | None:
     from timm.models import get_pretrained_cfg
 
+    if name.startswith("hf-hub:"):  # known once its config is fetched, when it is built
+        return None
     try:
         cfg = get_pretrained_cfg(name)  # what timm.create_model(name) sets as the model's pretrained_cfg
     except RuntimeError:  # an unknown tag: the factory tells

@@ -60,9 +60,9 @@ def _is_fetch_failure(exc: BaseException) -> bool:
 
 
 @contextmanager
-def fetching_weights(what: str) -> Iterator[None]:
+def fetching_weights(what: str, offline: str = "pass --pretrained PATH pointing to a local copy") -> Iterator[None]:
     """Around a download of pretrained weights (by us, open_clip, timm or torchvision): a failure to fetch them
-    becomes one line naming ``what`` (the model and its tag) and the way round it offline; other errors pass."""
+    becomes one line naming ``what`` (the model and its tag) and the ``offline`` way round it; other errors pass."""
     try:
         yield
     except (OSError, RuntimeError) as exc:
@@ -70,8 +70,7 @@ def fetching_weights(what: str) -> Iterator[None]:
             raise
         reason = first_line(exc) or type(exc).__name__
         raise FileNotFoundError(
-            f"could not get the weights of {what} ({reason}); if you are offline, pass --pretrained PATH "
-            "pointing to a local copy"
+            f"could not get the weights of {what} ({reason}); if you are offline, {offline}"
         ) from exc
 
 
