@@ -772,6 +772,7 @@ def test_a_config_derived_with_another_method_takes_that_methods_recipe():
     assert vp.epochs == 3  # the user's own setting stays
     assert resolve_config({**evp.to_dict(), "method": "vp"}) == vp  # a saved config given another method too
     assert dataclasses.replace(evp, method="vp", lr=5.0).lr == 5.0
+    check_recipe_kept({"method": "vp"}, evp.to_dict(), "command line", "config.yaml")  # a run's file: refilled
     # A classifier's saved config reads back: the recipe's CLIP templates are not a setting the user gave.
     assert resolve_config(evp.to_dict()) == evp and evp.recipe_filled["templates"] == "single"
     assert resolve_config({"model": "cifar:resnet20", "templates": "single"}).templates == "single"  # the recipe's

@@ -337,7 +337,10 @@ def check_recipe_kept(later: Mapping[str, Any], earlier: Mapping[str, Any], late
     old, new = earlier.get("method"), later.get("method")
     if old != new and all(isinstance(m, str) and m in METHODS for m in (old, new)):
         ours, theirs = method_recipe(old, source), method_recipe(new, later_source)
-        kept = [k for k in ours if k in earlier and k not in later and earlier[k] != theirs.get(k)]
+        filled = earlier.get("recipe_filled") if isinstance(earlier.get("recipe_filled"), dict) else {}
+        # the old recipe's own values, as a file states them (a run's saved config lists those it filled: refilled)
+        spelled_out = [k for k in ours if k in earlier and earlier[k] == ours[k] and k not in filled]
+        kept = [k for k in spelled_out if k not in later and earlier[k] != theirs.get(k)]
         if kept:
             spelled = ", ".join(f"{k} {earlier[k]}" for k in kept)
             raise ValueError(
