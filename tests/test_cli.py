@@ -17,7 +17,7 @@ import yaml
 from safetensors import safe_open
 
 from vprompt import cli, engine, runs
-from vprompt.config import PRECISIONS, check_recipe_kept, load_yaml, resolve_config
+from vprompt.config import PRECISIONS, check_recipe_kept, load_yaml, resolve_config, under
 
 from .conftest import ROOT, TINY_MODEL, tiny_run_args
 
@@ -765,21 +765,41 @@ def test_fit_given_settings_not_made_into_a_config_says_how(tmp_path):
         engine.fit({"dataset": "synthetic", "output": str(tmp_path)})
 
 
-def test_a_config_derived_with_another_method_takes_that_methods_recipe():
+def test_a_config_derived_with_another_method_takes_that_methods_recipe(tmp_path):
     evp = resolve_config({"model": "cifar:resnet20", "dataset": "mnist", "epochs": 3})
-    vp = dataclasses.replace(evp, method="vp")
+    vp = evp.replace(method="vp")
     assert (vp.prompter, vp.optimizer, vp.lr, vp.schedule, vp.diversity) == ("pad", "sgd", 40.0, "cosine", "none")
     assert vp.epochs == 3  # the user's own setting stays
+    assert dataclasses.replace(evp, method="vp") == vp
     assert resolve_config({**evp.to_dict(), "method": "vp"}) == vp  # a saved config given another method too
-    assert dataclasses.replace(evp, method="vp", lr=5.0).lr == 5.0
-    check_recipe_kept({"method": "vp"}, evp.to_dict(), "command line", "config.yaml")  # a run's file: refilled
-    # A classifier's saved config reads back: the recipe's CLIP templates are not a setting the user gave.
-    assert resolve_config(evp.to_dict()) == evp and evp.recipe_filled["templates"] == "single"
-    assert resolve_config({"model": "cifar:resnet20", "templates": "single"}).templates == "single"  # the recipe's
-    with pytest.raises(ValueError, match="templates ensemble: the text prompts of a CLIP text head, not of head ilm"):
-        resolve_config({"model": "cifar:resnet20", "templates": "ensemble", "label_map": "ilm"})
+    # A setting given wins, also one equal to what EVP's recipe had filled in.
+    assert evp.replace(method="vp", diversity="ref", lr=70.0).diversity == "ref" and vp.replace(lr=5.0).lr == 5.0
+    assert evp.replace(lr=70.0).replace(method="vp").lr == 70.0
+    # A saved config read back with its own method keeps its values, even where the recipe has changed since.
+    old = {**evp.to_dict(), "lr": 50.0, "recipe_filled": {**evp.recipe_filled, "lr": 50.0}}
+    assert resolve_config(old).lr == 50.0 and resolve_config(evp.to_dict()) == evp
     with pytest.raises(ValueError, match="recipe_filled .*: what a method's recipe filled in, as a run saves it"):
         resolve_config({"recipe_filled": {"momentum": 0.5}})
+
+    # On the command line, a run's saved config file: what its recipe filled is no setting of the file's.
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump(evp.to_dict()))
+
+    def run_cfg(*flags, command="train", method=None):
+        values, sources = cli._run_values(cli.build_parser().parse_args([command, "-c", str(saved), *flags]), method)
+        return resolve_config({**values, **({"method": method} if method else {})}, "command line", sources)
+
+    assert run_cfg().to_dict() == evp.to_dict()  # (templates single: a classifier's run file reads back)
+    assert run_cfg("--method", "vp").to_dict() == vp.to_dict()
+    typed = run_cfg("--method", "vp", "--optimizer", "normgrad", "--lr", "70")
+    assert (typed.prompter, typed.optimizer, typed.lr) == ("pad", "normgrad", 70.0)
+    assert run_cfg(command="zeroshot", method="zeroshot").templates == "ensemble"  # not EVP's single
+    # A file that spells out EVP's own templates with a classifier asks for nothing; typed, they are refused.
+    (tmp_path / "evp.yaml").write_text("method: evp\ntemplates: single\nmodel: cifar:resnet20\n")
+    args = cli.build_parser().parse_args(["train", "-c", str(tmp_path / "evp.yaml")])
+    assert resolve_config(*cli._run_values(args)[:1], "command line").templates == "single"
+    with pytest.raises(ValueError, match="--templates single: the text prompts of a CLIP text head, not of head"):
+        resolve_config({"model": "cifar:resnet20", "templates": "single"}, "command line")
 
 
 def test_fit_leaves_the_callers_config_as_it_was(tmp_path):
@@ -1094,6 +1114,9 @@ def test_one_of_evps_sizes_on_the_command_line_replaces_both_of_a_config_files(t
     values, sources = cli._run_values(args)
     cfg = resolve_config(values, "command line", sources)
     assert (cfg.input_size, cfg.inner_size, cfg.prompt_size) == (224, 180, None)  # its border: the 22 pixels left
+    # VP's border is no EVP size: a later inner_size (meant for EVP) leaves it alone
+    assert under({"inner_size": 16}, {"method": "vp", "prompt_size": 6}) == {"method": "vp", "prompt_size": 6}
+    assert under({"inner_size": 16}, {"prompt_size": 6}) == {}  # (the default method, EVP)
 
 
 def test_a_run_folder_in_use_by_another_process_is_refused_and_left_alone(tmp_path, capsys):

@@ -304,17 +304,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_values(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
-    """Config file values overlaid with the explicit command-line values, and where each came from.
+def _run_values(args: argparse.Namespace, method: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Config file values overlaid with the explicit command-line values, and where each came from; ``method``:
+    the command's own (zeroshot, linprobe).
 
     zeroshot and linprobe take from a config file only the settings they offer as flags, so that the file of a
-    training run can be reused for them; the others (a prompt, an optimizer, epochs) are named and left out."""
-    from .config import check_dataset_options, check_recipe_kept, load_yaml, under
+    training run can be reused for them; the others (a prompt, an optimizer, epochs) are named and left out. What a
+    method's recipe filled in a run's saved config is no setting of the file's (:func:`file_settings`)."""
+    from .config import beyond_recipe, check_dataset_options, check_recipe_kept, file_settings, load_yaml, under
 
     values: dict[str, Any] = {}
     file = getattr(args, "config_file", None)
     if file:
-        values = load_yaml(file)
+        values = file_settings(load_yaml(file))
         offered = getattr(args, "offered", None)
         if offered is not None:
             values = keep_offered(values, offered, f"{args.command}: not using the settings of {file}")
@@ -327,7 +329,8 @@ def _run_values(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str
     if "dataset_options" in cli:
         from_file = {k: v for k, v in from_file.items() if k not in dict(cli["dataset_options"])}
         cli["dataset_options"] = {**from_file, **dict(cli["dataset_options"])}
-    values = {**under(cli, values), **cli}
+    from_file_only = [k for k in values if k not in cli]
+    values = beyond_recipe({**under(cli, values), **cli, **({"method": method} if method else {})}, from_file_only)
     sources.update(dict.fromkeys(cli, "command line"))
     sources.update({f"dataset_options.{k}": str(file) for k in from_file})  # each option's own, for its errors
     return values, sources
@@ -350,7 +353,7 @@ def _cmd_train(args: argparse.Namespace, method: str | None = None) -> int:
     from .data import DatasetOptionError, get_dataset_spec
     from .engine import fit
 
-    values, sources = _run_values(args)
+    values, sources = _run_values(args, method)
     if method is not None:  # zeroshot, linprobe
         values["method"], sources["method"] = method, f"vprompt {method}"
     cfg = resolve_config(values, source="command line", sources=sources)

@@ -95,25 +95,30 @@ class RunConfig:
     output: str = "runs"
     name: str | None = None
     resume: str | None = None
-    # what the method's recipe filled in (not the user's settings): a config derived with another method
-    # (dataclasses.replace(cfg, method="vp"), or a saved config given another method) takes that method's instead
+    # what the recipe of a method filled in, not the user's settings: {"method": its name, setting: value, ...}. A
+    # config derived with another method (cfg.replace(method="vp"), or a saved config given another method) takes
+    # that method's recipe there; with the same method (a saved config read back) the values stay as saved.
     recipe_filled: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         recipe = method_recipe(self.method, "method")
-        filled = self.recipe_filled
-        if not isinstance(filled, dict) or not all(k in _RECIPE_KEYS for k in filled):
-            raise SettingError("recipe_filled", f"recipe_filled {filled!r}: what a method's recipe filled in, as a run "
-                               "saves it; leave it out")  # fmt: skip
-        for key, value in filled.items():  # still the earlier recipe's value: not a setting of the user's
-            if getattr(self, key) == value:
+        filled = dict(self.recipe_filled) if isinstance(self.recipe_filled, dict) else None
+        if filled is None or not all(k in _RECIPE_KEYS or k == "method" for k in filled):
+            raise SettingError("recipe_filled", f"recipe_filled {self.recipe_filled!r}: what a method's recipe filled "
+                               "in, as a run saves it; leave it out")  # fmt: skip
+        earlier = filled.pop("method", self.method)
+        # still the value the recipe filled in: not a setting of the user's (another method's recipe refills it)
+        filled = {k: v for k, v in filled.items() if getattr(self, k) == v}
+        if earlier != self.method:
+            for key in filled:
                 setattr(self, key, None)
+            filled = {}
         recipe_lr = self.lr is None and recipe.get("epochs") and recipe.get("lr")
-        self.recipe_filled = {}
         for key, value in recipe.items():  # the method fills what was left unset
             if getattr(self, key) is None:
                 setattr(self, key, value)
-                self.recipe_filled[key] = value
+                filled[key] = value
+        self.recipe_filled = {"method": self.method, **filled} if filled else {}
         for f in dataclasses.fields(self):
             setattr(self, f.name, _checked(f, getattr(self, f.name)))
         if self.shots and self.train_fraction:
@@ -130,6 +135,12 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """This config with ``changes`` (as :func:`dataclasses.replace`), where a setting given wins even when it
+        equals what the recipe of the method replaced had filled in."""
+        filled = {k: v for k, v in self.recipe_filled.items() if k == "method" or k not in changes}
+        return dataclasses.replace(self, **{"recipe_filled": filled, **changes})
 
     def identity(self) -> dict[str, Any]:
         """What a run is, as the first keys of its ``results.json``: what the result tables group by."""
@@ -337,9 +348,7 @@ def check_recipe_kept(later: Mapping[str, Any], earlier: Mapping[str, Any], late
     old, new = earlier.get("method"), later.get("method")
     if old != new and all(isinstance(m, str) and m in METHODS for m in (old, new)):
         ours, theirs = method_recipe(old, source), method_recipe(new, later_source)
-        filled = earlier.get("recipe_filled") if isinstance(earlier.get("recipe_filled"), dict) else {}
-        # the old recipe's own values, as a file states them (a run's saved config lists those it filled: refilled)
-        spelled_out = [k for k in ours if k in earlier and earlier[k] == ours[k] and k not in filled]
+        spelled_out = [k for k in ours if k in earlier and earlier[k] == ours[k]]  # the old recipe's own values
         kept = [k for k in spelled_out if k not in later and earlier[k] != theirs.get(k)]
         if kept:
             spelled = ", ".join(f"{k} {earlier[k]}" for k in kept)
@@ -353,6 +362,24 @@ def check_recipe_kept(later: Mapping[str, Any], earlier: Mapping[str, Any], late
             f"{later_source}: optimizer {new_opt} over {source}, whose lr {earlier['lr']} is a step size for "
             f"{old_opt}; give --lr for {new_opt} too"
         )
+
+
+def file_settings(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A config file's ``values`` as the user's settings: without its ``recipe_filled`` and the values it lists (a
+    run's saved config: its method's recipe filled those in, not the user)."""
+    listed = values.get("recipe_filled")
+    if listed is not None and not isinstance(listed, dict):
+        return dict(values)  # (refused, naming it, when the settings are resolved)
+    filled = listed or {}
+    return {k: v for k, v in values.items() if k != "recipe_filled" and not (k in filled and filled[k] == v)}
+
+
+def beyond_recipe(values: Mapping[str, Any], keys: Collection[str]) -> dict[str, Any]:
+    """``values`` without those of ``keys`` that the method's recipe gives anyway: a config file spelling out EVP's
+    ``templates: single`` asks for nothing when used with a classifier, which has no use for templates."""
+    method = values.get("method", RunConfig.method)
+    recipe = METHODS.get(method, {}) if isinstance(method, str) else {}
+    return {k: v for k, v in values.items() if not (k in keys and k in recipe and recipe[k] == v)}
 
 
 def list_methods() -> dict[str, str]:
@@ -371,7 +398,10 @@ _ONE_SETTING = (("head", "label_map"), ("inner_size", "prompt_size"))
 def under(later: Mapping[str, Any], earlier: Mapping[str, Any]) -> dict[str, Any]:
     """``earlier`` without what ``later`` replaces, to be updated with ``later``: its keys, and of each group of
     :data:`_ONE_SETTING` all (a file's ``label_map: flm`` under ``--head linear`` is no conflict)."""
-    gone = {k for group in _ONE_SETTING if later.keys() & set(group) for k in group}
+    method = later.get("method", earlier.get("method", RunConfig.method))
+    prompter = later.get("prompter") or earlier.get("prompter") or METHODS.get(str(method), {}).get("prompter")
+    groups = [g for g in _ONE_SETTING if prompter == "evp" or "inner_size" not in g]  # (VP's prompt_size stands alone)
+    gone = {k for group in groups if later.keys() & set(group) for k in group}
     return {k: v for k, v in earlier.items() if k not in gone}
 
 
@@ -515,12 +545,9 @@ def _head_of(settings: Mapping[str, Any]) -> str | None:
 def _refuse_unused(cfg: RunConfig, given: Collection[str]) -> None:
     """A :class:`SettingError` for a setting in ``given`` that ``cfg``'s optimizer, schedule, prompter, diversity,
     head or method would not use: the run would record it, but not apply it."""
-    recipe = method_recipe(cfg.method, "method")
     for key, why in _unused(cfg.to_dict()).items():
         value = getattr(cfg, key)
-        # (a file that spells out the method's own value, a CLIP recipe's templates under a classifier, asks for
-        # nothing the method would not do)
-        if key in given and value != _NOTHING[key] and value != recipe.get(key, _NOTHING[key]):
+        if key in given and value != _NOTHING[key] and key not in cfg.recipe_filled:  # (the recipe's: not given)
             shown = ",".join(f"{v:g}" for v in value) if isinstance(value, list) else value
             shown = f"{shown:g}" if isinstance(shown, float) else shown
             raise SettingError(key, f"{key} {shown}: {why}")
