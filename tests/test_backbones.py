@@ -183,7 +183,7 @@ def test_clip_head_is_the_scaled_cosine_with_each_class():
     )
 
 
-def test_an_open_clip_model_saved_in_a_folder_is_read_with_its_weights_and_normalization(tmp_path):
+def test_an_open_clip_model_saved_in_a_folder_is_read_with_its_weights_and_normalization(tmp_path, monkeypatch):
     import json
 
     import open_clip
@@ -209,7 +209,12 @@ def test_an_open_clip_model_saved_in_a_folder_is_read_with_its_weights_and_norma
         create_backbone(f"local-dir:{folder}", pretrained="openai")
     with pytest.raises(FileNotFoundError, match="no open_clip_config.json in"):
         create_backbone(f"local-dir:{tmp_path / 'nowhere'}")
+    monkeypatch.delattr(open_clip.factory, "LOCAL_DIR_PREFIX")  # as an open_clip before it read such folders
+    with pytest.raises(ValueError, match=r"does not read local-dir: folders; pip install -U open_clip_torch"):
+        create_backbone(f"local-dir:{folder}")
+    monkeypatch.undo()
     # A Hub name is no unknown model: its config is known once fetched (offline, the build says how to go round it).
-    for name in ("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "timm:hf-hub:timm/resnet18.a1_in1k"):
+    hub = "hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
+    for name in (hub, f"openclip:{hub}", "timm:hf-hub:timm/resnet18.a1_in1k"):
         check_model(name)
         assert planned_input_size(name) is None

@@ -226,7 +226,7 @@ def check_model(name: str) -> None:
     (one registered with a checker); nothing is built."""
     source, model_name = _split_name(name)
     checker = _SOURCES[source].checker
-    if checker is not None and not name.startswith(OPEN_CLIP_SCHEMAS):  # (known once read or fetched)
+    if checker is not None and not model_name.startswith(OPEN_CLIP_SCHEMAS):  # (known once read or fetched)
         checker(model_name)
 
 
@@ -329,6 +329,11 @@ def _open_clip_with_its_weights(name: str, pretrained: str | None, cache_dir: st
     if pretrained not in (None, "", "none"):
         raise ValueError(f"--pretrained {pretrained!r}: --model {name} brings its own weights; leave --pretrained out")
     fetching: Any = nullcontext()
+    if name.startswith("local-dir:") and not hasattr(open_clip.factory, "LOCAL_DIR_PREFIX"):
+        raise ValueError(
+            f"--model {name}: this open_clip_torch ({open_clip.__version__}) does not read local-dir: folders; "
+            "pip install -U open_clip_torch"
+        )
     if name.startswith("local-dir:"):
         folder = Path(name[len("local-dir:") :]).expanduser()
         weights = [p for pattern in ("*.safetensors", "*.bin", "*.pth") for p in folder.glob(pattern)]
