@@ -211,7 +211,7 @@ def _source(package: Path = Path(__file__).parent) -> dict[str, Any]:
     head = git("rev-parse", "HEAD") if tracked is not None and tracked.returncode == 0 else None
     if head is None or head.returncode != 0 or not head.stdout.strip():
         return {"git_sha": None, "git_dirty": None}
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("--no-optional-locks", "status", "--porcelain", "--untracked-files=no")  # (no index lock taken)
     dirty = bool(status.stdout.strip()) if status is not None and status.returncode == 0 else None
     return {"git_sha": head.stdout.strip(), "git_dirty": dirty}
 
