@@ -781,25 +781,26 @@ def test_a_config_derived_with_another_method_takes_that_methods_recipe(tmp_path
     with pytest.raises(ValueError, match="recipe_filled .*: what a method's recipe filled in, as a run saves it"):
         resolve_config({"recipe_filled": {"momentum": 0.5}})
 
-    # On the command line, a run's saved config file: what its recipe filled is no setting of the file's.
+    # On the command line, a run's saved config.yaml: what its recipe filled in is no setting of the file's.
     saved = tmp_path / "config.yaml"
-    saved.write_text(yaml.safe_dump(evp.to_dict()))
 
     def run_cfg(*flags, command="train", method=None):
         values, sources = cli._run_values(cli.build_parser().parse_args([command, "-c", str(saved), *flags]), method)
         return resolve_config({**values, **({"method": method} if method else {})}, "command line", sources)
 
-    assert run_cfg().to_dict() == evp.to_dict()  # (templates single: a classifier's run file reads back)
-    assert run_cfg("--method", "vp").to_dict() == vp.to_dict()
-    typed = run_cfg("--method", "vp", "--optimizer", "normgrad", "--lr", "70")
+    for cfg in (evp, vp):
+        saved.write_text(yaml.safe_dump({"config": cfg.to_dict(), "argv": ["vprompt", "train"]}))
+        assert run_cfg() == cfg  # the run again (a classifier's: the recipe's CLIP templates are no setting given)
+    saved.write_text(yaml.safe_dump({"config": evp.to_dict(), "argv": ["vprompt", "train"]}))
+    assert run_cfg("--method", "vp") == vp
+    typed = run_cfg("--method", "vp", "--optimizer", "normgrad", "--lr", "70")  # typed: the user's, not the recipe's
     assert (typed.prompter, typed.optimizer, typed.lr) == ("pad", "normgrad", 70.0)
     assert run_cfg(command="zeroshot", method="zeroshot").templates == "ensemble"  # not EVP's single
-    # A file that spells out EVP's own templates with a classifier asks for nothing; typed, they are refused.
-    (tmp_path / "evp.yaml").write_text("method: evp\ntemplates: single\nmodel: cifar:resnet20\n")
-    args = cli.build_parser().parse_args(["train", "-c", str(tmp_path / "evp.yaml")])
-    assert resolve_config(*cli._run_values(args)[:1], "command line").templates == "single"
     with pytest.raises(ValueError, match="--templates single: the text prompts of a CLIP text head, not of head"):
-        resolve_config({"model": "cifar:resnet20", "templates": "single"}, "command line")
+        run_cfg("--templates", "single")  # typed, it is a setting the classifier's run would not use
+    saved.write_text("method: evp\noptimizer: sgd\nlr: 70\nrecipe_filled: {momentum: 0.5}\n")
+    with pytest.raises(ValueError, match=f"{saved}: recipe_filled .*: what a method's recipe filled in"):
+        run_cfg()
 
 
 def test_fit_leaves_the_callers_config_as_it_was(tmp_path):

@@ -681,3 +681,13 @@ def test_the_runs_of_a_suite_killed_outright_stop_and_stay_resumable(tmp_path):
             else:
                 pytest.fail(f"{run.name} runs on after its suite was killed")
         assert (run / "last.pt").is_file() and not (run / "results.json").exists()
+
+
+def test_an_inner_size_meant_for_evp_leaves_vps_border_alone():
+    from vprompt.suite import _cell_settings
+
+    suite = parse_suite({"base": {"model": TINY_MODEL, "prompt_size": 4}, "datasets": ["synthetic"],
+                         "methods": ["vp", "evp"], "dataset_overrides": {"synthetic": {"inner_size": 40}}})  # fmt: skip
+    vp, evp = (_cell_settings(suite, "synthetic", m) for m in suite.methods)
+    assert vp["prompt_size"] == 4  # VP's border, not EVP's size
+    assert evp["inner_size"] == 40 and "prompt_size" not in evp  # EVP's border: what the shrunk image leaves

@@ -167,13 +167,14 @@ def _dests(p: argparse.ArgumentParser) -> frozenset[str]:
 def keep_offered(values: dict[str, Any], offered: frozenset[str], warn: str | None = None) -> dict[str, Any]:
     """The settings of ``values`` a command has flags for (``offered``): zeroshot and linprobe train no prompt, so a
     training config's ``epochs`` or ``lr`` is not theirs. The run settings left out are named after ``warn`` (None:
-    silently); keys that are no setting at all are kept, for :func:`~vprompt.config.resolve_config` to refuse."""
+    silently); keys that are no setting at all are kept, for :func:`~vprompt.config.resolve_config` to refuse, and
+    so is a run's ``recipe_filled``, by which the command's own recipe replaces what the run's filled in."""
     import dataclasses
 
     from .config import RunConfig
 
     fields = {f.name for f in dataclasses.fields(RunConfig)}
-    unused = sorted(k for k in values if k in fields and k not in offered)
+    unused = sorted(k for k in values if k in fields and k not in offered and k != "recipe_filled")
     if unused and warn:
         _log.warning("%s it has no flag for: %s", warn, ", ".join(unused))
     return {k: v for k, v in values.items() if k not in unused}
@@ -311,12 +312,12 @@ def _run_values(args: argparse.Namespace, method: str | None = None) -> tuple[di
     zeroshot and linprobe take from a config file only the settings they offer as flags, so that the file of a
     training run can be reused for them; the others (a prompt, an optimizer, epochs) are named and left out. What a
     method's recipe filled in a run's saved config is no setting of the file's (:func:`file_settings`)."""
-    from .config import beyond_recipe, check_dataset_options, check_recipe_kept, file_settings, load_yaml, under
+    from .config import check_dataset_options, check_recipe_kept, load_yaml, under
 
     values: dict[str, Any] = {}
     file = getattr(args, "config_file", None)
     if file:
-        values = file_settings(load_yaml(file))
+        values = load_yaml(file)
         offered = getattr(args, "offered", None)
         if offered is not None:
             values = keep_offered(values, offered, f"{args.command}: not using the settings of {file}")
@@ -329,8 +330,10 @@ def _run_values(args: argparse.Namespace, method: str | None = None) -> tuple[di
     if "dataset_options" in cli:
         from_file = {k: v for k, v in from_file.items() if k not in dict(cli["dataset_options"])}
         cli["dataset_options"] = {**from_file, **dict(cli["dataset_options"])}
-    from_file_only = [k for k in values if k not in cli]
-    values = beyond_recipe({**under(cli, values), **cli, **({"method": method} if method else {})}, from_file_only)
+    filled = values.get("recipe_filled")  # (a run's saved config: what its method's recipe filled in)
+    if isinstance(filled, dict):  # a setting typed here is the user's, whatever the recipe had filled
+        values["recipe_filled"] = {k: v for k, v in filled.items() if k == "method" or k not in cli}
+    values = {**under(cli, values, method), **cli}
     sources.update(dict.fromkeys(cli, "command line"))
     sources.update({f"dataset_options.{k}": str(file) for k in from_file})  # each option's own, for its errors
     return values, sources

@@ -348,7 +348,11 @@ def check_recipe_kept(later: Mapping[str, Any], earlier: Mapping[str, Any], late
     old, new = earlier.get("method"), later.get("method")
     if old != new and all(isinstance(m, str) and m in METHODS for m in (old, new)):
         ours, theirs = method_recipe(old, source), method_recipe(new, later_source)
-        spelled_out = [k for k in ours if k in earlier and earlier[k] == ours[k]]  # the old recipe's own values
+        filled = earlier.get("recipe_filled") if isinstance(earlier.get("recipe_filled"), dict) else {}
+        # the old recipe's own values, as a file states them (a run's saved config lists those it filled: refilled)
+        spelled_out = [
+            k for k in ours if k in earlier and earlier[k] == ours[k] and not (k in filled and filled[k] == earlier[k])
+        ]  # fmt: skip
         kept = [k for k in spelled_out if k not in later and earlier[k] != theirs.get(k)]
         if kept:
             spelled = ", ".join(f"{k} {earlier[k]}" for k in kept)
@@ -364,24 +368,6 @@ def check_recipe_kept(later: Mapping[str, Any], earlier: Mapping[str, Any], late
         )
 
 
-def file_settings(values: Mapping[str, Any]) -> dict[str, Any]:
-    """A config file's ``values`` as the user's settings: without its ``recipe_filled`` and the values it lists (a
-    run's saved config: its method's recipe filled those in, not the user)."""
-    listed = values.get("recipe_filled")
-    if listed is not None and not isinstance(listed, dict):
-        return dict(values)  # (refused, naming it, when the settings are resolved)
-    filled = listed or {}
-    return {k: v for k, v in values.items() if k != "recipe_filled" and not (k in filled and filled[k] == v)}
-
-
-def beyond_recipe(values: Mapping[str, Any], keys: Collection[str]) -> dict[str, Any]:
-    """``values`` without those of ``keys`` that the method's recipe gives anyway: a config file spelling out EVP's
-    ``templates: single`` asks for nothing when used with a classifier, which has no use for templates."""
-    method = values.get("method", RunConfig.method)
-    recipe = METHODS.get(method, {}) if isinstance(method, str) else {}
-    return {k: v for k, v in values.items() if not (k in keys and k in recipe and recipe[k] == v)}
-
-
 def list_methods() -> dict[str, str]:
     """Method name -> one-line description."""
     return {k: v.get("_doc", "") for k, v in sorted(METHODS.items())}
@@ -395,10 +381,11 @@ _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 _ONE_SETTING = (("head", "label_map"), ("inner_size", "prompt_size"))
 
 
-def under(later: Mapping[str, Any], earlier: Mapping[str, Any]) -> dict[str, Any]:
+def under(later: Mapping[str, Any], earlier: Mapping[str, Any], method: str | None = None) -> dict[str, Any]:
     """``earlier`` without what ``later`` replaces, to be updated with ``later``: its keys, and of each group of
-    :data:`_ONE_SETTING` all (a file's ``label_map: flm`` under ``--head linear`` is no conflict)."""
-    method = later.get("method", earlier.get("method", RunConfig.method))
+    :data:`_ONE_SETTING` all (a file's ``label_map: flm`` under ``--head linear`` is no conflict); ``method``: the
+    run's, where neither layer names it."""
+    method = later.get("method", earlier.get("method", method or RunConfig.method))
     prompter = later.get("prompter") or earlier.get("prompter") or METHODS.get(str(method), {}).get("prompter")
     groups = [g for g in _ONE_SETTING if prompter == "evp" or "inner_size" not in g]  # (VP's prompt_size stands alone)
     gone = {k for group in groups if later.keys() & set(group) for k in group}
@@ -609,6 +596,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"config file {path} is not valid YAML{where}: {problem or e}") from e
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
+    if isinstance(data.get("config"), dict) and "argv" in data:  # a run's config.yaml: its settings
+        data = data["config"]
     settings: dict[str, Any] = {}
     for k, v in data.items():
         key = str(k).replace("-", "_")

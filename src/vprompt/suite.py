@@ -321,7 +321,7 @@ def _cell_settings(suite: SuiteConfig, dataset: str, m: MethodEntry) -> dict[str
     layers = [*shared, m.overrides]
     values: dict[str, Any] = {}
     for layer in layers:
-        values = {**under(layer, values), **layer}
+        values = {**under(layer, values, m.name), **layer}
     options = {k: v for layer in layers for k, v in layer.get("dataset_options", {}).items()}
     if options:
         values["dataset_options"] = options
