@@ -778,8 +778,6 @@ def test_a_config_derived_with_another_method_takes_that_methods_recipe(tmp_path
     # A saved config read back with its own method keeps its values, even where the recipe has changed since.
     old = {**evp.to_dict(), "lr": 50.0, "recipe_filled": {**evp.recipe_filled, "lr": 50.0}}
     assert resolve_config(old).lr == 50.0 and resolve_config(evp.to_dict()) == evp
-    with pytest.raises(ValueError, match="recipe_filled .*: what a method's recipe filled in, as a run saves it"):
-        resolve_config({"recipe_filled": {"momentum": 0.5}})
 
     # On the command line, a run's saved config.yaml: what its recipe filled in is no setting of the file's.
     saved = tmp_path / "config.yaml"
@@ -798,9 +796,16 @@ def test_a_config_derived_with_another_method_takes_that_methods_recipe(tmp_path
     assert run_cfg(command="zeroshot", method="zeroshot").templates == "ensemble"  # not EVP's single
     with pytest.raises(ValueError, match="--templates single: the text prompts of a CLIP text head, not of head"):
         run_cfg("--templates", "single")  # typed, it is a setting the classifier's run would not use
-    saved.write_text("method: evp\noptimizer: sgd\nlr: 70\nrecipe_filled: {momentum: 0.5}\n")
-    with pytest.raises(ValueError, match=f"{saved}: recipe_filled .*: what a method's recipe filled in"):
-        run_cfg()
+    for filled in ("{momentum: 0.5}", "{lr: 70}", "{method: evq, lr: 70}"):  # not what a run writes
+        saved.write_text(f"method: evp\noptimizer: sgd\nlr: 70\nrecipe_filled: {filled}\n")
+        with pytest.raises(ValueError, match=f"{saved}: recipe_filled .*: what a method's recipe and a model filled"):
+            run_cfg()
+    saved.write_text("method: evp\nlr: 70\n")  # the file's lr is a step size for its method's optimizer
+    with pytest.raises(ValueError, match="optimizer sgd over .*, whose lr 70 is a step size for normgrad"):
+        run_cfg("--optimizer", "sgd")
+    # VP's prompter, which its recipe filled, does not keep EVP's sizes apart under --method evp
+    vp_file = {**vp.to_dict(), "prompt_size": 9}
+    assert "prompt_size" not in under({"method": "evp", "inner_size": 40}, vp_file)
 
 
 def test_fit_leaves_the_callers_config_as_it_was(tmp_path):
@@ -811,6 +816,17 @@ def test_fit_leaves_the_callers_config_as_it_was(tmp_path):
     assert cfg.to_dict() == before and cfg.input_size is None  # another model given it keeps its own size
     saved = yaml.safe_load((cfg.run_dir / "config.yaml").read_text())["config"]
     assert saved["input_size"] == 64 and saved["inner_size"] is not None  # the run's own record holds them
+    # ... as filled in by the model: read back they stay; another method or model gets its own.
+    assert saved["recipe_filled"]["model"] == TINY_MODEL and saved["recipe_filled"]["input_size"] == 64
+    assert resolve_config(saved).to_dict() == saved
+    vp = resolve_config({**saved, "method": "vp"})
+    assert (vp.prompter, vp.input_size, vp.inner_size, vp.prompt_size) == ("pad", None, None, None)
+    other = resolve_config({**saved, "model": "cifar:resnet20"})
+    assert (other.prompter, other.input_size, other.inner_size, other.lr) == ("evp", None, None, 70.0)
+    probe = resolve_config({**saved, "method": "linprobe", "epochs": None})  # (what the refill clears: not refused)
+    args = cli.build_parser().parse_args(["train", "-c", str(cfg.run_dir / "config.yaml"), "--model", "cifar:resnet20"])
+    assert resolve_config(*cli._run_values(args)[:1]).input_size is None  # the same on the command line
+    assert (probe.prompter, probe.epochs, probe.warmup_steps) == ("none", 0, None)
 
 
 @pytest.mark.parametrize(

@@ -95,9 +95,10 @@ def build_prompter(cfg: RunConfig, backbone: FrozenBackbone) -> Prompter:
     ``cfg`` left to their defaults are set in it as they came out, so that the run's saved config holds them."""
     backbone.check_input_size(cfg.input_size or backbone.input_size)
     prompter = _prompter(cfg, backbone.input_size, scale=backbone.std.flatten().tolist())
-    for key, value in prompter.geometry().items():
-        if getattr(cfg, key) is None:
-            setattr(cfg, key, value)
+    given = {key: value for key, value in prompter.geometry().items() if getattr(cfg, key) is None}
+    for key, value in given.items():
+        setattr(cfg, key, value)
+    cfg.record_filled(given)  # (the model's: another model or method, given this config, takes its own)
     return prompter.to(backbone.mean.device)
 
 

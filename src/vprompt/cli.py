@@ -312,7 +312,7 @@ def _run_values(args: argparse.Namespace, method: str | None = None) -> tuple[di
     zeroshot and linprobe take from a config file only the settings they offer as flags, so that the file of a
     training run can be reused for them; the others (a prompt, an optimizer, epochs) are named and left out. What a
     method's recipe filled in a run's saved config is no setting of the file's (:func:`file_settings`)."""
-    from .config import check_dataset_options, check_recipe_kept, load_yaml, under
+    from .config import check_dataset_options, check_recipe_kept, less_given, load_yaml, under
 
     values: dict[str, Any] = {}
     file = getattr(args, "config_file", None)
@@ -332,7 +332,7 @@ def _run_values(args: argparse.Namespace, method: str | None = None) -> tuple[di
         cli["dataset_options"] = {**from_file, **dict(cli["dataset_options"])}
     filled = values.get("recipe_filled")  # (a run's saved config: what its method's recipe filled in)
     if isinstance(filled, dict):  # a setting typed here is the user's, whatever the recipe had filled
-        values["recipe_filled"] = {k: v for k, v in filled.items() if k == "method" or k not in cli}
+        values["recipe_filled"] = less_given(filled, cli)
     values = {**under(cli, values, method), **cli}
     sources.update(dict.fromkeys(cli, "command line"))
     sources.update({f"dataset_options.{k}": str(file) for k in from_file})  # each option's own, for its errors

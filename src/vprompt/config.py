@@ -95,30 +95,39 @@ class RunConfig:
     output: str = "runs"
     name: str | None = None
     resume: str | None = None
-    # what the recipe of a method filled in, not the user's settings: {"method": its name, setting: value, ...}. A
-    # config derived with another method (cfg.replace(method="vp"), or a saved config given another method) takes
-    # that method's recipe there; with the same method (a saved config read back) the values stay as saved.
+    # what was filled in rather than given: {"method": M, setting: value, ...} for what method M's recipe filled, and
+    # with "model": X the sizes model X gave (a run records them). A config re-created with another method
+    # (cfg.replace(method="vp"), or a saved config given another method) takes that method's recipe and sizes there,
+    # with another model that model's sizes; otherwise (a saved config read back) the values stay as saved.
     recipe_filled: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         recipe = method_recipe(self.method, "method")
         filled = dict(self.recipe_filled) if isinstance(self.recipe_filled, dict) else None
-        if filled is None or not all(k in _RECIPE_KEYS or k == "method" for k in filled):
-            raise SettingError("recipe_filled", f"recipe_filled {self.recipe_filled!r}: what a method's recipe filled "
-                               "in, as a run saves it; leave it out")  # fmt: skip
-        earlier = filled.pop("method", self.method)
-        # still the value the recipe filled in: not a setting of the user's (another method's recipe refills it)
+        if (
+            filled is None
+            or not all(k in _RECIPE_KEYS or k in SIZE_KEYS or k in ("method", "model") for k in filled)
+            or (filled and filled.get("method") not in METHODS)
+        ):
+            raise SettingError("recipe_filled", f"recipe_filled {self.recipe_filled!r}: what a method's recipe and a "
+                               "model filled in, as a run saves it; leave it out")  # fmt: skip
+        earlier_method, earlier_model = filled.pop("method", self.method), filled.pop("model", self.model)
+        # still the value filled in: not a setting of the user's (another method or model fills it again)
         filled = {k: v for k, v in filled.items() if getattr(self, k) == v}
-        if earlier != self.method:
-            for key in filled:
-                setattr(self, key, None)
-            filled = {}
+        if earlier_method != self.method:
+            gone = set(filled)
+        else:
+            gone = {k for k in filled if k in SIZE_KEYS} if earlier_model != self.model else set()
+        for key in gone:
+            setattr(self, key, None)
+            del filled[key]
         recipe_lr = self.lr is None and recipe.get("epochs") and recipe.get("lr")
         for key, value in recipe.items():  # the method fills what was left unset
             if getattr(self, key) is None:
                 setattr(self, key, value)
                 filled[key] = value
-        self.recipe_filled = {"method": self.method, **filled} if filled else {}
+        self.recipe_filled = {}
+        self.record_filled(filled)
         for f in dataclasses.fields(self):
             setattr(self, f.name, _checked(f, getattr(self, f.name)))
         if self.shots and self.train_fraction:
@@ -133,14 +142,19 @@ class RunConfig:
                 f"{recipe['lr']:g} is a step size for {recipe['optimizer']}",
             )  # fmt: skip
 
+    def record_filled(self, values: Mapping[str, Any]) -> None:
+        """Add ``values`` (of the method's recipe, or sizes this config's model gave) to :attr:`recipe_filled`."""
+        filled = {k: v for k, v in self.recipe_filled.items() if k not in ("method", "model")} | dict(values)
+        model = {"model": self.model} if any(k in SIZE_KEYS for k in filled) else {}
+        self.recipe_filled = {"method": self.method, **model, **filled} if filled else {}
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> RunConfig:
         """This config with ``changes`` (as :func:`dataclasses.replace`), where a setting given wins even when it
         equals what the recipe of the method replaced had filled in."""
-        filled = {k: v for k, v in self.recipe_filled.items() if k == "method" or k not in changes}
-        return dataclasses.replace(self, **{"recipe_filled": filled, **changes})
+        return dataclasses.replace(self, **{"recipe_filled": less_given(self.recipe_filled, changes), **changes})
 
     def identity(self) -> dict[str, Any]:
         """What a run is, as the first keys of its ``results.json``: what the result tables group by."""
@@ -325,6 +339,15 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 
 
+def less_given(filled: Mapping[str, Any], given: Collection[str]) -> dict[str, Any]:
+    """A :attr:`RunConfig.recipe_filled` without the settings now ``given`` (they are the user's, whatever was filled
+    in), keeping the method and model it was filled for."""
+    return {k: v for k, v in filled.items() if k in ("method", "model") or k not in given}
+
+
+#: The sizes a config may leave to its model (set, and recorded as filled, when the prompter is built).
+SIZE_KEYS = ("input_size", "inner_size", "prompt_size")
+
 #: The settings some method's recipe fills in.
 _RECIPE_KEYS = {k for recipe in METHODS.values() for k in recipe if not k.startswith("_")}
 
@@ -360,7 +383,8 @@ def check_recipe_kept(later: Mapping[str, Any], earlier: Mapping[str, Any], late
                 f"{later_source}: method {new} over {source}, which spells out method {old}'s recipe ({spelled}); "
                 f"those would stay: give them for {new} too, or use a config file of {new}"
             )
-    old_opt, new_opt = earlier.get("optimizer"), later.get("optimizer")
+    recipe_opt = METHODS.get(old, {}).get("optimizer") if isinstance(old, str) else None
+    old_opt, new_opt = earlier.get("optimizer", recipe_opt), later.get("optimizer")
     if old_opt is not None and new_opt not in (None, old_opt) and "lr" in earlier and "lr" not in later:
         raise ValueError(
             f"{later_source}: optimizer {new_opt} over {source}, whose lr {earlier['lr']} is a step size for "
@@ -386,7 +410,9 @@ def under(later: Mapping[str, Any], earlier: Mapping[str, Any], method: str | No
     :data:`_ONE_SETTING` all (a file's ``label_map: flm`` under ``--head linear`` is no conflict); ``method``: the
     run's, where neither layer names it."""
     method = later.get("method", earlier.get("method", method or RunConfig.method))
-    prompter = later.get("prompter") or earlier.get("prompter") or METHODS.get(str(method), {}).get("prompter")
+    filled = earlier.get("recipe_filled") if isinstance(earlier.get("recipe_filled"), dict) else {}
+    own = earlier.get("prompter") if filled.get("prompter") != earlier.get("prompter") else None  # (not a recipe's)
+    prompter = later.get("prompter") or own or METHODS.get(str(method), {}).get("prompter")
     groups = [g for g in _ONE_SETTING if prompter == "evp" or "inner_size" not in g]  # (VP's prompt_size stands alone)
     gone = {k for group in groups if later.keys() & set(group) for k in group}
     return {k: v for k, v in earlier.items() if k not in gone}
@@ -534,7 +560,8 @@ def _refuse_unused(cfg: RunConfig, given: Collection[str]) -> None:
     head or method would not use: the run would record it, but not apply it."""
     for key, why in _unused(cfg.to_dict()).items():
         value = getattr(cfg, key)
-        if key in given and value != _NOTHING[key] and key not in cfg.recipe_filled:  # (the recipe's: not given)
+        # (None is unset, and what was filled in is not given: a saved config read back, or one of another method)
+        if key in given and value is not None and value != _NOTHING[key] and key not in cfg.recipe_filled:
             shown = ",".join(f"{v:g}" for v in value) if isinstance(value, list) else value
             shown = f"{shown:g}" if isinstance(shown, float) else shown
             raise SettingError(key, f"{key} {shown}: {why}")

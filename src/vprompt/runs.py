@@ -29,7 +29,7 @@ from torch import Tensor
 from . import __version__
 from .backbones import model_kind
 from .checkpoint import LAST_FILE, PROMPT_FILE, atomic_write, remove_unfinished_writes, save_prompt
-from .config import RunConfig, comparable
+from .config import SIZE_KEYS, RunConfig, comparable
 from .data import DataSplits
 from .data.base import FileDataset, LabeledSubset
 from .distributed import DistEnv
@@ -138,10 +138,6 @@ def saved_run(run_dir: Path) -> dict[str, Any]:
     return saved
 
 
-#: Sizes a config may leave to the model (None until the prompter is built, then saved as resolved).
-_SIZES = ("input_size", "inner_size", "prompt_size")
-
-
 def _same_weights(old: Any, new: Any) -> bool:
     """Whether two ``pretrained`` (or ``data_dir``) values name the same files: equal, paths to the same file or
     folder, or, where the old path is not there (another machine, another working directory), a path of the same
@@ -177,7 +173,7 @@ def changed_settings(old: dict[str, Any], cfg: RunConfig, keys: Sequence[str] = 
         if k in ("head", "label_map") and old[k] != new:
             before = head_of(old.get("head"), old.get("label_map"), old.get("model") or cfg.model)
             return before is None or before != head_of(cfg.head, cfg.label_map, cfg.model)
-        return old[k] != new and not (k in _SIZES and (old[k] is None or new is None))
+        return old[k] != new and not (k in SIZE_KEYS and (old[k] is None or new is None))
 
     changed = [k for k in keys if k in old and differs(k)]
     return ", ".join(f"{k}={old[k]!r} there, {now[k]!r} here" for k in changed)
