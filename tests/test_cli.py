@@ -829,6 +829,32 @@ def test_fit_leaves_the_callers_config_as_it_was(tmp_path):
     assert (probe.prompter, probe.epochs, probe.warmup_steps) == ("none", 0, None)
 
 
+@pytest.mark.parametrize("method", ["evp", "vp"])
+def test_a_size_given_over_a_runs_config_has_the_model_fill_the_others_again(tmp_path, method):
+    from vprompt.build import planned_sizes
+
+    def fresh(**given):
+        return resolve_config({"model": "cifar:resnet20", "dataset": "mnist", "method": method, **given})
+
+    def sizes(cfg):  # as the run sets them, from the model's own input size (32)
+        return {k: getattr(cfg, k) for k in ("input_size", "inner_size", "prompt_size")} | planned_sizes(cfg, 32)
+
+    run = fresh()
+    filled = planned_sizes(run, 32)
+    for key, value in filled.items():  # as build_prompter records them
+        setattr(run, key, value)
+    run.record_filled(filled)
+    assert run.prompt_size == 4 and sizes(fresh(input_size=48))["prompt_size"] == 6
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump({"config": run.to_dict(), "argv": ["vprompt", "train"]}))
+    args = cli.build_parser().parse_args(["train", "-c", str(saved), "--input-size", "48"])
+    for given in (run.replace(input_size=48), resolve_config(cli._run_values(args)[0])):
+        assert sizes(given) == sizes(fresh(input_size=48))  # not the border of 32 pixels', nor refused
+    assert sizes(run.replace(prompt_size=2)) == sizes(fresh(prompt_size=2))
+    mine = fresh(input_size=48, prompt_size=5)  # sizes the user gave stay
+    assert sizes(mine.replace(input_size=40))["prompt_size"] == 5
+
+
 @pytest.mark.parametrize(
     "setting,told",
     [

@@ -330,9 +330,7 @@ def _run_values(args: argparse.Namespace, method: str | None = None) -> tuple[di
     if "dataset_options" in cli:
         from_file = {k: v for k, v in from_file.items() if k not in dict(cli["dataset_options"])}
         cli["dataset_options"] = {**from_file, **dict(cli["dataset_options"])}
-    filled = values.get("recipe_filled")  # (a run's saved config: what its method's recipe filled in)
-    if isinstance(filled, dict):  # a setting typed here is the user's, whatever the recipe had filled
-        values["recipe_filled"] = less_given(filled, cli)
+    values = less_given(values, cli)  # a setting typed here is the user's, whatever a run's saved config had filled
     values = {**under(cli, values, method), **cli}
     sources.update(dict.fromkeys(cli, "command line"))
     sources.update({f"dataset_options.{k}": str(file) for k in from_file})  # each option's own, for its errors

@@ -154,7 +154,8 @@ class RunConfig:
     def replace(self, **changes: Any) -> RunConfig:
         """This config with ``changes`` (as :func:`dataclasses.replace`), where a setting given wins even when it
         equals what the recipe of the method replaced had filled in."""
-        return dataclasses.replace(self, **{"recipe_filled": less_given(self.recipe_filled, changes), **changes})
+        mine = {k: getattr(self, k) for k in ("recipe_filled", *SIZE_KEYS)}
+        return dataclasses.replace(self, **{**less_given(mine, changes), **changes})
 
     def identity(self) -> dict[str, Any]:
         """What a run is, as the first keys of its ``results.json``: what the result tables group by."""
@@ -339,10 +340,17 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 
 
-def less_given(filled: Mapping[str, Any], given: Collection[str]) -> dict[str, Any]:
-    """A :attr:`RunConfig.recipe_filled` without the settings now ``given`` (they are the user's, whatever was filled
-    in), keeping the method and model it was filled for."""
-    return {k: v for k, v in filled.items() if k in ("method", "model") or k not in given}
+def less_given(values: Mapping[str, Any], given: Collection[str]) -> dict[str, Any]:
+    """``values`` (a config's settings, with the ``recipe_filled`` of a saved one) where settings are now ``given``:
+    those are the user's, whatever was filled in, and where a size is given the sizes the model filled are unset, to
+    be filled again for it (the border of another input size is another)."""
+    filled = values.get("recipe_filled")
+    if not isinstance(filled, Mapping):
+        return dict(values)
+    resized = {k for k in SIZE_KEYS if k in filled and k not in given} if any(k in given for k in SIZE_KEYS) else set()
+    kept = {k: v for k, v in filled.items() if k in ("method", "model") or k not in given and k not in resized}
+    unset = {k: None for k in resized if values.get(k) == filled[k]}  # (still the model's: not a setting of the user's)
+    return {**values, **unset, "recipe_filled": kept}
 
 
 #: The sizes a config may leave to its model (set, and recorded as filled, when the prompter is built).
