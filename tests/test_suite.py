@@ -621,9 +621,12 @@ def test_a_setting_a_run_does_not_use_is_no_difference_and_no_error_when_shared(
     saved = {**probe.to_dict(), "l2_grid": ["1e-4", "1e-2", 1, 1]}  # as YAML reads 1e-4, and swept as a set
     assert changed_settings(saved, probe, ("l2_grid",)) == ""
     # A suite's shared setting goes to the methods that use it; a method entry's own is refused
-    grid = {"datasets": ["synthetic"], "base": {"weight_decay": 1e-4}, "methods": ["evp", "vp"]}
+    grid = {"datasets": ["synthetic"], "base": {"weight_decay": 1e-4, "inner_size": 48}, "methods": ["evp", "vp"]}
     evp_cell, vp_cell = expand_suite(parse_suite(grid))
-    assert evp_cell.error is None and vp_cell.cfg.weight_decay == 1e-4
+    assert (evp_cell.cfg.weight_decay, evp_cell.cfg.inner_size) == (0.0, 48)  # what the run uses, as it records it
+    assert (vp_cell.cfg.weight_decay, vp_cell.cfg.inner_size) == (1e-4, None)
+    for cell in (evp_cell, vp_cell):  # so that its saved config, given back as a config file, is this run again
+        assert resolve_config(cell.cfg.to_dict()) == cell.cfg
     grid["methods"] = [{"name": "evp", "weight_decay": 1e-4}]
     assert "weight_decay 0.0001: the normalized gradient has none" in expand_suite(parse_suite(grid))[0].error
 

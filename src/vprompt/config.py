@@ -563,16 +563,24 @@ def _head_of(settings: Mapping[str, Any]) -> str | None:
     return resolve_head(head, label_map, kind)
 
 
-def _refuse_unused(cfg: RunConfig, given: Collection[str]) -> None:
-    """A :class:`SettingError` for a setting in ``given`` that ``cfg``'s optimizer, schedule, prompter, diversity,
-    head or method would not use: the run would record it, but not apply it."""
-    for key, why in _unused(cfg.to_dict()).items():
-        value = getattr(cfg, key)
+def unused_given(cfg: RunConfig, given: Collection[str]) -> dict[str, str]:
+    """Setting -> why, for the settings in ``given`` that ``cfg``'s optimizer, schedule, prompter, diversity, head
+    or method would not use: the run would record them, but not apply them."""
+    return {
+        key: why
+        for key, why in _unused(cfg.to_dict()).items()
         # (None is unset, and what was filled in is not given: a saved config read back, or one of another method)
-        if key in given and value is not None and value != _NOTHING[key] and key not in cfg.recipe_filled:
-            shown = ",".join(f"{v:g}" for v in value) if isinstance(value, list) else value
-            shown = f"{shown:g}" if isinstance(shown, float) else shown
-            raise SettingError(key, f"{key} {shown}: {why}")
+        if key in given and getattr(cfg, key) not in (None, _NOTHING[key]) and key not in cfg.recipe_filled
+    }
+
+
+def _refuse_unused(cfg: RunConfig, given: Collection[str]) -> None:
+    """A :class:`SettingError` for the first of :func:`unused_given`."""
+    for key, why in unused_given(cfg, given).items():
+        value = getattr(cfg, key)
+        shown = ",".join(f"{v:g}" for v in value) if isinstance(value, list) else value
+        shown = f"{shown:g}" if isinstance(shown, float) else shown
+        raise SettingError(key, f"{key} {shown}: {why}")
 
 
 def comparable(settings: Mapping[str, Any]) -> dict[str, Any]:
