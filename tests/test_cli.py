@@ -789,8 +789,10 @@ def test_a_config_derived_with_another_method_takes_that_methods_recipe(tmp_path
     for cfg in (evp, vp):
         saved.write_text(yaml.safe_dump({"config": cfg.to_dict(), "argv": ["vprompt", "train"]}))
         assert run_cfg() == cfg  # the run again (a classifier's: the recipe's CLIP templates are no setting given)
-    saved.write_text(yaml.safe_dump({"config": evp.to_dict(), "argv": ["vprompt", "train"]}))
-    assert run_cfg("--method", "vp") == vp
+    for old_run in (False, True):  # a run saved before runs recorded what was filled: its recipe's values are
+        saved_cfg = {k: v for k, v in evp.to_dict().items() if not (old_run and k == "recipe_filled")}
+        saved.write_text(yaml.safe_dump({"config": saved_cfg, "argv": ["vprompt", "train"]}))
+        assert run_cfg("--method", "vp") == vp and run_cfg() == evp
     typed = run_cfg("--method", "vp", "--optimizer", "normgrad", "--lr", "70")  # typed: the user's, not the recipe's
     assert (typed.prompter, typed.optimizer, typed.lr) == ("pad", "normgrad", 70.0)
     assert run_cfg(command="zeroshot", method="zeroshot").templates == "ensemble"  # not EVP's single

@@ -641,6 +641,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
     if isinstance(data.get("config"), dict) and "argv" in data:  # a run's config.yaml: its settings
         data = data["config"]
+        method = data.get("method")
+        if "recipe_filled" not in data and isinstance(method, str) and method in METHODS:
+            # saved before runs recorded it: the values its method's recipe would fill are taken as filled in
+            recipe = method_recipe(method, str(path))
+            spelled = {k: v for k, v in recipe.items() if k in data and data[k] == v}
+            data = {**data, "recipe_filled": {"method": method, **spelled} if spelled else {}}
     settings: dict[str, Any] = {}
     for k, v in data.items():
         key = str(k).replace("-", "_")
