@@ -17,7 +17,7 @@ import yaml
 from safetensors import safe_open
 
 from vprompt import cli, engine, runs
-from vprompt.config import PRECISIONS, check_recipe_kept, load_yaml, resolve_config, under
+from vprompt.config import PRECISIONS, check_recipe_kept, load_yaml, resolve_config, under, with_filled_recorded
 
 from .conftest import ROOT, TINY_MODEL, tiny_run_args
 
@@ -778,6 +778,8 @@ def test_a_config_derived_with_another_method_takes_that_methods_recipe(tmp_path
     # A saved config read back with its own method keeps its values, even where the recipe has changed since.
     old = {**evp.to_dict(), "lr": 50.0, "recipe_filled": {**evp.recipe_filled, "lr": 50.0}}
     assert resolve_config(old).lr == 50.0 and resolve_config(evp.to_dict()) == evp
+    unnamed = {k: v for k, v in evp.recipe_filled.items() if k != "method"}  # as runs saved it for a while
+    assert resolve_config(with_filled_recorded({**evp.to_dict(), "recipe_filled": unnamed})) == evp
 
     # On the command line, a run's saved config.yaml: what its recipe filled in is no setting of the file's.
     saved = tmp_path / "config.yaml"
@@ -848,13 +850,22 @@ def test_a_size_given_over_a_runs_config_has_the_model_fill_the_others_again(tmp
     run.record_filled(filled)
     assert run.prompt_size == 4 and sizes(fresh(input_size=48))["prompt_size"] == 6
     saved = tmp_path / "config.yaml"
-    saved.write_text(yaml.safe_dump({"config": run.to_dict(), "argv": ["vprompt", "train"]}))
-    args = cli.build_parser().parse_args(["train", "-c", str(saved), "--input-size", "48"])
-    for given in (run.replace(input_size=48), resolve_config(cli._run_values(args)[0])):
-        assert sizes(given) == sizes(fresh(input_size=48))  # not the border of 32 pixels', nor refused
+    # (and as saved before runs recorded what was filled in: no recipe_filled, the model's input size beside)
+    for recorded in (run.to_dict(), {k: v for k, v in run.to_dict().items() if k != "recipe_filled"}):
+        saved.write_text(yaml.safe_dump({"config": recorded, "model_input_size": 32, "argv": ["vprompt", "train"]}))
+        args = cli.build_parser().parse_args(["train", "-c", str(saved), "--input-size", "48"])
+        for given in (run.replace(input_size=48), resolve_config(cli._run_values(args)[0])):
+            assert sizes(given) == sizes(fresh(input_size=48))  # not the border of 32 pixels', nor refused
     assert sizes(run.replace(prompt_size=2)) == sizes(fresh(prompt_size=2))
     mine = fresh(input_size=48, prompt_size=5)  # sizes the user gave stay
     assert sizes(mine.replace(input_size=40))["prompt_size"] == 5
+    if method == "evp":  # one of EVP's two sizes replaces both, as over a config file
+        assert sizes(fresh(inner_size=20).replace(prompt_size=5)) == sizes(fresh(prompt_size=5))
+        mine = {**fresh(inner_size=20).to_dict(), "input_size": 40, "prompt_size": 10}  # a run's: inner given
+        del mine["recipe_filled"]  # (as saved before runs recorded it)
+        legacy = with_filled_recorded(mine, 40)["recipe_filled"]
+        assert (legacy["model"], legacy["input_size"], legacy["prompt_size"]) == ("cifar:resnet20", 40, 10)
+        assert "inner_size" not in legacy and resolve_config({**mine, "recipe_filled": legacy}).inner_size == 20
 
 
 @pytest.mark.parametrize(

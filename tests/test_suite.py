@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from vprompt import cli, engine
-from vprompt.config import resolve_config
+from vprompt.config import load_yaml, resolve_config
 from vprompt.data import DatasetSpec
 from vprompt.data import registry as data_registry
 from vprompt.data.datasets import synthetic_dataset
@@ -611,7 +611,7 @@ def test_a_head_replaces_an_earlier_layers_label_map_and_the_other_way_round(tmp
     assert (linear.head, linear.label_map) == ("linear", None) and (ilm.head, ilm.label_map) == ("auto", "ilm")
 
 
-def test_a_setting_a_run_does_not_use_is_no_difference_and_no_error_when_shared():
+def test_a_setting_a_run_does_not_use_is_no_difference_and_no_error_when_shared(tmp_path):
     evp = resolve_config({"method": "evp"})
     unused = {**evp.to_dict(), "warmup_steps": 10, "weight_decay": 1e-4, "momentum": 0.5}  # EVP uses none of them
     assert changed_settings(unused, evp) == ""  # a run made with them (as vprompt once allowed) resumes without
@@ -627,6 +627,11 @@ def test_a_setting_a_run_does_not_use_is_no_difference_and_no_error_when_shared(
     assert (vp_cell.cfg.weight_decay, vp_cell.cfg.inner_size) == (1e-4, None)
     for cell in (evp_cell, vp_cell):  # so that its saved config, given back as a config file, is this run again
         assert resolve_config(cell.cfg.to_dict()) == cell.cfg
+    # ... also the config.yaml of a cell run before, which holds them: they were not the run's
+    saved = tmp_path / "config.yaml"
+    for cell, unused in ((evp_cell, {"weight_decay": 1e-4}), (vp_cell, {"inner_size": 48})):
+        saved.write_text(yaml.safe_dump({"config": {**cell.cfg.to_dict(), **unused}, "argv": ["vprompt", "suite"]}))
+        assert resolve_config(load_yaml(saved)) == cell.cfg
     grid["methods"] = [{"name": "evp", "weight_decay": 1e-4}]
     assert "weight_decay 0.0001: the normalized gradient has none" in expand_suite(parse_suite(grid))[0].error
 

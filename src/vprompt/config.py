@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -152,9 +153,13 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> RunConfig:
-        """This config with ``changes`` (as :func:`dataclasses.replace`), where a setting given wins even when it
-        equals what the recipe of the method replaced had filled in."""
-        mine = {k: getattr(self, k) for k in ("recipe_filled", *SIZE_KEYS)}
+        """This config with ``changes`` (as :func:`dataclasses.replace`), as a config file is overridden: a setting
+        given wins even when it equals what the recipe of the method replaced had filled in, a size given has the
+        model fill the others again, and one of two settings that say one thing (``head`` and ``label_map``; EVP's
+        ``inner_size`` and ``prompt_size``) replaces both."""
+        mine = self.to_dict()
+        kept = under(changes, mine, self.method)
+        mine |= {k: _FIELDS[k].default for k in mine.keys() - kept.keys()}  # (the other of a pair: its default)
         return dataclasses.replace(self, **{**less_given(mine, changes), **changes})
 
     def identity(self) -> dict[str, Any]:
@@ -342,8 +347,9 @@ METHODS: dict[str, dict[str, Any]] = {
 
 def less_given(values: Mapping[str, Any], given: Collection[str]) -> dict[str, Any]:
     """``values`` (a config's settings, with the ``recipe_filled`` of a saved one) where settings are now ``given``:
-    those are the user's, whatever was filled in, and where a size is given the sizes the model filled are unset, to
-    be filled again for it (the border of another input size is another)."""
+    those are the user's, whatever was filled in (``recipe_filled`` keeps the method and model it names, which tell
+    a change of either), and where a size is given the sizes the model filled are unset, for the model to fill them
+    again around it (VP's pad of a 32-pixel input is no pad of a 48-pixel one)."""
     filled = values.get("recipe_filled")
     if not isinstance(filled, Mapping):
         return dict(values)
@@ -381,9 +387,7 @@ def check_recipe_kept(later: Mapping[str, Any], earlier: Mapping[str, Any], late
         ours, theirs = method_recipe(old, source), method_recipe(new, later_source)
         filled = earlier.get("recipe_filled") if isinstance(earlier.get("recipe_filled"), dict) else {}
         # the old recipe's own values, as a file states them (a run's saved config lists those it filled: refilled)
-        spelled_out = [
-            k for k in ours if k in earlier and earlier[k] == ours[k] and not (k in filled and filled[k] == earlier[k])
-        ]  # fmt: skip
+        spelled_out = [k for k, v in _recipe_values(earlier, ours).items() if not (k in filled and filled[k] == v)]
         kept = [k for k in spelled_out if k not in later and earlier[k] != theirs.get(k)]
         if kept:
             spelled = ", ".join(f"{k} {earlier[k]}" for k in kept)
@@ -398,6 +402,52 @@ def check_recipe_kept(later: Mapping[str, Any], earlier: Mapping[str, Any], late
             f"{later_source}: optimizer {new_opt} over {source}, whose lr {earlier['lr']} is a step size for "
             f"{old_opt}; give --lr for {new_opt} too"
         )
+
+
+def _recipe_values(settings: Mapping[str, Any], recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of ``settings`` that hold ``recipe``'s value."""
+    return {k: v for k, v in recipe.items() if k in settings and settings[k] == v}
+
+
+def with_filled_recorded(settings: Mapping[str, Any], model_input_size: Any = None) -> dict[str, Any]:
+    """A run's saved ``settings`` with :attr:`RunConfig.recipe_filled` as runs record it now. Runs saved before did
+    not record it, or not its method: the values its method's recipe fills are taken as filled in, and, with the
+    ``model_input_size`` its model gave, the sizes that model fills for the sizes left (the fewest taken as given)."""
+    method, filled = settings.get("method"), settings.get("recipe_filled")
+    if not (isinstance(method, str) and method in METHODS) or (isinstance(filled, Mapping) and "method" in filled):
+        return dict(settings)
+    if isinstance(filled, Mapping):  # (recorded without its method: the run's own, which filled it)
+        return {**settings, "recipe_filled": {"method": method, **filled}}
+    filled = _recipe_values(settings, method_recipe(method, "method"))
+    sizes = _sizes_filled(settings, model_input_size) if isinstance(model_input_size, int) else {}
+    model = {"model": settings.get("model")} if sizes else {}
+    return {**settings, "recipe_filled": {"method": method, **model, **filled, **sizes} if filled or sizes else {}}
+
+
+def _sizes_filled(settings: Mapping[str, Any], model_input_size: int) -> dict[str, Any]:
+    """The saved sizes of ``settings`` that its model (of input size ``model_input_size``) would fill in, with the
+    fewest of them taken as given that gives them all."""
+    from .build import planned_sizes
+
+    saved = {k: settings.get(k) for k in SIZE_KEYS}
+    for n in range(len(SIZE_KEYS) + 1):
+        for given in itertools.combinations([k for k in SIZE_KEYS if saved[k] is not None], n):
+            try:
+                cfg = RunConfig(prompter=settings.get("prompter"), **{k: saved[k] for k in given})
+                planned = planned_sizes(cfg, model_input_size)
+            except (ValueError, TypeError):
+                continue
+            if all(planned.get(k) == saved[k] for k in SIZE_KEYS if k not in given):
+                return {k: saved[k] for k in planned}
+    return {}
+
+
+def run_file_settings(settings: Mapping[str, Any], model_input_size: Any = None) -> dict[str, Any]:
+    """The settings of a run's saved config.yaml as a config file for another run: with what was filled in
+    recorded (:func:`with_filled_recorded`), and without those the run did not use (a suite's shared
+    ``weight_decay`` under the normalized gradient), which it would not have recorded as it runs now."""
+    settings = with_filled_recorded(settings, model_input_size)
+    return {k: v for k, v in settings.items() if k not in _unused(settings)}
 
 
 def list_methods() -> dict[str, str]:
@@ -576,7 +626,8 @@ def unused_given(cfg: RunConfig, given: Collection[str]) -> dict[str, str]:
 
 def _refuse_unused(cfg: RunConfig, given: Collection[str]) -> None:
     """A :class:`SettingError` for the first of :func:`unused_given`."""
-    for key, why in unused_given(cfg, given).items():
+    key, why = next(iter(unused_given(cfg, given).items()), (None, ""))
+    if key is not None:
         value = getattr(cfg, key)
         shown = ",".join(f"{v:g}" for v in value) if isinstance(value, list) else value
         shown = f"{shown:g}" if isinstance(shown, float) else shown
@@ -621,7 +672,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a dict, with dashes in keys accepted as underscores."""
+    """Read a YAML config file into a dict, with dashes in keys accepted as underscores; of a run's saved
+    config.yaml its settings, as :func:`run_file_settings` gives them."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -640,13 +692,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of settings, not {type(data).__name__}")
     if isinstance(data.get("config"), dict) and "argv" in data:  # a run's config.yaml: its settings
-        data = data["config"]
-        method = data.get("method")
-        if "recipe_filled" not in data and isinstance(method, str) and method in METHODS:
-            # saved before runs recorded it: the values its method's recipe would fill are taken as filled in
-            recipe = method_recipe(method, str(path))
-            spelled = {k: v for k, v in recipe.items() if k in data and data[k] == v}
-            data = {**data, "recipe_filled": {"method": method, **spelled} if spelled else {}}
+        data = run_file_settings(data["config"], data.get("model_input_size"))
     settings: dict[str, Any] = {}
     for k, v in data.items():
         key = str(k).replace("-", "_")

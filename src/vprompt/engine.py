@@ -40,7 +40,7 @@ from .checkpoint import (
     save_prompt,
     save_state,
 )
-from .config import RunConfig, check_precision, resolve_config
+from .config import RunConfig, check_precision, resolve_config, with_filled_recorded
 from .data import DataSplits, check_dataset, get_dataset_spec, make_loader, prepare_data
 from .data.loader import PAD_LABEL
 from .data.registry import data_root
@@ -778,7 +778,8 @@ def evaluate_checkpoint(
     }  # fmt: skip
     flags = {k: v for k, v in flags.items() if v is not None}
     # this machine's device and threads, not the training machine's; downloads only when asked for here
-    values = {**config, "resume": None, "threads": None, "device": None, "download": download, **flags}
+    values = {**with_filled_recorded(config), "resume": None, "threads": None, "device": None, "download": download}
+    values |= flags
     for key in ("pretrained", "data_dir"):
         saved = values.get(key)
         if (

@@ -355,7 +355,8 @@ def expand_suite(suite: SuiteConfig, output: str | Path | None = None) -> list[S
                     cfg = resolve_config(values, source=where, check_unused=set(m.overrides))
                     unused = unused_given(cfg, values)
                     if unused:
-                        cfg = resolve_config({k: v for k, v in values.items() if k not in unused}, source=where)
+                        values = {k: v for k, v in values.items() if k not in unused}
+                        cfg = resolve_config(values, source=where, check_unused=set(m.overrides))
                     try:
                         check_model(cfg.model)  # a mistyped name is invalid in a dry run too, not a new run
                         check_sizes(cfg)  # as are sizes that do not fit the model
