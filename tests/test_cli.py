@@ -17,7 +17,15 @@ import yaml
 from safetensors import safe_open
 
 from vprompt import cli, engine, runs
-from vprompt.config import PRECISIONS, check_recipe_kept, load_yaml, resolve_config, under, with_filled_recorded
+from vprompt.config import (
+    PRECISIONS,
+    SIZE_KEYS,
+    check_recipe_kept,
+    load_yaml,
+    resolve_config,
+    under,
+    with_filled_recorded,
+)
 
 from .conftest import ROOT, TINY_MODEL, tiny_run_args
 
@@ -837,6 +845,9 @@ def test_fit_leaves_the_callers_config_as_it_was(tmp_path):
 def test_a_size_given_over_a_runs_config_has_the_model_fill_the_others_again(tmp_path, method):
     from vprompt.build import planned_sizes
 
+    def less(settings, *keys):
+        return {k: v for k, v in settings.items() if k not in keys}
+
     def fresh(**given):
         return resolve_config({"model": "cifar:resnet20", "dataset": "mnist", "method": method, **given})
 
@@ -850,8 +861,10 @@ def test_a_size_given_over_a_runs_config_has_the_model_fill_the_others_again(tmp
     run.record_filled(filled)
     assert run.prompt_size == 4 and sizes(fresh(input_size=48))["prompt_size"] == 6
     saved = tmp_path / "config.yaml"
-    # (and as saved before runs recorded what was filled in: no recipe_filled, the model's input size beside)
-    for recorded in (run.to_dict(), {k: v for k, v in run.to_dict().items() if k != "recipe_filled"}):
+    # (and as saved before runs recorded what was filled in: no recipe_filled, the model's input size beside; or
+    # with a recipe_filled without its method, model and sizes, as runs saved it for a while)
+    as_saved, unnamed = run.to_dict(), less(run.recipe_filled, "method", "model", *SIZE_KEYS)
+    for recorded in (as_saved, {**as_saved, "recipe_filled": unnamed}, less(as_saved, "recipe_filled")):
         saved.write_text(yaml.safe_dump({"config": recorded, "model_input_size": 32, "argv": ["vprompt", "train"]}))
         args = cli.build_parser().parse_args(["train", "-c", str(saved), "--input-size", "48"])
         for given in (run.replace(input_size=48), resolve_config(cli._run_values(args)[0])):
@@ -859,13 +872,16 @@ def test_a_size_given_over_a_runs_config_has_the_model_fill_the_others_again(tmp
     assert sizes(run.replace(prompt_size=2)) == sizes(fresh(prompt_size=2))
     mine = fresh(input_size=48, prompt_size=5)  # sizes the user gave stay
     assert sizes(mine.replace(input_size=40))["prompt_size"] == 5
-    if method == "evp":  # one of EVP's two sizes replaces both, as over a config file
+    if method == "evp":  # one of EVP's two sizes replaces both, as over a config file (None gives none)
         assert sizes(fresh(inner_size=20).replace(prompt_size=5)) == sizes(fresh(prompt_size=5))
+        assert fresh(inner_size=20).replace(prompt_size=None).inner_size == 20
+        assert fresh(head="linear").replace(label_map=None).head == "linear"
         mine = {**fresh(inner_size=20).to_dict(), "input_size": 40, "prompt_size": 10}  # a run's: inner given
-        del mine["recipe_filled"]  # (as saved before runs recorded it)
+        mine = less(mine, "recipe_filled")  # (as saved before runs recorded it)
         legacy = with_filled_recorded(mine, 40)["recipe_filled"]
         assert (legacy["model"], legacy["input_size"], legacy["prompt_size"]) == ("cifar:resnet20", 40, 10)
         assert "inner_size" not in legacy and resolve_config({**mine, "recipe_filled": legacy}).inner_size == 20
+        assert "model" not in with_filled_recorded(mine, 10**9)["recipe_filled"]  # (no model's input size)
 
 
 @pytest.mark.parametrize(
@@ -1038,6 +1054,7 @@ def test_a_setting_the_run_would_not_use_is_refused_where_it_was_given():
                            "di_prob": 0.2, "di_min_scale": 0.5})  # fmt: skip
     assert (used.ilm_interval, used.di_prob, used.di_min_scale) == (3, 0.2, 0.5)
     assert resolve_config({"head": "linear", "head_lr": 0.1}).head_lr == 0.1
+    assert resolve_config({"head": "linear", "weight_decay": 0.1}).weight_decay == 0.1  # the head's AdamW decays
     assert resolve_config({"method": "zeroshot", "templates": "imagenet80"}).templates == "imagenet80"
     assert resolve_config({"method": "linprobe", "l2_grid": [0.1]}).l2_grid == [0.1]
     # a finished run's saved settings are evaluated as they were

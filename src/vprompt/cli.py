@@ -311,7 +311,8 @@ def _run_values(args: argparse.Namespace, method: str | None = None) -> tuple[di
 
     zeroshot and linprobe take from a config file only the settings they offer as flags, so that the file of a
     training run can be reused for them; the others (a prompt, an optimizer, epochs) are named and left out. What a
-    method's recipe filled in a run's saved config is no setting of the file's (:func:`file_settings`)."""
+    method's recipe filled in a run's saved config is no setting of the file's
+    (:func:`~vprompt.config.run_file_settings`)."""
     from .config import check_dataset_options, check_recipe_kept, less_given, load_yaml, under
 
     values: dict[str, Any] = {}

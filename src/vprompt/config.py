@@ -158,7 +158,7 @@ class RunConfig:
         model fill the others again, and one of two settings that say one thing (``head`` and ``label_map``; EVP's
         ``inner_size`` and ``prompt_size``) replaces both."""
         mine = self.to_dict()
-        kept = under(changes, mine, self.method)
+        kept = under({k: v for k, v in changes.items() if v is not None}, mine, self.method)  # (None gives nothing)
         mine |= {k: _FIELDS[k].default for k in mine.keys() - kept.keys()}  # (the other of a pair: its default)
         return dataclasses.replace(self, **{**less_given(mine, changes), **changes})
 
@@ -416,10 +416,10 @@ def with_filled_recorded(settings: Mapping[str, Any], model_input_size: Any = No
     method, filled = settings.get("method"), settings.get("recipe_filled")
     if not (isinstance(method, str) and method in METHODS) or (isinstance(filled, Mapping) and "method" in filled):
         return dict(settings)
-    if isinstance(filled, Mapping):  # (recorded without its method: the run's own, which filled it)
-        return {**settings, "recipe_filled": {"method": method, **filled}}
-    filled = _recipe_values(settings, method_recipe(method, "method"))
-    sizes = _sizes_filled(settings, model_input_size) if isinstance(model_input_size, int) else {}
+    # (recorded without its method: the run's own, which filled it; not recorded: what its recipe would fill)
+    filled = dict(filled) if isinstance(filled, Mapping) else _recipe_values(settings, method_recipe(method, "method"))
+    known = type(model_input_size) is int and 0 < model_input_size <= 8192  # (a model's input size, as runs save it)
+    sizes = _sizes_filled(settings, model_input_size) if known and not filled.keys() & {"model", *SIZE_KEYS} else {}
     model = {"model": settings.get("model")} if sizes else {}
     return {**settings, "recipe_filled": {"method": method, **model, **filled, **sizes} if filled or sizes else {}}
 
@@ -435,7 +435,7 @@ def _sizes_filled(settings: Mapping[str, Any], model_input_size: int) -> dict[st
             try:
                 cfg = RunConfig(prompter=settings.get("prompter"), **{k: saved[k] for k in given})
                 planned = planned_sizes(cfg, model_input_size)
-            except (ValueError, TypeError):
+            except (ValueError, TypeError, RuntimeError):  # (sizes no prompter takes: none of them filled)
                 continue
             if all(planned.get(k) == saved[k] for k in SIZE_KEYS if k not in given):
                 return {k: saved[k] for k in planned}
@@ -446,8 +446,7 @@ def run_file_settings(settings: Mapping[str, Any], model_input_size: Any = None)
     """The settings of a run's saved config.yaml as a config file for another run: with what was filled in
     recorded (:func:`with_filled_recorded`), and without those the run did not use (a suite's shared
     ``weight_decay`` under the normalized gradient), which it would not have recorded as it runs now."""
-    settings = with_filled_recorded(settings, model_input_size)
-    return {k: v for k, v in settings.items() if k not in _unused(settings)}
+    return without_unused(with_filled_recorded(settings, model_input_size))
 
 
 def list_methods() -> dict[str, str]:
@@ -567,8 +566,6 @@ def _unused(settings: Mapping[str, Any]) -> dict[str, str]:
     why = {}
     if optimizer != "sgd":
         why["momentum"] = f"only optimizer sgd has momentum, not {optimizer}"
-    if optimizer == "normgrad":
-        why["weight_decay"] = "the normalized gradient has none (optimizer sgd or adamw decays)"
     if schedule != "cosine":
         why["warmup_steps"] = f"only schedule cosine warms up, not {schedule}"
     if prompter in ("pad", "fixed_patch", "random_patch"):
@@ -588,6 +585,8 @@ def _unused(settings: Mapping[str, Any]) -> dict[str, str]:
         return {**why, **dict.fromkeys(_PROBE_IGNORES, probe)}
     why["l2_grid"] = f"the L2 strengths of method linprobe, not {method}"
     head = _head_of(settings)
+    if optimizer == "normgrad" and head != "linear":  # (a linear head's AdamW decays by it)
+        why["weight_decay"] = "the normalized gradient has none (optimizer sgd or adamw decays, or a linear head's)"
     if head != "linear":
         why["head_lr"] = f"only head linear is trained with its own lr, not {head or 'the model default'}"
     if head != "ilm":
@@ -613,25 +612,23 @@ def _head_of(settings: Mapping[str, Any]) -> str | None:
     return resolve_head(head, label_map, kind)
 
 
-def unused_given(cfg: RunConfig, given: Collection[str]) -> dict[str, str]:
-    """Setting -> why, for the settings in ``given`` that ``cfg``'s optimizer, schedule, prompter, diversity, head
-    or method would not use: the run would record them, but not apply them."""
-    return {
-        key: why
-        for key, why in _unused(cfg.to_dict()).items()
-        # (None is unset, and what was filled in is not given: a saved config read back, or one of another method)
-        if key in given and getattr(cfg, key) not in (None, _NOTHING[key]) and key not in cfg.recipe_filled
-    }
-
-
 def _refuse_unused(cfg: RunConfig, given: Collection[str]) -> None:
-    """A :class:`SettingError` for the first of :func:`unused_given`."""
-    key, why = next(iter(unused_given(cfg, given).items()), (None, ""))
-    if key is not None:
+    """A :class:`SettingError` for a setting in ``given`` that ``cfg``'s optimizer, schedule, prompter, diversity,
+    head or method would not use: the run would record it, but not apply it."""
+    for key, why in _unused(cfg.to_dict()).items():
         value = getattr(cfg, key)
-        shown = ",".join(f"{v:g}" for v in value) if isinstance(value, list) else value
-        shown = f"{shown:g}" if isinstance(shown, float) else shown
-        raise SettingError(key, f"{key} {shown}: {why}")
+        # (None is unset, and what was filled in is not given: a saved config read back, or one of another method)
+        if key in given and value is not None and value != _NOTHING[key] and key not in cfg.recipe_filled:
+            shown = ",".join(f"{v:g}" for v in value) if isinstance(value, list) else value
+            shown = f"{shown:g}" if isinstance(shown, float) else shown
+            raise SettingError(key, f"{key} {shown}: {why}")
+
+
+def without_unused(values: Mapping[str, Any], settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``values`` without the settings that the run of ``settings`` (resolved; by default ``values``) does not use,
+    which would be recorded with it but not applied."""
+    unused = _unused(values if settings is None else settings)
+    return {k: v for k, v in values.items() if k not in unused}
 
 
 def comparable(settings: Mapping[str, Any]) -> dict[str, Any]:

@@ -69,7 +69,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, check_dataset_options, load_yaml, resolve_config, under, unused_given
+from .config import RunConfig, check_dataset_options, load_yaml, resolve_config, under, without_unused
 from .errors import INTERRUPTED_EXIT, USER_ERRORS, DataFileError, did_you_mean, one_line, sigterm_interrupts
 
 __all__ = ["SuiteConfig", "MethodEntry", "SuiteCell", "RunRecord", "SuiteReport", "load_suite", "expand_suite",
@@ -353,9 +353,9 @@ def expand_suite(suite: SuiteConfig, output: str | Path | None = None) -> list[S
                     # a shared setting a method does not use is no error of its (only its entry's own are), nor
                     # part of its run's config (which, given back as a config file, would be refused for it)
                     cfg = resolve_config(values, source=where, check_unused=set(m.overrides))
-                    unused = unused_given(cfg, values)
-                    if unused:
-                        values = {k: v for k, v in values.items() if k not in unused}
+                    used = without_unused(values, cfg.to_dict())
+                    if used != values:
+                        values = used
                         cfg = resolve_config(values, source=where, check_unused=set(m.overrides))
                     try:
                         check_model(cfg.model)  # a mistyped name is invalid in a dry run too, not a new run
