@@ -431,7 +431,9 @@ def test_a_finished_run_is_neither_overwritten_nor_removed_by_a_second_start(tmp
     assert cli.main(tiny_run_args(tmp_path, epochs=1)) == 0
     before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
     assert cli.main(tiny_run_args(tmp_path, epochs=1)) == 2
-    assert "already holds a run; pass --resume latest" in capsys.readouterr().err
+    acc = json.loads((tmp_path / "run" / "results.json").read_text())["test"]["acc1"]
+    told = f"already holds a finished run (test acc {acc:.2f}, in its results.json); --resume latest continues it"
+    assert told in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
 
 

@@ -357,6 +357,18 @@ def holds_run(run_dir: Path) -> bool:
     return any((run_dir / name).exists() for name in (LAST_FILE, FEATURES_FILE, "results.json", PREVIOUS_RESULTS))
 
 
+def _held_run(run_dir: Path) -> str:
+    """The run ``run_dir`` holds and what ``--resume latest`` does with it, for the refusal to start over it."""
+    if not (run_dir / "results.json").is_file():
+        return "an unfinished run; pass --resume latest to continue it"
+    try:
+        done = f"a finished run (test acc {read_results(run_dir)['test']['acc1']:.2f}, in its results.json)"
+    except DataFileError as e:
+        return f"a run whose results are damaged ({e})"
+    again = "the test evaluation; a probe's fit on its cached features"
+    return f"{done}; --resume latest continues it (to more --epochs) or redoes its last step ({again})"
+
+
 def resume_path(cfg: RunConfig) -> Path | None:
     """The ``last.pt`` to resume from, or None to start afresh (refusing to overwrite a finished or started run).
     ``--resume PATH`` of another run folder continues that run's state in this one, which must hold no run."""
@@ -365,8 +377,7 @@ def resume_path(cfg: RunConfig) -> Path | None:
     if cfg.resume is None:
         if held:
             raise FileExistsError(
-                f"run folder {run_dir} already holds a run; pass --resume latest to continue it (a run that trains "
-                "nothing: to redo it, a probe on its cached features), or --name to start another"
+                f"run folder {run_dir} already holds {_held_run(run_dir)}, or --name to start another"
             )
         return None
     if cfg.resume == "latest":
