@@ -21,6 +21,7 @@ from vprompt.cifar_resnet import (
     CifarResNet,
     create_cifar_resnet,
     load_cifar_resnet_state_dict,
+    resolve_cifar_resnet_checkpoint,
 )
 
 
@@ -132,7 +133,10 @@ def test_sha256_mismatch_rejected_before_unpickling(tmp_path: Path, monkeypatch:
         with pytest.raises(ValueError, match="sha256") as info:
             create_cifar_resnet(20, pretrained=pretrained)
         msg = str(info.value)
-        assert expected in msg and str(bad) in msg and "corrupt" in msg
+        assert expected in msg and str(bad) in msg and "corrupt copy of the ResNet-20 checkpoint" in msg
+        assert "delete" not in msg  # (the user's own file, maybe another one given by mistake)
+    with pytest.raises(ValueError, match="the cached copy is corrupt: delete it and it is downloaded again"):
+        resolve_cifar_resnet_checkpoint(20, "cifar10", cache_dir=tmp_path, download=False)
     good_32 = RESNET_DIR / CIFAR_RESNET_CHECKPOINTS[32][0]  # a good file of another depth is not called corrupt
     with pytest.raises(ValueError, match=r"is the ResNet-32 checkpoint, not the ResNet-20 one the model needs"):
         create_cifar_resnet(20, pretrained=good_32)

@@ -195,7 +195,9 @@ def default_cache_dir() -> Path:
     return base / "cifar10_resnets"
 
 
-def _verify_sha256(path: Path, expected: str) -> None:
+def _verify_sha256(path: Path, expected: str, cached: bool = False) -> None:
+    """Refuse ``path`` unless its sha256 is ``expected``, naming a good checkpoint of another depth; ``cached``: a
+    copy in the cache (a corrupt one is downloaded again once deleted), not a file the user gave."""
     got = file_digest(path, "sha256")
     other = next((d for d, (_, sha) in CIFAR_RESNET_CHECKPOINTS.items() if sha == got and sha != expected), None)
     if other is not None:
@@ -205,10 +207,16 @@ def _verify_sha256(path: Path, expected: str) -> None:
             f"ResNet-{wanted} weights as --pretrained, or train with --model cifar:resnet{other}"
         )
     if got != expected:
-        raise ValueError(
-            f"sha256 mismatch for {path}: expected {expected}, got {got}; the file is corrupt or not this checkpoint "
-            "(delete it and re-download, or point --pretrained at a good copy)"
+        wanted = next(
+            f"ResNet-{d} checkpoint ({name})" for d, (name, sha) in CIFAR_RESNET_CHECKPOINTS.items() if sha == expected
         )
+        fix = (
+            "the cached copy is corrupt: delete it and it is downloaded again, or point --pretrained at a good copy"
+            if cached
+            else f"it is a corrupt copy of the {wanted} or another file: point --pretrained at that checkpoint or a "
+            "folder holding it"
+        )
+        raise ValueError(f"sha256 mismatch for {path}: expected {expected}, got {got}; {fix}")
 
 
 def _download(url: str, dest: Path, expected_sha256: str) -> None:
@@ -252,7 +260,8 @@ def resolve_cifar_resnet_checkpoint(
     """
     file_name, expected = _check_depth(depth)
     path = Path(pretrained).expanduser()
-    if isinstance(pretrained, str) and pretrained.lower() in _PRETRAINED_ALIASES:  # a folder of that name: ./cifar10
+    cached = isinstance(pretrained, str) and pretrained.lower() in _PRETRAINED_ALIASES
+    if cached:  # (a folder of that name: ./cifar10)
         folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         path = folder / file_name
         if not path.is_file():
@@ -284,7 +293,7 @@ def resolve_cifar_resnet_checkpoint(
             f"pretrained checkpoint {str(pretrained)!r} not found; pass an existing .th file, a folder containing "
             f"{file_name}, or {aliases} to use/download the cached copy"
         )
-    _verify_sha256(path, expected)
+    _verify_sha256(path, expected, cached=cached)
     return path
 
 
