@@ -122,6 +122,11 @@ class SuiteCell:
     cfg: RunConfig | None
     error: str | None = None
 
+    @property
+    def label(self) -> str:
+        """``METHOD on DATASET, seed S[, K-shot]``: the run as the suite's lines name it."""
+        return f"{self.method} on {self.dataset}, seed {self.seed}" + (f", {self.shots}-shot" if self.shots else "")
+
 
 @dataclass
 class RunRecord:
@@ -478,7 +483,7 @@ def run_suite(
     if dry_run:
         width = max(len(s) for s, _, _ in states)
         for cell, (state, why, _) in zip(cells, states):
-            where = cell.cfg.run_dir if cell.cfg is not None else f"{cell.method} on {cell.dataset}"
+            where = cell.cfg.run_dir if cell.cfg is not None else cell.label
             print(f"{state:{width}s}  {where}" + (f"  ({why})" if why else ""))
         counts = {s: sum(1 for x, _, _ in states if x == s) for s in dict.fromkeys(x for x, _, _ in states)}
         print(f"{len(cells)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
@@ -495,9 +500,7 @@ def run_suite(
     queue: list[tuple[str, SuiteCell, RunConfig]] = []
     verb: dict[int, str] = {}
     for i, (cell, (state, why, results)) in enumerate(zip(cells, states)):
-        tag = f"[{i + 1}/{len(cells)}] {cell.method} on {cell.dataset}, seed {cell.seed}" + (
-            f", {cell.shots}-shot" if cell.shots else ""
-        )
+        tag = f"[{i + 1}/{len(cells)}] {cell.label}"
         if state in _CANNOT_RUN:
             _log.error("suite %s: %s", tag, why)
             if fail_fast:
