@@ -356,10 +356,13 @@ def test_a_damaged_results_file_is_a_failed_cell_named_and_the_grid_goes_on(tmp_
 
 def test_a_dry_run_names_each_run_that_cannot_run_by_its_seed_and_shots(tmp_path, capsys):
     suite = parse_suite({"datasets": ["digitz"], "methods": ["evp"], "seeds": [1, 2], "shots": [None, 4]})
-    run_suite(suite, output=tmp_path, dry_run=True)
+    assert "deviation over seeds 1, 2. (k/n)" in run_suite(suite, output=tmp_path, dry_run=True).markdown
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("invalid")]
     named = [line.split("  (")[0].split("invalid", 1)[1].strip() for line in lines]
     assert sorted(named) == sorted(f"evp on digitz, seed {s}{k}" for s in (1, 2) for k in ("", ", 4-shot"))
+    rows = parse_suite({"datasets": ["digitz"], "methods": ["evp", {"name": "vp", "seeds": [3]}], "seeds": [1, 2]})
+    told = "over the seeds of each row, evp: 1, 2; vp: 3. (k/n)"  # (not the suite's for every row)
+    assert told in run_suite(rows, output=tmp_path, dry_run=True).markdown
 
 
 def test_a_train_fraction_is_labelled_as_such_and_cannot_meet_shots(tmp_path):

@@ -756,7 +756,12 @@ def build_table(records: Sequence[RunRecord], suite: SuiteConfig) -> tuple[str, 
         shot_cell = [(full if shots is None else str(shots))] if with_shots else []
         avg_text = f"{average:.2f}" if average is not None else "–"
         lines.append("| " + " | ".join([m.label, *shot_cell, *texts, avg_text]) + " |")
-    seeds = sorted({r.seed for r in records})
+    row_seeds = {m.label: ", ".join(map(str, m.seeds or suite.seeds)) for m, _ in _rows(suite)}
+    over = (
+        f"seeds {row_seeds.popitem()[1]}"
+        if len(set(row_seeds.values())) == 1
+        else "the seeds of each row, " + ("; ".join(f"{label}: {seeds}" for label, seeds in row_seeds.items()))
+    )
     done = [r for r in records if r.status == "done"]
     unselected = sorted({f"{r.method} on {r.dataset}" for r in done if r.val_acc1 is None})  # val_fraction 0
     which = "the epoch selected on validation"
@@ -766,8 +771,8 @@ def build_table(records: Sequence[RunRecord], suite: SuiteConfig) -> tuple[str, 
         which += f" (the last epoch for {', '.join(unselected)}: no validation split)"
     lines += [
         "",
-        f"Top-1 test accuracy (%) of {which}; mean ± sample standard deviation over "
-        f"seeds {', '.join(map(str, seeds))}. (k/n): k of n seeds finished; –: not finished yet.",
+        f"Top-1 test accuracy (%) of {which}; mean ± sample standard deviation over {over}. (k/n): k of n seeds "
+        "finished; –: not finished yet.",
     ]
     failed = [r for r in records if r.status == "failed"]
     if failed:
