@@ -234,7 +234,8 @@ def test_a_finished_run_redone_and_interrupted_keeps_no_results_of_other_setting
     # its earlier results still mark the folder as holding a run, which another run may not take over
     capsys.readouterr()
     assert cli.main([*zeroshot, "--templates", "ensemble"]) == 2
-    assert f"run folder {run} already holds a run" in capsys.readouterr().err
+    told = f"run folder {run} already holds a run being redone (its earlier results wait in {runs.PREVIOUS_RESULTS})"
+    assert told in capsys.readouterr().err
     assert (run / runs.PREVIOUS_RESULTS).is_file()
 
 

@@ -132,7 +132,7 @@ def test_a_probe_stopped_after_its_features_is_continued_on_them_and_not_taken_o
     monkeypatch.undo()
     capsys.readouterr()
     assert cli.main(_args(tmp_path, "--dataset-option", "n_train=100")) == 2  # would write over its features
-    assert f"run folder {run} already holds a run; pass --resume latest" in capsys.readouterr().err
+    assert f"run folder {run} already holds an unfinished run; pass --resume latest" in capsys.readouterr().err
     monkeypatch.setattr(linprobe, "extract_features", lambda *a, **k: pytest.fail("features must come from cache"))
     assert cli.main(_args(tmp_path, "--resume", "latest")) == 0 and (run / "results.json").is_file()
 

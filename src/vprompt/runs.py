@@ -360,7 +360,9 @@ def holds_run(run_dir: Path) -> bool:
 def _held_run(run_dir: Path) -> str:
     """The run ``run_dir`` holds and what ``--resume latest`` does with it, for the refusal to start over it."""
     if not (run_dir / "results.json").is_file():
-        return "an unfinished run; pass --resume latest to continue it"
+        redone = f"a run being redone (its earlier results wait in {PREVIOUS_RESULTS})"
+        held = redone if (run_dir / PREVIOUS_RESULTS).is_file() else "an unfinished run"
+        return f"{held}; pass --resume latest to continue it"
     try:
         done = f"a finished run (test acc {read_results(run_dir)['test']['acc1']:.2f}, in its results.json)"
     except DataFileError as e:
