@@ -199,24 +199,22 @@ def _verify_sha256(path: Path, expected: str, cached: bool = False) -> None:
     """Refuse ``path`` unless its sha256 is ``expected``, naming a good checkpoint of another depth; ``cached``: a
     copy in the cache (a corrupt one is downloaded again once deleted), not a file the user gave."""
     got = file_digest(path, "sha256")
-    other = next((d for d, (_, sha) in CIFAR_RESNET_CHECKPOINTS.items() if sha == got and sha != expected), None)
+    if got == expected:
+        return
+    wanted, name = next((d, name) for d, (name, sha) in CIFAR_RESNET_CHECKPOINTS.items() if sha == expected)
+    other = next((d for d, (_, sha) in CIFAR_RESNET_CHECKPOINTS.items() if sha == got), None)
     if other is not None:
-        wanted = next(d for d, (_, sha) in CIFAR_RESNET_CHECKPOINTS.items() if sha == expected)
         raise ValueError(
             f"{path} is the ResNet-{other} checkpoint, not the ResNet-{wanted} one the model needs: give the "
             f"ResNet-{wanted} weights as --pretrained, or train with --model cifar:resnet{other}"
         )
-    if got != expected:
-        wanted = next(
-            f"ResNet-{d} checkpoint ({name})" for d, (name, sha) in CIFAR_RESNET_CHECKPOINTS.items() if sha == expected
-        )
-        fix = (
-            "the cached copy is corrupt: delete it and it is downloaded again, or point --pretrained at a good copy"
-            if cached
-            else f"it is a corrupt copy of the {wanted} or another file: point --pretrained at that checkpoint or a "
-            "folder holding it"
-        )
-        raise ValueError(f"sha256 mismatch for {path}: expected {expected}, got {got}; {fix}")
+    fix = (
+        "the cached copy is corrupt: delete it and it is downloaded again, or point --pretrained at a good copy"
+        if cached
+        else f"it is a corrupt copy of the ResNet-{wanted} checkpoint ({name}) or another file: point --pretrained "
+        "at that checkpoint or a folder holding it"
+    )
+    raise ValueError(f"sha256 mismatch for {path}: expected {expected}, got {got}; {fix}")
 
 
 def _download(url: str, dest: Path, expected_sha256: str) -> None:

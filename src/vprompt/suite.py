@@ -124,8 +124,12 @@ class SuiteCell:
 
     @property
     def label(self) -> str:
-        """``METHOD on DATASET, seed S[, K-shot]``: the run as the suite's lines name it."""
-        return f"{self.method} on {self.dataset}, seed {self.seed}" + (f", {self.shots}-shot" if self.shots else "")
+        return run_label(self.method, self.dataset, self.seed, self.shots)
+
+
+def run_label(method: str, dataset: str, seed: int, shots: int | None) -> str:
+    """``METHOD on DATASET, seed S[, K-shot]``: a run of the grid as the suite's lines and tables name it."""
+    return f"{method} on {dataset}, seed {seed}" + (f", {shots}-shot" if shots else "")
 
 
 @dataclass
@@ -777,8 +781,7 @@ def build_table(records: Sequence[RunRecord], suite: SuiteConfig) -> tuple[str, 
     failed = [r for r in records if r.status == "failed"]
     if failed:
         lines += ["", "Failed runs:", ""]
-        lines += [f"- {r.method} on {r.dataset}, seed {r.seed}" + (f", {r.shots}-shot" if r.shots else "")
-                  + f": {r.error}" for r in failed]  # fmt: skip
+        lines += [f"- {run_label(r.method, r.dataset, r.seed, r.shots)}: {r.error}" for r in failed]
     return "\n".join(lines) + "\n", rows
 
 
