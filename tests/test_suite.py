@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from vprompt import cli, engine
-from vprompt.config import load_yaml, resolve_config
+from vprompt.config import in_file_terms, load_yaml, resolve_config
 from vprompt.data import DatasetSpec
 from vprompt.data import registry as data_registry
 from vprompt.data.datasets import synthetic_dataset
@@ -230,6 +230,23 @@ def test_a_failure_of_the_users_making_is_logged_without_a_traceback(tmp_path, m
     failures = [r for r in vprompt_caplog.records if "failed:" in r.getMessage()]
     assert any("FileNotFoundError" in r.getMessage() for r in failures)
     assert failures and all(r.exc_info is not None for r in failures)
+
+
+def test_a_failed_runs_error_names_the_suite_files_keys_not_flags(tmp_path, vprompt_caplog):
+    # the run's own error says --data-dir and --download; its settings came from the suite's file
+    suite = parse_suite({
+        "base": {"model": TINY_MODEL, "pretrained": "none", "output": str(tmp_path / "runs"), "epochs": 1,
+                 "data_dir": str(tmp_path / "nothere"), "download": False},
+        "datasets": ["mnist"], "methods": ["vp"], "seeds": [1],
+    })  # fmt: skip
+    (record,) = run_suite(suite, quiet=True).records
+    assert record.status == "failed" and "data_dir" in record.error and "download: true" in record.error
+    assert "--" not in record.error
+    assert any("data_dir" in r.getMessage() for r in vprompt_caplog.records if "failed:" in r.getMessage())
+    assert "data_dir" in (tmp_path / "runs" / "suite_results.md").read_text()
+    assert in_file_terms("--no-download; --dataset-option crop=20; --resume latest; --jobs 2") == (
+        "download: false; dataset_options crop=20; --resume latest; --jobs 2"  # (a suite resumes; --jobs is its flag)
+    )
 
 
 def test_shots_rows_labels_and_per_method_seeds():

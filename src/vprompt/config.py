@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import itertools
 import math
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -455,6 +456,24 @@ def list_methods() -> dict[str, str]:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def in_file_terms(text: str) -> str:
+    """``text`` (an error's message) with the flags of settings spelled as a config file's keys: ``--data-dir`` as
+    ``data_dir``, ``--dataset-option`` as ``dataset_options``, ``--no-download`` as ``download: false``. For the
+    errors of a suite's runs, whose settings come from the suite's file. (``--resume`` is left: a suite resumes.)"""
+
+    def key(match: re.Match[str]) -> str:
+        negated, name = match.group(1), match.group(2).replace("-", "_")
+        name = "dataset_options" if name == "dataset_option" else name
+        f = _FIELDS.get(name)
+        if f is None or name == "resume":
+            return match.group(0)
+        if f.type == "bool":
+            return f"{name}: {'false' if negated else 'true'}"
+        return match.group(0) if negated else name
+
+    return re.sub(r"(?<![\w-])--(no-)?([a-z][a-z0-9-]*)", key, text)
 
 
 #: Settings that say one thing: a layer of settings giving either replaces both of an earlier layer's. (EVP's

@@ -69,7 +69,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, check_dataset_options, load_yaml, resolve_config, under, without_unused
+from .config import (
+    RunConfig,
+    check_dataset_options,
+    in_file_terms,
+    load_yaml,
+    resolve_config,
+    under,
+    without_unused,
+)
 from .errors import INTERRUPTED_EXIT, USER_ERRORS, DataFileError, did_you_mean, one_line, sigterm_interrupts
 
 __all__ = ["SuiteConfig", "MethodEntry", "SuiteCell", "RunRecord", "SuiteReport", "load_suite", "expand_suite",
@@ -379,6 +387,7 @@ def expand_suite(suite: SuiteConfig, output: str | Path | None = None) -> list[S
                         cfg.name = m.label + rest
                 except ValueError as e:
                     error = error or str(e)
+                error = error and in_file_terms(error)  # (the settings came from the suite's file)
                 cells.append(SuiteCell(m.label, dataset, seed, shots, cfg if error is None else None, error))
     return cells
 
@@ -524,10 +533,11 @@ def run_suite(
     def finished(tag: str, cell: SuiteCell, outcome: dict[str, Any] | BaseException) -> None:
         if isinstance(outcome, BaseException):  # one failing run must not stop the grid
             trace = None if one_line(outcome) else outcome  # a bad setting or missing file is one line
-            _log.error("suite %s failed: %s: %s", tag, type(outcome).__name__, outcome, exc_info=trace)
+            error = f"{type(outcome).__name__}: {in_file_terms(str(outcome))}"  # (its settings are the file's)
+            _log.error("suite %s failed: %s", tag, error, exc_info=trace)
             if fail_fast:
                 raise outcome
-            pending[id(cell)] = _record(cell, "failed", error=f"{type(outcome).__name__}: {outcome}")
+            pending[id(cell)] = _record(cell, "failed", error=error)
         else:
             pending[id(cell)] = _record(cell, "done", outcome)
         write_tables([pending[id(c)] for c in cells], suite, table_dir)  # current while the grid runs
