@@ -433,9 +433,14 @@ def test_a_finished_run_is_neither_overwritten_nor_removed_by_a_second_start(tmp
     before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
     assert cli.main(tiny_run_args(tmp_path, epochs=1)) == 2
     acc = json.loads((tmp_path / "run" / "results.json").read_text())["test"]["acc1"]
-    told = f"already holds a finished run (test acc {acc:.2f}, in its results.json); --resume latest continues it"
+    told = f"already holds a finished run (test acc {acc:.2f}, in its results.json); --resume latest redoes its last"
     assert told in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+    # what it says --resume latest does, it does (more epochs are another run: the schedule spans the epochs)
+    assert cli.main([*tiny_run_args(tmp_path, epochs=1), "--resume", "latest"]) == 0
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["test"]["acc1"] == acc
+    assert cli.main([*tiny_run_args(tmp_path, epochs=2), "--resume", "latest"]) == 2
+    assert "epochs=1 there, 2 here" in capsys.readouterr().err
 
 
 def test_text_features_are_computed_once_per_run(tmp_path, monkeypatch):

@@ -368,7 +368,7 @@ def _held_run(run_dir: Path) -> str:
     except DataFileError as e:
         return f"a run whose results are damaged ({e})"
     again = "the test evaluation; a probe's fit on its cached features"
-    return f"{done}; --resume latest continues it (to more --epochs) or redoes its last step ({again})"
+    return f"{done}; --resume latest redoes its last step ({again}) with its settings"
 
 
 def resume_path(cfg: RunConfig) -> Path | None:
