@@ -169,8 +169,12 @@ def test_image_folder_labels_mean_the_same_class_in_a_split_that_lacks_one(tmp_p
 def test_a_folder_of_one_class_is_refused_and_a_class_without_training_images_is_told(tmp_path, vprompt_caplog):
     _write_folder(tmp_path / "one", "train", ["cat"])
     _write_folder(tmp_path / "one", "test", ["cat"])
-    with pytest.raises(ValueError, match=re.escape(f"in {tmp_path / 'one'}: 1 class ['cat']; a classifier needs")):
+    told = f"in {tmp_path / 'one'}: its train split has 1 class ['cat']; a classifier needs"
+    with pytest.raises(ValueError, match=re.escape(told)):
         prepare_data("imagefolder", tmp_path / "one", image_size=8, download=False)
+    _write_folder(tmp_path / "test-only", "test", ["cat"])  # (what zeroshot and eval read: no 100 % of one class)
+    with pytest.raises(ValueError, match=re.escape("its test split has 1 class ['cat']; a classifier needs")):
+        prepare_data("imagefolder", tmp_path / "test-only", image_size=8, download=False, read="test")
     with pytest.raises(FileNotFoundError, match="is a file; give the folder that holds the dataset's files"):
         prepare_data("mnist", next((tmp_path / "one" / "test" / "cat").iterdir()), image_size=8, download=False)
     _write_folder(tmp_path / "two", "train", ["ant", "cat"])
@@ -179,6 +183,27 @@ def test_a_folder_of_one_class_is_refused_and_a_class_without_training_images_is
     data = prepare_data("imagefolder", tmp_path / "two", image_size=8, download=False)
     assert data.classnames == ["ant", "bee", "cat"]
     assert "no training image of class 'bee': the prompt never learns them" in vprompt_caplog.text
+
+
+def test_a_label_outside_the_classes_is_refused_naming_the_image(tmp_path, monkeypatch):
+    # a list file or class folder naming a class the dataset lacks (GTSRB's 00099/, a CLASS-ID 40 of Pets)
+    from vprompt.data import DatasetSpec, FileDataset
+    from vprompt.data import registry as data_registry
+    from vprompt.errors import DataFileError
+
+    _write_folder(tmp_path, "train", ["a", "b"])
+    files = sorted(str(f) for f in (tmp_path / "train").rglob("*.png"))
+
+    def build(root, split="train", transform=None, download=False):
+        labels = [0, 1] * (len(files) // 2) if split == "train" else [0, 1, 5, 2]
+        return FileDataset(list(zip(files, labels)), ["a", "b"], transform)
+
+    monkeypatch.setitem(data_registry._REGISTRY, "listed", DatasetSpec(name="listed", builder=build, num_classes=2))
+    told = f"2 test image(s) with a label outside its 2 classes (0..1), the first {files[2]} with label 5; fix or"
+    for read in ("all", "test"):
+        with pytest.raises(DataFileError, match=re.escape(told)):
+            prepare_data("listed", tmp_path, image_size=8, download=False, read=read)
+    assert len(prepare_data("listed", tmp_path, image_size=8, download=False, read="train").train) > 0
 
 
 def test_image_folder_skips_hidden_folders_and_files_and_names_a_broken_image(tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import DataFileError
 from . import benchmark as _benchmark  # noqa: F401  (registers the EVP/VP benchmark datasets)
 from . import datasets as _core  # noqa: F401  (registers the core datasets)
 from . import digits as _digits  # noqa: F401  (registers mnist and digits)
@@ -97,6 +98,26 @@ def no_validation_reason(val_fraction: float) -> str:
     return "--val-fraction 0" if not val_fraction else "no class has 2 training images to hold one out"
 
 
+def _check_split(part: Dataset, where: str, split: str) -> None:
+    """A split to run on has images, at least 2 classes, and a label that names one of them for every image (a
+    list file or folder of another class would otherwise fail mid-epoch), or an error naming the first image."""
+    if not len(part):  # (no accuracy of no image; no prompt learned from none)
+        raise DatasetNotFoundError(f"{where}: its {split} split has no images; add its files")
+    names = list(part.classnames)
+    if len(names) < 2:
+        raise ValueError(f"{where}: its {split} split has {len(names)} class {names}; a classifier needs at least 2")
+    labels = torch.as_tensor(part.targets, dtype=torch.long)
+    bad = ((labels < 0) | (labels >= len(names))).nonzero().flatten().tolist()
+    if bad:
+        first = bad[0]
+        source = part.samples[first][0] if isinstance(part, FileDataset) else None
+        image = f"{source}" if isinstance(source, (str, Path)) else f"image {first}"
+        raise DataFileError(
+            f"{where}: {len(bad)} {split} image(s) with a label outside its {len(names)} classes (0..{len(names) - 1}),"
+            f" the first {image} with label {int(labels[first])}; fix or remove what names that class"
+        )
+
+
 def prepare_data(
     name: str,
     root: str | Path | None = None,
@@ -146,16 +167,14 @@ def prepare_data(
         raise ValueError(f"read={read!r}: choose from all, test, train")
     train_full = None if read == "test" else make("train", train_tf)
     test = None if read == "train" else make(test_split, eval_tf)
+    where = f"dataset {name} in {root}"
     for split, part in (("train", train_full), (test_split, test)):
-        if part is not None and not len(part):  # (no accuracy of no image; no prompt learned from none)
-            raise DatasetNotFoundError(f"dataset {name} in {root}: its {split} split has no images; add its files")
+        if part is not None:
+            _check_split(part, where, split)
     if train_full is None:
         assert test is not None
         return DataSplits(None, None, test, list(test.classnames), spec.templates, "none")
     classnames = list(train_full.classnames)
-    where = f"dataset {name} in {root}"
-    if len(classnames) < 2:
-        raise ValueError(f"{where}: {len(classnames)} class {classnames}; a classifier needs at least 2")
     counts = torch.bincount(torch.as_tensor(train_full.targets, dtype=torch.long), minlength=len(classnames))
     empty = [classnames[c] for c in range(len(classnames)) if counts[c] == 0]
     if empty:
@@ -174,6 +193,7 @@ def prepare_data(
         _log.warning("%s: the official validation split is empty; holding one out of the training data", name)
         val = None
     if val is not None:
+        _check_split(val, where, "val")
         _log.info("%s: using the official validation split", name)
         train_idx, val_idx, val_source = all_idx, [], "official"
     else:
