@@ -35,6 +35,7 @@ from vprompt.data.benchmark_base import (
     name_key,
     write_seeded_split,
 )
+from vprompt.errors import DataFileError
 
 sio = pytest.importorskip("scipy.io")
 
@@ -334,6 +335,26 @@ def test_dtd(tmp_path):
         match=r"labels/test1\.txt'? \(expected dtd/.*; complete the folder, or delete it and pass --download\)",
     ):
         _make("dtd", tmp_path, "test")
+    (base / "labels" / "test1.txt").write_text("banded/banded_0001.jpg\n\n")  # a line torchvision cannot split
+    told = rf"dataset dtd: torchvision could not read the files under {re.escape(str(tmp_path / 'dtd'))}: ValueError"
+    with pytest.raises(DataFileError, match=told + r".*a list file with a line of another form"):
+        _make("dtd", tmp_path, "test")
+
+
+def test_a_failed_download_leaves_no_empty_folder_and_does_not_ask_for_download_again(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets.dtd as tv_dtd
+
+    def offline(url, download_root, **kwargs):  # as torchvision does: the folder first, then the fetch fails
+        Path(download_root).mkdir(parents=True)
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(tv_dtd, "download_and_extract_archive", offline)
+    with pytest.raises(DatasetNotFoundError, match=r"no network.*\(expected dtd/.*; complete the folder, or delete it "
+                       r"and run again to download it\)$"):  # fmt: skip
+        _make("dtd", tmp_path / "data", download=True)
+    assert not (tmp_path / "data").exists()  # (a later run would take an empty folder for the data's)
 
 
 def test_clevr_count(tmp_path):
@@ -349,7 +370,7 @@ def test_clevr_count(tmp_path):
     _check(_make("clevr_count", tmp_path), "clevr_count", 3, [0, 7, 2])
     _check(_make("clevr_count", tmp_path, "test"), "clevr_count", 1, [1])  # test = CLEVR's val
     (base / "images" / "val" / ".DS_Store").write_bytes(b"")  # a file no scene names: named, not a KeyError
-    with pytest.raises(ValueError, match=r"images/val/\.DS_Store has no scene in CLEVR_val_scenes\.json; remove it"):
+    with pytest.raises(DataFileError, match=r"images/val/\.DS_Store has no scene in CLEVR_val_scenes\.json; remove"):
         _make("clevr_count", tmp_path, "test")
     for f in (base / "images" / "val").iterdir():  # the images of a split missing: no empty split
         f.unlink()
@@ -369,6 +390,9 @@ def test_gtsrb(tmp_path):
             w.writerow([f"{i:05d}.ppm", 20, 14, 0, 0, 19, 13, cls])
     _check(_make("gtsrb", tmp_path), "gtsrb", 3, [0, 7, 42])
     _check(_make("gtsrb", tmp_path, "test"), "gtsrb", 2, [14, 3])
+    _img(base / "GTSRB" / "Training" / "extra" / "00000_00000.ppm", fmt="PPM")  # not a ClassId: named, no int() error
+    with pytest.raises(DataFileError, match=r"Training/extra is not a class folder \(named by its ClassId, 00000"):
+        _make("gtsrb", tmp_path)
 
 
 def _cars_files(root):

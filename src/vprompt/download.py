@@ -96,7 +96,7 @@ def download_verified(url: str, dest: str | Path, expected: str, algorithm: str 
             ``ConnectionError``, a full disk; nothing is kept).
     """
     dest = Path(dest)
-    created = _missing_folders(dest.parent)
+    created = missing_folders(dest.parent)
     dest.parent.mkdir(parents=True, exist_ok=True)
     clear_stale(dest.parent, f".{dest.name}.*.part")  # left by a killed download (3 GB for CIFAR-C)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
@@ -121,15 +121,22 @@ def download_verified(url: str, dest: str | Path, expected: str, algorithm: str 
     finally:
         Path(tmp).unlink(missing_ok=True)
         if not done:  # a failed download leaves no empty folder behind for a later run to take as the data's
-            for folder in created:  # the deepest first; one another process has filled since stays
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+            remove_folders_made(created)
 
 
-def _missing_folders(folder: Path) -> list[Path]:
-    """``folder`` and those of its parents that do not exist yet, the deepest first."""
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, the deepest first (what a download makes)."""
     missing = []
     while not folder.exists() and folder != folder.parent:
         missing.append(folder)
         folder = folder.parent
     return missing
+
+
+def remove_folders_made(created: list[Path]) -> None:
+    """Remove the folders ``created`` (:func:`missing_folders`, before a download that failed) and those made
+    under them, where they hold no file: one a file was written to, or another process has filled since, stays."""
+    for folder in created:
+        for here, _, _ in os.walk(folder, topdown=False):  # (the deepest first; none when it is gone)
+            with contextlib.suppress(OSError):
+                os.rmdir(here)

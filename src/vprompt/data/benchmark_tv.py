@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from ..download import missing_folders, remove_folders_made
+from ..errors import DataFileError
 from .base import ArrayDataset, FileDataset
 from .benchmark_base import check_listed, classnames, map_folders, map_names, missing, name_key, select_split
 from .datasets import class_folders
@@ -87,14 +89,28 @@ def _open(name: str, root: Path, download: bool | str, make: Callable[[], Any]) 
     # Checked first: torchvision's StanfordCars turns the ImportError into a RuntimeError like "not found".
     if name in NEEDS_SCIPY and importlib.util.find_spec("scipy") is None:
         raise MissingDependencyError(f"dataset {name} reads MATLAB files and needs scipy: pip install scipy")
+    folder = root / sub
+    created = missing_folders(folder)
     try:
         return make()
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted" (a file missing, or failing its MD5)
-        raise missing(name, root / sub, layout, hint, what="files not found or damaged") from e
+        raise missing(name, folder, layout, hint, what="files not found or damaged") from e
+    except DataFileError:  # (told already, naming the file)
+        raise
     except OSError as e:  # a failed download (URLError) or a file torchvision expected
+        remove_folders_made(created)  # (the empty folders a download that never started leaves)
+        if isinstance(download, str):
+            fix = download
+        else:
+            fix = "complete the folder, or delete it and run again to download it" if download else _COMPLETE_IT
         raise DatasetNotFoundError(
-            f"dataset {name}: reading/downloading into {root / sub} failed: {e} (expected {layout}; "
-            f"{hint if isinstance(download, str) else _COMPLETE_IT})"
+            f"dataset {name}: reading/downloading into {folder} failed: {e} (expected {layout}; {fix})"
+        ) from e
+    except (KeyError, IndexError, ValueError) as e:  # a list file's line, or a file, its parser does not expect
+        raise DataFileError(
+            f"dataset {name}: torchvision could not read the files under {folder}: {type(e).__name__} {e} (expected "
+            f"{layout}; a list file with a line of another form or naming an unknown class, or a file or folder "
+            "that is not the dataset's: fix or remove it)"
         ) from e
 
 
@@ -172,6 +188,9 @@ def gtsrb(root: Path, split: str = "train", transform: Callable[..., Any] | None
     paths = [p for p, _ in samples]
     # torchvision numbers the training folders it finds 0..k-1; the folder name is the ClassId even when some
     # folders are missing.
+    odd = [Path(p).parent for p in paths if not Path(p).parent.name.isdigit()] if split == "train" else []
+    if odd:
+        raise DataFileError(f"dataset gtsrb: {odd[0]} is not a class folder (named by its ClassId, 00000-00042)")
     labels = [int(Path(p).parent.name) for p in paths] if split == "train" else [y for _, y in samples]
     return _files("gtsrb", paths, labels, transform)
 
@@ -218,7 +237,7 @@ def clevr_count(root: Path, split: str = "train", transform: Callable[..., Any] 
             return CLEVRClassification(str(root), split=tv_split, download=download)
         except KeyError as e:  # torchvision reads every file of the images folder, a stray ._x.png or .DS_Store too
             folder = root / LAYOUTS["clevr_count"][0] / "CLEVR_v1.0" / "images" / tv_split
-            raise ValueError(
+            raise DataFileError(
                 f"dataset clevr_count: {folder / str(e.args[0])} has no scene in CLEVR_{tv_split}_scenes.json; "
                 "remove it (not an image of CLEVR)"
             ) from e
