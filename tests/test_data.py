@@ -156,6 +156,10 @@ def test_image_folder_official_val_is_used(tmp_path):
         _write_folder(tmp_path, split, ["a", "b"])
     data = prepare_data("imagefolder", tmp_path, image_size=8, download=False)
     assert data.val_source == "official" and len(data.val) == 6 and len(data.train) == 6
+    for f in (tmp_path / "val").rglob("*.png"):  # a val/ with its class folders but no images: no split
+        f.unlink()
+    data = prepare_data("imagefolder", tmp_path, image_size=8, val_fraction=0.5, download=False)
+    assert data.val_source == "holdout" and len(data.val) + len(data.train) == 6
 
 
 def test_image_folder_labels_mean_the_same_class_in_a_split_that_lacks_one(tmp_path):

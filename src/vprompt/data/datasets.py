@@ -159,12 +159,18 @@ def image_folder_dataset(
     return FileDataset(samples, classes, transform)
 
 
+def _image_folder_splits(root: Path) -> tuple[str, ...]:
+    """The splits of an image folder: train/ and test/ where they are, val/ where it holds images (an empty one is no
+    split: validation is then held out of train)."""
+    return tuple(s for s in ("train", "val", "test") if (root / s).is_dir() and (s != "val" or image_files(root / s)))
+
+
 register_dataset(
     DatasetSpec(
         name="imagefolder",
         builder=image_folder_dataset,
         splits=("train", "val", "test"),
-        find_splits=lambda root, _options: tuple(s for s in ("train", "val", "test") if (Path(root) / s).is_dir()),
+        find_splits=lambda root, _options: _image_folder_splits(Path(root)),
         description="your own images: --data-dir DIR with DIR/{train,test[,val]}/<class>/<image>",
     )
 )
