@@ -54,10 +54,17 @@ def test_fraction_per_class_at_least_one():
 
 
 def test_too_few_images_names_the_class_and_its_count():
-    with pytest.raises(ValueError, match=r"--shots 8: class 0 \('cat'\) has only 7 training image"):
+    told = (
+        r"--shots 8: class 0 \('cat'\) has 7 training image\(s\) to draw from \(give --shots 7, or more images of it\)$"
+    )
+    with pytest.raises(ValueError, match=told):
         subsample_per_class(LABELS, seed=0, shots=8, classnames=["cat", "dog", "a", "b", "c"])
-    # A class with no image at all counts too, when the number of classes is known.
-    with pytest.raises(ValueError, match="class 5 has only 0"):
+    # the validation drawn from the same images is named where it holds some of the class
+    told = r"7 training image\(s\) to draw from \(give --shots 7, or a lower --val-fraction \(validation holds 2 of"
+    with pytest.raises(ValueError, match=told):
+        subsample_per_class(LABELS, seed=0, shots=8, held_out=[0, 0, 3])
+    # A class with no image at all counts too, when the number of classes is known: no --shots 0 to give.
+    with pytest.raises(ValueError, match=r"class 5 has no training image\(s\) to draw from \(give training images of"):
         subsample_per_class(LABELS, seed=0, shots=1, num_classes=6)
 
 
@@ -151,4 +158,5 @@ def test_runs_with_different_training_seeds_train_on_the_same_shots(tmp_path):
 def test_too_many_shots_is_one_clear_line(tmp_path, capsys):
     assert cli.main(tiny_run_args(tmp_path, "--shots", "50", epochs=1)) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "vprompt train: error: --shots 50: class 0 ('class 0') has only" in err
+    assert "vprompt train: error: --shots 50: class 0 ('class 0') has 11 training image(s) to draw from" in err
+    assert "or a lower --val-fraction (validation holds 1 of its images), or more" in err

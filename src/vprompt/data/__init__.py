@@ -208,7 +208,8 @@ def prepare_data(
     if shots is not None or train_fraction is not None:
         # Drawn from what is left after the validation split, so the two are disjoint by construction.
         targets = torch.as_tensor(train_full.targets, dtype=torch.long)[torch.as_tensor(train_idx, dtype=torch.long)]
-        pos = subsample_per_class(targets, split_seed, shots, train_fraction, len(classnames), classnames)
+        held = torch.as_tensor(train_full.targets, dtype=torch.long)[torch.as_tensor(val_idx, dtype=torch.long)]
+        pos = subsample_per_class(targets, split_seed, shots, train_fraction, len(classnames), classnames, held)
         _log.info(
             "%s: training on %d of %d images (%s, split seed %d)", name, len(pos), len(train_idx),
             f"{shots} per class" if shots is not None else f"{train_fraction:g} of each class", split_seed,

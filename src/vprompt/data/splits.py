@@ -71,6 +71,7 @@ def subsample_per_class(
     fraction: float | None = None,
     num_classes: int | None = None,
     classnames: Sequence[str] | None = None,
+    held_out: Sequence[int] | torch.Tensor | None = None,
 ) -> list[int]:
     """Stratified subset of positions ``0..N-1``: exactly ``shots`` per class, or ``fraction`` of each class.
 
@@ -86,6 +87,7 @@ def subsample_per_class(
         fraction: share of each class (``--train-fraction``), in (0, 1].
         num_classes: the number of classes, so that a class with no image at all is reported too.
         classnames: for error messages.
+        held_out: the labels of the validation images held out of the same training data, for error messages.
 
     Returns:
         the chosen positions, sorted.
@@ -109,9 +111,14 @@ def subsample_per_class(
         if shots is not None:
             if len(idx) < shots:
                 name = f" ({classnames[c]!r})" if classnames is not None and c < len(classnames) else ""
+                fixes = [f"--shots {len(idx)}"] if len(idx) else []
+                held = int((_as_long(held_out) == c).sum()) if held_out is not None else 0
+                if held:
+                    fixes.append(f"a lower --val-fraction (validation holds {held} of its images)")
+                fixes.append("more images of it" if len(idx) or held else "training images of it")
                 raise ValueError(
-                    f"--shots {shots}: class {c}{name} has only {len(idx)} training image(s) to draw from (lower "
-                    "--shots, or --val-fraction when validation is held out of the training data)"
+                    f"--shots {shots}: class {c}{name} has {len(idx) or 'no'} training image(s) to draw from (give "
+                    f"{', or '.join(fixes)})"
                 )
             k = int(shots)
         else:
