@@ -186,7 +186,11 @@ def test_a_folder_of_one_class_is_refused_and_a_class_without_training_images_is
     _write_folder(tmp_path / "two", "test", ["ant", "bee", "cat"])
     data = prepare_data("imagefolder", tmp_path / "two", image_size=8, download=False)
     assert data.classnames == ["ant", "bee", "cat"]
-    assert "no training image of class 'bee': the prompt never learns them" in vprompt_caplog.text
+    assert "no training image of 1 class(es), 'bee': the prompt never learns them" in vprompt_caplog.text
+    for c in "cdefghij":  # many such classes (a test folder of another dataset's 100): the first 5 and a count
+        (tmp_path / "two" / "train" / c).mkdir()
+    prepare_data("imagefolder", tmp_path / "two", image_size=8, download=False)
+    assert "no training image of 9 class(es), 'bee', 'c', 'd', 'e', 'f' and 4 more: the" in vprompt_caplog.text
 
 
 def test_a_label_outside_the_classes_is_refused_naming_the_image(tmp_path, monkeypatch):

@@ -178,9 +178,10 @@ def prepare_data(
     counts = torch.bincount(torch.as_tensor(train_full.targets, dtype=torch.long), minlength=len(classnames))
     empty = [classnames[c] for c in range(len(classnames)) if counts[c] == 0]
     if empty:
+        more = f" and {len(empty) - 5} more" if len(empty) > 6 else ""
         _log.warning(
-            "%s: no training image of class %s: the prompt never learns them (add images of them, or remove them)",
-            where, ", ".join(map(repr, empty)),
+            "%s: no training image of %d class(es), %s%s: the prompt never learns them (add images of them, or remove "
+            "them)", where, len(empty), ", ".join(map(repr, empty[: 5 if more else 6])), more,
         )  # fmt: skip
     all_idx = list(range(len(train_full)))
     val: Dataset | None = None
