@@ -249,6 +249,27 @@ def test_a_failed_runs_error_names_the_suite_files_keys_not_flags(tmp_path, vpro
     )
 
 
+def test_zero_shot_in_few_shot_rows_is_one_run_shown_in_each_row(tmp_path):
+    # it reads no training image: K shots are no setting of its (a class with fewer than K would fail it), and
+    # a label map computed on the training images is
+    suite = parse_suite({
+        "base": {"model": TINY_MODEL, "output": str(tmp_path)}, "datasets": ["synthetic"], "seeds": [1],
+        "shots": [None, 2, 8], "methods": ["zeroshot", {"name": "zeroshot", "label": "zs-flm", "model": "cifar:resnet20",
+                                                        "label_map": "flm"}],
+    })  # fmt: skip
+    cells = expand_suite(suite)
+    assert [c.cfg.shots for c in cells] == [None, None, None, None, 2, 8]
+    assert len({c.cfg.run_dir for c in cells[:3]}) == 1 and len({c.cfg.run_dir for c in cells[3:]}) == 3
+    calls = []
+    fit = _fake_fit({("zeroshot", "synthetic", 1): 40.0})
+    report = run_suite(suite, fit=lambda cfg: calls.append(cfg.label_map) or fit(cfg), quiet=True)
+    assert calls == [None, "flm", "flm", "flm"]  # the plain zero-shot run once, not three times
+    assert [r.status for r in report.records] == ["done"] * 6
+    assert "| zeroshot | 2 | 40.00 |" in report.markdown and "| zeroshot | 8 | 40.00 |" in report.markdown
+    with pytest.raises(ValueError, match="shots 2: a run that trains nothing, with head text, reads no training"):
+        resolve_config({"model": TINY_MODEL, "method": "zeroshot", "shots": 2})
+
+
 def test_shots_rows_labels_and_per_method_seeds():
     suite = parse_suite({
         "base": {"model": "ViT-B-32"}, "datasets": ["synthetic"], "seeds": [1, 2], "shots": [None, 4],
@@ -460,9 +481,9 @@ def test_untrained_methods_take_only_their_settings_from_the_shared_base(tmp_pat
 
 def test_a_mistyped_model_or_dataset_option_is_an_invalid_run(monkeypatch):
     cells = expand_suite(parse_suite({"datasets": ["synthetic"], "methods": ["vp"], "base": {"model": "ViT-B-23"}}))
-    assert cells[0].cfg is None and "(vp on synthetic): unknown --model 'ViT-B-23'; did you mean" in cells[0].error
+    assert cells[0].cfg is None and "(vp on synthetic): unknown model 'ViT-B-23'; did you mean" in cells[0].error
     cells = expand_suite(parse_suite({"datasets": ["nosuch"], "methods": [{"name": "vp", "label": None}]}))
-    assert cells[0].cfg is None and "(vp on nosuch): unknown --dataset 'nosuch'" in cells[0].error  # (label: null)
+    assert cells[0].cfg is None and "(vp on nosuch): unknown dataset 'nosuch'" in cells[0].error  # (label: null)
     options = {"datasets": ["synthetic"], "methods": ["vp"], "base": {"dataset_options": {"bogus": 1}}}
     cells = expand_suite(parse_suite(options))  # told by a dry run, not found only when the run starts
     assert cells[0].cfg is None and "(vp on synthetic): dataset 'synthetic' has no option 'bogus'" in cells[0].error
@@ -471,7 +492,7 @@ def test_a_mistyped_model_or_dataset_option_is_an_invalid_run(monkeypatch):
     sizes = {"datasets": ["synthetic"], "methods": [{"name": "evp", "model": "cifar:resnet20", "inner_size": 40},
                                                     {"name": "vp", "input_size": 96}]}  # fmt: skip
     cells = expand_suite(parse_suite(sizes))
-    assert cells[0].cfg is None and "--inner-size 40 must be smaller than --input-size 32" in cells[0].error
+    assert cells[0].cfg is None and "inner_size 40 must be smaller than input_size 32" in cells[0].error
     assert cells[1].cfg is None and "model 'ViT-B-32', which takes 224-pixel inputs" in cells[1].error
     # A source registered without a checker (its lister gives examples) leaves the name to its factory.
     from vprompt import backbones

@@ -570,6 +570,9 @@ _NOTHING: dict[str, Any] = {
     "schedule": None,
     "diversity": "none",
     "eval_every": 1,
+    # what a run that reads no training images leaves unset
+    "shots": None,
+    "train_fraction": None,
 }
 
 _PROBE_IGNORES = ("prompter", "prompt_size", "inner_size", "epochs", "head", "label_map", "lr", "optimizer",
@@ -612,7 +615,17 @@ def _unused(settings: Mapping[str, Any]) -> dict[str, str]:
         why["ilm_interval"] = f"only label map ilm is recomputed, not {head or 'the model default'}"
     if head not in ("text", None):
         why["templates"] = f"the text prompts of a CLIP text head, not of head {head}"
+    if not settings.get("epochs") and head in HEADS_WITHOUT_DATA:
+        for key in ("shots", "train_fraction"):
+            why[key] = (
+                f"a run that trains nothing, with head {head}, reads no training image: leave it out (a trained "
+                "prompt or probe, or a label map computed on the training images, flm, draws the subset)"
+            )
     return why
+
+
+#: Heads that learn nothing from the training data: a run that trains nothing with them needs none.
+HEADS_WITHOUT_DATA = ("text", "identity", "rlm")
 
 
 def _head_of(settings: Mapping[str, Any]) -> str | None:

@@ -40,7 +40,7 @@ from .checkpoint import (
     save_prompt,
     save_state,
 )
-from .config import RunConfig, check_precision, resolve_config, with_filled_recorded
+from .config import HEADS_WITHOUT_DATA, RunConfig, check_precision, resolve_config, with_filled_recorded
 from .data import DataSplits, check_dataset, get_dataset_spec, make_loader, prepare_data
 from .data.loader import PAD_LABEL
 from .data.registry import data_root
@@ -348,7 +348,7 @@ def _build_for_run(
     check_dataset(cfg.dataset, cfg.dataset_options)  # a mistyped name is told before a model is downloaded
     kind = resolve_head(cfg.head, cfg.label_map, model_kind(cfg.model))  # and so is a mistyped or conflicting head
     check_sizes(cfg)  # and sizes that do not fit the model
-    if read == "all" and not cfg.epochs and kind in _HEADS_WITHOUT_DATA and not _has_train_split(cfg):
+    if read == "all" and not cfg.epochs and kind in HEADS_WITHOUT_DATA and not _has_train_split(cfg):
         _log.info("dataset %s has no training split: the run is evaluated on its test split only", cfg.dataset)
         read = "test"
     torch.manual_seed(torch_seed(cfg.seed))
@@ -360,10 +360,6 @@ def _build_for_run(
     data = data_for_run(cfg, prompter.image_size, augment and diversity.random_crop, read)
     head = build_head(cfg, backbone, data.classnames, data.templates)
     return PromptedModel(prompter, backbone, head), data, diversity
-
-
-#: Heads that learn nothing from the training data: a run that trains nothing with them needs none.
-_HEADS_WITHOUT_DATA = ("text", "identity", "rlm")
 
 
 def _has_train_split(cfg: RunConfig) -> bool:

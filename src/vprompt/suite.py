@@ -512,16 +512,28 @@ def run_suite(
     pending = {id(c): _record(c, "pending") for c in cells}
     queue: list[tuple[str, SuiteCell, RunConfig]] = []
     verb: dict[int, str] = {}
+    # Cells of one run: zero-shot in each few-shot row (it reads no training image, so its run is the same)
+    sharing: dict[Path, list[SuiteCell]] = {}
+    for cell in cells:
+        if cell.cfg is not None:
+            sharing.setdefault(cell.cfg.run_dir, []).append(cell)
+
+    def record(cell: SuiteCell, status: str, results: dict[str, Any] | None = None, error: str = "") -> None:
+        for c in sharing[cell.cfg.run_dir] if cell.cfg is not None else [cell]:
+            pending[id(c)] = _record(c, status, results, error)
+
     for i, (cell, (state, why, results)) in enumerate(zip(cells, states)):
         tag = f"[{i + 1}/{len(cells)}] {cell.label}"
+        if cell.cfg is not None and sharing[cell.cfg.run_dir][0] is not cell:
+            continue  # (recorded with the first)
         if state in _CANNOT_RUN:
             _log.error("suite %s: %s", tag, why)
             if fail_fast:
                 raise ValueError(f"{tag}: {why}")
-            pending[id(cell)] = _record(cell, "failed", error=why)
+            record(cell, "failed", error=why)
         elif state == "done":
             _log.info("suite %s: finished already (%s)", tag, cell.cfg.run_dir)
-            pending[id(cell)] = _record(cell, "done", results)
+            record(cell, "done", results)
         else:
             assert cell.cfg is not None
             verb[id(cell)] = "resuming" if state == "resume" else "starting"
@@ -537,9 +549,9 @@ def run_suite(
             _log.error("suite %s failed: %s", tag, error, exc_info=trace)
             if fail_fast:
                 raise outcome
-            pending[id(cell)] = _record(cell, "failed", error=error)
+            record(cell, "failed", error=error)
         else:
-            pending[id(cell)] = _record(cell, "done", outcome)
+            record(cell, "done", outcome)
         write_tables([pending[id(c)] for c in cells], suite, table_dir)  # current while the grid runs
 
     if parallel:
