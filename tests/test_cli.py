@@ -1224,3 +1224,12 @@ def test_a_name_that_is_not_utf8_reaches_the_run_log_escaped(tmp_path, capsys):
         engine.setup_logging(None, DistEnv())
     assert "class folder caf\\udce9" in (tmp_path / "log.txt").read_text()
     assert "Logging error" not in capsys.readouterr().err
+
+
+def test_output_read_only_in_part_ends_quietly():
+    # `vprompt list models | head -0`: the reader closes the pipe before the first line (written after the imports)
+    proc = subprocess.Popen([sys.executable, "-m", "vprompt", "list", "models"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 1 and "Traceback" not in err and "BrokenPipe" not in err, err

@@ -488,6 +488,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         how = "run the same command again" if args.command in ("suite", "demo") else "resume with --resume latest"
         print(f"vprompt: interrupted; files already written are intact ({how})", file=sys.stderr)
         return INTERRUPTED_EXIT
+    except BrokenPipeError:  # the reader of the output stopped (`vprompt list models | head`): nothing to tell
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (so that the exit's flush does not fail)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
