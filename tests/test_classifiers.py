@@ -266,6 +266,9 @@ def test_random_weights_are_announced(caplog):
         ("tv:resnet19", None, "unknown --model 'tv:resnet19'; did you mean tv:resnet18"),
         ("cifar:resnet21", None, "unknown --model 'cifar:resnet21'; did you mean cifar:resnet32, cifar:resnet20"),
         ("tv:resnet18", "IMAGENET1K_V9", "weights: DEFAULT, IMAGENET1K_V1, none"),
+        ("tv:ResNet19", None, "did you mean tv:resnet18"),  # (case aside)
+        ("resnet50", None, "another source has that name: --model timm:resnet50, --model tv:resnet50"),
+        ("vit_b_32", None, "(`vprompt list models` shows them); another source has that name: --model tv:vit_b_32"),
     ],
 )
 def test_unknown_names_fail_with_close_matches(name, pretrained, needle):

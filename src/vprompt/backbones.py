@@ -226,8 +226,24 @@ def check_model(name: str) -> None:
     (one registered with a checker); nothing is built."""
     source, model_name = _split_name(name)
     checker = _SOURCES[source].checker
-    if checker is not None and not model_name.startswith(OPEN_CLIP_SCHEMAS):  # (known once read or fetched)
+    if checker is None or model_name.startswith(OPEN_CLIP_SCHEMAS):  # (known once read or fetched)
+        return
+    try:
         checker(model_name)
+    except ValueError as e:  # a bare name that is another source's (tv:vit_b_32 written as vit_b_32) is told so
+        other = [f"{p}:{model_name}" for p, src in sorted(_SOURCES.items()) if p != source and src.checker]
+        named = [n for n in other if not _raises(check_model, n)] if source == "openclip" else []
+        if not named:
+            raise
+        raise ValueError(f"{e}; another source has that name: --model {', --model '.join(named)}") from None
+
+
+def _raises(check: Callable[[str], None], name: str) -> bool:
+    try:
+        check(name)
+    except ValueError:
+        return True
+    return False
 
 
 def planned_input_size(name: str, pretrained: Any = None) -> tuple[int, bool] | None:

@@ -53,8 +53,11 @@ def print_user_error(error: BaseException, prog: str) -> None:
 
 def did_you_mean(value: object, known: Iterable[str], prefix: str = "", cutoff: float = 0.6) -> str:
     """``"; did you mean a, b?"`` with up to three of ``known`` close to ``value`` (each after ``prefix``), or ""."""
-    close = difflib.get_close_matches(str(value), list(known), n=3, cutoff=cutoff)
-    return f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
+    by_key: dict[str, str] = {}
+    for name in known:  # compared in lower case: CIFAR10 is close to cifar10
+        by_key.setdefault(name.lower(), name)
+    close = difflib.get_close_matches(str(value).lower(), list(by_key), n=3, cutoff=cutoff)
+    return f"; did you mean {', '.join(prefix + by_key[c] for c in close)}?" if close else ""
 
 
 def state_dict_mismatch(error: BaseException, shown: int = 3) -> str:
