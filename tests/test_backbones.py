@@ -5,6 +5,7 @@ import torch
 
 from vprompt.backbones import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, create_backbone
 from vprompt.build import PromptedModel
+from vprompt.config import resolve_config
 from vprompt.heads import ClipTextHead, build_text_classifier, clean_classname
 from vprompt.prompters import create_prompter
 
@@ -207,6 +208,13 @@ def test_an_open_clip_model_saved_in_a_folder_is_read_with_its_weights_and_norma
     assert all(torch.equal(loaded[k], v) for k, v in saved.state_dict().items())  # its weights, not random ones
     with pytest.raises(ValueError, match="brings its own weights; leave --pretrained out"):
         create_backbone(f"local-dir:{folder}", pretrained="openai")
+    # none asks for random weights here too, as for every other model, where it used to load the folder's
+    cfg = resolve_config({"model": f"local-dir:{folder}", "pretrained": "none"})
+    backbone = create_backbone(cfg.model, pretrained=cfg.pretrained)
+    assert backbone.std.flatten().tolist() == [0.25] * 3  # (its normalization still)
+    loaded = next(m for m in backbone.modules() if hasattr(m, "visual")).state_dict()
+    assert not all(torch.equal(loaded[k], v) for k, v in saved.state_dict().items())
+    assert resolve_config({"model": TINY_MODEL, "pretrained": "None"}).pretrained is None  # (elsewhere: unset)
     with pytest.raises(FileNotFoundError, match="no open_clip_config.json in"):
         create_backbone(f"local-dir:{tmp_path / 'nowhere'}")
     monkeypatch.delattr(open_clip.factory, "LOCAL_DIR_PREFIX")  # as an open_clip before it read such folders

@@ -254,8 +254,8 @@ def test_zero_shot_in_few_shot_rows_is_one_run_shown_in_each_row(tmp_path):
     # a label map computed on the training images is
     suite = parse_suite({
         "base": {"model": TINY_MODEL, "output": str(tmp_path)}, "datasets": ["synthetic"], "seeds": [1],
-        "shots": [None, 2, 8], "methods": ["zeroshot", {"name": "zeroshot", "label": "zs-flm", "model": "cifar:resnet20",
-                                                        "label_map": "flm"}],
+        "shots": [None, 2, 8],
+        "methods": ["zeroshot", {"name": "zeroshot", "label": "zs-flm", "model": "cifar:resnet20", "label_map": "flm"}],
     })  # fmt: skip
     cells = expand_suite(suite)
     assert [c.cfg.shots for c in cells] == [None, None, None, None, 2, 8]

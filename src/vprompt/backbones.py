@@ -343,7 +343,13 @@ def _open_clip_with_its_weights(name: str, pretrained: str | None, cache_dir: st
     import open_clip
 
     if pretrained not in (None, "", "none"):
-        raise ValueError(f"--pretrained {pretrained!r}: --model {name} brings its own weights; leave --pretrained out")
+        raise ValueError(
+            f"--pretrained {pretrained!r}: --model {name} brings its own weights; leave --pretrained out (or give "
+            "none for random weights of its architecture)"
+        )
+    random = pretrained == "none"
+    if random:
+        _log.warning("model %s: RANDOM weights (--pretrained none), its architecture and normalization", name)
     fetching: Any = nullcontext()
     if name.startswith("local-dir:") and not hasattr(open_clip.factory, "LOCAL_DIR_PREFIX"):
         raise ValueError(
@@ -353,7 +359,7 @@ def _open_clip_with_its_weights(name: str, pretrained: str | None, cache_dir: st
     if name.startswith("local-dir:"):
         folder = Path(name[len("local-dir:") :]).expanduser()
         weights = [p for pattern in ("*.safetensors", "*.bin", "*.pth") for p in folder.glob(pattern)]
-        if not (folder / "open_clip_config.json").is_file() or not weights:
+        if not (folder / "open_clip_config.json").is_file() or not (weights or random):
             missing = "open_clip_config.json" if not (folder / "open_clip_config.json").is_file() else "weights file"
             raise FileNotFoundError(
                 f"--model {name}: no {missing} in {folder}; local-dir: reads a folder as open_clip saves a model "
@@ -364,7 +370,7 @@ def _open_clip_with_its_weights(name: str, pretrained: str | None, cache_dir: st
             f"--model {name}", "copy the repository's files into a folder and pass --model local-dir:FOLDER"
         )
     with fetching:
-        model = open_clip.create_model(name, cache_dir=cache_dir)
+        model = open_clip.create_model(name, cache_dir=cache_dir, load_weights=not random)
     return OpenCLIPBackbone(model, open_clip.get_tokenizer(name), name=name)
 
 

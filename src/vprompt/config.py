@@ -534,7 +534,10 @@ def resolve_config(
         raise ValueError(f"{where(k)}: unknown setting {k!r}{hint}")
     explicit = {k: v for k, v in values.items() if v is not None}
     if str(explicit.get("pretrained", "")).strip().lower() == "none":  # random weights, however they were asked for
-        del explicit["pretrained"]
+        # (unset, except for a model that brings its weights: none is then the only way to ask for random ones)
+        own = str(explicit.get("model", "")).startswith(("hf-hub:", "local-dir:"))
+        explicit["pretrained"] = "none" if own else None
+        explicit = {k: v for k, v in explicit.items() if v is not None}
     method_recipe(explicit.get("method", RunConfig.method), where("method"))  # checked here to name its source
     if "dataset_options" in explicit:
         explicit["dataset_options"] = check_dataset_options(explicit["dataset_options"], where("dataset_options"))
