@@ -155,6 +155,18 @@ def test_a_trainable_head_skips_the_prompts_warmup(tmp_path):
     assert head_opt.param_groups[0]["lr"] < 0.1 * (cfg.head_lr or 1e-3)
 
 
+def test_a_warmup_as_long_as_the_run_is_told(tmp_path, vprompt_caplog):
+    # VP's 1000 warmup steps in a run of 20 (a few-shot run): its lr would never reach --lr
+    cfg = resolve_config({"model": TINY_MODEL, "dataset": "synthetic", "method": "vp", "epochs": 2})
+    model, _, _ = engine._build_for_run(cfg, torch.device("cpu"))
+    engine._optimizers(cfg, model, steps_per_epoch=10)
+    told = "--warmup-steps 1000 is as long as the run's 20 steps (2 epochs of 10): its lr never reaches --lr 40"
+    assert told in vprompt_caplog.text
+    vprompt_caplog.clear()
+    engine._optimizers(dataclasses.replace(cfg, warmup_steps=5), model, steps_per_epoch=10)
+    assert "--warmup-steps" not in vprompt_caplog.text
+
+
 def test_sizes_left_to_defaults_are_saved_and_a_prompt_of_other_sizes_is_a_clear_error(tmp_path):
     assert cli.main(tiny_run_args(tmp_path, "--method", "vp", epochs=1)) == 0
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["config"]

@@ -410,6 +410,12 @@ def _optimizers(
     # The run's schedule for every optimizer; its warmup (VP's 1000 steps) is the prompt's, not the head's, unless
     # the head is all there is to train.
     warmups = [int(cfg.warmup_steps or 0), 0]
+    if cfg.schedule == "cosine" and total and warmups[0] >= total:  # (VP's 1000 steps in a short or few-shot run)
+        _log.warning(
+            "--warmup-steps %d is as long as the run's %d steps (%d epochs of %d): its lr never reaches --lr "
+            "%g or anneals; give fewer warmup steps (a tenth of the steps, say)",
+            warmups[0], total, int(cfg.epochs or 0), steps_per_epoch, cfg.lr,
+        )  # fmt: skip
     schedulers = [
         create_scheduler(opt, cfg.schedule or "constant", total, steps_per_epoch, warmup)
         for opt, warmup in zip(optimizers, warmups)
