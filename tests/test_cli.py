@@ -1118,6 +1118,10 @@ def test_a_head_is_checked_where_it_was_given_and_before_the_model_is_built():
     sources = {"label_map": "command line", "head": "h.yaml"}  # each named where it was given
     with pytest.raises(ValueError, match=r"^command line: --label-map ilm conflicts with head linear"):
         resolve_config({"head": "linear", "label_map": "ilm"}, sources=sources)
+    with pytest.raises(ValueError, match=r"^command line: --label-map ilm conflicts with --head linear"):
+        resolve_config({"head": "linear", "label_map": "ilm"}, source="command line")  # (each as it was given)
+    with pytest.raises(ValueError, match=r"^command line: --shots 4 and --train-fraction 0.5 together"):
+        resolve_config({"shots": 4, "train_fraction": 0.5}, source="command line")
 
 
 def test_list_commands(capsys):

@@ -136,6 +136,7 @@ class RunConfig:
             raise SettingError(
                 "shots", f"shots {self.shots} and train_fraction {self.train_fraction:g} together: give one of them, "
                 "K images per class or a share of each class (none undoes one given in a config file)",
+                "train_fraction",
             )  # fmt: skip
         check_head_choice(self.head, self.label_map)
         if recipe_lr and self.optimizer != recipe.get("optimizer"):
@@ -184,18 +185,21 @@ class RunConfig:
 
 
 class SettingError(ValueError):
-    """A setting of the wrong type or out of range; ``key`` names it."""
+    """A setting of the wrong type or out of range; ``key`` names it, ``others`` the settings it conflicts with."""
 
-    def __init__(self, key: str, message: str) -> None:
+    def __init__(self, key: str, message: str, *others: str) -> None:
         super().__init__(message)
         self.key = key
+        self.keys = (key, *others)
 
 
 def check_head_choice(head: str, label_map: str | None) -> None:
     """A :class:`SettingError` when ``label_map`` and ``head`` name two heads (``head`` must be ``auto`` or the
     same): ``--label-map flm`` is ``--head flm``."""
     if label_map is not None and head not in ("auto", label_map):
-        raise SettingError("label_map", f"label_map {label_map} conflicts with head {head}; give only one of them")
+        raise SettingError(
+            "label_map", f"label_map {label_map} conflicts with head {head}; give only one of them", "head"
+        )
 
 
 #: The smallest value of numeric settings (None, where a setting allows it, always means "unset").
@@ -546,8 +550,10 @@ def resolve_config(
         _refuse_unused(cfg, explicit if check_unused is True else check_unused or ())
         return cfg
     except SettingError as e:
-        flag = f"--{e.key.replace('_', '-')}" if where(e.key) == "command line" else e.key
-        raise ValueError(f"{where(e.key)}: {str(e).replace(e.key, flag, 1)}") from None
+        text = str(e)
+        for key in e.keys:  # (as flags where they were given as flags)
+            text = text.replace(key, f"--{key.replace('_', '-')}", 1) if where(key) == "command line" else text
+        raise ValueError(f"{where(e.key)}: {text}") from None
 
 
 #: What a setting its run does not use is compared as: the value that does nothing (see :func:`_unused`).
