@@ -686,6 +686,18 @@ def test_missing_files_is_one_clear_error(tmp_path, name):
         _make(name, tmp_path / "empty")
 
 
+def test_a_data_dir_that_is_the_datasets_own_folder_is_told(tmp_path):
+    (tmp_path / "oxford-iiit-pet" / "images").mkdir(parents=True)
+    told = (
+        f"--data-dir {tmp_path / 'oxford-iiit-pet'} may be the dataset's own folder: give the one above it, {tmp_path}"
+    )
+    with pytest.raises(DatasetNotFoundError, match=re.escape(told)):
+        _make("pets", tmp_path / "oxford-iiit-pet")
+    with pytest.raises(DatasetNotFoundError) as info:  # (the folder above it: no such guess)
+        _make("pets", tmp_path)
+    assert "own folder" not in str(info.value)
+
+
 def test_sun397_is_not_downloaded_and_says_how_to_get_it(tmp_path, monkeypatch):
     import torchvision.datasets.sun397 as tv_sun397
 
