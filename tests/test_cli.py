@@ -1244,8 +1244,9 @@ def test_a_name_that_is_not_utf8_reaches_the_run_log_escaped(tmp_path, capsys):
 
 def test_output_read_only_in_part_ends_quietly():
     # `vprompt list models | head -0`: the reader closes the pipe before the first line (written after the imports)
-    proc = subprocess.Popen([sys.executable, "-m", "vprompt", "list", "models"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # (output held until exit, as usual)
+    proc = subprocess.Popen([sys.executable, "-m", "vprompt", "list", "methods"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)  # fmt: skip
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 1 and "Traceback" not in err and "BrokenPipe" not in err, err

@@ -480,7 +480,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         with sigterm_interrupts():
-            return func(args)
+            status = func(args)
+            sys.stdout.flush()  # (here, not at exit: output to a pipe is held until it fills or the process ends)
+            return status
     except USER_ERRORS as e:
         print_user_error(e, f"vprompt {args.command}")
         return 2
