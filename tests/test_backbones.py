@@ -209,14 +209,19 @@ def test_an_open_clip_model_saved_in_a_folder_is_read_with_its_weights_and_norma
     with pytest.raises(ValueError, match="brings its own weights; leave --pretrained out"):
         create_backbone(f"local-dir:{folder}", pretrained="openai")
     # none asks for random weights here too, as for every other model, where it used to load the folder's
-    cfg = resolve_config({"model": f"local-dir:{folder}", "pretrained": "none"})
-    backbone = create_backbone(cfg.model, pretrained=cfg.pretrained)
-    assert backbone.std.flatten().tolist() == [0.25] * 3  # (its normalization still)
-    loaded = next(m for m in backbone.modules() if hasattr(m, "visual")).state_dict()
-    assert not all(torch.equal(loaded[k], v) for k, v in saved.state_dict().items())
+    for name in (f"local-dir:{folder}", f"openclip:local-dir:{folder}"):
+        cfg = resolve_config({"model": name, "pretrained": "none"})
+        backbone = create_backbone(cfg.model, pretrained=cfg.pretrained)
+        assert backbone.std.flatten().tolist() == [0.25] * 3  # (its normalization still)
+        loaded = next(m for m in backbone.modules() if hasattr(m, "visual")).state_dict()
+        assert not all(torch.equal(loaded[k], v) for k, v in saved.state_dict().items())
     assert resolve_config({"model": TINY_MODEL, "pretrained": "None"}).pretrained is None  # (elsewhere: unset)
     with pytest.raises(FileNotFoundError, match="no open_clip_config.json in"):
         create_backbone(f"local-dir:{tmp_path / 'nowhere'}")
+    with monkeypatch.context() as m:  # an open_clip 2 create_model, without load_weights: told, not a TypeError
+        m.setattr(open_clip, "create_model", lambda model_name, pretrained=None, cache_dir=None, **cfg: None)
+        with pytest.raises(ValueError, match=r"--pretrained none: this open_clip_torch .* cannot leave out the weig"):
+            create_backbone(f"local-dir:{folder}", pretrained="none")
     monkeypatch.delattr(open_clip.factory, "LOCAL_DIR_PREFIX")  # as an open_clip before it read such folders
     with pytest.raises(ValueError, match=r"does not read local-dir: folders; pip install -U open_clip_torch"):
         create_backbone(f"local-dir:{folder}")

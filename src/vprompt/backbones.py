@@ -13,6 +13,7 @@ Sources (the field's naming, as in open_clip and timm):
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -348,6 +349,11 @@ def _open_clip_with_its_weights(name: str, pretrained: str | None, cache_dir: st
             "none for random weights of its architecture)"
         )
     random = pretrained == "none"
+    if random and "load_weights" not in inspect.signature(open_clip.create_model).parameters:
+        raise ValueError(
+            f"--pretrained none: this open_clip_torch ({open_clip.__version__}) cannot leave out the weights of "
+            f"--model {name}; pip install -U open_clip_torch"
+        )
     if random:
         _log.warning("model %s: RANDOM weights (--pretrained none), its architecture and normalization", name)
     fetching: Any = nullcontext()
@@ -370,7 +376,8 @@ def _open_clip_with_its_weights(name: str, pretrained: str | None, cache_dir: st
             f"--model {name}", "copy the repository's files into a folder and pass --model local-dir:FOLDER"
         )
     with fetching:
-        model = open_clip.create_model(name, cache_dir=cache_dir, load_weights=not random)
+        # (load_weights came with open_clip 3, as local-dir: did; an hf-hub: model on open_clip 2 gets none of it)
+        model = open_clip.create_model(name, cache_dir=cache_dir, **({"load_weights": False} if random else {}))
     return OpenCLIPBackbone(model, open_clip.get_tokenizer(name), name=name)
 
 
@@ -433,6 +440,16 @@ register_backbone_source(
 
 #: open_clip's names of a model whose config and weights are fetched from the Hugging Face Hub or read from a folder.
 OPEN_CLIP_SCHEMAS = ("hf-hub:", "local-dir:")
+
+
+def brings_own_weights(name: str) -> bool:
+    """Whether ``--model name`` is an open_clip model whose config and weights come with it (``hf-hub:``,
+    ``local-dir:``, with or without ``openclip:``): it takes no --pretrained, and ``none`` asks for random weights."""
+    try:
+        source, model_name = _split_name(name)
+    except ValueError:  # (an unknown source: refused when the model is built)
+        return False
+    return source == "openclip" and model_name.startswith(OPEN_CLIP_SCHEMAS)
 
 
 def _split_name(name: str) -> tuple[str, str]:

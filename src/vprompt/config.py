@@ -539,8 +539,9 @@ def resolve_config(
     explicit = {k: v for k, v in values.items() if v is not None}
     if str(explicit.get("pretrained", "")).strip().lower() == "none":  # random weights, however they were asked for
         # (unset, except for a model that brings its weights: none is then the only way to ask for random ones)
-        own = str(explicit.get("model", "")).startswith(("hf-hub:", "local-dir:"))
-        explicit["pretrained"] = "none" if own else None
+        from .backbones import brings_own_weights
+
+        explicit["pretrained"] = "none" if brings_own_weights(str(explicit.get("model", ""))) else None
         explicit = {k: v for k, v in explicit.items() if v is not None}
     method_recipe(explicit.get("method", RunConfig.method), where("method"))  # checked here to name its source
     if "dataset_options" in explicit:
