@@ -497,7 +497,7 @@ def test_zeroshot_evaluates_a_folder_of_test_images_only(tmp_path, capsys):
     assert "no folder" in err and "/train (--data-dir must hold train/ and test/" in err and "it has: test" in err
 
 
-def test_zeroshot_reuses_a_training_config_file_without_training(tmp_path, caplog):
+def test_zeroshot_reuses_a_training_config_file_without_training(tmp_path, vprompt_caplog):
     train_file = tmp_path / "evp.yaml"
     training = {"prompter": "evp", "epochs": 2, "lr": 5.0}
     data = {"dataset": "synthetic", "dataset_options": {"n_train": 40, "n_test": 20}, "seed": 3}
@@ -506,10 +506,15 @@ def test_zeroshot_reuses_a_training_config_file_without_training(tmp_path, caplo
     assert cli.main(args) == 0
     results = json.loads((tmp_path / "zs" / "results.json").read_text())
     assert results["epochs"] == 0 and results["method"] == "zeroshot" and results["test"]["n"] == 20
-    assert "not using the settings of" in caplog.text and "epochs, lr, prompter\n" in caplog.text
+    assert "not using the settings of" in vprompt_caplog.text and "epochs, lr, prompter\n" in vprompt_caplog.text
     assert yaml.safe_load((tmp_path / "zs" / "config.yaml").read_text())["config"]["seed"] == 3  # a zero-shot flag
     assert cli.main([*args, "--resume", "latest"]) == 0  # evaluated again in the same folder
     assert cli.main([*args, "--templates", "single", "--resume", "latest"]) == 2  # but not another run over it
+    # a few-shot run's file too: zero-shot CLIP reads no training image, so its shots are left out, not refused
+    train_file.write_text(yaml.safe_dump({"model": TINY_MODEL, **data, **training, "shots": 2}))
+    assert cli.main([*args[:-1], "few"]) == 0
+    assert "not using the settings of" in vprompt_caplog.text and "its run does not use: shots" in vprompt_caplog.text
+    assert yaml.safe_load((tmp_path / "few" / "config.yaml").read_text())["config"]["shots"] is None
     assert (tmp_path / "zs" / "results.json").exists()
     # A zero-shot run through a prompter (train --method zeroshot) is another run with another prompter.
     zs = ["train", "--method", "zeroshot", "--model", TINY_MODEL, "--dataset", "synthetic", "--output", str(tmp_path)]
