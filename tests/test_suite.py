@@ -245,8 +245,11 @@ def test_a_failed_runs_error_names_the_suite_files_keys_not_flags(tmp_path, vpro
     assert any("data_dir" in r.getMessage() for r in vprompt_caplog.records if "failed:" in r.getMessage())
     assert "data_dir" in (tmp_path / "runs" / "suite_results.md").read_text()
     assert in_file_terms("--no-download; --dataset-option crop=20; --resume latest; --jobs 2") == (
-        "download: false; dataset_options crop=20; --resume latest; --jobs 2"  # (a suite resumes; --jobs is its flag)
+        "download: false; dataset_options: {crop: 20}; --resume latest; --jobs 2"  # (a suite resumes; --jobs its flag)
     )
+    # a command shown as an example keeps its flags, and a path is no flag
+    text = "train a linear layer (vprompt train --head linear); /data/--seed/x.png; --seed 3"
+    assert in_file_terms(text) == "train a linear layer (vprompt train --head linear); /data/--seed/x.png; seed 3"
 
 
 def test_zero_shot_in_few_shot_rows_is_one_run_shown_in_each_row(tmp_path):

@@ -464,12 +464,16 @@ _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 
 def in_file_terms(text: str) -> str:
     """``text`` (an error's message) with the flags of settings spelled as a config file's keys: ``--data-dir`` as
-    ``data_dir``, ``--dataset-option`` as ``dataset_options``, ``--no-download`` as ``download: false``. For the
-    errors of a suite's runs, whose settings come from the suite's file. (``--resume`` is left: a suite resumes.)"""
+    ``data_dir``, ``--dataset-option crop=20`` as ``dataset_options: {crop: 20}``, ``--no-download`` as ``download:
+    false``. For the errors of a suite's runs, whose settings come from the suite's file. A command shown as an
+    example (``vprompt train --head linear``) keeps its flags, and so does ``--resume`` (a suite resumes)."""
 
     def key(match: re.Match[str]) -> str:
-        negated, name = match.group(1), match.group(2).replace("-", "_")
-        name = "dataset_options" if name == "dataset_option" else name
+        if match.group("command"):
+            return match.group(0)
+        if match.group("option"):
+            return f"dataset_options: {{{match.group('option')}: {match.group('value')}}}"
+        negated, name = match.group("no"), match.group("name").replace("-", "_")
         f = _FIELDS.get(name)
         if f is None or name == "resume":
             return match.group(0)
@@ -477,7 +481,13 @@ def in_file_terms(text: str) -> str:
             return f"{name}: {'false' if negated else 'true'}"
         return match.group(0) if negated else name
 
-    return re.sub(r"(?<![\w-])--(no-)?([a-z][a-z0-9-]*)", key, text)
+    flag = r"(?:(?<=^)|(?<=[\s(`]))--"  # (not inside a path or a word)
+    return re.sub(
+        rf"(?P<command>\bvprompt [a-z]+[^;)]*)|{flag}dataset-option (?P<option>\w+)=(?P<value>[^\s,;)]+)"
+        rf"|{flag}(?P<no>no-)?(?P<name>[a-z][a-z0-9-]*)",
+        key,
+        text,
+    )
 
 
 #: Settings that say one thing: a layer of settings giving either replaces both of an earlier layer's. (EVP's
