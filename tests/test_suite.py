@@ -252,7 +252,7 @@ def test_a_failed_runs_error_names_the_suite_files_keys_not_flags(tmp_path, vpro
     assert in_file_terms(text) == "train a linear layer (vprompt train --head linear); /data/--seed/x.png; seed 3"
 
 
-def test_zero_shot_in_few_shot_rows_is_one_run_shown_in_each_row(tmp_path):
+def test_zero_shot_in_few_shot_rows_is_one_run_shown_in_each_row(tmp_path, capsys):
     # it reads no training image: K shots are no setting of its (a class with fewer than K would fail it), and
     # a label map computed on the training images is
     suite = parse_suite({
@@ -263,12 +263,17 @@ def test_zero_shot_in_few_shot_rows_is_one_run_shown_in_each_row(tmp_path):
     cells = expand_suite(suite)
     assert [c.cfg.shots for c in cells] == [None, None, None, None, 2, 8]
     assert len({c.cfg.run_dir for c in cells[:3]}) == 1 and len({c.cfg.run_dir for c in cells[3:]}) == 3
+    run_suite(suite, dry_run=True)
+    out = capsys.readouterr().out
+    assert "4 runs (2 more cells share them): 4 new" in out and out.count("shared  ") == 2
     calls = []
     fit = _fake_fit({("zeroshot", "synthetic", 1): 40.0})
     report = run_suite(suite, fit=lambda cfg: calls.append(cfg.label_map) or fit(cfg), quiet=True)
     assert calls == [None, "flm", "flm", "flm"]  # the plain zero-shot run once, not three times
     assert [r.status for r in report.records] == ["done"] * 6
     assert "| zeroshot | 2 | 40.00 |" in report.markdown and "| zeroshot | 8 | 40.00 |" in report.markdown
+    dry = run_suite(suite, dry_run=True)  # finished: the shared cells show its result too
+    assert "| zeroshot | 8 | 40.00 |" in dry.markdown and "2 more cells share them): 4 done" in capsys.readouterr().out
     with pytest.raises(ValueError, match="shots 2: a run that trains nothing, with head text, reads no training"):
         resolve_config({"model": TINY_MODEL, "method": "zeroshot", "shots": 2})
 

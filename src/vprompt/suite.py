@@ -492,14 +492,26 @@ def run_suite(
     cells = expand_suite(suite, out)
     engine.setup_logging(None, DistEnv())
     records: list[RunRecord] = []
-    states = [_state(c) for c in cells]
+    # Cells of one run: zero-shot in each few-shot row (it reads no training image, so its run is the same)
+    sharing: dict[Path, list[SuiteCell]] = {}
+    for cell in cells:
+        if cell.cfg is not None:
+            sharing.setdefault(cell.cfg.run_dir, []).append(cell)
+
+    def later(cell: SuiteCell) -> bool:  # a cell whose run is an earlier cell's
+        return cell.cfg is not None and sharing[cell.cfg.run_dir][0] is not cell
+
+    own = {id(c): _state(c) for c in cells if not later(c)}
+    states = [own[id(sharing[c.cfg.run_dir][0] if c.cfg is not None else c)] for c in cells]  # (a later: its first's)
     if dry_run:
-        width = max(len(s) for s, _, _ in states)
-        for cell, (state, why, _) in zip(cells, states):
+        shown = ["shared" if later(c) else state for c, (state, _, _) in zip(cells, states)]
+        width = max(map(len, shown))
+        for cell, state, (_, why, _) in zip(cells, shown, states):
             where = cell.cfg.run_dir if cell.cfg is not None else cell.label
-            print(f"{state:{width}s}  {where}" + (f"  ({why})" if why else ""))
-        counts = {s: sum(1 for x, _, _ in states if x == s) for s in dict.fromkeys(x for x, _, _ in states)}
-        print(f"{len(cells)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+            print(f"{state:{width}s}  {where}" + (f"  ({why})" if why and state != "shared" else ""))
+        counts = {s: shown.count(s) for s in dict.fromkeys(x for x in shown if x != "shared")}
+        shared = f" ({shown.count('shared')} more cells share them)" if "shared" in shown else ""
+        print(f"{len(cells) - shown.count('shared')} runs{shared}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
         for cell, (_, _, results) in zip(cells, states):
             # Only finished runs enter the table; what would fail is listed above.
             records.append(_record(cell, "done", results) if results else _record(cell, "pending"))
@@ -512,11 +524,6 @@ def run_suite(
     pending = {id(c): _record(c, "pending") for c in cells}
     queue: list[tuple[str, SuiteCell, RunConfig]] = []
     verb: dict[int, str] = {}
-    # Cells of one run: zero-shot in each few-shot row (it reads no training image, so its run is the same)
-    sharing: dict[Path, list[SuiteCell]] = {}
-    for cell in cells:
-        if cell.cfg is not None:
-            sharing.setdefault(cell.cfg.run_dir, []).append(cell)
 
     def record(cell: SuiteCell, status: str, results: dict[str, Any] | None = None, error: str = "") -> None:
         for c in sharing[cell.cfg.run_dir] if cell.cfg is not None else [cell]:
@@ -524,7 +531,7 @@ def run_suite(
 
     for i, (cell, (state, why, results)) in enumerate(zip(cells, states)):
         tag = f"[{i + 1}/{len(cells)}] {cell.label}"
-        if cell.cfg is not None and sharing[cell.cfg.run_dir][0] is not cell:
+        if later(cell):
             continue  # (recorded with the first)
         if state in _CANNOT_RUN:
             _log.error("suite %s: %s", tag, why)
