@@ -54,15 +54,23 @@ def test_fraction_per_class_at_least_one():
 
 
 def test_too_few_images_names_the_class_and_its_count():
+    told = r"--shots 8: class 0 \('cat'\) has 7 training image\(s\) to draw from \(give --shots 7 \(the fewest of any "
+    with pytest.raises(ValueError, match=told + r"class\), or more images of it\)$"):
+        subsample_per_class(LABELS, seed=0, shots=8, classnames=["cat", "dog", "a", "b", "c"])
+    # the fewest of any class, not of the first class short of K: --shots 7 would fail for the next one
+    with pytest.raises(
+        ValueError, match=r"class 0 has 7 training image\(s\) to draw from \(give --shots 2 \(the fewest"
+    ):
+        subsample_per_class([*LABELS, 5, 5], seed=0, shots=8)
+    # the validation drawn from the same images is named where giving them back would be enough
     told = (
-        r"--shots 8: class 0 \('cat'\) has 7 training image\(s\) to draw from \(give --shots 7, or more images of it\)$"
+        r"7 training image\(s\) to draw from \(give --shots 7 \(.*\), or a lower --val-fraction \(validation holds 2 "
     )
     with pytest.raises(ValueError, match=told):
-        subsample_per_class(LABELS, seed=0, shots=8, classnames=["cat", "dog", "a", "b", "c"])
-    # the validation drawn from the same images is named where it holds some of the class
-    told = r"7 training image\(s\) to draw from \(give --shots 7, or a lower --val-fraction \(validation holds 2 of"
-    with pytest.raises(ValueError, match=told):
         subsample_per_class(LABELS, seed=0, shots=8, held_out=[0, 0, 3])
+    with pytest.raises(ValueError) as info:
+        subsample_per_class(LABELS, seed=0, shots=10, held_out=[0, 0, 3])  # (7 + 2 < 10)
+    assert "--val-fraction" not in str(info.value)
     # A class with no image at all counts too, when the number of classes is known: no --shots 0 to give.
     with pytest.raises(ValueError, match=r"class 5 has no training image\(s\) to draw from \(give training images of"):
         subsample_per_class(LABELS, seed=0, shots=1, num_classes=6)
@@ -159,4 +167,4 @@ def test_too_many_shots_is_one_clear_line(tmp_path, capsys):
     assert cli.main(tiny_run_args(tmp_path, "--shots", "50", epochs=1)) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "vprompt train: error: --shots 50: class 0 ('class 0') has 11 training image(s) to draw from" in err
-    assert "or a lower --val-fraction (validation holds 1 of its images), or more" in err
+    assert "(give --shots 3 (the fewest of any class), or more images of it)" in err  # (11 + 1 held out < 50)

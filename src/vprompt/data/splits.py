@@ -104,22 +104,25 @@ def subsample_per_class(
         raise ValueError(f"--train-fraction {fraction} must be in (0, 1]")
     y = _as_long(labels)
     n_cls = max(int(num_classes or 0), int(y.max()) + 1 if len(y) else 0)
+    counts = torch.bincount(y, minlength=n_cls) if len(y) else torch.zeros(n_cls, dtype=torch.long)
+    if shots is not None and n_cls and int(counts.min()) < shots:
+        c = int(torch.nonzero(counts < shots)[0])
+        have, fewest = int(counts[c]), int(counts.min())
+        held = int((_as_long(held_out) == c).sum()) if held_out is not None else 0
+        name = f" ({classnames[c]!r})" if classnames is not None and c < len(classnames) else ""
+        fixes = [f"--shots {fewest} (the fewest of any class)"] if fewest else []
+        if held and have + held >= shots:
+            fixes.append(f"a lower --val-fraction (validation holds {held} of its images)")
+        fixes.append("more images of it" if have or held else "training images of it")
+        raise ValueError(
+            f"--shots {shots}: class {c}{name} has {have or 'no'} training image(s) to draw from (give "
+            f"{', or '.join(fixes)})"
+        )
     gen = torch.Generator().manual_seed(derive_seed(seed, "train-subset"))
     chosen: list[torch.Tensor] = []
     for c in range(n_cls):
         idx = torch.nonzero(y == c).flatten()
         if shots is not None:
-            if len(idx) < shots:
-                name = f" ({classnames[c]!r})" if classnames is not None and c < len(classnames) else ""
-                fixes = [f"--shots {len(idx)}"] if len(idx) else []
-                held = int((_as_long(held_out) == c).sum()) if held_out is not None else 0
-                if held:
-                    fixes.append(f"a lower --val-fraction (validation holds {held} of its images)")
-                fixes.append("more images of it" if len(idx) or held else "training images of it")
-                raise ValueError(
-                    f"--shots {shots}: class {c}{name} has {len(idx) or 'no'} training image(s) to draw from (give "
-                    f"{', or '.join(fixes)})"
-                )
             k = int(shots)
         else:
             k = min(len(idx), max(1, round(float(fraction) * len(idx)))) if len(idx) else 0
