@@ -165,6 +165,10 @@ def test_a_warmup_as_long_as_the_run_is_told(tmp_path, vprompt_caplog):
     vprompt_caplog.clear()
     engine._optimizers(dataclasses.replace(cfg, warmup_steps=5), model, steps_per_epoch=10)
     assert "--warmup-steps" not in vprompt_caplog.text
+    only_head = dataclasses.replace(cfg, prompter="none", head="linear")  # the warmup is the head's: its lr is named
+    model, _, _ = engine._build_for_run(only_head, torch.device("cpu"))
+    engine._optimizers(only_head, model, steps_per_epoch=10)
+    assert "its lr never reaches --head-lr 0.001 or anneals" in vprompt_caplog.text
 
 
 def test_sizes_left_to_defaults_are_saved_and_a_prompt_of_other_sizes_is_a_clear_error(tmp_path):

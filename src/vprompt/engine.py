@@ -410,11 +410,12 @@ def _optimizers(
     # The run's schedule for every optimizer; its warmup (VP's 1000 steps) is the prompt's, not the head's, unless
     # the head is all there is to train.
     warmups = [int(cfg.warmup_steps or 0), 0]
-    if cfg.schedule == "cosine" and total and warmups[0] >= total:  # (VP's 1000 steps in a short or few-shot run)
+    if cfg.schedule == "cosine" and optimizers and total and warmups[0] >= total:  # (VP's 1000 in a few-shot run)
+        lr = f"--lr {cfg.lr:g}" if prompt_params else f"--head-lr {optimizers[0].defaults['lr']:g}"
         _log.warning(
-            "--warmup-steps %d is as long as the run's %d steps (%d epochs of %d): its lr never reaches --lr "
-            "%g or anneals; give fewer warmup steps (a tenth of the steps, say)",
-            warmups[0], total, int(cfg.epochs or 0), steps_per_epoch, cfg.lr,
+            "--warmup-steps %d is as long as the run's %d steps (%d epochs of %d): its lr never reaches %s or "
+            "anneals; give fewer warmup steps (a tenth of the steps, say)",
+            warmups[0], total, int(cfg.epochs or 0), steps_per_epoch, lr,
         )  # fmt: skip
     schedulers = [
         create_scheduler(opt, cfg.schedule or "constant", total, steps_per_epoch, warmup)
