@@ -351,8 +351,8 @@ def test_a_failed_download_leaves_no_empty_folder_and_does_not_ask_for_download_
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(tv_dtd, "download_and_extract_archive", offline)
-    with pytest.raises(DatasetNotFoundError, match=r"no network.*\(expected dtd/.*; complete the folder, or delete it "
-                       r"and run again to download it\)$"):  # fmt: skip
+    with pytest.raises(DatasetNotFoundError, match=r"no network.*\(expected dtd/.*; run again where the download can "
+                       r"be reached, or copy the files there\)$"):  # fmt: skip
         _make("dtd", tmp_path / "data", download=True)
     assert not (tmp_path / "data").exists()  # (a later run would take an empty folder for the data's)
 
