@@ -106,7 +106,7 @@ def _open(name: str, root: Path, download: bool | str, make: Callable[[], Any]) 
         remove_folders_made(created)  # (the empty folders a download that never started leaves)
         if isinstance(download, str):
             fix = download
-        elif not folder.exists():  # (a download that never started: nothing to complete or delete)
+        elif download and not folder.exists():  # (a download that never started: nothing to complete or delete)
             fix = "run again where the download can be reached, or copy the files there"
         else:
             fix = "complete the folder, or delete it and run again to download it" if download else _COMPLETE_IT
