@@ -158,8 +158,9 @@ def test_image_folder_official_val_is_used(tmp_path):
     assert data.val_source == "official" and len(data.val) == 6 and len(data.train) == 6
     for f in (tmp_path / "val").rglob("*.png"):  # a val/ with its class folders but no images: no split
         f.unlink()
+    (tmp_path / "val" / "zebra").mkdir()  # (nor are its class folders classes)
     data = prepare_data("imagefolder", tmp_path, image_size=8, val_fraction=0.5, download=False)
-    assert data.val_source == "holdout" and len(data.val) + len(data.train) == 6
+    assert data.val_source == "holdout" and len(data.val) + len(data.train) == 6 and data.classnames == ["a", "b"]
 
 
 def test_image_folder_labels_mean_the_same_class_in_a_split_that_lacks_one(tmp_path):

@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 
 from .base import FileDataset, to_rgb
 from .benchmark_base import check_listed, classnames, map_names
-from .datasets import class_folders, image_files
+from .datasets import class_folders, holds_images, image_files
 from .registry import DatasetNotFoundError, DatasetOptionError, MissingDependencyError, SplitNotFoundError
 
 __all__ = ["HF_DEFAULTS", "HFImageDataset", "folder_splits", "hub_or_folder_dataset"]
@@ -103,7 +103,7 @@ def folder_splits(name: str, root: Path, source: str = "auto", hf_id: str | None
         return tuple(s for s in _SPLITS if _coop_entries(folder / _COOP[name][0], s))
     if layout == "txt":
         return tuple(s for s in _SPLITS if (folder / f"{s}.txt").exists())
-    return tuple(s for s in _SPLITS if image_files(folder / s))  # (an empty val/ is no split: held out of train)
+    return tuple(s for s in _SPLITS if holds_images(folder / s))  # (an empty val/ is no split: held out of train)
 
 
 def _coop_entries(path: Path, split: str) -> list[list[Any]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,10 +121,10 @@ def class_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not _hidden(p.name))
 
 
-def image_files(folder: Path) -> list[Path]:
+def _walk_images(folder: Path) -> Iterator[Path]:
     """The image files under ``folder`` (at any depth, through linked folders too; none when it does not exist),
-    sorted, without hidden files or files in hidden folders."""
-    found, seen = [], set()
+    in the order found, without hidden files or files in hidden folders."""
+    seen = set()
     for here, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(here)
         if real in seen:  # a link back up the tree: walked once
@@ -132,8 +132,20 @@ def image_files(folder: Path) -> list[Path]:
             continue
         seen.add(real)
         dirs[:] = [d for d in dirs if not _hidden(d)]
-        found += [Path(here, f) for f in files if not _hidden(f) and Path(f).suffix.lower() in IMAGE_EXTENSIONS]
-    return sorted(f for f in found if f.is_file())  # (not a folder, nor a broken link, named like an image)
+        for f in files:
+            path = Path(here, f)  # (not a folder, nor a broken link, named like an image)
+            if not _hidden(f) and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+                yield path
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files under ``folder``, sorted (see :func:`_walk_images`)."""
+    return sorted(_walk_images(folder))
+
+
+def holds_images(folder: Path) -> bool:
+    """Whether ``folder`` holds an image file at any depth (told at the first, without walking the rest)."""
+    return next(_walk_images(folder), None) is not None
 
 
 def image_folder_dataset(
@@ -151,7 +163,7 @@ def image_folder_dataset(
 
     if not class_folders(folder):
         raise DatasetNotFoundError(f"dataset imagefolder: {folder} has no class subfolders")
-    splits = [Path(root) / s for s in ("train", "val", "test") if (Path(root) / s).is_dir()]
+    splits = [Path(root) / s for s in _image_folder_splits(Path(root))]
     classes = sorted({p.name for s in splits for p in class_folders(s)})
     samples = [(str(f), label) for label, c in enumerate(classes) for f in image_files(folder / c)]
     if not samples:
@@ -162,7 +174,7 @@ def image_folder_dataset(
 def _image_folder_splits(root: Path) -> tuple[str, ...]:
     """The splits of an image folder: train/ and test/ where they are, val/ where it holds images (an empty one is no
     split: validation is then held out of train)."""
-    return tuple(s for s in ("train", "val", "test") if (root / s).is_dir() and (s != "val" or image_files(root / s)))
+    return tuple(s for s in ("train", "val", "test") if (root / s).is_dir() and (s != "val" or holds_images(root / s)))
 
 
 register_dataset(
