@@ -351,7 +351,7 @@ def _print_results(results: dict[str, Any]) -> None:
 
 
 def _cmd_train(args: argparse.Namespace, method: str | None = None) -> int:
-    from .config import resolve_config, without_unused
+    from .config import resolve_config, resolve_leaving_unused
     from .data import DatasetOptionError, get_dataset_spec
     from .engine import fit
 
@@ -361,13 +361,12 @@ def _cmd_train(args: argparse.Namespace, method: str | None = None) -> int:
         # a training run's file serves them: what of it their run does not use (a few-shot run's shots for zero-shot
         # CLIP) is left out, as are the settings they have no flag for; only what is typed here is refused
         typed = {k for k, where in sources.items() if where == "command line"}
-        used = without_unused(values, resolve_config(values, sources=sources, check_unused=typed).to_dict())
-        unused = sorted(k for k in values if k not in used)
+        cfg, unused = resolve_leaving_unused(values, typed, source="command line", sources=sources)
         if unused:
             _log.warning("vprompt %s: not using the settings of %s its run does not use: %s", method,
                          args.config_file, ", ".join(unused))  # fmt: skip
-            values = used
-    cfg = resolve_config(values, source="command line", sources=sources)
+    else:
+        cfg = resolve_config(values, source="command line", sources=sources)
     if sources.get("dataset", "command line") != "command line":  # a dataset named in a file: the file is named
         try:
             get_dataset_spec(cfg.dataset)

@@ -683,6 +683,18 @@ def without_unused(values: Mapping[str, Any], settings: Mapping[str, Any] | None
     return {k: v for k, v in values.items() if k not in unused}
 
 
+def resolve_leaving_unused(
+    values: Mapping[str, Any], check_unused: Collection[str], **where: Any
+) -> tuple[RunConfig, list[str]]:
+    """The config of ``values`` as :func:`resolve_config` (given ``where``: ``source``, ``sources``) builds it,
+    without the settings its run does not use, refused only where ``check_unused`` names them; and the keys left
+    out. For settings shared with runs that do not use them: a suite's, or a training run's file given to zeroshot."""
+    cfg = resolve_config(values, check_unused=check_unused, **where)
+    used = without_unused(values, cfg.to_dict())
+    left = sorted(k for k in values if k not in used)
+    return (resolve_config(used, check_unused=check_unused, **where) if left else cfg), left
+
+
 def comparable(settings: Mapping[str, Any]) -> dict[str, Any]:
     """A run's saved ``settings`` as two runs are compared: the settings it does not use as :data:`_NOTHING`, the
     L2 strengths as the sorted set the probe sweeps (a config file may give them as strings), and the dataset

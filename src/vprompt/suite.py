@@ -69,15 +69,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import (
-    RunConfig,
-    check_dataset_options,
-    in_file_terms,
-    load_yaml,
-    resolve_config,
-    under,
-    without_unused,
-)
+from .config import RunConfig, check_dataset_options, in_file_terms, load_yaml, resolve_leaving_unused, under
 from .errors import INTERRUPTED_EXIT, USER_ERRORS, DataFileError, did_you_mean, one_line, sigterm_interrupts
 
 __all__ = ["SuiteConfig", "MethodEntry", "SuiteCell", "RunRecord", "SuiteReport", "load_suite", "expand_suite",
@@ -369,11 +361,7 @@ def expand_suite(suite: SuiteConfig, output: str | Path | None = None) -> list[S
                 try:
                     # a shared setting a method does not use is no error of its (only its entry's own are), nor
                     # part of its run's config (which, given back as a config file, would be refused for it)
-                    cfg = resolve_config(values, source=where, check_unused=set(m.overrides))
-                    used = without_unused(values, cfg.to_dict())
-                    if used != values:
-                        values = used
-                        cfg = resolve_config(values, source=where, check_unused=set(m.overrides))
+                    cfg, _ = resolve_leaving_unused(values, set(m.overrides), source=where)
                     try:
                         check_model(cfg.model)  # a mistyped name is invalid in a dry run too, not a new run
                         check_sizes(cfg)  # as are sizes that do not fit the model
@@ -498,11 +486,14 @@ def run_suite(
         if cell.cfg is not None:
             sharing.setdefault(cell.cfg.run_dir, []).append(cell)
 
+    def first(cell: SuiteCell) -> SuiteCell:  # the cell that runs its run
+        return sharing[cell.cfg.run_dir][0] if cell.cfg is not None else cell
+
     def later(cell: SuiteCell) -> bool:  # a cell whose run is an earlier cell's
-        return cell.cfg is not None and sharing[cell.cfg.run_dir][0] is not cell
+        return first(cell) is not cell
 
     own = {id(c): _state(c) for c in cells if not later(c)}
-    states = [own[id(sharing[c.cfg.run_dir][0] if c.cfg is not None else c)] for c in cells]  # (a later: its first's)
+    states = [own[id(first(c))] for c in cells]  # (a later cell: its first's)
     if dry_run:
         shown = ["shared" if later(c) else state for c, (state, _, _) in zip(cells, states)]
         width = max(map(len, shown))

@@ -175,7 +175,8 @@ def prepare_data(
         assert test is not None
         return DataSplits(None, None, test, list(test.classnames), spec.templates, "none")
     classnames = list(train_full.classnames)
-    counts = torch.bincount(torch.as_tensor(train_full.targets, dtype=torch.long), minlength=len(classnames))
+    targets = torch.as_tensor(train_full.targets, dtype=torch.long)
+    counts = torch.bincount(targets, minlength=len(classnames))
     empty = [classnames[c] for c in range(len(classnames)) if counts[c] == 0]
     if empty:
         more = f" and {len(empty) - 5} more" if len(empty) > 6 else ""
@@ -198,7 +199,7 @@ def prepare_data(
         _log.info("%s: using the official validation split", name)
         train_idx, val_idx, val_source = all_idx, [], "official"
     else:
-        train_idx, val_idx = holdout_split(train_full.targets, val_fraction, split_seed)
+        train_idx, val_idx = holdout_split(targets, val_fraction, split_seed)
         val_source = "holdout" if val_idx else "none"
         if not val_idx:
             why = no_validation_reason(val_fraction)
@@ -208,9 +209,8 @@ def prepare_data(
         val = subset(val_parent, val_idx) if val_idx else None
     if shots is not None or train_fraction is not None:
         # Drawn from what is left after the validation split, so the two are disjoint by construction.
-        targets = torch.as_tensor(train_full.targets, dtype=torch.long)[torch.as_tensor(train_idx, dtype=torch.long)]
-        held = torch.as_tensor(train_full.targets, dtype=torch.long)[torch.as_tensor(val_idx, dtype=torch.long)]
-        pos = subsample_per_class(targets, split_seed, shots, train_fraction, len(classnames), classnames, held)
+        kept, held = (targets[torch.as_tensor(idx, dtype=torch.long)] for idx in (train_idx, val_idx))
+        pos = subsample_per_class(kept, split_seed, shots, train_fraction, len(classnames), classnames, held)
         _log.info(
             "%s: training on %d of %d images (%s, split seed %d)", name, len(pos), len(train_idx),
             f"{shots} per class" if shots is not None else f"{train_fraction:g} of each class", split_seed,

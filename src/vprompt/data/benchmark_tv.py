@@ -92,14 +92,13 @@ def _open(name: str, root: Path, download: bool | str, make: Callable[[], Any]) 
     folder = root / sub
     created = missing_folders(folder)
     # --data-dir given as the dataset's own folder, not the one that holds it
-    inside = f"; --data-dir {root} may be the dataset's own folder: give the one above it, {root.parent}"
-    inside = inside if root.name == sub and root != root.parent else ""
+    inside = root.name == sub and root != root.parent
+    own = f"--data-dir {root} may be the dataset's own folder: give the one above it, {root.parent}" if inside else ""
     try:
         return make()
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted" (a file missing, or failing its MD5)
-        raise missing(
-            name, folder, layout, f"{hint}{inside}" if hint else inside[2:], "files not found or damaged"
-        ) from e
+        hints = "; ".join(h for h in (hint, own) if h) or None
+        raise missing(name, folder, layout, hints, what="files not found or damaged") from e
     except DataFileError:  # (told already, naming the file)
         raise
     except OSError as e:  # a failed download (URLError) or a file torchvision expected
@@ -111,7 +110,9 @@ def _open(name: str, root: Path, download: bool | str, make: Callable[[], Any]) 
         else:
             fix = "complete the folder, or delete it and run again to download it" if download else _COMPLETE_IT
         raise DatasetNotFoundError(
-            f"dataset {name}: reading/downloading into {folder} failed: {e} (expected {layout}; {fix}{inside})"
+            f"dataset {name}: reading/downloading into {folder} failed: {e} (expected {layout}; "
+            + "; ".join(h for h in (fix, own) if h)
+            + ")"
         ) from e
     except (KeyError, IndexError, ValueError) as e:  # a list file's line, or a file, its parser does not expect
         raise DataFileError(
