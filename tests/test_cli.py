@@ -142,6 +142,15 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] >= 1 and not (run / "results.json").exists()
 
 
+@pytest.mark.parametrize("command", ["eval", "list"])
+def test_an_interrupted_command_without_resume_is_told_to_run_again(monkeypatch, capsys, command):
+    monkeypatch.setattr(cli, f"_cmd_{command}", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
+    argv = ["eval", "--checkpoint", "somewhere"] if command == "eval" else ["list", "datasets"]
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err
+    assert "(run the same command again)" in err and "--resume" not in err
+
+
 def test_a_trainable_head_skips_the_prompts_warmup(tmp_path):
     cfg = resolve_config({"model": TINY_MODEL, "dataset": "synthetic", "method": "vp", "head": "linear",
                           "epochs": 2, "output": str(tmp_path)})  # fmt: skip

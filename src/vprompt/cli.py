@@ -495,7 +495,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_user_error(e, f"vprompt {args.command}")
         return 2
     except KeyboardInterrupt:
-        how = "run the same command again" if args.command in ("suite", "demo") else "resume with --resume latest"
+        resumable = args.command in ("train", "zeroshot", "linprobe")  # (a suite or demo resumes its runs itself)
+        how = "resume with --resume latest" if resumable else "run the same command again"
         print(f"vprompt: interrupted; files already written are intact ({how})", file=sys.stderr)
         return INTERRUPTED_EXIT
     except BrokenPipeError:  # the reader of the output stopped (`vprompt list models | head`): nothing to tell
