@@ -308,7 +308,8 @@ class _Sneaky:
 @pytest.mark.parametrize(
     ("damage", "needle"),
     [
-        ("truncate", "last.pt is not a loadable vprompt training state ("),
+        ("truncate", "last.pt is not a loadable vprompt training state (not the zip archive torch.save writes"),
+        ("text", "last.pt is not a loadable vprompt training state (not the zip archive torch.save writes"),
         ("pickle", "loading them could run code: refused); delete it"),
     ],
 )
@@ -318,6 +319,8 @@ def test_a_damaged_last_pt_is_one_line_with_the_way_out(tmp_path, capsys, damage
     last = run / "last.pt"
     if damage == "truncate":
         last.write_bytes(last.read_bytes()[:100])
+    elif damage == "text":
+        last.write_text("epoch: 3\n")
     else:
         torch.save({"format": "vprompt-last/1", "x": _Sneaky()}, last)
     capsys.readouterr()
@@ -326,6 +329,16 @@ def test_a_damaged_last_pt_is_one_line_with_the_way_out(tmp_path, capsys, damage
     err = out.err.strip().splitlines()
     assert needle in err[-1] and err[-1].endswith("or resume from another (--resume PATH)"), out.err
     assert "weights_only=False" not in out.err and "code ran" not in out.out
+
+
+def test_resume_from_a_file_that_is_no_training_state_is_not_told_to_delete_it(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("lr 0.1 worked best\n")
+    assert cli.main(tiny_run_args(tmp_path, "--resume", str(notes), epochs=1)) == 2
+    err = capsys.readouterr().err
+    assert "notes.txt is not a loadable vprompt training state (not the zip archive torch.save writes" in err
+    assert "give the last.pt of a vprompt run, or its folder" in err and "delete" not in err and "could run" not in err
+    assert notes.read_text() == "lr 0.1 worked best\n"
 
 
 def test_resume_rewinds_the_files_an_interruption_while_saving_left_ahead_of_last_pt(tmp_path, monkeypatch):

@@ -140,11 +140,24 @@ def save_state(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read ``last.pt`` with ``weights_only=True`` (no pickled code runs)."""
+def load_state(path: str | Path, map_location: str | torch.device = "cpu", own: bool = True) -> dict[str, Any]:
+    """Read ``last.pt`` with ``weights_only=True`` (no pickled code runs). ``own``: the file is the resumed run's own
+    ``last.pt``, which may be deleted to start again (not advised of a file given as ``--resume PATH``)."""
+    import zipfile
+
     from .download import first_line
 
     path = Path(path)
+    way_out = (
+        "delete it to start the run again, or resume from another (--resume PATH)"
+        if own
+        else "give the last.pt of a vprompt run, or its folder"
+    )
+    if not zipfile.is_zipfile(path):  # (torch.load would report a text file as "KeyError: 101")
+        raise ValueError(
+            f"{path} is not a loadable vprompt training state (not the zip archive torch.save writes: cut short, "
+            f"or another kind of file); {way_out}"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
@@ -153,12 +166,9 @@ def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> di
             if "weights only load failed" in str(e).lower()  # whose message advises weights_only=False
             else first_line(e) or type(e).__name__
         )
-        raise ValueError(
-            f"{path} is not a loadable vprompt training state ({why}); delete it to start the run again, or resume "
-            "from another (--resume PATH)"
-        ) from e
+        raise ValueError(f"{path} is not a loadable vprompt training state ({why}); {way_out}") from e
     if not isinstance(state, dict) or state.get("format") != "vprompt-last/1":
-        raise ValueError(f"{path} is not a vprompt training state (last.pt)")
+        raise ValueError(f"{path} is not a vprompt training state (last.pt); {way_out}")
     return state
 
 

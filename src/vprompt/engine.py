@@ -541,7 +541,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
     train_seconds, train_images = 0.0, 0
     identity = data_identity(data)  # (once: each epoch's last.pt and selected prompt record it)
     if resume_from is not None:
-        state = load_state(resume_from, map_location=device)
+        state = load_state(resume_from, map_location=device, own=resume_from == run_dir / LAST_FILE)
         diff = changed_settings(state.get("config", {}), cfg)
         if diff:
             raise ValueError(
