@@ -164,6 +164,21 @@ def test_a_trainable_head_skips_the_prompts_warmup(tmp_path):
     assert head_opt.param_groups[0]["lr"] < 0.1 * (cfg.head_lr or 1e-3)
 
 
+def test_a_resume_with_another_precision_or_eval_every_is_told(tmp_path, monkeypatch, vprompt_caplog):
+    real = engine.train_one_epoch
+    monkeypatch.setattr(engine, "train_one_epoch", _stops_at_call(2, real))
+    assert cli.main(tiny_run_args(tmp_path, epochs=2)) == 130
+    monkeypatch.setattr(engine, "train_one_epoch", _stops_at_call(2, real))
+    assert cli.main(tiny_run_args(tmp_path, name="same", epochs=2)) == 130
+    monkeypatch.setattr(engine, "train_one_epoch", real)
+    assert cli.main(tiny_run_args(tmp_path, "--resume", "latest", name="same", epochs=2)) == 0
+    assert "other settings" not in vprompt_caplog.text
+    resumed = tiny_run_args(tmp_path, "--resume", "latest", "--precision", "bf16", "--eval-every", "2", epochs=2)
+    assert cli.main(resumed) == 0
+    told = "continued with other settings than the epochs before (precision='fp32' there, 'bf16' here, eval_every=1"
+    assert told in vprompt_caplog.text
+
+
 def test_a_warmup_as_long_as_the_run_is_told(tmp_path, vprompt_caplog):
     # VP's 1000 warmup steps in a run of 20 (a few-shot run): its lr would never reach --lr
     cfg = resolve_config({"model": TINY_MODEL, "dataset": "synthetic", "method": "vp", "epochs": 2})

@@ -57,6 +57,7 @@ from .runs import (
     folder_lock,
     prompt_meta,
     refuse_other_run,
+    result_keys,
     resume_path,
     rewind_run_files,
     split_size,
@@ -554,6 +555,12 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
                 f"--resume {resume_from}: the data changed since the run started ({changes}); resume on the same "
                 "data, or start a new run (--name)"
             )
+        changes = changed_settings(state.get("config", {}), cfg, [k for k in result_keys(cfg) if k != "data_dir"])
+        if changes and env.is_main:
+            _log.warning(
+                "--resume %s: continued with other settings than the epochs before (%s): the results reflect both",
+                resume_from, changes,
+            )  # fmt: skip
         model.load_artifact_state(state["model"])
         for opt, sd in zip(optimizers, state["optimizers"]):
             opt.load_state_dict(sd)
