@@ -1,6 +1,7 @@
 """Two processes (torchrun, gloo on the CPU) take the same steps as one process with the same global batch."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,12 @@ def _prompt(run: Path) -> torch.Tensor:
     return torch.load(run / "last.pt", weights_only=True)["model"]["prompter.prompt"]
 
 
+def _step_lines(run: Path) -> list[tuple[float, float]]:
+    """(loss, accuracy) of each per-step line of the run's log.txt."""
+    found = re.findall(r"epoch \d+ step \d+/\d+ loss ([\d.]+) acc ([\d.]+)", (run / "log.txt").read_text())
+    return [(float(loss), float(acc)) for loss, acc in found]
+
+
 def _assert_trained_alike(one: Path, two: Path, even: bool = True) -> None:
     assert torch.allclose(_prompt(one), _prompt(two), atol=1e-5, rtol=1e-4)
     a, b = (json.loads((run / "results.json").read_text()) for run in (one, two))
@@ -53,9 +60,14 @@ def test_two_processes_match_one(tmp_path):
     # Input diversity is drawn for the whole batch, each process taking its share, so its images are resized and
     # placed as in one process. VP's optimizer has state (momentum), so it checks the averaged gradient too.
     common = ("--method", "vp", "--warmup-steps", "2", "--diversity", "di", "--di-prob", "0.8", "--lr", "1")
-    _train(tmp_path, 1, *common, name="one")
-    _train(tmp_path, 2, *common, name="two")
+    _train(tmp_path, 1, *common, "--log-every", "1", name="one")
+    _train(tmp_path, 2, *common, "--log-every", "1", name="two")
     _assert_trained_alike(tmp_path / "one", tmp_path / "two")
+    # each step's line tells the loss and accuracy so far of the whole batch, not of the first process's share
+    one, two = (_step_lines(tmp_path / run) for run in ("one", "two"))
+    assert len(one) == len(two) >= 2
+    for (loss_one, acc_one), (loss_two, acc_two) in zip(one, two):
+        assert loss_two == pytest.approx(loss_one, abs=2e-4) and acc_two == acc_one
     assert json.loads((tmp_path / "two" / "results.json").read_text())["test"]["n"] == 48
 
     # 33 training images, batch 32: unpadded shards of 17 and 16 would take 2 and 1 steps, and the first process

@@ -169,6 +169,12 @@ def train_one_epoch(
     seen = 0
     start = time.perf_counter()
     n_steps = len(loader) if hasattr(loader, "__len__") else None
+
+    def totals() -> list[float]:
+        """The summed loss, hits and images so far, over all processes."""
+        sums = [total_loss.double(), correct.double(), torch.tensor(seen, dtype=torch.float64, device=device)]
+        return all_reduce_sum(torch.stack(sums), env.world_size).tolist()
+
     bar = tqdm(loader, total=n_steps, desc=f"epoch {epoch + 1}", leave=False, disable=not _show_progress(env))
     for step, (images, labels) in enumerate(bar):
         # The batch over all processes, less the padding of an epoch's end (PAD_LABEL): one process has none, and
@@ -198,15 +204,15 @@ def train_one_epoch(
         total_loss += loss_sum.detach()
         correct += (logits.detach().argmax(-1) == y).sum()  # (a padded image's label is no class)
         seen += int((y != PAD_LABEL).sum()) if padded else len(y)
-        if log_every and (step + 1) % log_every == 0:
-            rate = seen / (time.perf_counter() - start)
+        if log_every and (step + 1) % log_every == 0:  # (every process takes the same steps: all reach this)
+            loss_sum, correct_sum, images = totals()
+            rate = images / (time.perf_counter() - start)
             lr = optimizers[0].param_groups[0]["lr"] if optimizers else 0.0
-            msg = f"loss {total_loss.item() / seen:.4f} acc {100 * correct.item() / seen:.2f}"
+            msg = f"loss {loss_sum / images:.4f} acc {100 * correct_sum / images:.2f}"
             bar.set_postfix_str(msg)
             _log.info("epoch %d step %d/%s %s lr %.4g %.1f img/s", epoch + 1, step + 1, n_steps or "?", msg, lr, rate)
     seconds = time.perf_counter() - start
-    sums = torch.stack([total_loss.double(), correct.double(), torch.tensor(seen, dtype=torch.float64, device=device)])
-    loss_sum, correct_sum, images = all_reduce_sum(sums, env.world_size).tolist()
+    loss_sum, correct_sum, images = totals()
     n = max(images, 1.0)
     return {
         "train_loss": loss_sum / n,
