@@ -260,6 +260,10 @@ def test_a_finished_run_redone_and_interrupted_keeps_no_results_of_other_setting
     assert (run / "config.resumed.yaml").is_file() and not (run / "results.json").exists()  # unfinished, not done
     assert (run / runs.PREVIOUS_RESULTS).read_text() == finished  # and what it had finished is not lost
     monkeypatch.setattr(runs, "write_json", real_write)
+    capsys.readouterr()
+    assert cli.main(["eval", "--checkpoint", str(run), "--json"]) == 0  # its prompt is the finished run's
+    out, err = capsys.readouterr()
+    assert "unfinished" not in json.loads(out.strip().splitlines()[-1]) and "has not finished" not in err
     assert cli.main([*args, "--resume", "latest", "--eval-every", "2"]) == 0 and (run / "results.json").is_file()
     assert not (run / runs.PREVIOUS_RESULTS).exists()
 
@@ -280,9 +284,17 @@ def test_a_finished_run_redone_and_interrupted_keeps_no_results_of_other_setting
 
 
 def test_eval_of_an_unfinished_run_says_so(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(engine, "train_one_epoch", _stops_at_call(2, engine.train_one_epoch))
-    args, run = tiny_run_args(tmp_path, epochs=3), tmp_path / "run"
-    assert cli.main(args) == 130 and (run / "prompt.safetensors").is_file()  # epoch 1's, selected so far
+    args, run, real = tiny_run_args(tmp_path, epochs=3), tmp_path / "run", engine.train_one_epoch
+    monkeypatch.setattr(engine, "train_one_epoch", _stops_at_call(1, real))
+    assert cli.main(args) == 130 and not (run / "prompt.safetensors").exists()  # stopped in epoch 1
+    capsys.readouterr()
+    assert cli.main(["eval", "--checkpoint", str(run)]) == 2
+    assert f"run folder {run} has no prompt.safetensors yet: a run writes it at its first epoch evaluated" in (
+        capsys.readouterr().err
+    )
+    monkeypatch.setattr(engine, "train_one_epoch", _stops_at_call(2, real))
+    assert cli.main([*args, "--resume", "latest"]) == 130  # from the start again, stopped in epoch 2
+    assert (run / "prompt.safetensors").is_file()  # epoch 1's, selected so far
     capsys.readouterr()
     assert cli.main(["eval", "--checkpoint", str(run), "--json"]) == 0
     out, err = capsys.readouterr()

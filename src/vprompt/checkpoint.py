@@ -178,6 +178,11 @@ def find_checkpoint(path: str | Path, name: str = PROMPT_FILE) -> Path:
     if path.is_dir():
         if (path / name).is_file():
             return path / name
+        if name == PROMPT_FILE and (path / "config.yaml").is_file():  # a run that has not yet selected a prompt
+            raise FileNotFoundError(
+                f"run folder {path} has no {name} yet: a run writes it at its first epoch evaluated on validation "
+                "(the run is still going, or stopped before; --resume latest continues it)"
+            )
         raise FileNotFoundError(f"run folder {path} has no {name}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (give a {name} file or its run folder)")

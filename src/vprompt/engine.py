@@ -50,6 +50,7 @@ from .diversity import InputDiversity, create_diversity
 from .heads import resolve_head
 from .optim import create_optimizer, create_scheduler
 from .runs import (
+    PREVIOUS_RESULTS,
     append_jsonl,
     changed_settings,
     data_changes,
@@ -782,7 +783,9 @@ def evaluate_checkpoint(
         )
     path = find_checkpoint(checkpoint)
     state, config, meta = load_prompt(path)
-    unfinished = (path.parent / "config.yaml").is_file() and not (path.parent / "results.json").is_file()
+    # (a finished run redone, results.json set aside in PREVIOUS_RESULTS, has trained no further: its prompt is final)
+    finished = any((path.parent / name).is_file() for name in ("results.json", PREVIOUS_RESULTS))
+    unfinished = (path.parent / "config.yaml").is_file() and not finished
     if unfinished:  # in a run folder that has not finished: an intermediate prompt, not the run's result
         _log.warning(
             "%s has not finished (no results.json): this is the prompt selected up to epoch %s of %s; the run is "
