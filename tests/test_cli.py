@@ -164,6 +164,23 @@ def test_a_trainable_head_skips_the_prompts_warmup(tmp_path):
     assert head_opt.param_groups[0]["lr"] < 0.1 * (cfg.head_lr or 1e-3)
 
 
+def test_log_txt_records_how_a_run_stopped(tmp_path, monkeypatch, capsys):
+    real, log = engine.train_one_epoch, tmp_path / "run" / "log.txt"
+    monkeypatch.setattr(engine, "train_one_epoch", _stops_at_call(2, real))
+    assert cli.main(tiny_run_args(tmp_path, epochs=3)) == 130
+    assert "WARNING stopped: interrupted; what was written is kept (--resume latest continues)" in log.read_text()
+    assert "stopped:" not in capsys.readouterr().err  # (the console has its own line)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore detail")
+
+    monkeypatch.setattr(engine, "train_one_epoch", broken)
+    with pytest.raises(RuntimeError):
+        cli.main(tiny_run_args(tmp_path, "--resume", "latest", epochs=3))
+    last = log.read_text().strip().splitlines()[-1]
+    assert last.endswith("WARNING stopped by an error: RuntimeError: CUDA error: an illegal memory access was encountered")
+
+
 def test_a_resume_with_another_precision_or_eval_every_is_told(tmp_path, monkeypatch, vprompt_caplog):
     real = engine.train_one_epoch
     monkeypatch.setattr(engine, "train_one_epoch", _stops_at_call(2, real))

@@ -497,11 +497,30 @@ def run_folder(run_dir: Path, env: DistEnv) -> Iterator[None]:
     with folder_lock(run_dir, env):
         try:
             yield
-        except BaseException:
+        except BaseException as e:
             if new_folder and env.is_main and not (run_dir / "config.yaml").exists():
                 setup_logging(None, env)
                 shutil.rmtree(run_dir, ignore_errors=True)
+            else:  # the console says it already; the run's log.txt tells whoever reads it later
+                from .download import first_line
+
+                interrupted = isinstance(e, KeyboardInterrupt)  # (SIGTERM is one too: sigterm_interrupts)
+                _note_in_run_log(
+                    run_dir,
+                    "stopped: interrupted; what was written is kept (--resume latest continues)"
+                    if interrupted
+                    else f"stopped by an error: {type(e).__name__}: {first_line(e)}"
+                )
             raise
+
+
+def _note_in_run_log(run_dir: Path, message: str) -> None:
+    """Write ``message`` (a warning) to ``run_dir``'s log.txt where this process logs to it, not to the console."""
+    logger = logging.getLogger("vprompt")
+    record = logger.makeRecord(logger.name, logging.WARNING, __file__, 0, message, (), None)
+    for handler in logger.handlers:
+        if isinstance(handler, _RunLogHandler) and handler.baseFilename == os.path.abspath(run_dir / "log.txt"):
+            handler.handle(record)
 
 
 def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> dict[str, Any]:
