@@ -334,6 +334,7 @@ def _plot_curves(output: Path, run_dirs: dict[str, Path], results: dict[str, dic
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         _log.warning("matplotlib is not installed: no curves.png (pip install 'vprompt[plot]')")
         return
@@ -352,6 +353,7 @@ def _plot_curves(output: Path, run_dirs: dict[str, Path], results: dict[str, dic
             ax.axhline(results[arm]["val"]["acc1"], linestyle="--", color="gray", linewidth=1)
             ax.annotate(arm, (1, results[arm]["val"]["acc1"]), fontsize=8, color="gray")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # (not 1.5 epochs in a short run)
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title("Reprogramming a frozen CIFAR-10 ResNet to MNIST")
     ax.grid(alpha=0.3)
@@ -364,8 +366,9 @@ def _plot_curves(output: Path, run_dirs: dict[str, Path], results: dict[str, dic
 
 
 def _save_prompt_images(output: Path, run_dirs: dict[str, Path], mnist_dir: str | None) -> None:
-    """``prompt_<arm>.png``: the prompt on black (min-max scaled to be visible) beside a prompted test digit (the
-    first of ``mnist_dir``'s)."""
+    """``prompt_<arm>.png``: what the prompt adds to a black image, min-max scaled to be visible (where it adds
+    nothing, as in EVP's centre, shows as the grey of zero), beside a prompted test digit (the first of
+    ``mnist_dir``'s)."""
     import numpy as np
     import torch
     from PIL import Image
