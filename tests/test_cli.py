@@ -178,7 +178,7 @@ def test_log_txt_records_how_a_run_stopped(tmp_path, monkeypatch, capsys):
     with pytest.raises(RuntimeError):
         cli.main(tiny_run_args(tmp_path, "--resume", "latest", epochs=3))
     last = log.read_text().strip().splitlines()[-1]
-    assert last.endswith("WARNING stopped by an error: RuntimeError: CUDA error: an illegal memory access was encountered")
+    assert last.endswith("stopped by an error: RuntimeError: CUDA error: an illegal memory access was encountered")
 
 
 def test_a_resume_with_another_precision_or_eval_every_is_told(tmp_path, monkeypatch, vprompt_caplog):

@@ -509,7 +509,7 @@ def run_folder(run_dir: Path, env: DistEnv) -> Iterator[None]:
                     run_dir,
                     "stopped: interrupted; what was written is kept (--resume latest continues)"
                     if interrupted
-                    else f"stopped by an error: {type(e).__name__}: {first_line(e)}"
+                    else f"stopped by an error: {type(e).__name__}: {first_line(e)}",
                 )
             raise
 
