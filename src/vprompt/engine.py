@@ -298,7 +298,14 @@ def _all_gather_rows(t: Tensor, env: DistEnv) -> Tensor:
 
 
 class _RunLogHandler(logging.FileHandler):
-    """Marks the handlers this module added, so a second run in the same process replaces them."""
+    """Marks the handlers this module added, so a second run in the same process replaces them; counts the lines
+    this attempt wrote."""
+
+    lines = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)
+        self.lines += 1
 
 
 class _LineFormatter(logging.Formatter):
@@ -515,12 +522,14 @@ def run_folder(run_dir: Path, env: DistEnv) -> Iterator[None]:
 
 
 def _note_in_run_log(run_dir: Path, message: str) -> None:
-    """Write ``message`` (a warning) to ``run_dir``'s log.txt where this process logs to it, not to the console."""
+    """End this attempt's lines in ``run_dir``'s log.txt with ``message`` (a warning), not shown on the console;
+    an attempt that wrote none there (refused before it began) leaves the file as it was."""
     logger = logging.getLogger("vprompt")
     record = logger.makeRecord(logger.name, logging.WARNING, __file__, 0, message, (), None)
     for handler in logger.handlers:
         if isinstance(handler, _RunLogHandler) and handler.baseFilename == os.path.abspath(run_dir / "log.txt"):
-            handler.handle(record)
+            if handler.lines:
+                handler.handle(record)
 
 
 def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> dict[str, Any]:
