@@ -132,7 +132,7 @@ def test_torchvision_backbone_with_imagenet_normalization_and_local_weights(tmp_
     again = create_backbone("tv:resnet18", pretrained=str(tmp_path / "r18.pth"))
     with torch.no_grad():
         assert torch.equal(again(x), logits)
-    torch.save({"fc.weight": torch.zeros(3, 512)}, tmp_path / "bad.pth")
+    torch.save({"fc.weight": torch.zeros(1000, 100)}, tmp_path / "bad.pth")  # (features of another model)
     with pytest.raises(ValueError, match="does not match model tv:resnet18") as info:
         create_backbone("tv:resnet18", pretrained=str(tmp_path / "bad.pth"))
     # one short line: how many keys differ, the first few named (PyTorch lists all 100 or so)
@@ -237,6 +237,30 @@ def test_timm_local_weights_file_and_folder(tmp_path, timm_resnet):
     for pretrained in (tmp_path / "model.safetensors", tmp_path):  # a file, or a Hugging Face snapshot folder
         loaded = create_backbone("timm:test_resnet", pretrained=str(pretrained))
         assert torch.equal(loaded.model.fc.weight, timm_resnet.model.fc.weight)
+
+
+@pytest.mark.parametrize(
+    ("model", "layer"),
+    [
+        ("timm:test_resnet", "fc"),
+        ("tv:resnet18", "fc"),
+        ("tv:squeezenet1_0", "classifier.1"),
+        ("cifar:resnet20", "linear"),
+    ],
+)
+def test_a_users_own_weights_with_another_number_of_classes_load(tmp_path, model, layer):
+    torch.manual_seed(0)
+    own = create_backbone(model).model  # random weights, fine-tuned (say) to 7 classes
+    old = own.get_submodule(layer)
+    new = torch.nn.Linear(old.in_features, 7) if isinstance(old, torch.nn.Linear) else torch.nn.Conv2d(512, 7, 1)
+    own.set_submodule(layer, new)
+    path = tmp_path / "finetuned_7.pth"  # (a name of its own: a CIFAR ResNet of a published name is checked)
+    torch.save({"state_dict": own.state_dict()} if model.startswith("cifar") else own.state_dict(), path)
+    loaded = create_backbone(model, pretrained=str(path))
+    assert loaded.num_source_classes == 7 and loaded.source_classnames is None
+    assert torch.equal(loaded.model.get_submodule(layer).weight, new.weight)
+    with torch.no_grad():
+        assert loaded(torch.rand(2, 3, 64, 64)).shape == (2, 7)
 
 
 @needs_resnets

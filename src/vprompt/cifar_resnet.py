@@ -11,6 +11,7 @@ methods feed the model canvases larger than 32x32.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -65,6 +66,8 @@ CIFAR10_CLASSES: tuple[str, ...] = (
     "ship",
     "truck",
 )
+
+_log = logging.getLogger("vprompt")
 
 _PRETRAINED_ALIASES = ("cifar10", "default")
 _CHECKPOINT_SUFFIXES = (".th", ".pth", ".pt", ".bin", ".ckpt", ".safetensors")
@@ -197,7 +200,9 @@ def default_cache_dir() -> Path:
 
 def _verify_sha256(path: Path, expected: str, cached: bool = False) -> None:
     """Refuse ``path`` unless its sha256 is ``expected``, naming a good checkpoint of another depth; ``cached``: a
-    copy in the cache (a corrupt one is downloaded again once deleted), not a file the user gave."""
+    copy in the cache (a corrupt one is downloaded again once deleted), not a file the user gave. A file the user
+    gave under a name of its own (not a published checkpoint's) is the user's own weights: it passes, and is then
+    read with ``weights_only=True`` like any other."""
     got = file_digest(path, "sha256")
     if got == expected:
         return
@@ -208,6 +213,9 @@ def _verify_sha256(path: Path, expected: str, cached: bool = False) -> None:
             f"{path} is the ResNet-{other} checkpoint, not the ResNet-{wanted} one the model needs: give the "
             f"ResNet-{wanted} weights as --pretrained, or train with --model cifar:resnet{other}"
         )
+    if not cached and path.name not in {n for n, _ in CIFAR_RESNET_CHECKPOINTS.values()}:
+        _log.info("%s is not a published CIFAR-10 ResNet checkpoint: loaded as the user's own weights", path)
+        return
     fix = (
         "the cached copy is corrupt: delete it and it is downloaded again, or point --pretrained at a good copy"
         if cached
@@ -250,7 +258,8 @@ def resolve_cifar_resnet_checkpoint(
         download: Whether a missing cached checkpoint may be downloaded from :data:`CIFAR_RESNET_URL`.
 
     Returns:
-        Path of a file whose sha256 equals the published one.
+        Path of a file whose sha256 equals the published one, or of the user's own weights (a file given under a
+        name of its own, see :func:`_verify_sha256`).
 
     Raises:
         ValueError: Unknown depth, or sha256 mismatch.
@@ -343,7 +352,8 @@ def create_cifar_resnet(
         pretrained: ``None`` for Kaiming random init; a path to a ``.th`` checkpoint; a folder containing the standard
             file name (e.g. ``resnet20-12fca82f.th``); or ``"cifar10"``/``"default"`` to use the copy in ``cache_dir``,
             downloading it from :data:`CIFAR_RESNET_URL` when absent and ``download`` is true. The file's sha256 is
-            always checked against :data:`CIFAR_RESNET_CHECKPOINTS` before it is unpickled.
+            checked against :data:`CIFAR_RESNET_CHECKPOINTS` before it is read; a file of a name of its own that
+            matches none is the user's own weights (its classes as many as its ``linear`` layer has).
         cache_dir: Cache folder; defaults to ``$VPROMPT_CACHE/cifar10_resnets`` or ``~/.cache/vprompt/cifar10_resnets``.
         download: Allow downloading into the cache.
 
@@ -356,11 +366,13 @@ def create_cifar_resnet(
         FileNotFoundError: Missing file/folder/file-in-folder, or a failed download.
     """
     _check_depth(depth)
-    model = CifarResNet(depth)
     if pretrained is None:
-        return model
+        return CifarResNet(depth)
     path = resolve_cifar_resnet_checkpoint(depth, pretrained, cache_dir=cache_dir, download=download)
-    state_dict = _fill_num_batches_tracked(model, load_cifar_resnet_state_dict(path))
+    loaded = load_cifar_resnet_state_dict(path)
+    head = loaded.get("linear.weight")  # (the user's own weights may classify other classes: CIFAR-100's)
+    model = CifarResNet(depth, num_classes=head.shape[0] if head is not None and head.ndim == 2 else 10)
+    state_dict = _fill_num_batches_tracked(model, loaded)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:

@@ -15,7 +15,10 @@ Sources, each registered with :func:`vprompt.backbones.register_backbone_source`
   state-dict file, or ``none``. Mean/std and crop size from the weights' transforms (ImageNet's without weights).
 * ``cifar:resnet20|32|44|56``: the CIFAR-10 ResNets of :mod:`vprompt.cifar_resnet`. ``--pretrained PATH`` (the
   checkpoint file or a folder holding it) or ``cifar10`` (cache, downloading from the public URL); the sha256 is
-  verified before ``torch.load(weights_only=True)``. ImageNet mean/std (what the checkpoints were trained with);
+  verified before ``torch.load(weights_only=True)`` (a file of a name of its own is the user's own weights).
+
+A local weights file whose classifier layer has another number of classes (fine-tuned weights) gets a layer of its
+size. ImageNet mean/std (what the checkpoints were trained with);
   any input size works (global average pool), 32 by default.
 """
 
@@ -199,6 +202,12 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+def _classes_in(state: dict[str, Tensor], layer: str) -> int | None:
+    """How many classes the weights ``state`` give the classifier layer at path ``layer`` (None: not there)."""
+    weight = state.get(f"{layer}.weight")
+    return int(weight.shape[0]) if weight is not None and weight.ndim in (2, 4) else None
+
+
 def _load_weights(model: nn.Module, path: Path, name: str, state: dict[str, Tensor] | None = None) -> None:
     """Load the weights file ``path`` (``state``: its contents, when already read) into ``model``, strictly."""
     state = load_state_dict_file(path) if state is None else state
@@ -274,7 +283,12 @@ def _create_timm(
     with fetching_weights(f"--model timm:{name} --pretrained {pretrained}") if download or hub else nullcontext():
         model = timm.create_model(name, pretrained=download, **kwargs)
     if local is not None:
-        _load_weights(model, local, f"timm:{name}")
+        state = load_state_dict_file(local)
+        layer = model.pretrained_cfg.get("classifier")
+        classes = _classes_in(state, layer) if isinstance(layer, str) else None
+        if classes is not None and classes != model.num_classes:  # weights fine-tuned to other classes
+            model.reset_classifier(classes)
+        _load_weights(model, local, f"timm:{name}", state)
     if not getattr(model, "num_classes", 0):
         raise ValueError(f"model timm:{name} has no classifier (num_classes 0); it cannot give source logits")
     cfg = model.pretrained_cfg
@@ -393,7 +407,17 @@ def _create_tv(name: str, pretrained: str | Path | None = None, **_: Any) -> Cla
         options["image_size"] = math.isqrt(state["encoder.pos_embedding"].shape[1] - 1) * patch
     with fetching_weights(f"--model tv:{name} --pretrained {pretrained}") if weights is not None else nullcontext():
         model = tvm.get_model(name, weights=weights, **options)
-    if local is not None:
+    if local is not None and state is not None:
+        layer, built = _classifier_layer(model)
+        classes = _classes_in(state, layer)
+        if classes is not None and classes != built:  # weights fine-tuned to other classes: a layer their size
+            old = model.get_submodule(layer)
+            new = (
+                nn.Linear(old.in_features, classes)
+                if isinstance(old, nn.Linear)
+                else nn.Conv2d(old.in_channels, classes, kernel_size=1)
+            )
+            model.set_submodule(layer, new)
         _load_weights(model, local, f"tv:{name}", state)
         if hasattr(model, "transform_input"):  # GoogLeNet, Inception v3: as torchvision's builder sets with weights,
             model.transform_input = True  # their published weights expect (0.5, 0.5, 0.5) statistics, made from ours
