@@ -169,10 +169,20 @@ def test_the_feature_cache_knows_the_labels_and_the_weights_file(tmp_path, monke
     folder = tmp_path / "weights"  # a classifier's --pretrained may name the folder its file is in
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"one")
-    cfg = resolve_config({"method": "linprobe", "pretrained": str(folder), "output": str(tmp_path)})
+    timm = {"method": "linprobe", "model": "timm:test_resnet", "output": str(tmp_path)}
+    cfg = resolve_config({**timm, "pretrained": str(folder)})
     key = linprobe._cache_key(cfg, 32, splits([0, 0, 1, 1]))
     (folder / "model.safetensors").write_bytes(b"other weights")
     assert key != linprobe._cache_key(cfg, 32, splits([0, 0, 1, 1]))
+
+    # a tag names the weights even beside a folder of its name (a dataset's ./cifar10): the folder is not read
+    (tmp_path / "cifar10").mkdir()
+    (tmp_path / "cifar10" / "data_batch_1").write_bytes(b"images")
+    for model, tag in (("cifar:resnet20", "cifar10"), ("timm:test_resnet", "default"), ("ViT-B-32", "openai")):
+        (tmp_path / tag).mkdir(exist_ok=True)
+        cfg = resolve_config({**timm, "model": model, "pretrained": tag})
+        key = linprobe._cache_key(cfg, 32, splits([0, 0, 1, 1]))
+        assert key["weights_file"] is None and key["pretrained"] == tag
 
 
 def test_linprobe_through_fit_on_a_classifier_uses_penultimate_features(tmp_path):

@@ -452,6 +452,27 @@ def brings_own_weights(name: str) -> bool:
     return source == "openclip" and model_name.startswith(OPEN_CLIP_SCHEMAS)
 
 
+def local_weights(name: str, pretrained: str | None) -> Path | None:
+    """The weights file or folder on this machine that ``--model name --pretrained pretrained`` reads, as the model's
+    source decides it; None for random weights or weights named by a tag (a download or cache: ``default``,
+    ``cifar10``, an open_clip tag), even where a file or folder of that name is in the working directory."""
+    from .cifar_resnet import _PRETRAINED_ALIASES
+    from .classifiers import _is_default, _is_none
+
+    if _is_none(pretrained) or _is_default(pretrained):
+        return None
+    try:
+        source = _split_name(name)[0]
+    except ValueError:
+        return None
+    where = Path(str(pretrained)).expanduser()
+    if source == "cifar" and str(pretrained).lower() in _PRETRAINED_ALIASES:
+        return None
+    if source == "openclip":  # a tag unless it is a file
+        return where if where.is_file() else None
+    return where if where.exists() else None
+
+
 def _split_name(name: str) -> tuple[str, str]:
     if name.startswith(OPEN_CLIP_SCHEMAS):
         return "openclip", name

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .backbones import FrozenBackbone
+from .backbones import FrozenBackbone, local_weights
 from .build import build_backbone, build_prompter, check_sizes, to_float_rgb
 from .checkpoint import atomic_write
 from .config import RunConfig, l2_strengths
@@ -123,11 +123,10 @@ def extract_features(
     return torch.cat(feats), torch.cat(labels).long()
 
 
-def _file_stamp(path: str | None) -> list[Any] | None:
+def _file_stamp(where: Path | None) -> list[Any] | None:
     """Size and modification time of a weights file, or of every file in a weights folder (a file replaced under
     the same name is other weights); None for weights given by name."""
-    where = Path(path).expanduser() if path else None
-    if where is None or not where.exists():
+    if where is None:
         return None
     files = [where] if where.is_file() else sorted(f for f in where.rglob("*") if f.is_file())
     return [[str(f.relative_to(where)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
@@ -140,9 +139,10 @@ def _cache_key(cfg: RunConfig, input_size: int, data: DataSplits) -> dict[str, A
     key["dataset_options"] = get_dataset_spec(cfg.dataset).explicit_options(cfg.dataset_options)
     key["input_size"] = input_size  # (the seed is there for a randomly initialized backbone)
     key["data_dir"] = str(data_root(cfg.data_dir).resolve())
-    key["weights_file"] = _file_stamp(cfg.pretrained)
-    if key["weights_file"] is not None:  # a file or folder: where it is, however the path was written
-        key["pretrained"] = str(Path(cfg.pretrained).expanduser().resolve())
+    weights = local_weights(cfg.model, cfg.pretrained)
+    key["weights_file"] = _file_stamp(weights)
+    if weights is not None:  # a file or folder: where it is, however the path was written
+        key["pretrained"] = str(weights.resolve())
     parts = {"train": data.train, "val": data.val, "test": data.test}
     key["images"] = {name: images_digest([ds]) for name, ds in parts.items() if ds is not None}
     return key
