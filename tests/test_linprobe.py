@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 
 from vprompt import cli, linprobe
@@ -36,6 +37,35 @@ def test_logistic_regression_separates_linearly_separable_features():
     # A huge penalty shrinks the weights to (almost) nothing: the penalty is really applied.
     strong, _, _ = train_logistic_regression(xs, y, 3, l2=1e3)
     assert strong.norm() < 0.05 * weight.norm()
+
+
+def test_a_warm_started_weak_penalty_fit_reaches_the_minimum_on_few_separable_points():
+    # a few-shot probe: at a weak penalty the loss is ~1e-4, where float32 and an absolute gradient tolerance
+    # stopped the fit after a few iterations, 10-70 % above the minimum
+    x, y = _separable(40, 0, classes=10, dim=64)
+    xs = (x - x.mean(0)) / x.std(0)
+
+    def objective(weight, bias, l2, x=xs.double()):
+        return F.cross_entropy(x @ weight.double().t() + bias.double(), y) + 0.5 * l2 * weight.double().pow(2).sum()
+
+    state = None
+    for l2 in (1e-2, 1e-3, 1e-4, 1e-5, 3.2e-6, 1e-6):  # strongest first, as the sweep visits them
+        state = train_logistic_regression(xs, y, 10, l2, init=state)[:2]
+        if l2 > 1e-5:
+            continue
+        best = [torch.zeros(10, 64, dtype=torch.float64, requires_grad=True),
+                torch.zeros(10, dtype=torch.float64, requires_grad=True)]  # fmt: skip
+        opt = torch.optim.LBFGS(best, max_iter=5000, tolerance_grad=1e-12, tolerance_change=1e-16,
+                                history_size=20, line_search_fn="strong_wolfe")  # fmt: skip
+
+        def closure(l2=l2, best=best, opt=opt):
+            opt.zero_grad()
+            loss = objective(*best, l2)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        assert objective(*state, l2).item() == pytest.approx(objective(*best, l2).item(), rel=1e-4), l2
 
 
 def test_sweep_selects_on_validation_and_prefers_stronger_penalty_on_ties():

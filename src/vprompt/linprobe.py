@@ -229,7 +229,7 @@ def train_logistic_regression(
         [weight, bias],
         lr=1.0,
         max_iter=max_iter,
-        tolerance_grad=1e-6,
+        tolerance_grad=1e-9,
         tolerance_change=1e-10,
         history_size=20,
         line_search_fn="strong_wolfe",
@@ -237,7 +237,10 @@ def train_logistic_regression(
 
     def closure() -> Tensor:
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(x @ weight.t() + bias, y) + 0.5 * l2 * weight.pow(2).sum()
+        # (in float64 from the logits on: float32 rounds a nearly separable set's tiny loss to steps the line
+        # search cannot tell apart, and stops it far from the minimum; the matrix product keeps the features' type)
+        logits = (x @ weight.t() + bias).double()
+        loss = F.cross_entropy(logits, y) + 0.5 * l2 * weight.double().pow(2).sum()
         loss.backward()
         return loss
 
