@@ -45,8 +45,10 @@ def test_a_warm_started_weak_penalty_fit_reaches_the_minimum_on_few_separable_po
     x, y = _separable(40, 0, classes=10, dim=64)
     xs = (x - x.mean(0)) / x.std(0)
 
-    def objective(weight, bias, l2, x=xs.double()):
-        return F.cross_entropy(x @ weight.double().t() + bias.double(), y) + 0.5 * l2 * weight.double().pow(2).sum()
+    x64 = xs.double()
+
+    def objective(weight, bias, l2):
+        return F.cross_entropy(x64 @ weight.double().t() + bias.double(), y) + 0.5 * l2 * weight.double().pow(2).sum()
 
     state = None
     for l2 in (1e-2, 1e-3, 1e-4, 1e-5, 3.2e-6, 1e-6):  # strongest first, as the sweep visits them
