@@ -592,6 +592,25 @@ def test_zeroshot_reuses_a_training_config_file_without_training(tmp_path, vprom
     assert cli.main([*zs, "--name", "zsp", "--prompter", "pad", "--resume", "latest"]) == 2
 
 
+def test_a_flag_that_makes_a_files_setting_unused_leaves_it_out(tmp_path, vprompt_caplog, capsys):
+    # an ILM run's file reused with another head: its interval was about the map replaced
+    common = {"model": "cifar:resnet20", "pretrained": "none", "dataset": "synthetic", "epochs": 1,
+              "output": str(tmp_path), "threads": 1}  # fmt: skip
+    ilm = tmp_path / "ilm.yaml"
+    ilm.write_text(yaml.safe_dump({**common, "label_map": "ilm", "ilm_interval": 2}))
+    assert cli.main(["train", "-c", str(ilm), "--label-map", "flm", "--name", "flm"]) == 0
+    assert f"not using the settings of {ilm} its run does not use: ilm_interval" in vprompt_caplog.text
+    saved = yaml.safe_load((tmp_path / "flm" / "config.yaml").read_text())["config"]
+    assert (saved["label_map"], saved["ilm_interval"]) == ("flm", 1)
+    # a file whose own run would not use a setting is still refused, and so is a flag
+    flm = tmp_path / "flm.yaml"
+    flm.write_text(yaml.safe_dump({**common, "label_map": "flm", "ilm_interval": 2}))
+    assert cli.main(["train", "-c", str(flm), "--name", "no"]) == 2
+    assert f"{flm}: ilm_interval 2: only label map ilm is recomputed, not flm" in capsys.readouterr().err
+    assert cli.main(["train", "-c", str(ilm), "--label-map", "flm", "--ilm-interval", "3", "--name", "no"]) == 2
+    assert "command line: --ilm-interval 3: only label map ilm is recomputed" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("content", "command", "flags", "needle"),
     [

@@ -683,6 +683,16 @@ def without_unused(values: Mapping[str, Any], settings: Mapping[str, Any] | None
     return {k: v for k, v in values.items() if k not in unused}
 
 
+def unused_settings(values: Mapping[str, Any]) -> set[str]:
+    """The keys of ``values`` (a config file's) that the run they describe would not use; none where they do not
+    resolve on their own."""
+    try:
+        cfg = resolve_config(values, check_unused=False)
+    except ValueError:
+        return set()
+    return set(values) - set(without_unused(values, cfg.to_dict()))
+
+
 def resolve_leaving_unused(
     values: Mapping[str, Any], check_unused: Collection[str], **where: Any
 ) -> tuple[RunConfig, list[str]]:
