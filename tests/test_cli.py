@@ -1149,6 +1149,10 @@ def test_a_setting_the_run_would_not_use_is_refused_where_it_was_given():
         ({"di_prob": 0.2}, "--di-prob 0.2: only diversity di resizes and pads, not ref"),
         ({"head_lr": 0.1}, "--head-lr 0.1: only head linear is trained with its own lr, not text"),
         ({"model": "cifar:resnet20", "ilm_interval": 3}, "--ilm-interval 3: only label map ilm is recomputed, not flm"),
+        (
+            {"model": "cifar:resnet20", "method": "zeroshot", "label_map": "ilm", "ilm_interval": 3},
+            "--ilm-interval 3: ILM recomputes its map between training epochs; with none it is computed once",
+        ),
         ({"model": "cifar:resnet20", "templates": "ensemble"}, "--templates ensemble: the text prompts of a CLIP"),
         ({"head": "linear", "templates": "single"}, "--templates single: the text prompts of a CLIP text head, not"),
         ({"l2_grid": [0.1, 1]}, "--l2-grid 0.1,1: the L2 strengths of method linprobe, not evp"),

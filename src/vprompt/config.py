@@ -633,6 +633,8 @@ def _unused(settings: Mapping[str, Any]) -> dict[str, str]:
         why["head_lr"] = f"only head linear is trained with its own lr, not {head or 'the model default'}"
     if head != "ilm":
         why["ilm_interval"] = f"only label map ilm is recomputed, not {head or 'the model default'}"
+    elif not settings.get("epochs"):
+        why["ilm_interval"] = "ILM recomputes its map between training epochs; with none it is computed once (flm)"
     if head not in ("text", None):
         why["templates"] = f"the text prompts of a CLIP text head, not of head {head}"
     if not settings.get("epochs") and head in HEADS_WITHOUT_DATA:
