@@ -283,13 +283,25 @@ def test_a_probe_refuses_the_settings_of_training_it_would_ignore(tmp_path, caps
         assert not (tmp_path / "lp").exists()
 
 
-def test_a_probe_without_validation_is_refused_before_features_are_extracted(tmp_path, monkeypatch, capsys):
+def test_a_probe_without_validation_is_refused_before_features_are_extracted(
+    tmp_path, monkeypatch, capsys, vprompt_caplog
+):
+    real = linprobe.extract_features
     monkeypatch.setattr(linprobe, "extract_features", lambda *a, **k: pytest.fail("refused too late"))
     assert cli.main([*_args(tmp_path), "--val-fraction", "0"]) == 2
     assert "there is none (--val-fraction 0)" in capsys.readouterr().err
     # two training images in all: no class has two to hold one out, whatever the fraction
     assert cli.main([*_args(tmp_path), "--dataset-option", "n_train=2", "--val-fraction", "0.2"]) == 2
     assert "there is none (no class has 2 training images to hold one out)" in capsys.readouterr().err
+    # one strength needs none, and the log says which it is without speaking of epochs or a selection
+    monkeypatch.setattr(linprobe, "extract_features", real)
+    assert cli.main([*_args(tmp_path), "--val-fraction", "0", "--l2-grid", "0.01"]) == 0
+    assert "done: linear probe test acc" in vprompt_caplog.text and "(l2 1.0e-02 the one given, no validation)" in (
+        vprompt_caplog.text
+    )
+    assert "a training run keeps its last epoch" in vprompt_caplog.text and "selected on fixed" not in (
+        vprompt_caplog.text
+    )
 
 
 def test_a_run_config_made_directly_takes_its_methods_recipe(tmp_path):

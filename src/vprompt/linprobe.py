@@ -431,11 +431,6 @@ def _fit_probe(cfg: RunConfig, env: DistEnv, device: torch.device) -> dict[str, 
         "sweep": sweep,
     }
     write_results(run_dir, results)
-    _log.info(
-        "done: linear probe test acc %.2f (l2 %.1e selected on %s%s)",
-        test_metrics["acc1"],
-        probe.l2,
-        results["selection"],
-        f", val acc {val_metrics['acc1']:.2f}" if val_metrics else "",
-    )
+    how = f"selected on val, val acc {val_metrics['acc1']:.2f}" if val_metrics else "the one given, no validation"
+    _log.info("done: linear probe test acc %.2f (l2 %.1e %s)", test_metrics["acc1"], probe.l2, how)
     return results

@@ -203,7 +203,7 @@ def prepare_data(
         val_source = "holdout" if val_idx else "none"
         if not val_idx:
             why = no_validation_reason(val_fraction)
-            _log.warning("%s: no validation split (%s): the last epoch is selected", name, why)
+            _log.warning("%s: no validation split (%s): a training run keeps its last epoch", name, why)
         # File datasets decode validation images without the training crop, so they need their own instance.
         val_parent = train_full if isinstance(train_full, ArrayDataset) else make("train", eval_tf)
         val = subset(val_parent, val_idx) if val_idx else None
