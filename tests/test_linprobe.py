@@ -304,6 +304,16 @@ def test_a_probe_without_validation_is_refused_before_features_are_extracted(
     )
 
 
+def test_training_over_a_probes_folder_is_told_it_holds_another_run(tmp_path, capsys):
+    assert cli.main(_args(tmp_path)) == 0
+    capsys.readouterr()
+    train = ["train", "--method", "vp", *_args(tmp_path)[1:9], "--output", str(tmp_path), "--name", "lp"]
+    assert cli.main([*train, "--epochs", "1", "--resume", "latest"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'lp'} holds a run with other settings (method='linprobe' there, 'vp' here" in err
+    assert "delete its results.json" not in err
+
+
 def test_a_run_config_made_directly_takes_its_methods_recipe(tmp_path):
     from vprompt import RunConfig
 

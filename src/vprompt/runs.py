@@ -385,6 +385,7 @@ def resume_path(cfg: RunConfig) -> Path | None:
     if cfg.resume == "latest":
         path = run_dir / LAST_FILE
         if not path.exists() and cfg.epochs and (run_dir / "results.json").exists():
+            refuse_other_run(cfg)  # (a probe's folder holds no training state either: it holds another run)
             raise FileExistsError(
                 f"--resume latest: {run_dir} holds a finished run but not its training state ({LAST_FILE}) to continue "
                 "from, so it would be trained again from scratch; delete its results.json to do that, or --name to "
