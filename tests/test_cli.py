@@ -142,6 +142,14 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] >= 1 and not (run / "results.json").exists()
 
 
+def test_an_unknown_flag_is_told_by_its_commands_parser(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["linprobe", "--label-map", "flm"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "vprompt linprobe: error: unrecognized arguments: --label-map flm" in err
+    assert "usage: vprompt linprobe" in err
+
+
 @pytest.mark.parametrize("command", ["eval", "list"])
 def test_an_interrupted_command_without_resume_is_told_to_run_again(monkeypatch, capsys, command):
     monkeypatch.setattr(cli, f"_cmd_{command}", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
