@@ -143,6 +143,22 @@ def test_open_clip_weights_get_the_activation_and_normalization_they_were_traine
     assert torch.allclose(backbone.std.flatten(), torch.tensor(mean_std[1]))
 
 
+@pytest.mark.parametrize(("name", "told"), [("ViT-B-32", True), ("PE-Core-B-16", False)])
+def test_a_bare_weights_file_of_a_model_whose_tags_differ_in_activation_is_told(
+    monkeypatch, tmp_path, vprompt_caplog, name, told
+):
+    import open_clip
+
+    real_create = open_clip.create_model
+    monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: real_create(TINY_MODEL))
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"")
+    create_backbone(name, pretrained=str(weights))
+    warning = f"model {name}: a weights file is loaded with GELU, but its tags openai, "
+    assert (warning in vprompt_caplog.text) == told
+    assert ("for their weights give --model ViT-B-32-quickgelu" in vprompt_caplog.text) == told
+
+
 @pytest.mark.parametrize("kind", ["text", "linear"])
 def test_head_logits_stay_fp32_under_autocast(kind):
     from vprompt.heads import LinearHead

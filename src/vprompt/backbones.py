@@ -404,6 +404,15 @@ def _settings_of_every_tag(name: str, tags: Sequence[str]) -> dict[str, Any]:
     norms = {(tuple(c.get("mean", OPENAI_DATASET_MEAN)), tuple(c.get("std", OPENAI_DATASET_STD))) for c in cfgs}
     gelus = {bool(c.get("quick_gelu", False)) for c in cfgs}
     settings: dict[str, Any] = {"quick_gelu": gelus.pop()} if len(gelus) == 1 else {}
+    if len(gelus) > 1:  # (ViT-B-32: openai's weights were trained with QuickGELU, laion2b's with GELU)
+        quick = [t for t, c in zip(tags, cfgs) if c.get("quick_gelu")]
+        named = f"{name}-quickgelu"
+        fix = f"--model {named}" if named in open_clip.list_models() else "a -quickgelu model name"
+        _log.warning(
+            "model %s: a weights file is loaded with GELU, but its tags %s were trained with QuickGELU: for their "
+            "weights give %s (the same weights, the activation they need)",
+            name, ", ".join(quick), fix,
+        )  # fmt: skip
     if len(norms) == 1:
         ((mean, std),) = norms
         settings.update(mean=mean, std=std)
