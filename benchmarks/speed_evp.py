@@ -1,7 +1,7 @@
 """Training throughput of an EVP step: vprompt's engine against a loop built the way the reference code is.
 
-The "reference-style" loop reproduces the costs METHOD.md lists for the reference implementation (written here
-from that description, not from its code): images decoded and resized per image by DataLoader workers, the
+The "reference-style" loop reproduces the costs of the paper's published training loop (written here from a
+description of it, not from its code): images decoded and resized per image by DataLoader workers, the
 prompt kept on the CPU and copied to the device every step, its batch dimension materialized with ``repeat``,
 and the class-name text features recomputed every step. vprompt's loop is the engine's ``train_one_epoch``:
 in-memory uint8 data batched and resized on the device, the prompt on the device, broadcast instead of
