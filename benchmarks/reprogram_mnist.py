@@ -158,7 +158,8 @@ def summary(out: Path, chosen: dict[str, Any], by_depth: dict[int, dict[str, Any
             last = f"{r['test_last']['acc1']:.2f}" if r.get("epochs") else "–"
             cells += [f"{r['test']['acc1']:.2f}{val}", last]
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    lines += ["", f"{args.epochs} epochs per trained arm, batch {args.batch_size}, device {args.device or 'auto'}."]
+    per_arm = f"{args.epochs} epoch{'s' if args.epochs != 1 else ''} per trained arm"
+    lines += ["", f"{per_arm}, batch {args.batch_size}, device {args.device or 'auto'}."]
     for d, row in by_depth.items():
         vp = row["arms"]["vp"]["test"]["acc1"]
         gaps = [
@@ -190,21 +191,25 @@ def read_chosen(ap: argparse.ArgumentParser, args: argparse.Namespace) -> dict[s
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data-dir", default="../shared/data", help="folder with cifar10_resnets/ and mnist/")
-    ap.add_argument("--output", default="bench_out/mnist")
-    ap.add_argument("--device", default=None)
+    ap.add_argument(
+        "--data-dir", default="../shared/data", help="folder with cifar10_resnets/ and mnist/ (../shared/data)"
+    )
+    ap.add_argument("--output", default="bench_out/mnist", help="the runs and reports (bench_out/mnist)")
+    ap.add_argument("--device", default=None, help="cuda, cpu (default: cuda if available)")
     ap.add_argument("--precision", default=DemoSettings.precision, choices=PRECISIONS, help="autocast of every run")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads per run (default: the demo's)")
     ap.add_argument("--jobs", type=int, default=None, help="runs at a time (default: the demo's)")
-    ap.add_argument("--depths", type=int, nargs="+", default=[20], choices=CIFAR_RESNET_DEPTHS)
-    ap.add_argument("--epochs", type=int, default=10, help="epochs of each trained arm in stage 2")
-    ap.add_argument("--sweep-epochs", type=int, default=4)
+    ap.add_argument(
+        "--depths", type=int, nargs="+", default=[20], choices=CIFAR_RESNET_DEPTHS, help="ResNet depths (20)"
+    )
+    ap.add_argument("--epochs", type=int, default=10, help="epochs of each trained arm in stage 2 (10)")
+    ap.add_argument("--sweep-epochs", type=int, default=4, help="epochs of each stage-1 sweep run (4)")
     ap.add_argument("--input-size", type=int, default=None, help="canvas S (default: --chosen's, else 48)")
     ap.add_argument(
         "--inner-size", type=int, default=None, help="EVP's digit size s (default: --chosen's, else 32); VP's border "
         "is (S - s) / 2",
     )  # fmt: skip
-    ap.add_argument("-b", "--batch-size", type=int, default=32)
+    ap.add_argument("-b", "--batch-size", type=int, default=32, help="batch size (32)")
     ap.add_argument("--chosen", default=None, help="skip stage 1: a chosen.json from an earlier run")
     ap.add_argument(
         "--adamw-lr",
