@@ -209,6 +209,18 @@ def test_table_mean_std_partial_and_failed_cells(tmp_path, monkeypatch, capsys, 
     started = [r.getMessage() for r in vprompt_caplog.records if "starting" in r.getMessage()]
     assert len(started) == 4 and "vp on d1, seed 1: starting" in started[-1]  # the failing run, told as it started
     assert "vp on d1, seed 1 failed: RuntimeError" in vprompt_caplog.records[-1].getMessage()
+    assert "CUDA out of memory" in (tmp_path / "again" / "suite_results.csv").read_text()  # tabled before it stops
+    # a user error stops it in one line in the file's terms, as the log tells it, the runs done so far tabled
+    missing = FileNotFoundError("no weights here; pass --pretrained PATH or --download")
+    with pytest.raises(ValueError, match=r"vp on d1, seed 1: no weights here; pass pretrained PATH or download: true"):
+        run_suite(
+            _small_suite(tmp_path / "user"),
+            fit=lambda cfg: (
+                (_ for _ in ()).throw(missing) if cfg.seed == 1 and cfg.method == "vp" else _fake_fit(accs)(cfg)
+            ),
+            fail_fast=True,
+        )
+    assert "no weights here" in (tmp_path / "user" / "suite_results.csv").read_text()
 
 
 def test_a_failure_of_the_users_making_is_logged_without_a_traceback(tmp_path, monkeypatch, vprompt_caplog):
