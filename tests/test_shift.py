@@ -451,3 +451,13 @@ def test_iwildcam_class_names_from_the_release(tmp_path, fake_wilds, caplog):
     (folder / "categories.csv").unlink()
     assert create_dataset("iwildcam", tmp_path, "train").classnames[5] == "class 5"
     assert "no class names" in caplog.text
+
+
+def test_eval_shift_of_a_dataset_without_shift_sets_is_refused_before_anything_is_read(tmp_path, monkeypatch, capsys):
+    from vprompt import engine
+
+    assert cli.main(tiny_run_args(tmp_path, epochs=1)) == 0
+    monkeypatch.setattr(engine, "_build_for_run", lambda *a, **k: pytest.fail("the model and data were read first"))
+    capsys.readouterr()
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "run"), "--shift"]) == 2
+    assert "--shift: no distribution-shift sets for dataset 'synthetic'" in capsys.readouterr().err

@@ -845,6 +845,10 @@ def evaluate_checkpoint(
     # weights given as a file here keep the activation and normalization of the tag the prompt was trained with
     if split not in ("train", "val", "test"):
         raise ValueError(f"--split {split!r}: choose from train, val, test")
+    if shift is not None:  # (before the model and the data are read)
+        from .data.shift import check_has_shifts
+
+        check_has_shifts(cfg.dataset)
     model, data, _ = _build_for_run(
         cfg, dev, augment=False, weights_like=config.get("pretrained"), read="test" if split == "test" else "train"
     )

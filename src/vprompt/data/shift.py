@@ -364,6 +364,13 @@ register_shift("cifar10", partial(_cifar_c_sets, classes=10))
 register_shift("cifar100", partial(_cifar_c_sets, classes=100))
 
 
+def check_has_shifts(dataset: str) -> None:
+    """Raise ValueError unless ``dataset`` has distribution-shift sets (before any data is read for them)."""
+    if dataset not in _SHIFTS:
+        have = ", ".join(list_shift_datasets())
+        raise ValueError(f"--shift: no distribution-shift sets for dataset {dataset!r} (there are for: {have})")
+
+
 def find_shift_sets(
     dataset: str,
     root: str | Path | None = None,
@@ -392,9 +399,7 @@ def find_shift_sets(
         DatasetNotFoundError: the files are missing, or those of every set a pattern (or the default selection)
             names (naming the folder and where to get them).
     """
-    if dataset not in _SHIFTS:
-        have = ", ".join(list_shift_datasets())
-        raise ValueError(f"--shift: no distribution-shift sets for dataset {dataset!r} (there are for: {have})")
+    check_has_shifts(dataset)
     root = data_root(root)
     transform = build_transform(image_size, random_crop=False)
     sets = _SHIFTS[dataset](root, transform=transform, download=download, classnames=classnames, **(options or {}))
