@@ -73,6 +73,16 @@ def _noise_files(tmp_path, n: int) -> list:
     return [(tmp_path / f"{i}.png", i % 2) for i in range(n)]
 
 
+def test_a_file_loader_starts_no_more_decoding_processes_than_there_are_cores(tmp_path, monkeypatch):
+    from vprompt import distributed
+    from vprompt.data.base import FileDataset
+
+    ds = FileDataset(_noise_files(tmp_path, 4), ["a", "b"], build_transform(24))
+    monkeypatch.setattr(distributed, "usable_cpus", lambda: 2)
+    assert make_loader(ds, 2, False, workers=4).loader.num_workers == 2  # (PyTorch warns of more, at each loader)
+    assert make_loader(ds, 2, False, workers=1).loader.num_workers == 1
+
+
 def test_random_crops_of_a_file_dataset_resume_exactly_with_any_workers(tmp_path, monkeypatch):
     from vprompt.data.base import FileDataset
 

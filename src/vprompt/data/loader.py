@@ -214,6 +214,11 @@ def make_loader(
     """Batches of ``(uint8 images (B, C, H, W), labels (B,))``; in-memory datasets are served from the device."""
     if isinstance(dataset, ArrayDataset):
         return DeviceBatches(dataset, batch_size, shuffle, seed, device, rank, world_size)
+    from ..distributed import usable_cpus
+
     sampler = OrderSampler(len(dataset), shuffle, seed, rank, world_size, keyed=True)
     pin_memory = torch.device(device).type == "cuda"
+    # no more decoding processes than the cores this process may use (more only contend for them, and PyTorch
+    # warns at each loader); each image's crop is seeded by its key, so the batches are the same either way
+    workers = min(workers, usable_cpus())
     return _Loader(SeededDecoding(dataset), batch_size, sampler, workers, pin_memory, persistent=True)
