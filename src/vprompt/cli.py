@@ -138,7 +138,9 @@ def _add_run_options(p: argparse.ArgumentParser, training: bool = True, heads: b
     )  # fmt: skip
     g.add_argument("--precision", default=S, choices=PRECISIONS, help="autocast precision")
     g.add_argument("--device", default=S, help="cuda, cuda:1, cpu (default: cuda if available)")
-    g.add_argument("--workers", type=int, default=S, help="data-loading processes for image files (4; at most the usable cores)")
+    g.add_argument(
+        "--workers", type=int, default=S, help="data-loading processes for image files (4; at most the usable cores)"
+    )
     g.add_argument("--threads", type=int, default=S, help="CPU threads of PyTorch (0 or unset: its default)")
     g.add_argument("--log-every", type=int, default=S, help="log a line every N steps (50; 0: never)")
     g.add_argument("--output", default=S, help="parent folder of run folders (runs)")
@@ -209,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda, cpu, ...")
     p.add_argument("-b", "--batch-size", type=int, default=None, help="batch size")
     p.add_argument("--precision", default=None, choices=PRECISIONS, help="autocast precision (the run's)")
-    p.add_argument("--workers", type=int, default=4, help="data-loading processes for image files (4; at most the usable cores)")
+    p.add_argument(
+        "--workers", type=int, default=4, help="data-loading processes for image files (4; at most the usable cores)"
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (its default)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument(
