@@ -385,3 +385,17 @@ def test_offline_weight_downloads_are_one_line(monkeypatch):
     monkeypatch.setattr(tvm, "get_model", lambda *a, **k: (_ for _ in ()).throw(corrupt))
     with pytest.raises(RuntimeError, match="PytorchStreamReader"):
         create_backbone("tv:resnet18", pretrained="default")
+
+
+def test_an_offline_hub_download_names_the_quick_way_to_fail_and_cuts_its_reason_at_a_word(monkeypatch):
+    import timm
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    reason = "An error happened while trying to locate the file on the Hub and we cannot find it in the cache " * 5
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: (_ for _ in ()).throw(LocalEntryNotFoundError(reason)))
+    with pytest.raises(FileNotFoundError) as info:
+        create_backbone("timm:test_resnet", pretrained="default")
+    message = str(info.value)
+    assert "HF_HUB_OFFLINE=1 has the Hugging Face Hub fail at once instead of retrying" in message
+    cut = message.split("(", 1)[1].split(" ...)", 1)[0]  # the reason, cut short at the end of a word
+    assert reason.startswith(cut) and reason[len(cut)] == " " and len(cut) <= 300

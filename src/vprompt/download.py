@@ -46,7 +46,8 @@ class DigestMismatch(ValueError):
 def first_line(exc: BaseException) -> str:
     """The first non-empty line of ``exc``'s message, at most 300 characters ("" when it has none): a state-dict
     mismatch or a hub error runs to many lines."""
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")[:300]
+    line = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return line if len(line) <= 300 else line[:300].rsplit(" ", 1)[0] + " ..."  # (at a word's end)
 
 
 def _is_fetch_failure(exc: BaseException) -> bool:
@@ -69,9 +70,20 @@ def fetching_weights(what: str, offline: str = "pass --pretrained PATH pointing 
         if not _is_fetch_failure(exc):
             raise
         reason = first_line(exc) or type(exc).__name__
+        hub = any(type(e).__module__.startswith("huggingface_hub") for e in _chain(exc))
+        quick = " (HF_HUB_OFFLINE=1 has the Hugging Face Hub fail at once instead of retrying)" if hub else ""
         raise FileNotFoundError(
-            f"could not get the weights of {what} ({reason}); if you are offline, {offline}"
+            f"could not get the weights of {what} ({reason}); if you are offline, {offline}{quick}"
         ) from exc
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from or during, innermost last."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
 
 
 def _hasher(algorithm: str) -> Any:
