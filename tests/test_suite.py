@@ -581,7 +581,7 @@ def test_parallel_jobs_give_the_same_results_as_one_at_a_time(tmp_path, capfd):
     long = {"name": "evp", "epochs": 10000}
     bad = {"name": "vp", "dataset_options": {"size": 1}}  # fails in its worker, as it builds the data
     config["methods"] = [long, bad, {"name": "evp", "label": "queued"}]
-    with pytest.raises(ValueError, match="size=1 must be a whole number"):
+    with pytest.raises(ValueError, match=re.escape("seed 7: dataset synthetic: dataset_options: {size: 1} must be a")):
         run_suite(parse_suite(config), output=tmp_path / "stop", jobs=2, quiet=True, fail_fast=True)
     assert not list((tmp_path / "stop").glob("*/results.json"))  # the 10000-epoch run did not go on to its end
 
