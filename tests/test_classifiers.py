@@ -263,6 +263,16 @@ def test_a_users_own_weights_with_another_number_of_classes_load(tmp_path, model
         assert loaded(torch.rand(2, 3, 64, 64)).shape == (2, 7)
 
 
+@pytest.mark.parametrize("content", [b"lr 0.1 worked best\n", bytes(range(256)) * 20])
+def test_an_unreadable_weights_file_of_a_name_of_its_own_is_one_line_without_unsafe_advice(tmp_path, content):
+    path = tmp_path / "my_resnet.th"
+    path.write_bytes(content)
+    for model in ("cifar:resnet20", "tv:resnet18"):
+        with pytest.raises(ValueError, match="not a PyTorch checkpoint that torch.load.weights_only=True. reads") as e:
+            create_backbone(model, pretrained=str(path))
+        assert str(path) in str(e.value) and "weights_only` set to `False`" not in str(e.value)
+
+
 @needs_resnets
 def test_cifar_backbone_loads_the_real_checkpoint():
     backbone = create_backbone("cifar:resnet20", pretrained=str(RESNETS))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -304,28 +303,20 @@ def resolve_cifar_resnet_checkpoint(
     return path
 
 
-def _strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
-    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
-
-
 def load_cifar_resnet_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Loads a checkpoint file (safely, ``weights_only=True``, onto the CPU) and strips the ``module.`` prefix.
+    """Loads a checkpoint file safely (``weights_only=True``, or safetensors) onto the CPU, as
+    :func:`vprompt.classifiers.load_state_dict_file` reads any weights file: a ``.th`` file holding
+    ``{"state_dict": ..., "best_prec1": ...}`` or a bare state dict, its ``module.`` prefix stripped; a file it cannot
+    read is one ValueError naming it.
 
     The caller is responsible for verifying the file first (see :func:`resolve_cifar_resnet_checkpoint`).
-
-    Args:
-        path: A ``.th`` file holding ``{"state_dict": ..., "best_prec1": ...}`` or a bare state dict.
 
     Returns:
         The state dict with plain parameter names (``conv1.weight``, ``layer1.0.bn1.running_mean``, ...).
     """
-    # The published files were saved from CUDA tensors; map_location makes them load on CPU-only machines.
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, Mapping) and "state_dict" in obj:
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state dict (expected {{'state_dict': ...}} or a name->tensor dict)")
-    return _strip_prefix(obj)
+    from .classifiers import load_state_dict_file
+
+    return load_state_dict_file(path)
 
 
 def _fill_num_batches_tracked(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -192,7 +192,12 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # cut short, unpickling refused, or not such a file: say which file and why
         kind = "a safetensors file" if safetensors else "a PyTorch checkpoint that torch.load(weights_only=True) reads"
-        raise ValueError(f"--pretrained {path}: not {kind} ({error_line(e)})") from e
+        why = error_line(e)
+        if "weights only load failed" in why.lower():  # (not PyTorch's advice to load it with weights_only=False)
+            why = "cut short, not a PyTorch file, or holding objects other than tensors, whose loading could run code"
+        elif isinstance(e, (KeyError, EOFError)):  # (a text file is "KeyError: 101")
+            why = f"cut short, or not a PyTorch file: {why}"
+        raise ValueError(f"--pretrained {path}: not {kind} ({why})") from e
     for key in _STATE_DICT_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
