@@ -617,6 +617,16 @@ def test_a_flag_that_makes_a_files_setting_unused_leaves_it_out(tmp_path, vpromp
     assert f"{flm}: ilm_interval 2: only label map ilm is recomputed, not flm" in capsys.readouterr().err
     assert cli.main(["train", "-c", str(ilm), "--label-map", "flm", "--ilm-interval", "3", "--name", "no"]) == 2
     assert "command line: --ilm-interval 3: only label map ilm is recomputed" in capsys.readouterr().err
+    # so is one of a file that needs a flag to be complete (its lr for AdamW)
+    adamw = tmp_path / "adamw.yaml"
+    adamw.write_text(yaml.safe_dump({**common, "label_map": "flm", "optimizer": "adamw", "momentum": 0.5}))
+    assert cli.main(["train", "-c", str(adamw), "--lr", "0.01", "--name", "no"]) == 2
+    assert f"{adamw}: momentum 0.5: only optimizer sgd has momentum, not adamw" in capsys.readouterr().err
+    # a value typed that does nothing (SGD's momentum with AdamW) is no file's setting left out
+    vprompt_caplog.clear()
+    assert cli.main(["train", "-c", str(ilm), "--optimizer", "adamw", "--lr", "0.01", "--momentum", "0.9",
+                     "--name", "typed"]) == 0  # fmt: skip
+    assert "momentum" not in vprompt_caplog.text and "None" not in vprompt_caplog.text
 
 
 @pytest.mark.parametrize(

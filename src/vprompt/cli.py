@@ -355,24 +355,30 @@ def _print_results(results: dict[str, Any]) -> None:
 
 
 def _cmd_train(args: argparse.Namespace, method: str | None = None) -> int:
-    from .config import load_yaml, resolve_leaving_unused, unused_settings
+    from .config import load_yaml, resolve_config, resolve_leaving_unused, unused_settings
     from .data import DatasetOptionError, get_dataset_spec
     from .engine import fit
 
     values, sources = _run_values(args, method)
-    refused = {k for k, where in sources.items() if where == "command line"}  # a setting typed that goes unused
+    typed = {k for k, where in sources.items() if where == "command line"}
+    refused: set[str] | None = typed  # settings refused where the run would not use them
     if method is not None:  # zeroshot, linprobe
         values["method"], sources["method"] = method, f"vprompt {method}"
         # a training run's file serves them: what of it their run does not use (a few-shot run's shots for zero-shot
         # CLIP) is left out, as are the settings they have no flag for
     elif args.config_file:  # and of a file, what its own run would not use; what a flag typed here made unused
-        refused |= unused_settings(load_yaml(args.config_file))  # (--head linear over ILM's interval) is left out
+        own = unused_settings(load_yaml(args.config_file))  # (--head linear over ILM's interval) is left out
+        refused = typed | own if own is not None else None
     else:
-        refused = set(values)
-    cfg, unused = resolve_leaving_unused(values, refused, source="command line", sources=sources)
-    if unused:
-        _log.warning("vprompt %s: not using the settings of %s its run does not use: %s", args.command,
-                     args.config_file, ", ".join(unused))  # fmt: skip
+        refused = None
+    if refused is None:  # every setting given is the user's to answer for
+        cfg = resolve_config(values, source="command line", sources=sources)
+    else:
+        cfg, unused = resolve_leaving_unused(values, refused, source="command line", sources=sources)
+        unused = [k for k in unused if k not in typed]  # (a value typed that does nothing is not the file's)
+        if unused:
+            _log.warning("vprompt %s: not using the settings of %s its run does not use: %s", args.command,
+                         args.config_file, ", ".join(unused))  # fmt: skip
     if sources.get("dataset", "command line") != "command line":  # a dataset named in a file: the file is named
         try:
             get_dataset_spec(cfg.dataset)

@@ -685,13 +685,13 @@ def without_unused(values: Mapping[str, Any], settings: Mapping[str, Any] | None
     return {k: v for k, v in values.items() if k not in unused}
 
 
-def unused_settings(values: Mapping[str, Any]) -> set[str]:
-    """The keys of ``values`` (a config file's) that the run they describe would not use; none where they do not
-    resolve on their own."""
+def unused_settings(values: Mapping[str, Any]) -> set[str] | None:
+    """The keys of ``values`` (a config file's) that the run they describe would not use; None where they do not
+    resolve on their own (a file that leaves a setting it needs to the command line)."""
     try:
         cfg = resolve_config(values, check_unused=False)
     except ValueError:
-        return set()
+        return None
     return set(values) - set(without_unused(values, cfg.to_dict()))
 
 
