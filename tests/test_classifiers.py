@@ -409,3 +409,7 @@ def test_an_offline_hub_download_names_the_quick_way_to_fail_and_cuts_its_reason
     assert "HF_HUB_OFFLINE=1 has the Hugging Face Hub fail at once instead of retrying" in message
     cut = message.split("(", 1)[1].split(" ...)", 1)[0]  # the reason, cut short at the end of a word
     assert reason.startswith(cut) and reason[len(cut)] == " " and len(cut) <= 300
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # (already set: nothing to suggest)
+    with pytest.raises(FileNotFoundError) as info:
+        create_backbone("timm:test_resnet", pretrained="default")
+    assert "HF_HUB_OFFLINE" not in str(info.value)

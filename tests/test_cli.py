@@ -202,6 +202,10 @@ def test_a_resume_with_another_precision_or_eval_every_is_told(tmp_path, monkeyp
     assert cli.main(resumed) == 0
     told = "continued with other settings than the epochs before (precision='fp32' there, 'bf16' here, eval_every=1"
     assert told in vprompt_caplog.text
+    # the finished run redone trains no epoch: how often its epochs are validated changes nothing
+    vprompt_caplog.clear()
+    assert cli.main(tiny_run_args(tmp_path, "--resume", "latest", "--precision", "bf16", epochs=2)) == 0
+    assert "other settings" not in vprompt_caplog.text
 
 
 def test_a_warmup_as_long_as_the_run_is_told(tmp_path, vprompt_caplog):
@@ -314,7 +318,7 @@ def test_eval_of_an_unfinished_run_says_so(tmp_path, monkeypatch, capsys):
     assert cli.main(args) == 130 and not (run / "prompt.safetensors").exists()  # stopped in epoch 1
     capsys.readouterr()
     assert cli.main(["eval", "--checkpoint", str(run)]) == 2
-    assert f"run folder {run} has no prompt.safetensors yet: a run writes it at its first epoch evaluated" in (
+    assert f"run folder {run} has no prompt.safetensors yet: a run writes it when it first selects a prompt" in (
         capsys.readouterr().err
     )
     monkeypatch.setattr(engine, "train_one_epoch", _stops_at_call(2, real))
@@ -381,6 +385,17 @@ def test_a_damaged_last_pt_is_one_line_with_the_way_out(tmp_path, capsys, damage
     err = out.err.strip().splitlines()
     assert needle in err[-1] and err[-1].endswith("or resume from another (--resume PATH)"), out.err
     assert "weights_only=False" not in out.err and "code ran" not in out.out
+
+
+def test_the_runs_own_last_pt_given_as_a_path_is_advised_as_its_own(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = [*tiny_run_args(tmp_path, epochs=1)[:-4], "--output", "runs", "--name", "o"]  # a relative --output
+    assert cli.main(args) == 0
+    last = tmp_path / "runs" / "o" / "last.pt"
+    last.write_text("damaged")
+    capsys.readouterr()
+    assert cli.main([*args, "--resume", str(last)]) == 2
+    assert "delete it to start the run again" in capsys.readouterr().err
 
 
 def test_resume_from_a_file_that_is_no_training_state_is_not_told_to_delete_it(tmp_path, capsys):

@@ -180,8 +180,9 @@ def find_checkpoint(path: str | Path, name: str = PROMPT_FILE) -> Path:
             return path / name
         if name == PROMPT_FILE and (path / "config.yaml").is_file():  # a run that has not yet selected a prompt
             raise FileNotFoundError(
-                f"run folder {path} has no {name} yet: a run writes it at its first epoch evaluated on validation "
-                "(the run is still going, or stopped before; --resume latest continues it)"
+                f"run folder {path} has no {name} yet: a run writes it when it first selects a prompt (at its first "
+                "epoch evaluated on validation, its first epoch where it has none, or the end of a run of no epochs); "
+                "the run is still going, or stopped before: --resume latest continues it"
             )
         raise FileNotFoundError(f"run folder {path} has no {name}")
     if not path.is_file():

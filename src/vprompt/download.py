@@ -71,6 +71,7 @@ def fetching_weights(what: str, offline: str = "pass --pretrained PATH pointing 
             raise
         reason = first_line(exc) or type(exc).__name__
         hub = any(type(e).__module__.startswith("huggingface_hub") for e in _chain(exc))
+        hub = hub and os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("1", "true", "yes", "on")
         quick = " (HF_HUB_OFFLINE=1 has the Hugging Face Hub fail at once instead of retrying)" if hub else ""
         raise FileNotFoundError(
             f"could not get the weights of {what} ({reason}); if you are offline, {offline}{quick}"

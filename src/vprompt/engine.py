@@ -577,7 +577,8 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
     train_seconds, train_images = 0.0, 0
     identity = data_identity(data)  # (once: each epoch's last.pt and selected prompt record it)
     if resume_from is not None:
-        state = load_state(resume_from, map_location=device, own=resume_from == run_dir / LAST_FILE)
+        own = resume_from.resolve() == (run_dir / LAST_FILE).resolve()  # (however the path was written)
+        state = load_state(resume_from, map_location=device, own=own)
         diff = changed_settings(state.get("config", {}), cfg)
         if diff:
             raise ValueError(
@@ -590,7 +591,10 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
                 f"--resume {resume_from}: the data changed since the run started ({changes}); resume on the same "
                 "data, or start a new run (--name)"
             )
-        changes = changed_settings(state.get("config", {}), cfg, [k for k in result_keys(cfg) if k != "data_dir"])
+        # (a finished run redone trains no epoch: how often epochs are validated then changes nothing)
+        done = int(state.get("epoch", 0)) >= epochs
+        kept = [k for k in result_keys(cfg) if k != "data_dir" and not (done and k == "eval_every")]
+        changes = changed_settings(state.get("config", {}), cfg, kept)
         if changes and env.is_main:
             _log.warning(
                 "--resume %s: continued with other settings than the epochs before (%s): the results reflect both",
