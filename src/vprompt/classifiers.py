@@ -192,11 +192,11 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # cut short, unpickling refused, or not such a file: say which file and why
         kind = "a safetensors file" if safetensors else "a PyTorch checkpoint that torch.load(weights_only=True) reads"
-        why = error_line(e)
-        if "weights only load failed" in why.lower():  # (not PyTorch's advice to load it with weights_only=False)
-            why = "cut short, not a PyTorch file, or holding objects other than tensors, whose loading could run code"
-        elif isinstance(e, (KeyError, EOFError)):  # (a text file is "KeyError: 101")
-            why = f"cut short, or not a PyTorch file: {why}"
+        why, text = error_line(e), str(e).lower()
+        if "unsupported global" in text:  # (not PyTorch's advice to load it with weights_only=False)
+            why = "it holds objects other than tensors, whose loading could run code: refused"
+        elif "weights only load failed" in text or isinstance(e, (KeyError, EOFError)):  # (text: "KeyError: 101")
+            why = "cut short, or not a PyTorch file"
         raise ValueError(f"--pretrained {path}: not {kind} ({why})") from e
     for key in _STATE_DICT_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
