@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .download import fetching_weights, first_line
+from .download import error_line, fetching_weights
 from .errors import did_you_mean, state_dict_mismatch
 
 __all__ = [
@@ -423,12 +423,6 @@ def _settings_of_every_tag(name: str, tags: Sequence[str]) -> dict[str, Any]:
             name, ", ".join(tags),
         )  # fmt: skip
     return settings
-
-
-def error_line(e: BaseException) -> str:
-    """``Type: the first line of the message`` (see :func:`~vprompt.download.first_line`)."""
-    first = first_line(e)
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def _unknown_model_message(name: str, known: Sequence[str], prefix: str = "") -> str:

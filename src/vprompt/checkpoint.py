@@ -140,12 +140,24 @@ def save_state(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+def torch_load_failure(e: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` could not read a file, in a few words: it holds objects whose loading
+    could run code (never PyTorch's own advice, to load it with ``weights_only=False``), it is cut short or of
+    another kind (a text file is ``KeyError: 101``), or else the error's first line."""
+    from .download import error_line
+
+    text = str(e).lower()
+    if "unsupported global" in text:
+        return "it holds objects other than tensors and plain values, and loading them could run code: refused"
+    if "weights only load failed" in text or isinstance(e, (KeyError, EOFError)):
+        return "cut short, or not a PyTorch file"
+    return error_line(e)
+
+
 def load_state(path: str | Path, map_location: str | torch.device = "cpu", own: bool = True) -> dict[str, Any]:
     """Read ``last.pt`` with ``weights_only=True`` (no pickled code runs). ``own``: the file is the resumed run's own
     ``last.pt``, which may be deleted to start again (not advised of a file given as ``--resume PATH``)."""
     import zipfile
-
-    from .download import first_line
 
     path = Path(path)
     way_out = (
@@ -161,12 +173,7 @@ def load_state(path: str | Path, map_location: str | torch.device = "cpu", own: 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        why = (
-            "it holds objects other than tensors and plain values, and loading them could run code: refused"
-            if "weights only load failed" in str(e).lower()  # whose message advises weights_only=False
-            else first_line(e) or type(e).__name__
-        )
-        raise ValueError(f"{path} is not a loadable vprompt training state ({why}); {way_out}") from e
+        raise ValueError(f"{path} is not a loadable vprompt training state ({torch_load_failure(e)}); {way_out}") from e
     if not isinstance(state, dict) or state.get("format") != "vprompt-last/1":
         raise ValueError(f"{path} is not a vprompt training state (last.pt); {way_out}")
     return state

@@ -39,11 +39,11 @@ from .backbones import (
     IMAGENET_STD,
     FrozenBackbone,
     check_model,
-    error_line,
     listed_names,
     register_backbone_source,
 )
-from .download import fetching_weights
+from .checkpoint import torch_load_failure
+from .download import error_line, fetching_weights
 from .errors import did_you_mean, state_dict_mismatch
 
 __all__ = ["ClassifierBackbone", "load_state_dict_file", "TIMM_EXAMPLES"]
@@ -192,11 +192,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # cut short, unpickling refused, or not such a file: say which file and why
         kind = "a safetensors file" if safetensors else "a PyTorch checkpoint that torch.load(weights_only=True) reads"
-        why, text = error_line(e), str(e).lower()
-        if "unsupported global" in text:  # (not PyTorch's advice to load it with weights_only=False)
-            why = "it holds objects other than tensors, whose loading could run code: refused"
-        elif "weights only load failed" in text or isinstance(e, (KeyError, EOFError)):  # (text: "KeyError: 101")
-            why = "cut short, or not a PyTorch file"
+        why = error_line(e) if safetensors else torch_load_failure(e)
         raise ValueError(f"--pretrained {path}: not {kind} ({why})") from e
     for key in _STATE_DICT_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

@@ -50,6 +50,12 @@ def first_line(exc: BaseException) -> str:
     return line if len(line) <= 300 else line[:300].rsplit(" ", 1)[0] + " ..."  # (at a word's end)
 
 
+def error_line(e: BaseException) -> str:
+    """``Type: the first line of the message`` (see :func:`first_line`)."""
+    first = first_line(e)
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
 def _is_fetch_failure(exc: BaseException) -> bool:
     """Whether ``exc`` says the weights could not be fetched (no network, or not in an offline cache), as opposed
     to a corrupt file, a full disk or too little memory, which keep their own message."""
