@@ -16,10 +16,11 @@ Sources, each registered with :func:`vprompt.backbones.register_backbone_source`
 * ``cifar:resnet20|32|44|56``: the CIFAR-10 ResNets of :mod:`vprompt.cifar_resnet`. ``--pretrained PATH`` (the
   checkpoint file or a folder holding it) or ``cifar10`` (cache, downloading from the public URL); the sha256 is
   verified before ``torch.load(weights_only=True)`` (a file of a name of its own is the user's own weights).
+  ImageNet mean/std (what the checkpoints were trained with); any input size works (global average pool), 32 by
+  default.
 
 A local weights file whose classifier layer has another number of classes (fine-tuned weights) gets a layer of its
-size. ImageNet mean/std (what the checkpoints were trained with);
-  any input size works (global average pool), 32 by default.
+size.
 """
 
 from __future__ import annotations

@@ -541,19 +541,19 @@ def run_suite(
         _log.info("suite %s: queued (%s) %s", tag, verb[id(cell)], cfg.run_dir)
 
     def finished(tag: str, cell: SuiteCell, outcome: dict[str, Any] | BaseException) -> None:
-        # (a bad setting or missing file is one line, anything else keeps its traceback)
-        trace = outcome if isinstance(outcome, BaseException) and not one_line(outcome) else None
         if isinstance(outcome, BaseException):  # one failing run must not stop the grid
-            error = f"{type(outcome).__name__}: {in_file_terms(str(outcome))}"  # (its settings are the file's)
+            trace = None if one_line(outcome) else outcome  # a bad setting or missing file is one line
+            told = in_file_terms(str(outcome))  # (its settings are the file's)
+            error = f"{type(outcome).__name__}: {told}"
             _log.error("suite %s failed: %s", tag, error, exc_info=trace)
             record(cell, "failed", error=error)
         else:
             record(cell, "done", outcome)
         write_tables([pending[id(c)] for c in cells], suite, table_dir)  # current while the grid runs
-        if fail_fast and trace is not None:
-            raise trace
-        if fail_fast and isinstance(outcome, BaseException):  # told in the file's terms, as the log told it
-            raise ValueError(f"{tag}: {in_file_terms(str(outcome))}") from outcome
+        if fail_fast and isinstance(outcome, BaseException):  # (the failing run tabled first)
+            if trace is not None:
+                raise trace
+            raise ValueError(f"{tag}: {told}") from outcome  # as the log told it
 
     if parallel:
         _fetch_data_once([cfg for _, _, cfg in queue])
