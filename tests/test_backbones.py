@@ -85,6 +85,29 @@ def test_unknown_pretrained_tag_is_a_clear_error():
         create_backbone(TINY_MODEL, pretrained="openai")
 
 
+def test_open_clip_reads_pretrained_as_the_classifiers_do(tmp_path, monkeypatch):
+    """random and false ask for random weights, and a file under ~ is a file (a config file's value is not expanded
+    by a shell), as for timm, torchvision and CIFAR models; before, each was called neither a file nor a tag."""
+    import open_clip
+
+    from vprompt.backbones import local_weights
+
+    create_backbone(TINY_MODEL)  # (makes the shipped config known to open_clip)
+    saved = open_clip.create_model(TINY_MODEL)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    torch.save(saved.state_dict(), tmp_path / "clip.pt")
+    backbone = create_backbone(TINY_MODEL, pretrained="~/clip.pt")
+    loaded = next(m for m in backbone.modules() if hasattr(m, "visual")).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in saved.state_dict().items())
+    assert local_weights(TINY_MODEL, "~/clip.pt") == tmp_path / "clip.pt"  # (the probe's cache key: the same file)
+    for words in ("random", "False"):
+        cfg = resolve_config({"model": TINY_MODEL, "pretrained": words})
+        assert cfg.pretrained is None
+        backbone = create_backbone(TINY_MODEL, pretrained=words)
+        loaded = next(m for m in backbone.modules() if hasattr(m, "visual")).state_dict()
+        assert not all(torch.equal(loaded[k], v) for k, v in saved.state_dict().items())
+
+
 def test_a_file_that_is_no_checkpoint_of_the_model_is_one_line(tmp_path):
     (tmp_path / "notes.pt").write_text("not weights\n")
     torch.save({"visual.proj": torch.zeros(3, 3)}, tmp_path / "other.pt")  # some other model's state dict
@@ -229,8 +252,9 @@ def test_an_open_clip_model_saved_in_a_folder_is_read_with_its_weights_and_norma
     with pytest.raises(ValueError, match="brings its own weights; leave --pretrained out"):
         create_backbone(f"local-dir:{folder}", pretrained="openai")
     # none asks for random weights here too, as for every other model, where it used to load the folder's
-    for name in (f"local-dir:{folder}", f"openclip:local-dir:{folder}"):
-        cfg = resolve_config({"model": name, "pretrained": "none"})
+    for name, words in ((f"local-dir:{folder}", "none"), (f"openclip:local-dir:{folder}", "random")):
+        cfg = resolve_config({"model": name, "pretrained": words})
+        assert cfg.pretrained == "none"
         backbone = create_backbone(cfg.model, pretrained=cfg.pretrained)
         assert backbone.std.flatten().tolist() == [0.25] * 3  # (its normalization still)
         loaded = next(m for m in backbone.modules() if hasattr(m, "visual")).state_dict()

@@ -296,19 +296,24 @@ def _create_open_clip(
         return _open_clip_with_its_weights(name, pretrained, cache_dir)
     check_model(name)
     tags = open_clip.list_pretrained_tags_by_model(name)
-    if pretrained in (None, "", "none"):
+    from .classifiers import _is_none
+
+    file = local_weights(name, pretrained)
+    if _is_none(pretrained):
         _log.warning(
             "model %s: RANDOM weights (no --pretrained, or none)%s",
             name,
             f"; pretrained tags: {', '.join(tags[:6])}" if tags else "",
         )
         pretrained = None
-    elif not Path(pretrained).is_file() and pretrained not in tags:
+    elif file is None and pretrained not in tags:
         raise ValueError(
             f"--pretrained {pretrained!r} is neither a file nor a pretrained tag of {name}"
             + (f" (tags: {', '.join(tags)})" if tags else " (it has no pretrained tags; give a checkpoint file)")
         )
-    is_file = pretrained is not None and Path(pretrained).is_file()
+    is_file = file is not None
+    if is_file:
+        pretrained = str(file)
     if not is_file:
         tag_cfg = open_clip.get_pretrained_cfg(name, pretrained) if pretrained else {}
     elif weights_like in tags:
@@ -343,12 +348,14 @@ def _open_clip_with_its_weights(name: str, pretrained: str | None, cache_dir: st
     weights file)."""
     import open_clip
 
-    if pretrained not in (None, "", "none"):
+    from .classifiers import _is_none
+
+    if not _is_none(pretrained):
         raise ValueError(
             f"--pretrained {pretrained!r}: --model {name} brings its own weights; leave --pretrained out (or give "
             "none for random weights of its architecture)"
         )
-    random = pretrained == "none"
+    random = bool(pretrained and pretrained.strip())  # (none, false or random; unset or blank: its own weights)
     if random and "load_weights" not in inspect.signature(open_clip.create_model).parameters:
         raise ValueError(
             f"--pretrained none: this open_clip_torch ({open_clip.__version__}) cannot leave out the weights of "

@@ -547,8 +547,10 @@ def resolve_config(
         hint = did_you_mean(k, _FIELDS) or " (settings are the flags' names: lr for --lr)"
         raise ValueError(f"{where(k)}: unknown setting {k!r}{hint}")
     explicit = {k: v for k, v in values.items() if v is not None}
-    if str(explicit.get("pretrained", "")).strip().lower() == "none":  # random weights, however they were asked for
-        # (unset, except for a model that brings its weights: none is then the only way to ask for random ones)
+    from .classifiers import _is_none
+
+    if str(explicit.get("pretrained", "")).strip() and _is_none(explicit["pretrained"]):  # none, false or random
+        # random weights: unset, except for a model that brings its weights (none is then the only way to ask)
         from .backbones import brings_own_weights
 
         explicit["pretrained"] = "none" if brings_own_weights(str(explicit.get("model", ""))) else None
