@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -403,6 +405,7 @@ def test_an_offline_hub_download_names_the_quick_way_to_fail_and_cuts_its_reason
 
     reason = "An error happened while trying to locate the file on the Hub and we cannot find it in the cache " * 5
     monkeypatch.setattr(timm, "create_model", lambda *a, **k: (_ for _ in ()).throw(LocalEntryNotFoundError(reason)))
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [])  # (the hub's host resolves: the hub retries)
     with pytest.raises(FileNotFoundError) as info:
         create_backbone("timm:test_resnet", pretrained="default")
     message = str(info.value)
@@ -413,3 +416,35 @@ def test_an_offline_hub_download_names_the_quick_way_to_fail_and_cuts_its_reason
     with pytest.raises(FileNotFoundError) as info:
         create_backbone("timm:test_resnet", pretrained="default")
     assert "HF_HUB_OFFLINE" not in str(info.value)
+
+
+def test_where_the_hub_cannot_be_resolved_it_reads_its_cache_at_once_and_fails_at_once(tmp_path, monkeypatch):
+    """Offline, the hub retried each file for about 50 s before it read its cache or failed."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.utils import _http
+
+    from vprompt.download import fetching_weights
+
+    def unresolvable(host, *args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    def no_retry(seconds):
+        raise AssertionError(f"the hub waits {seconds} s to retry")
+
+    monkeypatch.setattr(socket, "getaddrinfo", unresolvable)
+    monkeypatch.setattr(_http.time, "sleep", no_retry)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(proxy, raising=False)
+    repo = tmp_path / "models--org--clip"  # a file in the hub's cache, as a download leaves it
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("0" * 40) / "weights.bin").write_bytes(b"w")
+    with fetching_weights("--model org/clip"):
+        found = hf_hub_download("org/clip", "weights.bin", cache_dir=tmp_path)
+    assert Path(found).read_bytes() == b"w" and not constants.HF_HUB_OFFLINE  # (offline only while in there)
+    with pytest.raises(FileNotFoundError, match=r"huggingface.co cannot be resolved: no network\)$") as info:
+        with fetching_weights("--model org/clip"):
+            hf_hub_download("org/clip", "other.bin", cache_dir=tmp_path)
+    assert "--model org/clip" in str(info.value) and "HF_HUB_OFFLINE=1" not in str(info.value)
+    assert not constants.HF_HUB_OFFLINE

@@ -12,9 +12,11 @@ import hashlib
 import http.client
 import os
 import shutil
+import socket
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,19 +71,58 @@ def _is_fetch_failure(exc: BaseException) -> bool:
 @contextmanager
 def fetching_weights(what: str, offline: str = "pass --pretrained PATH pointing to a local copy") -> Iterator[None]:
     """Around a download of pretrained weights (by us, open_clip, timm or torchvision): a failure to fetch them
-    becomes one line naming ``what`` (the model and its tag) and the ``offline`` way round it; other errors pass."""
+    becomes one line naming ``what`` (the model and its tag) and the ``offline`` way round it; other errors pass.
+    Where the Hugging Face Hub's host cannot be resolved, the hub is in offline mode meanwhile: it reads its cache
+    at once, where it would retry for about 50 s and then read it."""
+    unreachable = _hub_unreachable()
     try:
-        yield
+        with _hub_offline() if unreachable else contextlib.nullcontext():
+            yield
     except (OSError, RuntimeError) as exc:
         if not _is_fetch_failure(exc):
             raise
         reason = first_line(exc) or type(exc).__name__
         hub = any(type(e).__module__.startswith("huggingface_hub") for e in _chain(exc))
-        hub = hub and os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("1", "true", "yes", "on")
+        hub = hub and not unreachable and not _hub_offline_set()
         quick = " (HF_HUB_OFFLINE=1 has the Hugging Face Hub fail at once instead of retrying)" if hub else ""
+        quick = f" ({unreachable} cannot be resolved: no network)" if unreachable else quick
         raise FileNotFoundError(
             f"could not get the weights of {what} ({reason}); if you are offline, {offline}{quick}"
         ) from exc
+
+
+def _hub_offline_set() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _hub_unreachable() -> str | None:
+    """The Hugging Face Hub's host name where it cannot be resolved and no proxy is set (a proxy resolves names
+    itself), else None; also None where the hub is not installed or is already in offline mode."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return None
+    host = urllib.parse.urlparse(constants.ENDPOINT).hostname  # (HF_ENDPOINT's, a mirror's)
+    proxies = urllib.request.getproxies()
+    if not host or constants.HF_HUB_OFFLINE or _hub_offline_set() or proxies.get("https") or proxies.get("all"):
+        return None
+    try:
+        socket.getaddrinfo(host, 443)
+    except (socket.gaierror, UnicodeError):
+        return host
+    return None
+
+
+@contextmanager
+def _hub_offline() -> Iterator[None]:
+    """The Hugging Face Hub in offline mode (what ``HF_HUB_OFFLINE=1`` sets when it is imported) while in here."""
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = False
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
