@@ -41,6 +41,7 @@ from .backbones import (
     FrozenBackbone,
     check_model,
     listed_names,
+    local_weights,
     register_backbone_source,
 )
 from .checkpoint import torch_load_failure
@@ -368,7 +369,7 @@ def _tv_size(name: str, pretrained: Any = None) -> tuple[int, bool] | None:
     weights file, whose size the built model tells (a ViT's from its position embeddings)."""
     import torchvision.models as tvm
 
-    if _is_none(pretrained) or (not _is_default(pretrained) and Path(str(pretrained)).expanduser().exists()):
+    if _is_none(pretrained) or local_weights(f"tv:{name}", pretrained) is not None:
         return None
     try:
         weights = tvm.get_model_weights(name).verify("DEFAULT" if _is_default(pretrained) else str(pretrained))
@@ -384,8 +385,8 @@ def _create_tv(name: str, pretrained: str | Path | None = None, **_: Any) -> Cla
     weights, local = None, None
     if _is_none(pretrained):
         _warn_random(f"tv:{name}")
-    elif not _is_default(pretrained) and Path(str(pretrained)).expanduser().exists():
-        local = _weights_file(Path(str(pretrained)).expanduser(), "torchvision")
+    elif (where := local_weights(f"tv:{name}", pretrained)) is not None:
+        local = _weights_file(where, "torchvision")
     else:
         enum = tvm.get_model_weights(name)
         tag = "DEFAULT" if _is_default(pretrained) else str(pretrained)
