@@ -198,10 +198,15 @@ def test_a_folder_of_one_class_is_refused_and_a_class_without_training_images_is
     data = prepare_data("imagefolder", tmp_path / "two", image_size=8, download=False)
     assert data.classnames == ["ant", "bee", "cat"]
     assert "no training image of 1 class(es), 'bee': the prompt never learns them" in vprompt_caplog.text
-    for c in "cdefghij":  # many such classes (a test folder of another dataset's 100): the first 5 and a count
-        (tmp_path / "two" / "train" / c).mkdir()
+    _write_folder(tmp_path / "two", "test", list("cdefghij"))  # many such classes: the first 5 and a count
     prepare_data("imagefolder", tmp_path / "two", image_size=8, download=False)
     assert "no training image of 9 class(es), 'bee', 'c', 'd', 'e', 'f' and 4 more: the" in vprompt_caplog.text
+    # a class folder empty in every split is no class (before, the head could predict it, and no split tell)
+    (tmp_path / "two" / "test" / "dog").mkdir()
+    (tmp_path / "two" / "train" / "dog").mkdir()
+    told = "class folder(s) 'dog' hold no image in any split (train/dog, test/dog) under"
+    with pytest.raises(FileNotFoundError, match=re.escape(told)):
+        prepare_data("imagefolder", tmp_path / "two", image_size=8, download=False)
 
 
 def test_a_label_outside_the_classes_is_refused_naming_the_image(tmp_path, monkeypatch):

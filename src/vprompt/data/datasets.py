@@ -165,6 +165,13 @@ def image_folder_dataset(
         raise DatasetNotFoundError(f"dataset imagefolder: {folder} has no class subfolders")
     splits = [Path(root) / s for s in _image_folder_splits(Path(root))]
     classes = sorted({p.name for s in splits for p in class_folders(s)})
+    empty = [c for c in classes if not any(holds_images(s / c) for s in splits)]
+    if empty:  # (a class no image is of: the head would predict it, and no split could tell)
+        where = ", ".join(str(s.relative_to(root) / c) for c in empty[:3] for s in splits if (s / c).is_dir())
+        raise DatasetNotFoundError(
+            f"dataset imagefolder: class folder(s) {', '.join(map(repr, empty))} hold no image in any split "
+            f"({where}{', ...' if len(empty) > 3 else ''}) under {root}: add their images, or remove the folders"
+        )
     samples = [(str(f), label) for label, c in enumerate(classes) for f in image_files(folder / c)]
     if not samples:
         raise DatasetNotFoundError(f"dataset imagefolder: no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
