@@ -540,6 +540,11 @@ def test_a_finished_run_is_neither_overwritten_nor_removed_by_a_second_start(tmp
     acc = json.loads((tmp_path / "run" / "results.json").read_text())["test"]["acc1"]
     told = f"already holds a finished run (test acc {acc:.2f}, in its results.json); --resume latest redoes its last"
     assert told in capsys.readouterr().err
+    # a mistyped dataset or option in the same command is told as such, not as the folder's state
+    assert cli.main(tiny_run_args(tmp_path, "--dataset", "synthtic", epochs=1)) == 2
+    assert "unknown --dataset 'synthtic'; did you mean synthetic?" in capsys.readouterr().err
+    assert cli.main(tiny_run_args(tmp_path, "--dataset-option", "sise=16", epochs=1)) == 2
+    assert "dataset 'synthetic' has no option 'sise'" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
     # what it says --resume latest does, it does (more epochs are another run: the schedule spans the epochs)
     assert cli.main([*tiny_run_args(tmp_path, epochs=1), "--resume", "latest"]) == 0

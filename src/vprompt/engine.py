@@ -484,6 +484,7 @@ def fit(cfg: RunConfig) -> dict[str, Any]:
         raise TypeError(f"fit takes a RunConfig, not a {type(cfg).__name__}: resolve_config({{...}}) makes one")
     cfg = copy.deepcopy(cfg)  # the run fills in the sizes left to its model: in its own copy, not the caller's
     check_output_folder(cfg.run_dir, "--output/--name")
+    check_dataset(cfg.dataset, cfg.dataset_options)  # (a mistyped name is told, not the state of a folder of its name)
     with _engine_settings(cfg):
         if cfg.method == "linprobe":  # no prompt to train: logistic regression on cached features
             from .linprobe import fit_linear_probe
