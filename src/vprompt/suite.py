@@ -142,6 +142,7 @@ class RunRecord:
     seed: int
     status: str
     test_acc1: float | None = None
+    train_fraction: float | None = None
     val_acc1: float | None = None
     best_epoch: int | None = None
     run_dir: str = ""
@@ -434,6 +435,7 @@ def _record(cell: SuiteCell, status: str, results: dict[str, Any] | None = None,
     rec = RunRecord(cell.method, cell.shots, cell.dataset, cell.seed, status, error=error)
     if cell.cfg is not None:
         rec.run_dir = str(cell.cfg.run_dir)
+        rec.train_fraction = cell.cfg.train_fraction
     if results:
         rec.test_acc1 = float(results["test"]["acc1"])
         rec.val_acc1 = float(results["val"]["acc1"]) if results.get("val") else None
@@ -746,18 +748,28 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
 
 
 def build_table(records: Sequence[RunRecord], suite: SuiteConfig) -> tuple[str, list[dict[str, Any]]]:
-    """The Markdown table and its rows as numbers (method, shots, ``<dataset>``, ``<dataset> std``,
-    ``<dataset> n``, ``Average``; None where not available)."""
+    """The Markdown table and its rows as numbers (method, shots, train_fraction, ``<dataset>``, ``<dataset> std``,
+    ``<dataset> n``, ``Average``; None where not available). Its second column says how much training data each row
+    had: where a row has no shots, the fraction of the training split (per dataset where they differ)."""
     with_shots = any(k is not None for _, k in _rows(suite))
-    header = ["Method", *(["Shots"] if with_shots else []), *suite.datasets, "Average"]
+    fractions = {m.label: [_cell_settings(suite, ds, m).get("train_fraction") for ds in suite.datasets]
+                 for m, _ in _rows(suite)}  # fmt: skip
+    with_data = with_shots or any(f is not None for row in fractions.values() for f in row)
+    header = ["Method", *(["Shots" if with_shots else "Training data"] if with_data else []), *suite.datasets]
     lines = [
         *([f"## {suite.table_title}", ""] if suite.table_title else []),
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join([":--", *([":-:"] if with_shots else []), *["--:"] * (len(suite.datasets) + 1)]) + "|",
+        "| " + " | ".join([*header, "Average"]) + " |",
+        "|" + "|".join([":--", *([":-:"] if with_data else []), *["--:"] * (len(suite.datasets) + 1)]) + "|",
     ]
     rows: list[dict[str, Any]] = []
     for m, shots in _rows(suite):
-        row: dict[str, Any] = {"method": m.label, "shots": shots}
+        mine_fractions = fractions[m.label]
+        uniform = len(set(mine_fractions)) == 1
+        row: dict[str, Any] = {
+            "method": m.label,
+            "shots": shots,
+            "train_fraction": None if shots is not None else (mine_fractions[0] if uniform else "mixed"),
+        }
         texts, means, complete = [], [], True
         for ds in suite.datasets:
             mine = [r for r in records if r.method == m.label and r.shots == shots and r.dataset == ds]
@@ -777,10 +789,9 @@ def build_table(records: Sequence[RunRecord], suite: SuiteConfig) -> tuple[str, 
         average = statistics.fmean(means) if complete and means else None
         row["Average"] = average
         rows.append(row)
-        fractions = {str(_cell_settings(suite, ds, m).get("train_fraction")) for ds in suite.datasets}
-        fraction = fractions.pop() if len(fractions) == 1 else "mixed"
-        full = "full" if fraction == "None" else f"{fraction} of train"
-        shot_cell = [(full if shots is None else str(shots))] if with_shots else []
+        share = [("full" if f is None else f"{f} of train") for f in mine_fractions]
+        data = share[0] if uniform else ", ".join(f"{ds}: {t}" for ds, t in zip(suite.datasets, share))
+        shot_cell = [(data if shots is None else str(shots))] if with_data else []
         avg_text = f"{average:.2f}" if average is not None else "–"
         lines.append("| " + " | ".join([m.label, *shot_cell, *texts, avg_text]) + " |")
     row_seeds = {m.label: ", ".join(map(str, m.seeds or suite.seeds)) for m, _ in _rows(suite)}
@@ -808,8 +819,8 @@ def build_table(records: Sequence[RunRecord], suite: SuiteConfig) -> tuple[str, 
     return "\n".join(lines) + "\n", rows
 
 
-_RUN_COLUMNS = ("method", "shots", "dataset", "seed", "status", "test_acc1", "val_acc1", "best_epoch", "run_dir",
-                "error")  # fmt: skip
+_RUN_COLUMNS = ("method", "shots", "train_fraction", "dataset", "seed", "status", "test_acc1", "val_acc1",
+                "best_epoch", "run_dir", "error")  # fmt: skip
 
 
 def _csv_text(header: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
@@ -835,7 +846,8 @@ def write_tables(records: Sequence[RunRecord], suite: SuiteConfig, folder: str |
         row = dataclasses.asdict(r)
         row["run_dir"] = os.path.relpath(r.run_dir, folder) if r.run_dir else ""
         per_run.append(row)
-    table_header = ["method", "shots"] + [f"{ds}{s}" for ds in suite.datasets for s in ("", " std", " n")]
+    table_header = ["method", "shots", "train_fraction"]
+    table_header += [f"{ds}{s}" for ds in suite.datasets for s in ("", " std", " n")]
     table_header.append("Average")
     texts = {
         f"{suite.table_name}.md": markdown,
