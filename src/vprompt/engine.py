@@ -154,7 +154,7 @@ def train_one_epoch(
     loader: Iterable[tuple[Tensor, Tensor]],
     optimizers: list[torch.optim.Optimizer],
     schedulers: list[torch.optim.lr_scheduler.LRScheduler],
-    diversity: Callable[[Tensor], Tensor],
+    diversity: Callable[[Tensor, int], Tensor],
     device: torch.device,
     precision: str = "fp32",
     scaler: torch.amp.GradScaler | None = None,
@@ -162,7 +162,9 @@ def train_one_epoch(
     log_every: int = 50,
     env: DistEnv = SINGLE_PROCESS,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns mean loss, accuracy, images and throughput, summed over processes."""
+    """One pass over ``loader``; returns mean loss, accuracy, images and throughput, summed over processes.
+    ``diversity`` is called as ``diversity(images, real)``, ``real`` being the images of the batch over all processes
+    that are not padding: an :class:`~vprompt.diversity.InputDiversity` (``create_diversity("none")`` for none)."""
     model.train()
     params = model.trainable_parameters()
     total_loss = torch.zeros((), device=device)
