@@ -519,6 +519,12 @@ def test_weights_spelled_otherwise_or_moved_are_the_same_run(tmp_path, monkeypat
     assert runs.changed_settings({"pretrained": "/on/another/machine/m.pt"}, cfg) == ""  # moved
     for other in ("v/other.pt", "openai", None):  # another file that is there, a tag, random weights
         assert "pretrained=" in runs.changed_settings({"pretrained": other}, cfg), other
+    # random weights, however a run asked for them (YAML's false is a bool): also a run saved with the word itself
+    random = resolve_config({"model": "timm:test_resnet", "pretrained": False})
+    assert random.pretrained is None
+    for word in ("random", "False", False, "none"):
+        assert runs.changed_settings({"model": "timm:test_resnet", "pretrained": word}, random) == "", word
+    assert "pretrained=" in runs.changed_settings({"model": "timm:test_resnet", "pretrained": "default"}, random)
 
 
 def test_a_dataset_option_given_its_default_is_the_same_run():

@@ -547,13 +547,8 @@ def resolve_config(
         hint = did_you_mean(k, _FIELDS) or " (settings are the flags' names: lr for --lr)"
         raise ValueError(f"{where(k)}: unknown setting {k!r}{hint}")
     explicit = {k: v for k, v in values.items() if v is not None}
-    from .classifiers import _is_none
-
-    if str(explicit.get("pretrained", "")).strip() and _is_none(explicit["pretrained"]):  # none, false or random
-        # random weights: unset, except for a model that brings its weights (none is then the only way to ask)
-        from .backbones import brings_own_weights
-
-        explicit["pretrained"] = "none" if brings_own_weights(str(explicit.get("model", ""))) else None
+    if "pretrained" in explicit:
+        explicit["pretrained"] = _kept_pretrained(explicit["pretrained"], explicit.get("model", RunConfig.model))
         explicit = {k: v for k, v in explicit.items() if v is not None}
     method_recipe(explicit.get("method", RunConfig.method), where("method"))  # checked here to name its source
     if "dataset_options" in explicit:
@@ -709,6 +704,17 @@ def resolve_leaving_unused(
     return (resolve_config(used, check_unused=check_unused, **where) if left else cfg), left
 
 
+def _kept_pretrained(value: Any, model: Any) -> Any:
+    """``pretrained`` as a run keeps it: a word for random weights (none, false or random, YAML's false included) is
+    None, or ``"none"`` for a model that brings its own weights (it is then the only way to ask for random ones)."""
+    from .backbones import brings_own_weights
+    from .classifiers import _is_none
+
+    if not str(value).strip() or not _is_none(str(value)):
+        return value
+    return "none" if brings_own_weights(str(model)) else None
+
+
 def comparable(settings: Mapping[str, Any]) -> dict[str, Any]:
     """A run's saved ``settings`` as two runs are compared: the settings it does not use as :data:`_NOTHING`, the
     L2 strengths as the sorted set the probe sweeps (a config file may give them as strings), and the dataset
@@ -716,6 +722,8 @@ def comparable(settings: Mapping[str, Any]) -> dict[str, Any]:
     from .data import get_dataset_spec
 
     out = {**settings, **{k: _NOTHING[k] for k in _unused(settings) if k in settings}}
+    if out.get("pretrained") is not None:  # (a run saved before the words for random weights were one: random)
+        out["pretrained"] = _kept_pretrained(out["pretrained"], out.get("model", RunConfig.model))
     if out.get("dataset_options"):
         with contextlib.suppress(ValueError):  # an unknown dataset: its options compared as written
             out["dataset_options"] = get_dataset_spec(out["dataset"]).explicit_options(out["dataset_options"])
