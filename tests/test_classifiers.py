@@ -6,6 +6,7 @@ import logging
 import socket
 import subprocess
 import sys
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -374,8 +375,6 @@ def test_resnet20_through_backbone_and_imagefolder_and_flm_recovers_the_identity
 
 
 def test_offline_weight_downloads_are_one_line(monkeypatch):
-    import urllib.error
-
     import open_clip
     import torchvision.models as tvm
 
@@ -440,11 +439,16 @@ def test_where_the_hub_cannot_be_resolved_it_reads_its_cache_at_once_and_fails_a
     (repo / "refs" / "main").write_text("0" * 40)
     (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
     (repo / "snapshots" / ("0" * 40) / "weights.bin").write_bytes(b"w")
-    with fetching_weights("--model org/clip"):
+    with fetching_weights("--model org/clip", hub=True):
         found = hf_hub_download("org/clip", "weights.bin", cache_dir=tmp_path)
     assert Path(found).read_bytes() == b"w" and not constants.HF_HUB_OFFLINE  # (offline only while in there)
     with pytest.raises(FileNotFoundError, match=r"huggingface.co cannot be resolved: no network\)$") as info:
-        with fetching_weights("--model org/clip"):
+        with fetching_weights("--model org/clip", hub=True):
             hf_hub_download("org/clip", "other.bin", cache_dir=tmp_path)
     assert "--model org/clip" in str(info.value) and "HF_HUB_OFFLINE=1" not in str(info.value)
     assert not constants.HF_HUB_OFFLINE
+    # a download from elsewhere (torchvision's, the CIFAR ResNets') is not told of the hub's host
+    with pytest.raises(FileNotFoundError) as info:
+        with fetching_weights("--model tv:resnet18 --pretrained default"):
+            raise urllib.error.URLError("[Errno -2] Name or service not known")
+    assert "huggingface" not in str(info.value)

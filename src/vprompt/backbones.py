@@ -323,7 +323,7 @@ def _create_open_clip(
     from_tag = {"mean": tag_cfg["mean"], "std": tag_cfg["std"]} if is_file and "mean" in tag_cfg else None
     try:
         with (
-            fetching_weights(f"--model {name} --pretrained {pretrained}")
+            fetching_weights(f"--model {name} --pretrained {pretrained}", hub=True)
             if pretrained and not is_file
             else nullcontext()
         ):
@@ -380,7 +380,7 @@ def _open_clip_with_its_weights(name: str, pretrained: str | None, cache_dir: st
             )
     else:
         fetching = fetching_weights(
-            f"--model {name}", "copy the repository's files into a folder and pass --model local-dir:FOLDER"
+            f"--model {name}", "copy the repository's files into a folder and pass --model local-dir:FOLDER", hub=True
         )
     with fetching:
         # (load_weights came with open_clip 3, as local-dir: did; an hf-hub: model on open_clip 2 gets none of it)

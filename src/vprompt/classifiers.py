@@ -283,7 +283,8 @@ def _create_timm(
         _warn_random(f"timm:{name}")
     kwargs: dict[str, Any] = {"cache_dir": cache_dir} if cache_dir else {}
     hub = name.startswith("hf-hub:")  # (its config is fetched, with or without its weights)
-    with fetching_weights(f"--model timm:{name} --pretrained {pretrained}") if download or hub else nullcontext():
+    fetching = fetching_weights(f"--model timm:{name} --pretrained {pretrained}", hub=True)
+    with fetching if download or hub else nullcontext():
         model = timm.create_model(name, pretrained=download, **kwargs)
     if local is not None:
         state = load_state_dict_file(local)

@@ -69,12 +69,14 @@ def _is_fetch_failure(exc: BaseException) -> bool:
 
 
 @contextmanager
-def fetching_weights(what: str, offline: str = "pass --pretrained PATH pointing to a local copy") -> Iterator[None]:
+def fetching_weights(
+    what: str, offline: str = "pass --pretrained PATH pointing to a local copy", hub: bool = False
+) -> Iterator[None]:
     """Around a download of pretrained weights (by us, open_clip, timm or torchvision): a failure to fetch them
     becomes one line naming ``what`` (the model and its tag) and the ``offline`` way round it; other errors pass.
-    Where the Hugging Face Hub's host cannot be resolved, the hub is in offline mode meanwhile: it reads its cache
-    at once, where it would retry for about 50 s and then read it."""
-    unreachable = _hub_unreachable()
+    For a download through the Hugging Face Hub (``hub``), where the hub's host cannot be resolved, the hub is in
+    offline mode meanwhile: it reads its cache at once, where it would retry for about 50 s and then read it."""
+    unreachable = _hub_unreachable() if hub else None
     try:
         with _hub_offline() if unreachable else contextlib.nullcontext():
             yield
@@ -82,9 +84,9 @@ def fetching_weights(what: str, offline: str = "pass --pretrained PATH pointing 
         if not _is_fetch_failure(exc):
             raise
         reason = first_line(exc) or type(exc).__name__
-        hub = any(type(e).__module__.startswith("huggingface_hub") for e in _chain(exc))
-        hub = hub and not unreachable and not _hub_offline_set()
-        quick = " (HF_HUB_OFFLINE=1 has the Hugging Face Hub fail at once instead of retrying)" if hub else ""
+        by_hub = any(type(e).__module__.startswith("huggingface_hub") for e in _chain(exc))
+        by_hub = by_hub and not unreachable and not _hub_offline_set()
+        quick = " (HF_HUB_OFFLINE=1 has the Hugging Face Hub fail at once instead of retrying)" if by_hub else ""
         quick = f" ({unreachable} cannot be resolved: no network)" if unreachable else quick
         raise FileNotFoundError(
             f"could not get the weights of {what} ({reason}); if you are offline, {offline}{quick}"

@@ -244,8 +244,8 @@ def _file_names(ds: Any) -> list[str] | None:
 
 def images_digest(parts: Sequence[Any]) -> str:
     """A digest of the labels of ``parts`` (datasets, or None; the size of one that keeps no ``targets``) and, where
-    they are files, of the files' names relative to the folder they share (so that the data may move): other files
-    at the same places (renamed, replaced by others) are other images."""
+    they are files, of the files' names relative to the folder they share (so that the data may move): files renamed
+    are other images, a file whose contents changed under its name is not."""
     names = [_file_names(ds) if ds is not None else None for ds in parts]
     files = [n for part in names if part for n in part]
     root = os.path.commonpath(files) if len(files) > 1 else ""
