@@ -108,6 +108,32 @@ def test_open_clip_reads_pretrained_as_the_classifiers_do(tmp_path, monkeypatch)
         assert not all(torch.equal(loaded[k], v) for k, v in saved.state_dict().items())
 
 
+def test_a_weights_name_wins_over_a_file_of_its_name_which_is_given_as_a_path(tmp_path, monkeypatch):
+    """``--pretrained openai`` is the tag also beside a file called openai (``./openai`` is the file), for the
+    model and the probe's cache key alike; before, the key read the file and open_clip the tag."""
+    import open_clip
+
+    from vprompt.backbones import local_weights
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "openai").write_bytes(b"w")
+    (tmp_path / "IMAGENET1K_V1").mkdir()
+    (tmp_path / "cifar10").mkdir()
+    for model, tag in (("RN50", "openai"), ("tv:resnet18", "IMAGENET1K_V1"), ("cifar:resnet20", "cifar10")):
+        assert local_weights(model, tag) is None, model
+        assert local_weights(model, f"./{tag}") == Path(tag), model
+    given = []
+
+    def create_model(name, pretrained=None, **kwargs):
+        given.append(pretrained)
+        raise KeyError("stop here")
+
+    monkeypatch.setattr(open_clip, "create_model", create_model)
+    with pytest.raises(ValueError, match="not a checkpoint of RN50"):
+        create_backbone("RN50", pretrained="./openai")
+    assert given == [str(tmp_path / "openai")]  # (not "openai": open_clip would take it for the tag)
+
+
 def test_a_file_that_is_no_checkpoint_of_the_model_is_one_line(tmp_path):
     (tmp_path / "notes.pt").write_text("not weights\n")
     torch.save({"visual.proj": torch.zeros(3, 3)}, tmp_path / "other.pt")  # some other model's state dict

@@ -313,7 +313,7 @@ def _create_open_clip(
         )
     is_file = file is not None
     if is_file:
-        pretrained = str(file)
+        pretrained = str(file.resolve())  # (not a relative name open_clip could take for a tag)
     if not is_file:
         tag_cfg = open_clip.get_pretrained_cfg(name, pretrained) if pretrained else {}
     elif weights_like in tags:
@@ -466,21 +466,41 @@ def local_weights(name: str, pretrained: str | None) -> Path | None:
     """The weights file or folder on this machine that ``--model name --pretrained pretrained`` reads, as the model's
     source decides it; None for random weights or weights named by a tag (a download or cache: ``default``,
     ``cifar10``, an open_clip tag), even where a file or folder of that name is in the working directory."""
-    from .cifar_resnet import _PRETRAINED_ALIASES
     from .classifiers import _is_default, _is_none
 
     if _is_none(pretrained) or _is_default(pretrained):
         return None
     try:
-        source = _split_name(name)[0]
+        source, model = _split_name(name)
     except ValueError:
         return None
-    where = Path(str(pretrained)).expanduser()
-    if source == "cifar" and str(pretrained).lower() in _PRETRAINED_ALIASES:
+    if _is_weights_name(source, model, str(pretrained)):  # (a file of that name is ./name)
         return None
-    if source == "openclip":  # a tag unless it is a file
+    where = Path(str(pretrained)).expanduser()
+    if source == "openclip":  # (a folder is no open_clip checkpoint)
         return where if where.is_file() else None
     return where if where.exists() else None
+
+
+def _is_weights_name(source: str, model: str, pretrained: str) -> bool:
+    """Whether ``pretrained`` names weights of ``model`` that its source downloads: an open_clip tag, a torchvision
+    weights name, ``cifar10``."""
+    if source == "cifar":
+        from .cifar_resnet import _PRETRAINED_ALIASES
+
+        return pretrained.lower() in _PRETRAINED_ALIASES
+    if source == "openclip" and not model.startswith(OPEN_CLIP_SCHEMAS):
+        import open_clip
+
+        return pretrained in open_clip.list_pretrained_tags_by_model(model)
+    if source == "tv":
+        import torchvision.models as tvm
+
+        try:
+            return pretrained in tvm.get_model_weights(model).__members__
+        except (KeyError, ValueError):  # an unknown model: refused when it is built
+            return False
+    return False
 
 
 def _split_name(name: str) -> tuple[str, str]:
