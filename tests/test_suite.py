@@ -434,16 +434,20 @@ def test_a_train_fraction_is_labelled_as_such_and_cannot_meet_shots(tmp_path):
     assert "| evp | 0.1 of train |" in run_suite(per_dataset, output=tmp_path, dry_run=True).markdown
     # without a shots list too (before, the table then did not say the runs saw part of the data), and per dataset
     # where the datasets' fractions differ; the CSV files give it as a column
-    only = parse_suite({"datasets": ["synthetic", "digits"], "methods": ["evp"], "base": {"train_fraction": 0.5},
+    only = parse_suite({"datasets": ["synthetic", "digits"], "methods": ["evp", "zeroshot"],
+                        "base": {"train_fraction": 0.5, "model": TINY_MODEL},
                         "dataset_overrides": {"digits": {"train_fraction": None}}})  # fmt: skip
     report = run_suite(only, output=tmp_path, dry_run=True)
     assert "| Method | Training data | synthetic | digits | Average |" in report.markdown
     assert "| evp | synthetic: 0.5 of train, digits: full | – | – | – |" in report.markdown
+    assert "| zeroshot | full | – | – | – |" in report.markdown  # (it reads no training image)
     write_tables(report.records, only, tmp_path)
-    per_run = list(csv.DictReader((tmp_path / "suite_results.csv").open()))
-    assert {(r["dataset"], r["train_fraction"]) for r in per_run} == {("synthetic", "0.5"), ("digits", "")}
-    table = next(csv.DictReader((tmp_path / "suite_results_table.csv").open()))
-    assert table["train_fraction"] == "mixed"
+    per_run = {(r["method"], r["dataset"]): r["train_fraction"] for r in csv.DictReader(
+        (tmp_path / "suite_results.csv").open())}  # fmt: skip
+    assert per_run == {("evp", "synthetic"): "0.5", ("evp", "digits"): "", ("zeroshot", "synthetic"): "",
+                       ("zeroshot", "digits"): ""}  # fmt: skip
+    evp = next(csv.DictReader((tmp_path / "suite_results_table.csv").open()))
+    assert (evp["synthetic train_fraction"], evp["digits train_fraction"]) == ("0.5", "")
 
 
 def test_a_finished_probe_is_judged_by_its_last_sweep_and_only_probes_by_l2_strengths(tmp_path):

@@ -142,11 +142,11 @@ class RunRecord:
     seed: int
     status: str
     test_acc1: float | None = None
-    train_fraction: float | None = None
     val_acc1: float | None = None
     best_epoch: int | None = None
     run_dir: str = ""
     error: str = ""
+    train_fraction: float | None = None
 
 
 @dataclass
@@ -748,12 +748,17 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
 
 
 def build_table(records: Sequence[RunRecord], suite: SuiteConfig) -> tuple[str, list[dict[str, Any]]]:
-    """The Markdown table and its rows as numbers (method, shots, train_fraction, ``<dataset>``, ``<dataset> std``,
-    ``<dataset> n``, ``Average``; None where not available). Its second column says how much training data each row
-    had: where a row has no shots, the fraction of the training split (per dataset where they differ)."""
+    """The Markdown table and its rows as numbers (method, shots, ``<dataset>``, ``<dataset> std``, ``<dataset> n``,
+    ``<dataset> train_fraction``, ``Average``; None where not available). Its second column says how much training
+    data each row had: where a row has no shots, the fraction of the training split its runs read (per dataset where
+    they differ; zero-shot reads none)."""
+
+    def fraction(label: str, dataset: str) -> float | None:
+        seen = {r.train_fraction for r in records if (r.method, r.dataset, r.shots) == (label, dataset, None)}
+        return seen.pop() if len(seen) == 1 else None
+
     with_shots = any(k is not None for _, k in _rows(suite))
-    fractions = {m.label: [_cell_settings(suite, ds, m).get("train_fraction") for ds in suite.datasets]
-                 for m, _ in _rows(suite)}  # fmt: skip
+    fractions = {m.label: [fraction(m.label, ds) for ds in suite.datasets] for m, _ in _rows(suite)}
     with_data = with_shots or any(f is not None for row in fractions.values() for f in row)
     header = ["Method", *(["Shots" if with_shots else "Training data"] if with_data else []), *suite.datasets]
     lines = [
@@ -765,17 +770,14 @@ def build_table(records: Sequence[RunRecord], suite: SuiteConfig) -> tuple[str, 
     for m, shots in _rows(suite):
         mine_fractions = fractions[m.label]
         uniform = len(set(mine_fractions)) == 1
-        row: dict[str, Any] = {
-            "method": m.label,
-            "shots": shots,
-            "train_fraction": None if shots is not None else (mine_fractions[0] if uniform else "mixed"),
-        }
+        row: dict[str, Any] = {"method": m.label, "shots": shots}
         texts, means, complete = [], [], True
         for ds in suite.datasets:
             mine = [r for r in records if r.method == m.label and r.shots == shots and r.dataset == ds]
             accs = [r.test_acc1 for r in mine if r.status == "done" and r.test_acc1 is not None]
             mean, std = _mean_std(accs) if accs else (None, None)
             row.update({ds: mean, f"{ds} std": std, f"{ds} n": len(accs)})
+            row[f"{ds} train_fraction"] = mine_fractions[suite.datasets.index(ds)] if shots is None else None
             if accs:
                 text = f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
                 if len(accs) < len(mine):
@@ -846,8 +848,8 @@ def write_tables(records: Sequence[RunRecord], suite: SuiteConfig, folder: str |
         row = dataclasses.asdict(r)
         row["run_dir"] = os.path.relpath(r.run_dir, folder) if r.run_dir else ""
         per_run.append(row)
-    table_header = ["method", "shots", "train_fraction"]
-    table_header += [f"{ds}{s}" for ds in suite.datasets for s in ("", " std", " n")]
+    columns = ("", " std", " n", " train_fraction")
+    table_header = ["method", "shots", *(f"{ds}{c}" for ds in suite.datasets for c in columns)]
     table_header.append("Average")
     texts = {
         f"{suite.table_name}.md": markdown,
