@@ -447,6 +447,14 @@ def test_where_the_hub_cannot_be_resolved_it_reads_its_cache_at_once_and_fails_a
             hf_hub_download("org/clip", "other.bin", cache_dir=tmp_path)
     assert "--model org/clip" in str(info.value) and "HF_HUB_OFFLINE=1" not in str(info.value)
     assert not constants.HF_HUB_OFFLINE
+    # a hub before 1.0 keeps offline mode in the sessions it made meanwhile: they are dropped on the way in and out
+    from huggingface_hub import utils
+
+    modes = []
+    monkeypatch.setattr(utils, "reset_sessions", lambda: modes.append(constants.HF_HUB_OFFLINE), raising=False)
+    with fetching_weights("--model org/clip", hub=True):
+        hf_hub_download("org/clip", "weights.bin", cache_dir=tmp_path)
+    assert modes == [True, False]
     # a download from elsewhere (torchvision's, the CIFAR ResNets') is not told of the hub's host
     with pytest.raises(FileNotFoundError) as info:
         with fetching_weights("--model tv:resnet18 --pretrained default"):

@@ -118,13 +118,16 @@ def _hub_unreachable() -> str | None:
 @contextmanager
 def _hub_offline() -> Iterator[None]:
     """The Hugging Face Hub in offline mode (what ``HF_HUB_OFFLINE=1`` sets when it is imported) while in here."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants, utils
 
+    reset = getattr(utils, "reset_sessions", lambda: None)  # (a hub before 1.0 sets the mode in the sessions it keeps)
     constants.HF_HUB_OFFLINE = True
+    reset()
     try:
         yield
     finally:
         constants.HF_HUB_OFFLINE = False
+        reset()
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
