@@ -1276,6 +1276,9 @@ def test_list_commands(capsys):
     assert "cifar100" in datasets and "imagefolder" in datasets and "synthetic" in datasets
     models = listed("models")
     assert "ViT-B-32: openai" in models and TINY_MODEL in models
+    # each source says what it is: timm's names are a few examples of all it has (the list read as all there is)
+    assert "# timm: timm classifiers: any timm name, of which a few follow" in models
+    assert "# cifar: CIFAR-10 ResNets (--pretrained FILE | FOLDER | cifar10 | none)" in models
 
 
 def test_config_file_gives_defaults_and_cli_overrides(tmp_path):

@@ -441,7 +441,7 @@ register_backbone_source(
     "openclip",
     _create_open_clip,
     _list_open_clip,
-    "open_clip CLIP models (bare names)",
+    "open_clip CLIP models, bare names (--pretrained TAG | FILE | none; each model's tags follow it)",
     listed_names(_list_open_clip),
     kind="clip",
     sizer=_open_clip_size,
@@ -537,6 +537,11 @@ def create_backbone(
         model_name, pretrained=None if pretrained is None else str(pretrained), **kwargs
     )
     return backbone.to(device)
+
+
+def source_description(source: str) -> str:
+    """What ``vprompt list models`` says of a model source (what it is, which ``--pretrained`` values it takes)."""
+    return _SOURCES[source].description
 
 
 def list_models(source: str | None = None) -> dict[str, list[str]]:

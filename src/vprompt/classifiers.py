@@ -508,7 +508,7 @@ register_backbone_source(
     "timm",
     _create_timm,
     _list_timm,
-    "timm classifiers, any timm name (--pretrained default | FILE | none)",
+    "timm classifiers: any timm name, of which a few follow (--pretrained default | FILE | none)",
     _check_timm_name,
     sizer=_timm_size,
 )

@@ -481,13 +481,13 @@ def _cmd_list(args: argparse.Namespace) -> int:
     else:
         import open_clip
 
-        from .backbones import list_models
+        from .backbones import list_models, source_description
 
         tags: dict[str, list[str]] = {}
         for model, tag in open_clip.list_pretrained():
             tags.setdefault(model, []).append(tag)
         for source, names in list_models().items():
-            print(f"# {source}")
+            print(f"# {source}: {source_description(source)}")
             for n in names:
                 print(f"{n}: {', '.join(tags[n])}" if tags.get(n) else n)
     return 0
