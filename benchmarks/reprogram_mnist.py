@@ -219,21 +219,32 @@ def main() -> None:
     )
     args = ap.parse_args()
     earlier = read_chosen(ap, args) if args.chosen else None
+    from_file = set()  # the settings --chosen's file gives
     for key, default in (("input_size", 48), ("inner_size", 32)):  # an explicit flag wins over --chosen
         if getattr(args, key) is None:
             setattr(args, key, earlier[key] if earlier else default)
+            from_file |= {key} if earlier else set()
     out = Path(args.output)
-    try:  # impossible settings fail here, not after the sweep
+    try:  # impossible settings fail here, not after the sweep or some of the arms
         if args.sweep_epochs < 1:
             raise ValueError(f"--sweep-epochs {args.sweep_epochs} must be at least 1")
-        adamw_lr = args.adamw_lr if args.adamw_lr is not None else (earlier or {}).get("adamw_lr", ADAMW_LR)
+        picked = {k: earlier[k] for k in (*CHOSEN_KEYS, "adamw_lr") if k in (earlier or {})}
+        for typed in ("input_size", "inner_size", *(["adamw_lr"] if args.adamw_lr is not None else [])):
+            picked.pop(typed, None)  # (given by the flags)
+        from_file |= set(picked)
+        adamw_lr = picked.pop("adamw_lr", args.adamw_lr if args.adamw_lr is not None else ADAMW_LR)
         DemoSettings(epochs=args.epochs, batch_size=args.batch_size, input_size=args.input_size,
-                     inner_size=args.inner_size, threads=args.threads, jobs=args.jobs, adamw_lr=adamw_lr)  # fmt: skip
+                     inner_size=args.inner_size, threads=args.threads, jobs=args.jobs, adamw_lr=adamw_lr,
+                     **picked)  # fmt: skip
         if args.device is not None:
             resolve_device(args.device)
         check_output_folder(out, "--output")
     except USER_ERRORS as e:
-        ap.error(user_message(e))
+        message = user_message(e)
+        named = [k for k in sorted(from_file) if f"--{k.replace('_', '-')} " in message]
+        for key in named:  # (told as the file's keys, not as flags that were not typed)
+            message = message.replace(f"--{key.replace('_', '-')} ", f"{key} ")
+        ap.error(f"--chosen {args.chosen}: {message}" if named else message)
     if not Path(args.data_dir).is_dir():
         ap.error(f"--data-dir {args.data_dir} is not a folder: give the one that holds cifar10_resnets/ and mnist/")
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,8 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine 
         ("reprogram_mnist.py", "--chosen {tmp}/nope.json"),
         ("reprogram_mnist.py", "--chosen {tmp}/bad.json"),
         ("reprogram_mnist.py", "--chosen {tmp}/partial.json"),
+        ("reprogram_mnist.py", "--chosen {tmp}/typed.json"),  # (a traceback, from the first arm)
+        ("reprogram_mnist.py", "--chosen {tmp}/unknown.json"),  # (told after six arms had trained, as the demo's)
         ("reprogram_mnist.py", "--output {tmp}/afile"),
         ("reprogram_mnist.py", "--data-dir {tmp}/nowhere"),
         ("speed_evp.py", "--steps 0"),
@@ -49,6 +52,9 @@ def test_bad_argument_is_one_line(tmp_path, script, args):
     (tmp_path / "afile").write_text("")
     (tmp_path / "bad.json").write_text("{bad")
     (tmp_path / "partial.json").write_text('{"diversity": "di"}')
+    chosen = {"input_size": 48, "inner_size": 32, "vp_lr": 40, "sgd_lr": 0.5}
+    (tmp_path / "typed.json").write_text(json.dumps({**chosen, "diversity": "di", "normgrad_lr": "10"}))
+    (tmp_path / "unknown.json").write_text(json.dumps({**chosen, "diversity": "xx", "normgrad_lr": 10}))
     case = [a.format(tmp=tmp_path) for a in args.split()]
     argv = [a.format(tmp=tmp_path) for a in BASE[script]] + case  # (the case's flag, last, wins over BASE's)
     proc = subprocess.run(
@@ -63,4 +69,6 @@ def test_bad_argument_is_one_line(tmp_path, script, args):
     assert "Traceback" not in proc.stderr, proc.stderr
     flag, value = case[:2]  # (vprompt's own message may call --pretrained "pretrained checkpoint")
     assert len(errors) == 1 and flag.lstrip("-") in errors[0] and value in errors[0], proc.stderr
+    key = {"typed.json": "normgrad_lr '10' must be", "unknown.json": "diversity 'xx' must be one of ref, di"}
+    assert key.get(Path(value).name, "") in errors[0]  # (a file's setting by its key, not as a flag)
     assert not (tmp_path / "out").exists()  # nothing written before the error

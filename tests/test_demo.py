@@ -120,7 +120,7 @@ def test_demo_runs_every_arm_and_writes_its_report(small_data, tmp_path, capsys,
 @pytest.mark.parametrize(
     ("flags", "needle"),
     [
-        (["-b", "0"], "--batch-size 0 must be at least 1"),
+        (["-b", "0"], "--batch-size 0 must be a whole number, at least 1"),
         (["--inner-size", "40"], "smaller than --input-size 32"),
         (["--inner-size", "31"], "by an even number"),
         (["--vp-lr", "nan"], "--vp-lr nan must be a positive finite number"),

@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train every arm (no prompt, VP, EVP and its ablations) at the same budget on real MNIST "
         "digits with a frozen pretrained CIFAR-10 ResNet; write a results table, learning curves and prompt images.",
     )
-    from .demo import DemoSettings
+    from .demo import DEMO_DIVERSITIES, DEMO_LABEL_MAPS, DemoSettings
 
     d = DemoSettings()
     p.add_argument(
@@ -284,9 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=d.input_size, help=f"canvas S ({d.input_size})")
     p.add_argument("--inner-size", type=int, default=d.inner_size, help=f"EVP's shrunk digit s ({d.inner_size})")
     p.add_argument(
-        "--label-map", default=d.label_map, choices=["flm", "ilm"], help=f"prompted arms' map ({d.label_map})"
+        "--label-map", default=d.label_map, choices=DEMO_LABEL_MAPS, help=f"prompted arms' map ({d.label_map})"
     )
-    p.add_argument("--diversity", default=d.diversity, choices=["ref", "di"], help=f"EVP's diversity ({d.diversity})")
+    p.add_argument(
+        "--diversity", default=d.diversity, choices=DEMO_DIVERSITIES, help=f"EVP's diversity ({d.diversity})"
+    )
     p.add_argument("--normgrad-lr", type=float, default=d.normgrad_lr, help=f"normalized-gradient lr ({d.normgrad_lr})")
     p.add_argument("--sgd-lr", type=float, default=d.sgd_lr, help=f"plain-SGD EVP lr ({d.sgd_lr})")
     p.add_argument("--vp-lr", type=float, default=d.vp_lr, help=f"VP's lr ({d.vp_lr})")

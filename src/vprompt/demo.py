@@ -51,6 +51,11 @@ ARM_DOCS = {
 }
 
 
+#: The input diversities and label maps the demo's arms take (its EVP arms differ in whether they use diversity).
+DEMO_DIVERSITIES = ("ref", "di")
+DEMO_LABEL_MAPS = ("flm", "ilm")
+
+
 @dataclass
 class DemoSettings:
     """The demo's budget and geometry; the defaults finish in about 9 minutes on two CPU cores.
@@ -104,13 +109,19 @@ class DemoSettings:
 
     def __post_init__(self) -> None:
         for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size), ("--threads", self.threads),
-                            ("--jobs", self.jobs)):  # fmt: skip
-            if value is not None and value < 1:
-                raise ValueError(f"{flag} {value} must be at least 1")
+                            ("--jobs", self.jobs), ("--input-size", self.input_size),
+                            ("--inner-size", self.inner_size)):  # fmt: skip
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{flag} {value!r} must be a whole number, at least 1")
         for flag, lr in (("--normgrad-lr", self.normgrad_lr), ("--sgd-lr", self.sgd_lr), ("--vp-lr", self.vp_lr),
                          ("--adamw-lr", self.adamw_lr)):  # fmt: skip
-            if lr is not None and not (math.isfinite(lr) and lr > 0):
-                raise ValueError(f"{flag} {lr} must be a positive finite number")
+            number = isinstance(lr, (int, float)) and not isinstance(lr, bool)
+            if lr is not None and not (number and math.isfinite(lr) and lr > 0):
+                raise ValueError(f"{flag} {lr!r} must be a positive finite number")
+        for flag, value, known in (("--diversity", self.diversity, DEMO_DIVERSITIES),
+                                   ("--label-map", self.label_map, DEMO_LABEL_MAPS)):  # fmt: skip
+            if value not in known:
+                raise ValueError(f"{flag} {value!r} must be one of {', '.join(known)}")
         border = self.input_size - self.inner_size
         if self.inner_size < 1 or border < 2 or border % 2:
             raise ValueError(
