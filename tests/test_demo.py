@@ -135,17 +135,21 @@ def test_impossible_demo_settings_fail_in_one_line(tmp_path, capsys, flags, need
 
 def test_a_demo_arm_that_cannot_get_its_files_points_to_the_demos_own_flag(tmp_path, monkeypatch, capsys):
     from vprompt import suite
+    from vprompt.config import in_file_terms
     from vprompt.suite import RunRecord, SuiteReport
 
+    # an arm's error as the suite gives it: in its file's terms (pretrained PATH), where the demo's hint was left out
     error = "FileNotFoundError: could not get the weights of ... if you are offline, pass --pretrained PATH ..."
-    failed = RunRecord("identity", None, "mnist", 42, "failed", error=error)
+    failed = RunRecord("identity", None, "mnist", 42, "failed", error=in_file_terms(error))
+    assert "pass pretrained PATH" in failed.error
     monkeypatch.setattr(suite, "run_suite", lambda *a, **k: SuiteReport([failed], "", []))
     assert cli.main(["demo", "--output", str(tmp_path / "demo")]) == 2
     assert "both come from its own --data-dir DIR (the ResNets in DIR/cifar10_resnets" in capsys.readouterr().err
-    failed.error = "ValueError: w.th is the ResNet-32 checkpoint ...: give the ResNet-20 weights as --pretrained, or "
-    failed.error += "train with --model cifar:resnet32"  # the demo's flags for both: --data-dir and --depth
+    error = "ValueError: w.th is the ResNet-32 checkpoint ...: give the ResNet-20 weights as --pretrained, or "
+    failed.error = in_file_terms(error + "train with --model cifar:resnet32")  # the demo's: --data-dir and --depth
     assert cli.main(["demo", "--output", str(tmp_path / "demo")]) == 2
-    assert "in place of the flags named above (and --depth N for --model cifar:resnetN)" in capsys.readouterr().err
+    told = "in place of the weights and data settings named above (and --depth N for --model cifar:resnetN)"
+    assert told in capsys.readouterr().err
 
     mnist_only = tmp_path / "idx"  # the IDX folder itself, as a user might pass it: MNIST found, the ResNets not
     mnist_only.mkdir()

@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,13 +243,14 @@ def train_size(mnist_dir: str | None) -> int:
 
 
 def _with_data_hint(message: str) -> str:
-    """``message`` of a failure to find or fetch files, told how the demo's own flag provides them."""
-    if "--pretrained" not in message and "--data-dir" not in message:
+    """``message`` of a failure to find or fetch files, told how the demo's own flag provides them. An arm's message
+    names the settings as a suite's file does (``pretrained PATH``, ``data_dir``), the demo's data as flags."""
+    if not re.search(r"(?<![\w-])(--)?(pretrained|data[-_]dir)\b", message):
         return message
-    depth = " (and --depth N for --model cifar:resnetN)" if "--model" in message else ""
+    depth = " (and --depth N for --model cifar:resnetN)" if re.search(r"(?<![\w-])(--)?model\b", message) else ""
     return (
         f"{message}; for the demo, both come from its own --data-dir DIR (the ResNets in DIR/cifar10_resnets, MNIST "
-        f"in DIR/mnist), in place of the flags named above{depth}"
+        f"in DIR/mnist), in place of the weights and data settings named above{depth}"
     )
 
 
