@@ -247,7 +247,7 @@ def _with_data_hint(message: str) -> str:
     names the settings as a suite's file does (``pretrained PATH``, ``data_dir``), the demo's data as flags."""
     if not re.search(r"(?<![\w-])(--)?(pretrained|data[-_]dir)\b", message):
         return message
-    depth = " (and --depth N for --model cifar:resnetN)" if re.search(r"(?<![\w-])(--)?model\b", message) else ""
+    depth = " (and --depth N for --model cifar:resnetN)" if re.search(r"(?<![\w-])(--)?model cifar:", message) else ""
     return (
         f"{message}; for the demo, both come from its own --data-dir DIR (the ResNets in DIR/cifar10_resnets, MNIST "
         f"in DIR/mnist), in place of the weights and data settings named above{depth}"
