@@ -150,6 +150,10 @@ def test_a_demo_arm_that_cannot_get_its_files_points_to_the_demos_own_flag(tmp_p
     assert cli.main(["demo", "--output", str(tmp_path / "demo")]) == 2
     told = "in place of the weights and data settings named above (and --depth N for --model cifar:resnetN)"
     assert told in capsys.readouterr().err
+    failed.error = in_file_terms("OSError: the model's weights could not be read; pass --pretrained PATH")
+    assert cli.main(["demo", "--output", str(tmp_path / "demo")]) == 2
+    err = capsys.readouterr().err  # (no CIFAR model named: the word alone asks no --depth)
+    assert "in place of the weights and data settings named above" in err and "--depth" not in err
 
     mnist_only = tmp_path / "idx"  # the IDX folder itself, as a user might pass it: MNIST found, the ResNets not
     mnist_only.mkdir()
