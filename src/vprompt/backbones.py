@@ -296,8 +296,6 @@ def _create_open_clip(
         return _open_clip_with_its_weights(name, pretrained, cache_dir)
     check_model(name)
     tags = open_clip.list_pretrained_tags_by_model(name)
-    from .classifiers import _is_none
-
     file = local_weights(name, pretrained)
     if _is_none(pretrained):
         _log.warning(
@@ -347,8 +345,6 @@ def _open_clip_with_its_weights(name: str, pretrained: str | None, cache_dir: st
     std) and weights come from that repository or folder, as open_clip saves them (``open_clip_config.json`` and a
     weights file)."""
     import open_clip
-
-    from .classifiers import _is_none
 
     if not _is_none(pretrained):
         raise ValueError(
@@ -462,12 +458,23 @@ def brings_own_weights(name: str) -> bool:
     return source == "openclip" and model_name.startswith(OPEN_CLIP_SCHEMAS)
 
 
+#: ``--pretrained`` values that ask for a source's default weights, and for random ones (every source reads them).
+_DEFAULT_TAGS = ("default", "true", "pretrained")
+_NONE_TAGS = ("", "none", "false", "random")
+
+
+def _is_none(pretrained: str | Path | None) -> bool:
+    return pretrained is None or (isinstance(pretrained, str) and pretrained.strip().lower() in _NONE_TAGS)
+
+
+def _is_default(pretrained: str | Path | None) -> bool:
+    return isinstance(pretrained, str) and pretrained.strip().lower() in _DEFAULT_TAGS
+
+
 def local_weights(name: str, pretrained: str | None) -> Path | None:
     """The weights file or folder on this machine that ``--model name --pretrained pretrained`` reads, as the model's
     source decides it; None for random weights or weights named by a tag (a download or cache: ``default``,
     ``cifar10``, an open_clip tag), even where a file or folder of that name is in the working directory."""
-    from .classifiers import _is_default, _is_none
-
     if _is_none(pretrained) or _is_default(pretrained):
         return None
     try:

@@ -39,6 +39,8 @@ from .backbones import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     FrozenBackbone,
+    _is_default,
+    _is_none,
     check_model,
     listed_names,
     local_weights,
@@ -63,8 +65,6 @@ TIMM_EXAMPLES = (
     "convnext_tiny.fb_in1k",
 )
 
-_DEFAULT_TAGS = ("default", "true", "pretrained")
-_NONE_TAGS = ("", "none", "false", "random")
 _STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict")
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
@@ -139,14 +139,6 @@ def _in_fp32(layer: nn.Module, args: tuple[Any, ...], out: Any) -> Tensor | None
         return None
     with torch.autocast(out.device.type, enabled=False):  # (forward: not its hooks, which saw the call already)
         return layer.forward(*(a.float() if isinstance(a, Tensor) and a.is_floating_point() else a for a in args))
-
-
-def _is_none(pretrained: str | Path | None) -> bool:
-    return pretrained is None or (isinstance(pretrained, str) and pretrained.strip().lower() in _NONE_TAGS)
-
-
-def _is_default(pretrained: str | Path | None) -> bool:
-    return isinstance(pretrained, str) and pretrained.strip().lower() in _DEFAULT_TAGS
 
 
 def _warn_random(name: str) -> None:

@@ -707,8 +707,7 @@ def resolve_leaving_unused(
 def _kept_pretrained(value: Any, model: Any) -> Any:
     """``pretrained`` as a run keeps it: a word for random weights (none, false or random, YAML's false included) is
     None, or ``"none"`` for a model that brings its own weights (it is then the only way to ask for random ones)."""
-    from .backbones import brings_own_weights
-    from .classifiers import _is_none
+    from .backbones import _is_none, brings_own_weights
 
     if not str(value).strip() or not _is_none(str(value)):
         return value

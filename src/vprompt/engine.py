@@ -512,14 +512,14 @@ def run_folder(run_dir: Path, env: DistEnv) -> Iterator[None]:
                 setup_logging(None, env)
                 shutil.rmtree(run_dir, ignore_errors=True)
             else:  # the console says it already; the run's log.txt tells whoever reads it later
-                from .download import first_line
+                from .download import error_line
 
                 interrupted = isinstance(e, KeyboardInterrupt)  # (SIGTERM is one too: sigterm_interrupts)
                 _note_in_run_log(
                     run_dir,
                     "stopped: interrupted; what was written is kept (--resume latest continues)"
                     if interrupted
-                    else f"stopped by an error: {type(e).__name__}: {first_line(e)}",
+                    else f"stopped by an error: {error_line(e)}",
                 )
             raise
 

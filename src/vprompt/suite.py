@@ -772,12 +772,12 @@ def build_table(records: Sequence[RunRecord], suite: SuiteConfig) -> tuple[str, 
         uniform = len(set(mine_fractions)) == 1
         row: dict[str, Any] = {"method": m.label, "shots": shots}
         texts, means, complete = [], [], True
-        for ds in suite.datasets:
+        for ds, share_of_train in zip(suite.datasets, mine_fractions):
             mine = [r for r in records if r.method == m.label and r.shots == shots and r.dataset == ds]
             accs = [r.test_acc1 for r in mine if r.status == "done" and r.test_acc1 is not None]
             mean, std = _mean_std(accs) if accs else (None, None)
             row.update({ds: mean, f"{ds} std": std, f"{ds} n": len(accs)})
-            row[f"{ds} train_fraction"] = mine_fractions[suite.datasets.index(ds)] if shots is None else None
+            row[f"{ds} train_fraction"] = share_of_train if shots is None else None
             if accs:
                 text = f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
                 if len(accs) < len(mine):
