@@ -314,21 +314,57 @@ def test_unknown_names_fail_with_close_matches(name, pretrained, needle):
     assert needle in str(info.value)
 
 
-def test_default_names_the_weights_even_beside_a_folder_called_default(tmp_path, monkeypatch):
+@pytest.fixture
+def torch_cache(tmp_path, monkeypatch):
+    """torch's hub cache in a temporary folder: its ``checkpoints`` folder, where torchvision's weights go."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    return tmp_path / "hub" / "checkpoints"
+
+
+def test_default_names_the_weights_even_beside_a_folder_called_default(tmp_path, monkeypatch, torch_cache):
     import torchvision.models as tvm
 
     asked = []
 
-    def get_model(name, weights=None, **kwargs):  # records what would be downloaded, and stops there
-        asked.append(weights)
+    def download(url, dst, hash_prefix=None, *args, **kwargs):  # records what would be downloaded, and stops there
+        asked.append((url, Path(dst).parent, hash_prefix))
         raise KeyboardInterrupt
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "default").mkdir()
-    monkeypatch.setattr(tvm, "get_model", get_model)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
     with pytest.raises(KeyboardInterrupt):
         create_backbone("tv:resnet18", pretrained="default")
-    assert asked == [tvm.ResNet18_Weights.DEFAULT]  # torchvision's weights, not the folder
+    # torchvision's weights, not the folder, into torch's cache, checked against the digest prefix in their name
+    assert asked == [(tvm.ResNet18_Weights.DEFAULT.url, torch_cache, "f37072fd")]
+
+
+def test_torchvision_weights_are_read_from_the_cache_without_running_pickled_code(tmp_path, monkeypatch, torch_cache):
+    import torchvision.models as tvm
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("the cached file is there"))
+    cached = torch_cache / Path(tvm.ResNet18_Weights.DEFAULT.url).name
+    cached.parent.mkdir(parents=True)
+    published = tvm.resnet18().state_dict()
+    torch.save(published, cached)
+    backbone = create_backbone("tv:resnet18", pretrained="IMAGENET1K_V1")
+    assert all(torch.equal(v, published[k]) for k, v in backbone.model.state_dict().items())
+    assert backbone.input_size == 224 and backbone.source_classnames[0] == "tench"  # the weights' metadata
+    # a file that would run code when unpickled (torchvision's own loader reads it so) is refused, naming it
+    torch.save({"fc.weight": _RunsCode(str(tmp_path / "ran"))}, cached)
+    with pytest.raises(ValueError, match=f"{cached}: not a PyTorch checkpoint .*delete it to download it again"):
+        create_backbone("tv:resnet18", pretrained="default")
+    assert not (tmp_path / "ran").exists()
+
+
+class _RunsCode:
+    """An object whose unpickling writes a file: what ``weights_only=True`` must refuse."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
 
 
 def test_missing_local_weights_name_the_path(tmp_path):
@@ -374,7 +410,7 @@ def test_resnet20_through_backbone_and_imagefolder_and_flm_recovers_the_identity
     assert head.mapping.tolist() == list(range(10))
 
 
-def test_offline_weight_downloads_are_one_line(monkeypatch):
+def test_offline_weight_downloads_are_one_line(monkeypatch, torch_cache):
     import open_clip
     import torchvision.models as tvm
 
@@ -384,17 +420,17 @@ def test_offline_weight_downloads_are_one_line(monkeypatch):
     def open_clip_offline(*args, **kwargs):  # what open_clip raises after its own retries
         raise RuntimeError("Failed to download weights for tag 'openai': Failed to download file")
 
-    monkeypatch.setattr(tvm, "get_model", no_network)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     monkeypatch.setattr(open_clip, "create_model", open_clip_offline)
     for model, tag in (("tv:resnet18", "default"), ("ViT-B-32", "openai")):
         with pytest.raises(
             FileNotFoundError, match=f"weights of --model {model} --pretrained {tag} .*--pretrained PATH"
         ):
             create_backbone(model, pretrained=tag)
-    # a corrupt cached file or too little memory is not a download failure: its own message passes through
-    corrupt = RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory")
-    monkeypatch.setattr(tvm, "get_model", lambda *a, **k: (_ for _ in ()).throw(corrupt))
-    with pytest.raises(RuntimeError, match="PytorchStreamReader"):
+    # a corrupt cached file is not a download failure: it is named, with the fix
+    torch_cache.mkdir(parents=True, exist_ok=True)
+    (torch_cache / Path(tvm.ResNet18_Weights.DEFAULT.url).name).write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(ValueError, match="resnet18-f37072fd.pth: not a PyTorch .*delete it to download it again"):
         create_backbone("tv:resnet18", pretrained="default")
 
 

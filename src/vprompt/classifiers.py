@@ -12,7 +12,8 @@ Sources, each registered with :func:`vprompt.backbones.register_backbone_source`
   model's own ``pretrained_cfg`` (ImageNet statistics for ImageNet-trained CNNs; ``(0.5, 0.5, 0.5)`` for the
   augreg ViTs, which were trained that way).
 * ``tv:<name>`` (``tv:resnet50``): ``--pretrained default`` or a weights enum name (``IMAGENET1K_V2``), a local
-  state-dict file, or ``none``. Mean/std and crop size from the weights' transforms (ImageNet's without weights).
+  state-dict file, or ``none``. Published weights are fetched into torch's hub cache and read like a local file,
+  with ``weights_only=True``. Mean/std and crop size from the weights' transforms (ImageNet's without weights).
 * ``cifar:resnet20|32|44|56``: the CIFAR-10 ResNets of :mod:`vprompt.cifar_resnet`. ``--pretrained PATH`` (the
   checkpoint file or a folder holding it) or ``cifar10`` (cache, downloading from the public URL); the sha256 is
   verified before ``torch.load(weights_only=True)`` (a file of a name of its own is the user's own weights).
@@ -27,6 +28,8 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+import urllib.parse
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -371,6 +374,19 @@ def _tv_size(name: str, pretrained: Any = None) -> tuple[int, bool] | None:
     return int(weights.transforms().crop_size[0]), _tv_fixed(name)
 
 
+def _tv_published_file(url: str, what: str) -> Path:
+    """torchvision's published weights at ``url``, in torch's hub cache (where torchvision keeps them), downloaded
+    when missing with the sha256 prefix in the file's name checked, as torchvision does. The caller reads the file
+    with ``weights_only=True``: torchvision's own loader unpickles it without that guard."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlparse(url).path).name
+    if not cached.is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        prefix = re.search(r"-([a-f0-9]+)\.", cached.name)
+        with fetching_weights(what):  # (a temporary file beside it, moved into place once the digest matches)
+            torch.hub.download_url_to_file(url, str(cached), prefix.group(1) if prefix else None)
+    return cached
+
+
 def _create_tv(name: str, pretrained: str | Path | None = None, **_: Any) -> ClassifierBackbone:
     import torchvision.models as tvm
 
@@ -390,7 +406,13 @@ def _create_tv(name: str, pretrained: str | Path | None = None, **_: Any) -> Cla
             raise ValueError(
                 f"--pretrained {pretrained!r} is neither a file nor a weights name of tv:{name} (weights: {tags}, none)"
             ) from None
-    state = load_state_dict_file(local) if local is not None else None
+        local = _tv_published_file(weights.url, f"--model tv:{name} --pretrained {pretrained}")
+    try:
+        state = load_state_dict_file(local) if local is not None else None
+    except ValueError as e:
+        if weights is None:
+            raise
+        raise ValueError(f"{e}; it is torchvision's {weights} in torch's cache: delete it to download it again") from e
     options = {}
     if state is not None and name in ("googlenet", "inception_v3"):
         options["init_weights"] = False  # weights about to be loaded make the slow truncated-normal init a waste
@@ -401,8 +423,7 @@ def _create_tv(name: str, pretrained: str | Path | None = None, **_: Any) -> Cla
         # A ViT is built for one size, which its weights tell: 384 px for vit_b_16's IMAGENET1K_SWAG_E2E_V1.
         patch = int(name.rsplit("_", 1)[1])
         options["image_size"] = math.isqrt(state["encoder.pos_embedding"].shape[1] - 1) * patch
-    with fetching_weights(f"--model tv:{name} --pretrained {pretrained}") if weights is not None else nullcontext():
-        model = tvm.get_model(name, weights=weights, **options)
+    model = tvm.get_model(name, **options)
     if local is not None and state is not None:
         layer, built = _classifier_layer(model)
         classes = _classes_in(state, layer)
