@@ -957,6 +957,11 @@ def test_a_config_derived_with_another_method_takes_that_methods_recipe(tmp_path
     for cfg in (evp, vp):
         saved.write_text(yaml.safe_dump({"config": cfg.to_dict(), "argv": ["vprompt", "train"]}))
         assert run_cfg() == cfg  # the run again (a classifier's: the recipe's CLIP templates are no setting given)
+    # How and where the run was started is no setting of what it trains: the file of a run that continued another
+    # starts a run of its own (it continued that other run, silently), with this machine's device and threads.
+    started = {**evp.to_dict(), "resume": "runs/a/last.pt", "threads": 1, "device": "cuda:1"}
+    saved.write_text(yaml.safe_dump({"config": started, "argv": ["vprompt", "train"]}))
+    assert run_cfg() == evp and run_cfg("--resume", "latest").resume == "latest"
     for old_run in (False, True):  # a run saved before runs recorded what was filled: its recipe's values are
         saved_cfg = {k: v for k, v in evp.to_dict().items() if not (old_run and k == "recipe_filled")}
         saved.write_text(yaml.safe_dump({"config": saved_cfg, "argv": ["vprompt", "train"]}))

@@ -447,11 +447,18 @@ def _sizes_filled(settings: Mapping[str, Any], model_input_size: int) -> dict[st
     return {}
 
 
+#: Settings of how and where a run was started, not of what it trains: a run's saved config read as a config file,
+#: or a run evaluated, takes them from the command line (a run started with ``--resume`` is not continued again).
+INVOCATION_KEYS = ("resume", "threads", "device")
+
+
 def run_file_settings(settings: Mapping[str, Any], model_input_size: Any = None) -> dict[str, Any]:
     """The settings of a run's saved config.yaml as a config file for another run: with what was filled in
     recorded (:func:`with_filled_recorded`), and without those the run did not use (a suite's shared
-    ``weight_decay`` under the normalized gradient), which it would not have recorded as it runs now."""
-    return without_unused(with_filled_recorded(settings, model_input_size))
+    ``weight_decay`` under the normalized gradient), which it would not have recorded as it runs now, or
+    :data:`INVOCATION_KEYS`."""
+    kept = without_unused(with_filled_recorded(settings, model_input_size))
+    return {k: v for k, v in kept.items() if k not in INVOCATION_KEYS}
 
 
 def list_methods() -> dict[str, str]:

@@ -40,7 +40,14 @@ from .checkpoint import (
     save_prompt,
     save_state,
 )
-from .config import HEADS_WITHOUT_DATA, RunConfig, check_precision, resolve_config, with_filled_recorded
+from .config import (
+    HEADS_WITHOUT_DATA,
+    INVOCATION_KEYS,
+    RunConfig,
+    check_precision,
+    resolve_config,
+    with_filled_recorded,
+)
 from .data import DataSplits, check_dataset, get_dataset_spec, make_loader, prepare_data
 from .data.loader import PAD_LABEL
 from .data.registry import data_root
@@ -832,7 +839,7 @@ def evaluate_checkpoint(
     }  # fmt: skip
     flags = {k: v for k, v in flags.items() if v is not None}
     # this machine's device and threads, not the training machine's; downloads only when asked for here
-    values = {**with_filled_recorded(config), "resume": None, "threads": None, "device": None, "download": download}
+    values = {**with_filled_recorded(config), **dict.fromkeys(INVOCATION_KEYS), "download": download}
     values |= flags
     for key in ("pretrained", "data_dir"):
         saved = values.get(key)
