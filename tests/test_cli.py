@@ -708,6 +708,16 @@ def test_a_method_or_optimizer_over_a_file_made_for_another_is_refused(tmp_path,
     evp = load_yaml(configs / "evp_clip_vitb32.yaml")
     check_recipe_kept({"optimizer": "adamw", "lr": 0.3}, evp, "command line", "evp.yaml")
     check_recipe_kept({"method": "vp"}, {"method": "evp", "epochs": 1000, "batch_size": 8}, "command line", "f.yaml")
+    # A method whose recipe brings another optimizer, over a file's own lr for the old one: refused as --optimizer is
+    with pytest.raises(ValueError, match=r"method vp \(optimizer sgd\) over f.yaml, whose lr 10 is a step size for"):
+        check_recipe_kept({"method": "vp"}, {"method": "evp", "lr": 10}, "command line", "f.yaml")
+    check_recipe_kept({"method": "vp", "lr": 40}, {"method": "evp", "lr": 10}, "command line", "f.yaml")
+    check_recipe_kept({"method": "vp"}, {"method": "evp", "optimizer": "adamw", "lr": 0.01}, "cl", "f.yaml")  # stays
+    # (a run's saved config, whose lr and optimizer its recipe filled: the new method's recipe fills them again)
+    saved = {"method": "evp", "optimizer": "normgrad", "lr": 70, "recipe_filled": {"optimizer": "normgrad", "lr": 70}}
+    check_recipe_kept({"method": "vp"}, saved, "command line", "f.yaml")
+    with pytest.raises(ValueError, match="optimizer sgd over f.yaml, whose lr 70"):  # same method: its lr stays
+        check_recipe_kept({"optimizer": "sgd"}, saved, "command line", "f.yaml")
 
 
 def test_dataset_option_values_read_as_yaml_else_as_given():

@@ -388,9 +388,10 @@ def check_recipe_kept(later: Mapping[str, Any], earlier: Mapping[str, Any], late
     recipe spelled out (a VP file under ``--method evp`` would train VP's prompt, named evp), or a learning rate
     that is a step size for the old optimizer."""
     old, new = earlier.get("method"), later.get("method")
-    if old != new and all(isinstance(m, str) and m in METHODS for m in (old, new)):
+    filled = earlier.get("recipe_filled") if isinstance(earlier.get("recipe_filled"), dict) else {}
+    switched = old != new and all(isinstance(m, str) and m in METHODS for m in (old, new))
+    if switched:
         ours, theirs = method_recipe(old, source), method_recipe(new, later_source)
-        filled = earlier.get("recipe_filled") if isinstance(earlier.get("recipe_filled"), dict) else {}
         # the old recipe's own values, as a file states them (a run's saved config lists those it filled: refilled)
         spelled_out = [k for k, v in _recipe_values(earlier, ours).items() if not (k in filled and filled[k] == v)]
         kept = [k for k in spelled_out if k not in later and earlier[k] != theirs.get(k)]
@@ -400,13 +401,22 @@ def check_recipe_kept(later: Mapping[str, Any], earlier: Mapping[str, Any], late
                 f"{later_source}: method {new} over {source}, which spells out method {old}'s recipe ({spelled}); "
                 f"those would stay: give them for {new} too, or use a config file of {new}"
             )
+
+    def refilled(key: str) -> bool:  # the earlier value was its old method's recipe's, which the new one's replaces
+        return switched and key in earlier and key in filled and filled[key] == earlier[key]
+
     recipe_opt = METHODS.get(old, {}).get("optimizer") if isinstance(old, str) else None
     old_opt, new_opt = earlier.get("optimizer", recipe_opt), later.get("optimizer")
-    if old_opt is not None and new_opt not in (None, old_opt) and "lr" in earlier and "lr" not in later:
-        raise ValueError(
-            f"{later_source}: optimizer {new_opt} over {source}, whose lr {earlier['lr']} is a step size for "
-            f"{old_opt}; give --lr for {new_opt} too"
-        )
+    what = f"optimizer {new_opt}"
+    if new_opt is None and switched and ("optimizer" not in earlier or refilled("optimizer")):
+        new_opt = METHODS[new].get("optimizer")  # the new method's recipe's
+        what = f"method {new} (optimizer {new_opt})"
+    if old_opt is not None and new_opt not in (None, old_opt) and "lr" in earlier and not refilled("lr"):
+        if "lr" not in later:
+            raise ValueError(
+                f"{later_source}: {what} over {source}, whose lr {earlier['lr']} is a step size for {old_opt}; "
+                f"give --lr for {new_opt} too"
+            )
 
 
 def _recipe_values(settings: Mapping[str, Any], recipe: Mapping[str, Any]) -> dict[str, Any]:
