@@ -1410,3 +1410,16 @@ def test_output_read_only_in_part_ends_quietly():
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 1 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_a_tilde_in_a_config_files_output_or_resume_is_the_home_folder(tmp_path, monkeypatch):
+    from vprompt.runs import continues_own_run, resume_path
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)  # (no shell expands a file's ~: it was a folder called ~ here)
+    cfg = resolve_config({"output": "~/runs", "name": "a", "model": TINY_MODEL, "dataset": "synthetic"})
+    assert cfg.run_dir == tmp_path / "home" / "runs" / "a"
+    cfg.run_dir.mkdir(parents=True)
+    torch.save({}, cfg.run_dir / "last.pt")
+    assert continues_own_run(cfg.replace(resume="~/runs/a"))
+    assert resume_path(cfg.replace(name="b", resume="~/runs/a")) == cfg.run_dir / "last.pt"

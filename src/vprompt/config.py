@@ -181,7 +181,7 @@ class RunConfig:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.output) / self.run_name
+        return Path(self.output).expanduser() / self.run_name  # (a config file's ~, which no shell expands)
 
 
 class SettingError(ValueError):

@@ -266,7 +266,7 @@ def run_demo(
     from .runs import folder_lock
 
     s = settings or DemoSettings()
-    output = Path(output)
+    output = Path(output).expanduser()
     check_output_folder(output, "--output")
     if s.device is not None:
         resolve_device(s.device)  # told once, not by every arm

@@ -394,7 +394,7 @@ def resume_path(cfg: RunConfig) -> Path | None:
         if not path.exists():  # a run without training state (zeroshot) is redone: see refuse_other_run
             return None
         return path
-    path = Path(cfg.resume)
+    path = Path(cfg.resume).expanduser()
     path = path / LAST_FILE if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(f"--resume {cfg.resume}: no training state at {path}")
@@ -448,7 +448,7 @@ def continues_own_run(cfg: RunConfig) -> bool:
     folder's own state), rather than starting a new one there (no ``--resume``, or another folder's state)."""
     if cfg.resume in (None, "latest"):
         return cfg.resume == "latest"
-    path = Path(cfg.resume)
+    path = Path(cfg.resume).expanduser()
     return (path if path.is_dir() else path.parent).resolve() == cfg.run_dir.resolve()
 
 

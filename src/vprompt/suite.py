@@ -473,8 +473,8 @@ def run_suite(
 
     if jobs < 1:
         raise ValueError(f"--jobs {jobs} must be at least 1")
-    out = Path(output) if output is not None else Path(suite.output)
-    table_dir = Path(suite.table_output) if suite.table_output else out
+    out = Path(output if output is not None else suite.output).expanduser()
+    table_dir = Path(suite.table_output).expanduser() if suite.table_output else out
     if not dry_run:  # before any run: told once, not once per run
         check_output_folder(out, "--output" if output is not None else "base: output:")
         if suite.table_output:
