@@ -501,10 +501,14 @@ def test_a_finished_run_continued_in_a_new_folder_is_that_folders_own(tmp_path, 
     assert (tmp_path / "b" / "results.json").read_text() == results
 
 
-def test_resume_refuses_changed_settings(tmp_path, capsys):
+def test_resume_refuses_changed_settings(tmp_path, capsys, monkeypatch):
     assert cli.main(tiny_run_args(tmp_path, epochs=1)) == 0
+    built = []
+    monkeypatch.setattr(engine, "_build_for_run", lambda *a, **k: built.append(a) or pytest.fail("built"))
     assert cli.main(tiny_run_args(tmp_path, "--lr", "5", "--resume", "latest", epochs=1)) == 2
     assert "other settings (lr=70.0 there, 5.0 here)" in capsys.readouterr().err
+    assert not built  # told before the model and the data are built (which may download them)
+    monkeypatch.undo()
     assert cli.main(tiny_run_args(tmp_path, "--diversity", "di", "--resume", "latest", epochs=1)) == 2
     assert "other settings (diversity='ref' there, 'di' here)" in capsys.readouterr().err
 

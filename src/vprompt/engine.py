@@ -548,9 +548,29 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
     if epochs and cfg.batch_size % env.world_size:  # (evaluation batches need not be: each process reads its share)
         raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the {env.world_size} processes")
 
+    state: dict[str, Any] | None = None
+    if resume_from is not None:
+        own = resume_from.resolve() == (run_dir / LAST_FILE).resolve()  # (however the path was written)
+        state = load_state(resume_from, map_location=device, own=own)
+
+    def refuse_changed() -> None:
+        """Before the build, which takes a while (and may download), and after it: it fills in the sizes left to
+        the model's default, which only then are compared."""
+        if state is None:
+            if cfg.resume == "latest":
+                refuse_other_run(cfg)
+            return
+        diff = changed_settings(state.get("config", {}), cfg)
+        if diff:
+            raise ValueError(
+                f"--resume {resume_from}: the run was started with other settings ({diff}); use the same settings "
+                "or a new --name"
+            )
+
+    refuse_changed()
     model, data, diversity = _build_for_run(cfg, device, env=env)
+    refuse_changed()
     if cfg.resume == "latest" and resume_from is None:
-        refuse_other_run(cfg)  # after the build, which resolves the sizes left to the model's default
         _log.info("--resume latest: no %s yet, starting from scratch", run_dir / LAST_FILE)
     n_train = split_size(data.train)  # (no training split: a run evaluated on a test split only)
     if data.train is not None and n_train < env.world_size:  # a process with no image would have no map outputs
@@ -586,15 +606,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
     best_state: dict[str, Tensor] = {}  # the selected epoch's prompt, also kept in last.pt
     train_seconds, train_images = 0.0, 0
     identity = data_identity(data)  # (once: each epoch's last.pt and selected prompt record it)
-    if resume_from is not None:
-        own = resume_from.resolve() == (run_dir / LAST_FILE).resolve()  # (however the path was written)
-        state = load_state(resume_from, map_location=device, own=own)
-        diff = changed_settings(state.get("config", {}), cfg)
-        if diff:
-            raise ValueError(
-                f"--resume {resume_from}: the run was started with other settings ({diff}); use the same settings "
-                "or a new --name"
-            )
+    if state is not None:
         changes = data_changes(state.get("data"), identity)
         if changes:
             raise ValueError(
