@@ -176,7 +176,20 @@ def load_state(path: str | Path, map_location: str | torch.device = "cpu", own: 
         raise ValueError(f"{path} is not a loadable vprompt training state ({torch_load_failure(e)}); {way_out}") from e
     if not isinstance(state, dict) or state.get("format") != "vprompt-last/1":
         raise ValueError(f"{path} is not a vprompt training state (last.pt); {way_out}")
+    wrong = [
+        f"{key} ({type(state[key]).__name__})" if key in state else f"{key} (missing)"
+        for key, kind in _STATE_ENTRIES.items()
+        if not isinstance(state.get(key), kind) or (kind is int and (isinstance(state[key], bool) or state[key] < 0))
+    ]
+    if wrong:
+        raise ValueError(f"{path} is a damaged vprompt training state (entries {', '.join(wrong)}); {way_out}")
     return state
+
+
+#: The entries of ``last.pt`` a resume reads, and what each must be (the epoch: a count).
+_STATE_ENTRIES: dict[str, type] = {
+    "epoch": int, "best": dict, "model": dict, "optimizers": list, "schedulers": list, "config": dict,
+}  # fmt: skip
 
 
 def find_checkpoint(path: str | Path, name: str = PROMPT_FILE) -> Path:
