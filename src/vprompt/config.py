@@ -633,6 +633,8 @@ def _unused(settings: Mapping[str, Any]) -> dict[str, str]:
             why[key] = f"only diversity di resizes and pads, not {diversity}"
     if not settings.get("epochs"):
         why["eval_every"] = "how often training epochs are validated; a run of --epochs 0 trains none"
+    elif settings.get("val_fraction") == 0:
+        why["eval_every"] = "how often training epochs are validated; --val-fraction 0 holds out no validation split"
     if method == "linprobe":
         probe = (
             "a linear probe fits logistic regression on frozen features, with no prompt, epochs, optimizer or head; "
