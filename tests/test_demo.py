@@ -134,10 +134,19 @@ def test_impossible_demo_settings_fail_in_one_line(tmp_path, capsys, flags, need
 
 
 def test_a_demo_arm_that_cannot_get_its_files_points_to_the_demos_own_flag(tmp_path, monkeypatch, capsys):
-    from vprompt import suite
+    import urllib.error
+    import urllib.request
+
+    from vprompt import demo, suite
     from vprompt.config import in_file_terms
     from vprompt.suite import RunRecord, SuiteReport
 
+    def offline(*args, **kwargs):  # (whether or not this machine is: no test downloads MNIST)
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    read_mnist = demo.train_size
+    monkeypatch.setattr(demo, "train_size", lambda mnist_dir: 9001)  # (MNIST is read before the arms run)
     # an arm's error as the suite gives it: in its file's terms (pretrained PATH), where the demo's hint was left out
     error = "FileNotFoundError: could not get the weights of ... if you are offline, pass --pretrained PATH ..."
     failed = RunRecord("identity", None, "mnist", 42, "failed", error=in_file_terms(error))
@@ -157,6 +166,7 @@ def test_a_demo_arm_that_cannot_get_its_files_points_to_the_demos_own_flag(tmp_p
 
     mnist_only = tmp_path / "idx"  # the IDX folder itself, as a user might pass it: MNIST found, the ResNets not
     mnist_only.mkdir()
+    monkeypatch.setattr(demo, "train_size", read_mnist)
     assert cli.main(["demo", "--output", str(tmp_path / "demo"), "--data-dir", str(mnist_only)]) == 2
     err = capsys.readouterr().err  # MNIST is missing there too: its download fails, and says what the demo takes
     assert "dataset mnist" in err and "both come from its own --data-dir DIR" in err
