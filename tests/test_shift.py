@@ -331,8 +331,14 @@ def test_eval_reports_each_shifted_set_next_to_the_test_accuracy(tmp_path, monke
     assert cli.main([*args, "--shift", "cifar10c/gaussian_noise", "--shift-severity", "1", "5"]) == 0
     text = capsys.readouterr().out
     assert f"synthetic test (in distribution): acc {result['acc1']:.2f} (24 images)" in text
-    assert "sev 1   sev 5" in text and "gaussian_noise" in text and "mean (1 corruptions)" in text
+    assert "sev 1   sev 5" in text and "gaussian_noise" in text and "mean (1 corruption) " in text
     assert "brightness" not in text
+    # one corruption at every severity, the other at one: the mean is over the 6 sets, and its row says so
+    assert cli.main([*args, "--shift", "cifar10c/*/5", "cifar10c/gaussian_noise", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["shift_summary"]["cifar10c"]
+    assert summary["sets"] == 6 and summary["mean"] == pytest.approx((result["acc1"] + sum(noise)) / 6)
+    assert cli.main([*args, "--shift", "cifar10c/*/5", "cifar10c/gaussian_noise"]) == 0
+    assert "mean (2 corruptions, 6 sets)" in capsys.readouterr().out
 
     assert cli.main([*args, "--data-dir", str(tmp_path / "none"), "--shift"]) == 2
     err = capsys.readouterr().err

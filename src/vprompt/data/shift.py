@@ -467,6 +467,15 @@ def summarize_shift(sets: Iterable[ShiftSet], results: dict[str, dict[str, Any]]
     return summary
 
 
+def _mean_label(summary: dict[str, Any]) -> str:
+    """The mean row's label: its corruptions, and its sets where some corruption was evaluated at fewer severities
+    than others (the mean is over the sets: a corruption evaluated at more severities weighs more)."""
+    count = summary["corruptions"]
+    label = f"mean ({count} corruption{'' if count == 1 else 's'}"
+    full = summary["sets"] == count * len(summary["severity"])
+    return f"{label})" if full else f"{label}, {summary['sets']} sets)"
+
+
 def format_shift_report(result: dict[str, Any]) -> str:
     """The text ``vprompt eval --shift`` prints: the in-distribution accuracy, then a corruption x severity table
     per corruption benchmark (with the mean row and column) and a line per other shifted set."""
@@ -485,7 +494,8 @@ def format_shift_report(result: dict[str, Any]) -> str:
             flat.append(name)
     for group, rows in grid.items():
         sevs = sorted({s for row in rows.values() for s in row})
-        width = max(len(c) for c in [*rows, "mean (15 corruptions)"]) + 2
+        label = _mean_label(summary[group]) if "severity" in summary.get(group, {}) else ""
+        width = max(len(c) for c in [*rows, label]) + 2
         lines.append("")
         lines.append(f"{group:{width}s}" + "".join(f"{f'sev {s}':>8s}" for s in sevs) + f"{'mean':>8s}")
         for corruption, row in rows.items():
@@ -494,7 +504,6 @@ def format_shift_report(result: dict[str, Any]) -> str:
             lines.append(f"{corruption:{width}s}{cells}{np.mean(list(row.values())):8.2f}{extra}")
         if group in summary and "severity" in summary[group]:
             s = summary[group]
-            label = f"mean ({s['corruptions']} corruptions)"
             cells = "".join(f"{s['severity'][str(v)]:8.2f}" if str(v) in s["severity"] else f"{'-':>8s}" for v in sevs)
             lines.append(f"{label:{width}s}{cells}{s['mean']:8.2f}")
     if flat:
