@@ -372,7 +372,12 @@ def _build_for_run(
     check_dataset(cfg.dataset, cfg.dataset_options)  # a mistyped name is told before a model is downloaded
     kind = resolve_head(cfg.head, cfg.label_map, model_kind(cfg.model))  # and so is a mistyped or conflicting head
     check_sizes(cfg)  # and sizes that do not fit the model
-    if read == "all" and not cfg.epochs and kind in HEADS_WITHOUT_DATA and not _has_train_split(cfg):
+    if read == "all" and not cfg.epochs and _test_split_only(cfg):
+        if kind not in HEADS_WITHOUT_DATA:  # (the loader would ask for train/, where the head is what to change)
+            raise ValueError(
+                f"dataset {cfg.dataset} in {data_root(cfg.data_dir)} has no training split, and head {kind} is fitted "
+                "on training images: --label-map identity or rlm evaluates a test split alone"
+            )
         _log.info("dataset %s has no training split: the run is evaluated on its test split only", cfg.dataset)
         read = "test"
     torch.manual_seed(torch_seed(cfg.seed))
@@ -386,9 +391,10 @@ def _build_for_run(
     return PromptedModel(prompter, backbone, head), data, diversity
 
 
-def _has_train_split(cfg: RunConfig) -> bool:
-    """Whether ``cfg``'s dataset has a training split (a user's folder may hold only test/)."""
-    return "train" in get_dataset_spec(cfg.dataset).available_splits(data_root(cfg.data_dir), cfg.dataset_options)
+def _test_split_only(cfg: RunConfig) -> bool:
+    """Whether ``cfg``'s dataset has a test split and no training split (a user's folder may hold only test/)."""
+    splits = get_dataset_spec(cfg.dataset).available_splits(data_root(cfg.data_dir), cfg.dataset_options)
+    return "test" in splits and "train" not in splits
 
 
 def data_for_run(cfg: RunConfig, image_size: int, random_crop: bool, read: str = "all") -> DataSplits:
@@ -875,6 +881,11 @@ def evaluate_checkpoint(
         from .data.shift import check_has_shifts
 
         check_has_shifts(cfg.dataset)
+    if split != "test" and _test_split_only(cfg):  # (the loader would ask for train/)
+        raise ValueError(
+            f"--split {split}: dataset {cfg.dataset} in {data_root(cfg.data_dir)} has no training split, which the "
+            f"{split} split comes from; use --split test"
+        )
     model, data, _ = _build_for_run(
         cfg, dev, augment=False, weights_like=config.get("pretrained"), read="test" if split == "test" else "train"
     )
