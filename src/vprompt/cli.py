@@ -349,8 +349,10 @@ def _print_results(results: dict[str, Any]) -> None:
     line = f"{results['method']} on {results['dataset']}: test acc {results['test']['acc1']:.2f}"
     if val and results.get("l2") is not None:  # a linear probe selects its L2 strength, not an epoch
         line += f" | val acc {val['acc1']:.2f} (L2 {results['l2']:.1e} selected on val)"
-    elif val:
+    elif val and results.get("selection") == "val":
         line += f" | val acc {val['acc1']:.2f} (epoch {results['best_epoch']} selected on val)"
+    elif val:  # (a run of no epochs: nothing selected)
+        line += f" | val acc {val['acc1']:.2f}"
     if results.get("epochs"):
         line += f" | last epoch test acc {results['test_last']['acc1']:.2f}"
     print(line)

@@ -773,9 +773,11 @@ def _finish(
         best_val = evaluate(model, val_loader, device, cfg.precision, env, desc="val (best)") if val_loader else None
     results = {
         **cfg.identity(),
+        "head": resolve_head(cfg.head, cfg.label_map, model_kind(cfg.model)),  # (what the baselines differ by)
         "n_train": split_size(data.train),
         "epochs": epochs,
-        "selection": "val" if data.val is not None else "last",
+        # (a run of no epochs has one prompt: nothing is selected, and validation only reported)
+        "selection": ("val" if data.val is not None else "last") if epochs else "none",
         "best_epoch": best["epoch"],
         "val": best_val,
         "test": best_test,
@@ -786,11 +788,14 @@ def _finish(
     }
     if env.is_main:
         write_results(run_dir, results)
-        _log.info(
-            "done: test acc %.2f at epoch %d (selected on %s%s); last epoch test acc %.2f",
-            best_test["acc1"], best["epoch"], results["selection"],
-            f", val acc {best_val['acc1']:.2f}" if best_val else "", last_test["acc1"],
-        )  # fmt: skip
+        val_acc = f", val acc {best_val['acc1']:.2f}" if best_val else ""
+        if epochs:
+            _log.info(
+                "done: test acc %.2f at epoch %d (selected on %s%s); last epoch test acc %.2f",
+                best_test["acc1"], best["epoch"], results["selection"], val_acc, last_test["acc1"],
+            )  # fmt: skip
+        else:
+            _log.info("done: test acc %.2f%s (no epochs: nothing selected)", best_test["acc1"], val_acc)
     return results
 
 
