@@ -1437,3 +1437,16 @@ def test_a_tilde_in_a_config_files_output_or_resume_is_the_home_folder(tmp_path,
     torch.save({}, cfg.run_dir / "last.pt")
     assert continues_own_run(cfg.replace(resume="~/runs/a"))
     assert resume_path(cfg.replace(name="b", resume="~/runs/a")) == cfg.run_dir / "last.pt"
+
+
+def test_a_head_the_model_or_the_run_cannot_take_is_refused_before_the_model_is_built(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(engine, "build_backbone", lambda *a, **k: pytest.fail("the model was built (or downloaded)"))
+    base = ["zeroshot", "--dataset", "synthetic", "--output", str(tmp_path)]
+    for flags, told in (
+        (["--model", TINY_MODEL, "--label-map", "flm"], f"{TINY_MODEL!r} is a clip model (use --head text)"),
+        (["--model", "cifar:resnet20", "--head", "text"], "--head text needs a CLIP model; 'cifar:resnet20' is a"),
+        (["--model", TINY_MODEL, "--head", "linear"], "--head linear is trained with the prompt, and zeroshot trains"),
+    ):
+        assert cli.main([*base, *flags]) == 2
+        assert told in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

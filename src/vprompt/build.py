@@ -129,6 +129,30 @@ def _prompter(cfg: RunConfig, model_input_size: int, scale: Sequence[float] | No
     )
 
 
+def check_head(cfg: RunConfig, kind: str) -> str:
+    """The head ``cfg`` asks for on a model of ``kind`` (``clip``, ``classifier``, as
+    :func:`~vprompt.backbones.model_kind` tells it before the model is built), refused where the model has no such
+    output or a run of no epochs would leave the head untrained."""
+    head = resolve_head(cfg.head, cfg.label_map, kind)
+    if head in LABEL_MAPS and kind != "classifier":  # (a linear head is trained: no choice for a run of no epochs)
+        heads = "--head text or --head linear" if cfg.epochs else "--head text"
+        raise ValueError(
+            f"--label-map/--head {head} maps a classifier's logits; {cfg.model!r} is a {kind} model (use {heads})"
+        )
+    if head == "text" and kind != "clip":
+        raise ValueError(f"--head text needs a CLIP model; {cfg.model!r} is a {kind}")
+    if head == "linear" and not cfg.epochs:
+        what, fix = ("--epochs 0", "give --epochs, or a label map")
+        if cfg.method == "zeroshot":
+            what, fix = ("zeroshot", "vprompt linprobe trains a linear classifier on frozen features; vprompt train "
+                         "--head linear, one with a prompt")  # fmt: skip
+        raise ValueError(
+            f"--head {head} is trained with the prompt, and {what} trains nothing: it would be reported untrained "
+            f"({fix})"
+        )
+    return head
+
+
 def build_head(
     cfg: RunConfig,
     backbone: FrozenBackbone,
@@ -140,14 +164,8 @@ def build_head(
     ``auto`` is the text head for CLIP models and FLM label mapping for classifiers; ``rlm``/``flm``/``ilm`` are
     label mappings over a classifier's logits; ``linear`` is a trainable linear layer on the backbone output.
     """
-    head = resolve_head(cfg.head, cfg.label_map, backbone.kind)
+    head = check_head(cfg, backbone.kind)
     if head in LABEL_MAPS:
-        if backbone.kind != "classifier":  # (a linear head is trained: no choice for a run that trains nothing)
-            heads = "--head text or --head linear" if cfg.epochs else "--head text"
-            raise ValueError(
-                f"--label-map/--head {head} maps a classifier's logits; {cfg.model!r} is a {backbone.kind} model "
-                f"(use {heads})"
-            )
         if not cfg.epochs and len(classnames) > backbone.num_source_classes:  # (--head linear would be untrained)
             raise ValueError(
                 f"--label-map {head} maps target classes one-to-one onto the model's classes, but the dataset has "
@@ -170,8 +188,6 @@ def build_head(
         return linear.to(backbone.mean.device)
     if head != "text":  # (a RunConfig checks its head; one changed after it was made is not)
         raise ValueError(f"unknown --head {head!r} (choose from {', '.join(HEADS)})")
-    if backbone.kind != "clip":
-        raise ValueError(f"--head text needs a CLIP model; {cfg.model!r} is a {backbone.kind}")
     templates = resolve_templates(cfg.templates or "single", dataset_templates)
     text = build_text_classifier(backbone.encode_text, classnames, templates)
     _log.info("text head: %d classes x %d templates, computed once", len(classnames), len(templates))

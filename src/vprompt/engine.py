@@ -29,7 +29,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .backbones import model_kind
-from .build import PromptedModel, build_backbone, build_head, build_prompter, check_sizes, to_float_rgb
+from .build import PromptedModel, build_backbone, build_head, build_prompter, check_head, check_sizes, to_float_rgb
 from .checkpoint import (
     LAST_FILE,
     PROMPT_FILE,
@@ -370,7 +370,7 @@ def _build_for_run(
 
     Seeded first, so that a randomly initialized backbone or prompt is the same in training and in evaluation."""
     check_dataset(cfg.dataset, cfg.dataset_options)  # a mistyped name is told before a model is downloaded
-    kind = resolve_head(cfg.head, cfg.label_map, model_kind(cfg.model))  # and so is a mistyped or conflicting head
+    kind = check_head(cfg, model_kind(cfg.model))  # and so is a head the model or the run cannot take
     check_sizes(cfg)  # and sizes that do not fit the model
     if read == "all" and not cfg.epochs and _test_split_only(cfg):
         if kind not in HEADS_WITHOUT_DATA:  # (the loader would ask for train/, where the head is what to change)
@@ -585,15 +585,6 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> d
         raise ValueError(
             f"--epochs {epochs}: method {cfg.method} with prompter {cfg.prompter} and head {cfg.head} has nothing to "
             "train; use --epochs 0 to evaluate it as is"
-        )
-    if not epochs and any(p.requires_grad for p in model.head.parameters()):
-        what, fix = ("--epochs 0", "give --epochs, or a label map")
-        if cfg.method == "zeroshot":
-            what, fix = ("zeroshot", "vprompt linprobe trains a linear classifier on frozen features; vprompt train "
-                         "--head linear, one with a prompt")  # fmt: skip
-        raise ValueError(
-            f"--head {cfg.head} is trained with the prompt, and {what} trains nothing: it would be reported untrained "
-            f"({fix})"
         )
     per_proc = cfg.batch_size // env.world_size or 1  # (0 only where nothing is trained: training refuses it above)
     eval_bs = (cfg.eval_batch_size or cfg.batch_size) // env.world_size or 1
