@@ -1450,3 +1450,21 @@ def test_a_head_the_model_or_the_run_cannot_take_is_refused_before_the_model_is_
         assert cli.main([*base, *flags]) == 2
         assert told in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_eval_with_other_weights_than_the_runs_is_told(tmp_path, vprompt_caplog):
+    from vprompt.cifar_resnet import create_cifar_resnet
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        torch.save(create_cifar_resnet(20).state_dict(), tmp_path / name / "w.th")
+    weights = str(tmp_path / "a" / "w.th")
+    args = ["zeroshot", "--model", "cifar:resnet20", "--pretrained", weights, "--dataset", "synthetic",
+            "--label-map", "identity", "--output", str(tmp_path), "--name", "zs"]  # fmt: skip
+    assert cli.main(args) == 0
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "zs"), "--pretrained", weights]) == 0
+    assert "unless this is a copy of those weights" not in vprompt_caplog.text
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "zs"), "--pretrained", str(tmp_path / "b" / "w.th")]) == 0
+    assert (
+        f"the run was trained with {weights!r}, to whose outputs its prompt and head were fitted" in vprompt_caplog.text
+    )

@@ -68,6 +68,7 @@ from .runs import (
     result_keys,
     resume_path,
     rewind_run_files,
+    same_weights,
     split_size,
     write_results,
     write_run_files,
@@ -855,6 +856,11 @@ def evaluate_checkpoint(
     # this machine's device and threads, not the training machine's; downloads only when asked for here
     values = {**with_filled_recorded(config), **dict.fromkeys(INVOCATION_KEYS), "download": download}
     values |= flags
+    if pretrained is not None and not same_weights(config.get("pretrained"), pretrained):
+        _log.warning(
+            "--pretrained %s: the run was trained with %r, to whose outputs its prompt and head were fitted; unless "
+            "this is a copy of those weights, it evaluates them on other weights", pretrained, config.get("pretrained"),
+        )  # fmt: skip
     for key in ("pretrained", "data_dir"):
         saved = values.get(key)
         if (

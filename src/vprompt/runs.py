@@ -138,7 +138,7 @@ def saved_run(run_dir: Path) -> dict[str, Any]:
     return saved
 
 
-def _same_weights(old: Any, new: Any) -> bool:
+def same_weights(old: Any, new: Any) -> bool:
     """Whether two ``pretrained`` (or ``data_dir``) values name the same files: equal, paths to the same file or
     folder, or, where the old path is not there (another machine, another working directory), a path of the same
     name."""
@@ -156,7 +156,7 @@ def changed_settings(old: dict[str, Any], cfg: RunConfig, keys: Sequence[str] = 
     a run does not use is no difference). A key absent from ``old`` counts as unchanged, and so does a size left to
     its default (None) on either side: the saved prompt's shape then decides. Any other None is a value (no
     few-shot draw, random weights) and is compared. Weights files and data folders are compared by where they are
-    (:func:`_same_weights`), ``head`` and ``label_map`` by the head they give (``--label-map flm`` is a
+    (:func:`same_weights`), ``head`` and ``label_map`` by the head they give (``--label-map flm`` is a
     classifier's default head)."""
     old, now = comparable(old), comparable(cfg.to_dict())
 
@@ -169,7 +169,7 @@ def changed_settings(old: dict[str, Any], cfg: RunConfig, keys: Sequence[str] = 
     def differs(k: str) -> bool:
         new = now[k]
         if k in ("pretrained", "data_dir"):
-            return not _same_weights(old[k], new)
+            return not same_weights(old[k], new)
         if k in ("head", "label_map") and old[k] != new:
             before = head_of(old.get("head"), old.get("label_map"), old.get("model") or cfg.model)
             return before is None or before != head_of(cfg.head, cfg.label_map, cfg.model)
