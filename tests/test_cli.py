@@ -608,8 +608,9 @@ def test_zeroshot_evaluates_a_folder_of_test_images_only(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["eval", "--checkpoint", str(tmp_path / "zs"), "--split", "val"]) == 2  # (nor is there a val)
     assert "has no training split, which the val split comes from; use --split test" in capsys.readouterr().err
-    # a label map is fitted on training images: the head is what to change, not the folder
-    assert cli.main([*args, "--name", "flm", "--head", "flm"]) == 2
+    # a label map (a classifier's default head) is fitted on training images: the head is what to change
+    classifier = ["--model", "cifar:resnet20", "--pretrained", "random"]
+    assert cli.main([*args, *classifier, "--name", "flm"]) == 2
     err = capsys.readouterr().err
     assert "has no training split, and head flm is fitted on training images: --label-map identity or rlm" in err
 
