@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import subprocess
 import sys
 import urllib.error
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -163,6 +165,7 @@ def test_googlenet_from_a_local_file_converts_to_the_statistics_its_weights_were
     with torch.no_grad():
         loaded(x), reference(loaded.normalize(x))
     assert torch.allclose(seen[0], seen[1], atol=1e-6)
+    assert loaded.model.aux1 is None and not loaded.model.aux_logits  # as torchvision's builder drops them
 
 
 def test_a_torchvision_weights_file_gets_the_size_of_the_models_own_weights(tmp_path):
@@ -355,6 +358,29 @@ def test_torchvision_weights_are_read_from_the_cache_without_running_pickled_cod
     with pytest.raises(ValueError, match=f"{cached}: not a PyTorch checkpoint .*delete it to download it again"):
         create_backbone("tv:resnet18", pretrained="default")
     assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("name", ["densenet121", "mnasnet0_5"])
+def test_published_weights_that_torchvisions_builder_converts_are_converted_alike(name, monkeypatch, torch_cache):
+    import torchvision.models as tvm
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("the cached file is there"))
+    published = tvm.get_model(name).state_dict()  # (MNASNet's records its modules' versions, which it reads)
+    if name.startswith("densenet"):  # the published files' names of a layer's parts: norm.1.weight for norm1.weight
+        published = OrderedDict(  # (saved before BatchNorm counted its batches, and with no module versions)
+            (re.sub(r"(denselayer\d+\.(?:norm|conv))([12])\.", r"\1.\2.", k), v)
+            for k, v in published.items()
+            if not k.endswith("num_batches_tracked")
+        )
+        assert "features.denseblock1.denselayer1.norm.1.weight" in published
+    url = tvm.get_model_weights(name).DEFAULT.url
+    torch_cache.mkdir(parents=True)
+    torch.save(published, torch_cache / Path(url).name)
+    with torch.no_grad():
+        theirs = tvm.get_model(name, weights="DEFAULT").eval()  # torchvision's builder, on the same cached file
+        ours = create_backbone(f"tv:{name}", pretrained="default")
+        x = torch.rand(2, 3, 64, 64)
+        assert torch.equal(ours.encode(ours.normalize(x)), theirs(ours.normalize(x)))
 
 
 class _RunsCode:

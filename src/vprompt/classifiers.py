@@ -30,6 +30,7 @@ import logging
 import math
 import re
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -197,7 +198,11 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
             break
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
         raise ValueError(f"--pretrained {path}: does not hold a state dict (a mapping of parameter names to tensors)")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    state = OrderedDict((k.removeprefix("module."), v) for k, v in obj.items())
+    metadata = getattr(obj, "_metadata", None)  # (the modules' versions, which some read: torchvision's MNASNet)
+    if isinstance(metadata, dict):
+        state._metadata = OrderedDict((k.removeprefix("module."), v) for k, v in metadata.items())  # type: ignore[attr-defined]
+    return state
 
 
 def _classes_in(state: dict[str, Tensor], layer: str) -> int | None:
@@ -387,6 +392,30 @@ def _tv_published_file(url: str, what: str) -> Path:
     return cached
 
 
+#: A DenseNet layer's old parameter names, as torchvision's published files still have them: ``norm.1.weight``
+#: for ``norm1.weight`` (a module name may no longer hold a dot).
+_OLD_DENSENET_KEY = re.compile(
+    r"^(.*\.denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+def _tv_state(name: str, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A torchvision model's weights as its module takes them, as torchvision's builder reads its published files:
+    a DenseNet's old parameter names renamed; an MNASNet's without the module versions it reads (a safetensors
+    file) taken as saved by this torchvision (version 2)."""
+    if name.startswith("densenet"):
+        renamed = OrderedDict()
+        for key, value in state.items():
+            old = _OLD_DENSENET_KEY.match(key)
+            renamed[old.group(1) + old.group(2) if old else key] = value
+        renamed._metadata = getattr(state, "_metadata", OrderedDict())  # type: ignore[attr-defined]
+        return renamed
+    if name.startswith("mnasnet") and "" not in getattr(state, "_metadata", {}):
+        state = OrderedDict(state)
+        state._metadata = OrderedDict({"": {"version": 2}})  # type: ignore[attr-defined]
+    return state
+
+
 def _create_tv(name: str, pretrained: str | Path | None = None, **_: Any) -> ClassifierBackbone:
     import torchvision.models as tvm
 
@@ -408,7 +437,7 @@ def _create_tv(name: str, pretrained: str | Path | None = None, **_: Any) -> Cla
             ) from None
         local = _tv_published_file(weights.url, f"--model tv:{name} --pretrained {pretrained}")
     try:
-        state = load_state_dict_file(local) if local is not None else None
+        state = _tv_state(name, load_state_dict_file(local)) if local is not None else None
     except ValueError as e:
         if weights is None:
             raise
@@ -438,6 +467,10 @@ def _create_tv(name: str, pretrained: str | Path | None = None, **_: Any) -> Cla
         _load_weights(model, local, f"tv:{name}", state)
         if hasattr(model, "transform_input"):  # GoogLeNet, Inception v3: as torchvision's builder sets with weights,
             model.transform_input = True  # their published weights expect (0.5, 0.5, 0.5) statistics, made from ours
+            model.aux_logits = False  # and their auxiliary heads, loaded with them, are dropped: only training used
+            for aux in ("aux1", "aux2", "AuxLogits"):  # them (half of GoogLeNet's parameters)
+                if hasattr(model, aux):
+                    setattr(model, aux, None)
     path, num_classes = _classifier_layer(model)
     fixed = _tv_fixed(name)
     # A weights file or random weights take their statistics and size from the default weights' transforms
