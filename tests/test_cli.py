@@ -726,6 +726,9 @@ def test_a_method_or_optimizer_over_a_file_made_for_another_is_refused(tmp_path,
     with pytest.raises(ValueError, match=r"method vp \(optimizer sgd\) over f.yaml, whose lr 10 is a step size for"):
         check_recipe_kept({"method": "vp"}, {"method": "evp", "lr": 10}, "command line", "f.yaml")
     check_recipe_kept({"method": "vp", "lr": 40}, {"method": "evp", "lr": 10}, "command line", "f.yaml")
+    with pytest.raises(ValueError, match=r"method vp \(optimizer sgd\) over f.yaml, whose lr 10"):  # (EVP by default)
+        check_recipe_kept({"method": "vp"}, {"lr": 10}, "command line", "f.yaml")
+    check_recipe_kept({"method": "zeroshot"}, {"method": "evp", "lr": 10}, "command line", "f.yaml")  # trains nothing
     check_recipe_kept({"method": "vp"}, {"method": "evp", "optimizer": "adamw", "lr": 0.01}, "cl", "f.yaml")  # stays
     # (a run's saved config, whose lr and optimizer its recipe filled: the new method's recipe fills them again)
     saved = {"method": "evp", "optimizer": "normgrad", "lr": 70, "recipe_filled": {"optimizer": "normgrad", "lr": 70}}

@@ -387,7 +387,7 @@ def check_recipe_kept(later: Mapping[str, Any], earlier: Mapping[str, Any], late
     ``earlier`` one (a config file, named ``source``) whose settings were made for the old ones: the old method's
     recipe spelled out (a VP file under ``--method evp`` would train VP's prompt, named evp), or a learning rate
     that is a step size for the old optimizer."""
-    old, new = earlier.get("method"), later.get("method")
+    old, new = earlier.get("method", RunConfig.method if "method" in later else None), later.get("method")
     filled = earlier.get("recipe_filled") if isinstance(earlier.get("recipe_filled"), dict) else {}
     switched = old != new and all(isinstance(m, str) and m in METHODS for m in (old, new))
     if switched:
@@ -408,7 +408,8 @@ def check_recipe_kept(later: Mapping[str, Any], earlier: Mapping[str, Any], late
     recipe_opt = METHODS.get(old, {}).get("optimizer") if isinstance(old, str) else None
     old_opt, new_opt = earlier.get("optimizer", recipe_opt), later.get("optimizer")
     what = f"optimizer {new_opt}"
-    if new_opt is None and switched and ("optimizer" not in earlier or refilled("optimizer")):
+    trains = not switched or METHODS[new].get("epochs") != 0  # (zeroshot's and linprobe's lr is no step size)
+    if new_opt is None and switched and trains and ("optimizer" not in earlier or refilled("optimizer")):
         new_opt = METHODS[new].get("optimizer")  # the new method's recipe's
         what = f"method {new} (optimizer {new_opt})"
     if old_opt is not None and new_opt not in (None, old_opt) and "lr" in earlier and not refilled("lr"):
