@@ -1467,8 +1467,13 @@ def test_eval_with_other_weights_than_the_runs_is_told(tmp_path, vprompt_caplog)
             "--label-map", "identity", "--output", str(tmp_path), "--name", "zs"]  # fmt: skip
     assert cli.main(args) == 0
     assert cli.main(["eval", "--checkpoint", str(tmp_path / "zs"), "--pretrained", weights]) == 0
-    assert "unless this is a copy of those weights" not in vprompt_caplog.text
+    assert "the same weights under another name" not in vprompt_caplog.text
     assert cli.main(["eval", "--checkpoint", str(tmp_path / "zs"), "--pretrained", str(tmp_path / "b" / "w.th")]) == 0
-    assert (
-        f"the run was trained with {weights!r}, to whose outputs its prompt and head were fitted" in vprompt_caplog.text
-    )
+    told = f"the run was trained with {weights!r}, to whose outputs its prompt and head were fitted"
+    assert told in vprompt_caplog.text
+    vprompt_caplog.clear()  # random weights, however they are named, are the run's own
+    assert cli.main([*args[:4], "none", *args[5:-1], "random"]) == 0
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "random"), "--pretrained", "false"]) == 0
+    assert "the same weights under another name" not in vprompt_caplog.text
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "random"), "--pretrained", weights]) == 0
+    assert "the run was trained with random weights, to whose" in vprompt_caplog.text

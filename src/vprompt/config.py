@@ -566,7 +566,7 @@ def resolve_config(
         raise ValueError(f"{where(k)}: unknown setting {k!r}{hint}")
     explicit = {k: v for k, v in values.items() if v is not None}
     if "pretrained" in explicit:
-        explicit["pretrained"] = _kept_pretrained(explicit["pretrained"], explicit.get("model", RunConfig.model))
+        explicit["pretrained"] = kept_pretrained(explicit["pretrained"], explicit.get("model", RunConfig.model))
         explicit = {k: v for k, v in explicit.items() if v is not None}
     method_recipe(explicit.get("method", RunConfig.method), where("method"))  # checked here to name its source
     if "dataset_options" in explicit:
@@ -724,7 +724,7 @@ def resolve_leaving_unused(
     return (resolve_config(used, check_unused=check_unused, **where) if left else cfg), left
 
 
-def _kept_pretrained(value: Any, model: Any) -> Any:
+def kept_pretrained(value: Any, model: Any) -> Any:
     """``pretrained`` as a run keeps it: a word for random weights (none, false or random, YAML's false included) is
     None, or ``"none"`` for a model that brings its own weights (it is then the only way to ask for random ones)."""
     from .backbones import _is_none, brings_own_weights
@@ -742,7 +742,7 @@ def comparable(settings: Mapping[str, Any]) -> dict[str, Any]:
 
     out = {**settings, **{k: _NOTHING[k] for k in _unused(settings) if k in settings}}
     if out.get("pretrained") is not None:  # (a run saved before the words for random weights were one: random)
-        out["pretrained"] = _kept_pretrained(out["pretrained"], out.get("model", RunConfig.model))
+        out["pretrained"] = kept_pretrained(out["pretrained"], out.get("model", RunConfig.model))
     if out.get("dataset_options"):
         with contextlib.suppress(ValueError):  # an unknown dataset: its options compared as written
             out["dataset_options"] = get_dataset_spec(out["dataset"]).explicit_options(out["dataset_options"])

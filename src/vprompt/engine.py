@@ -45,6 +45,7 @@ from .config import (
     INVOCATION_KEYS,
     RunConfig,
     check_precision,
+    kept_pretrained,
     resolve_config,
     with_filled_recorded,
 )
@@ -856,10 +857,12 @@ def evaluate_checkpoint(
     # this machine's device and threads, not the training machine's; downloads only when asked for here
     values = {**with_filled_recorded(config), **dict.fromkeys(INVOCATION_KEYS), "download": download}
     values |= flags
-    if pretrained is not None and not same_weights(config.get("pretrained"), pretrained):
+    trained_with = kept_pretrained(config.get("pretrained"), config.get("model"))
+    if pretrained is not None and not same_weights(trained_with, kept_pretrained(pretrained, config.get("model"))):
         _log.warning(
-            "--pretrained %s: the run was trained with %r, to whose outputs its prompt and head were fitted; unless "
-            "this is a copy of those weights, it evaluates them on other weights", pretrained, config.get("pretrained"),
+            "--pretrained %s: the run was trained with %s, to whose outputs its prompt and head were fitted; unless "
+            "these are the same weights under another name, it evaluates them on other weights", pretrained,
+            "random weights" if trained_with is None else repr(trained_with),
         )  # fmt: skip
     for key in ("pretrained", "data_dir"):
         saved = values.get(key)
