@@ -228,9 +228,13 @@ def test_linprobe_through_fit_on_a_classifier_uses_penultimate_features(tmp_path
     assert "linprobe" in list_methods()
 
 
-def test_linprobe_resume_ignores_settings_a_probe_does_not_use(tmp_path):
+def test_linprobe_resume_ignores_settings_a_probe_does_not_use(tmp_path, vprompt_caplog):
     assert cli.main(["train", "--method", "linprobe", "-b", "64", *_args(tmp_path)[1:]]) == 0
     assert cli.main([*_args(tmp_path), "-b", "32", "--resume", "latest"]) == 0  # the batch changes no feature
+    # its own saved config given back: nothing in it is told as left out (its method, a default spelled out)
+    vprompt_caplog.clear()
+    assert cli.main(["linprobe", "-c", str(tmp_path / "lp" / "config.yaml"), "--name", "again"]) == 0
+    assert "not using the settings" not in vprompt_caplog.text
 
 
 def test_linprobe_saves_its_input_size_and_resumes_only_at_it(tmp_path, capsys):

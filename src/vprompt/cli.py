@@ -175,10 +175,13 @@ def keep_offered(values: dict[str, Any], offered: frozenset[str], warn: str | No
 
     from .config import RunConfig
 
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    fields = {f.name: f.default for f in dataclasses.fields(RunConfig)}
     unused = sorted(k for k in values if k in fields and k not in offered and k != "recipe_filled")
-    if unused and warn:
-        _log.warning("%s it has no flag for: %s", warn, ", ".join(unused))
+    # (named where they would change something: not the method the command replaces, nor a default spelled out,
+    # which a run's saved config.yaml holds of every setting)
+    told = [k for k in unused if k != "method" and values[k] != fields[k]]
+    if told and warn:
+        _log.warning("%s it has no flag for: %s", warn, ", ".join(told))
     return {k: v for k, v in values.items() if k not in unused}
 
 
