@@ -1234,6 +1234,7 @@ def test_a_setting_the_run_would_not_use_is_refused_where_it_was_given():
         ({"l2_grid": [0.1, 1]}, "--l2-grid 0.1,1: the L2 strengths of method linprobe, not evp"),
         ({"method": "zeroshot", "eval_every": 3}, "--eval-every 3: how often training epochs are validated; a run"),
         ({"method": "linprobe", "eval_every": 2}, "--eval-every 2: how often training epochs are validated; a run"),
+        ({"method": "linprobe", "deterministic": True}, "--deterministic: a linear probe fits logistic regression"),
         ({"val_fraction": 0, "eval_every": 5}, "--eval-every 5: how often training epochs are validated; --val-fra"),
     ):
         with pytest.raises(ValueError, match=re.escape(f"command line: {told}")):

@@ -605,6 +605,7 @@ _NOTHING: dict[str, Any] = {
     "schedule": None,
     "diversity": "none",
     "eval_every": 1,
+    "deterministic": False,
     # what a run that reads no training images leaves unset
     "shots": None,
     "train_fraction": None,
@@ -612,7 +613,7 @@ _NOTHING: dict[str, Any] = {
 
 _PROBE_IGNORES = ("prompter", "prompt_size", "inner_size", "epochs", "head", "label_map", "lr", "optimizer",
                   "schedule", "warmup_steps", "momentum", "weight_decay", "diversity", "head_lr", "ilm_interval",
-                  "templates")  # fmt: skip
+                  "templates", "deterministic")  # fmt: skip
 
 
 def _unused(settings: Mapping[str, Any]) -> dict[str, str]:
@@ -692,7 +693,7 @@ def _refuse_unused(cfg: RunConfig, given: Collection[str]) -> None:
         if key in given and value is not None and value != _NOTHING[key] and key not in cfg.recipe_filled:
             shown = ",".join(f"{v:g}" for v in value) if isinstance(value, list) else value
             shown = f"{shown:g}" if isinstance(shown, float) else shown
-            raise SettingError(key, f"{key} {shown}: {why}")
+            raise SettingError(key, f"{key if value is True else f'{key} {shown}'}: {why}")  # (a switch: its flag)
 
 
 def without_unused(values: Mapping[str, Any], settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
