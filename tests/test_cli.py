@@ -1478,3 +1478,14 @@ def test_eval_with_other_weights_than_the_runs_is_told(tmp_path, vprompt_caplog)
     assert "the same weights under another name" not in vprompt_caplog.text
     assert cli.main(["eval", "--checkpoint", str(tmp_path / "random"), "--pretrained", weights]) == 0
     assert "the run was trained with random weights, to whose" in vprompt_caplog.text
+
+
+def test_a_setting_from_a_file_refused_as_the_run_starts_names_the_file(tmp_path, capsys):
+    file = tmp_path / "f.yaml"
+    file.write_text("model: cifar:resnet20\npretrained: random\ndataset: synthetic\ninner_size: 24\nprompt_size: 4\n")
+    args = ["train", "-c", str(file), "--input-size", "48", "--output", str(tmp_path)]
+    assert cli.main(args) == 2
+    told = f"{file}: inner_size 24 and prompt_size 4 disagree at input_size 48: EVP needs inner = input - 2 * prompt"
+    assert told in capsys.readouterr().err
+    assert cli.main([*args, "--inner-size", "24", "--prompt-size", "4"]) == 2  # typed: named by its flags
+    assert "error: --inner-size 24 and --prompt-size 4 disagree" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -362,7 +363,7 @@ def _print_results(results: dict[str, Any]) -> None:
 
 
 def _cmd_train(args: argparse.Namespace, method: str | None = None) -> int:
-    from .config import load_yaml, resolve_config, resolve_leaving_unused, unused_settings
+    from .config import in_file_terms, load_yaml, resolve_config, resolve_leaving_unused, unused_settings
     from .data import DatasetOptionError, get_dataset_spec
     from .engine import fit
 
@@ -397,6 +398,13 @@ def _cmd_train(args: argparse.Namespace, method: str | None = None) -> int:
         if f"dataset_options.{e.key}" not in sources:
             raise
         raise ValueError(f"{sources[f'dataset_options.{e.key}']}: {e}") from e
+    except (ValueError, FileNotFoundError) as e:  # a setting checked as the run starts, named by its flag
+        flag = re.match(r"--([a-z][a-z0-9-]*)\b", str(e))
+        where = sources.get(flag.group(1).replace("-", "_"), "command line") if flag else "command line"
+        if where == "command line" or where.startswith("vprompt "):
+            raise
+        told = f"{where}: {in_file_terms(str(e))}"  # (came from a config file: named with it, in its terms)
+        raise (FileNotFoundError(told) if isinstance(e, FileNotFoundError) else ValueError(told)) from e
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0:  # under torchrun, once
         _print_results(results)
         print(f"run folder: {cfg.run_dir}")
