@@ -408,16 +408,21 @@ def check_recipe_kept(later: Mapping[str, Any], earlier: Mapping[str, Any], late
     recipe_opt = METHODS.get(old, {}).get("optimizer") if isinstance(old, str) else None
     old_opt, new_opt = earlier.get("optimizer", recipe_opt), later.get("optimizer")
     what = f"optimizer {new_opt}"
-    trains = not switched or METHODS[new].get("epochs") != 0  # (zeroshot's and linprobe's lr is no step size)
-    if new_opt is None and switched and trains and ("optimizer" not in earlier or refilled("optimizer")):
+    # (a method that trains nothing, zeroshot or linprobe, takes no step: its recipe's optimizer is not asked of it)
+    if (
+        new_opt is None
+        and switched
+        and METHODS[new].get("epochs") != 0
+        and ("optimizer" not in earlier or refilled("optimizer"))
+    ):
         new_opt = METHODS[new].get("optimizer")  # the new method's recipe's
         what = f"method {new} (optimizer {new_opt})"
-    if old_opt is not None and new_opt not in (None, old_opt) and "lr" in earlier and not refilled("lr"):
-        if "lr" not in later:
-            raise ValueError(
-                f"{later_source}: {what} over {source}, whose lr {earlier['lr']} is a step size for {old_opt}; "
-                f"give --lr for {new_opt} too"
-            )
+    lr_kept = "lr" in earlier and "lr" not in later and not refilled("lr")
+    if old_opt is not None and new_opt not in (None, old_opt) and lr_kept:
+        raise ValueError(
+            f"{later_source}: {what} over {source}, whose lr {earlier['lr']} is a step size for {old_opt}; "
+            f"give --lr for {new_opt} too"
+        )
 
 
 def _recipe_values(settings: Mapping[str, Any], recipe: Mapping[str, Any]) -> dict[str, Any]:
