@@ -125,7 +125,7 @@ def test_prepare_data_with_an_official_validation_split(monkeypatch):
     def builder(split, **kw):
         return synthetic_dataset(n_train=60, n_test=20, split="test" if split == "val" else split)
 
-    spec = DatasetSpec(name="synthetic_val", builder=builder, splits=("train", "val", "test"), in_memory=True)
+    spec = DatasetSpec(name="synthetic_val", builder=builder, splits=("train", "val", "test"))
     monkeypatch.setitem(data_registry._REGISTRY, "synthetic_val", spec)
     data = prepare_data("synthetic_val", None, image_size=32, shots=2)
     assert data.val_source == "official" and len(data.val) == 20

@@ -36,7 +36,6 @@ def synthetic_b(monkeypatch):
     spec = DatasetSpec(
         name="synthetic_b",
         builder=lambda **kw: synthetic_dataset(**{**kw, "num_classes": 4, "seed": 1}),
-        in_memory=True,
         options={"n_train": "", "n_test": ""},
     )
     monkeypatch.setitem(data_registry._REGISTRY, "synthetic_b", spec)

@@ -551,12 +551,10 @@ def source_description(source: str) -> str:
     return _SOURCES[source].description
 
 
-def list_models(source: str | None = None) -> dict[str, list[str]]:
+def list_models() -> dict[str, list[str]]:
     """Known model names per source (``{"openclip": [...], ...}``), with the prefix as users type it."""
     out = {}
     for prefix, src in sorted(_SOURCES.items()):
-        if source is not None and prefix != source:
-            continue
         names = src.lister()
         out[prefix] = names if prefix == "openclip" else [f"{prefix}:{n}" for n in names]
     return out

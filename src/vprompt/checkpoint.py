@@ -192,21 +192,21 @@ _STATE_ENTRIES: dict[str, type] = {
 }  # fmt: skip
 
 
-def find_checkpoint(path: str | Path, name: str = PROMPT_FILE) -> Path:
-    """A checkpoint path from a file or a run folder (where ``name`` is looked up)."""
+def find_checkpoint(path: str | Path) -> Path:
+    """A prompt file from a file or a run folder (where :data:`PROMPT_FILE` is looked up)."""
     path = Path(path)
     if path.is_dir():
-        if (path / name).is_file():
-            return path / name
-        if name == PROMPT_FILE and (path / "config.yaml").is_file():  # a run that has not yet selected a prompt
+        if (path / PROMPT_FILE).is_file():
+            return path / PROMPT_FILE
+        if (path / "config.yaml").is_file():  # a run that has not yet selected a prompt
             raise FileNotFoundError(
-                f"run folder {path} has no {name} yet: a run writes it when it first selects a prompt (at its first "
-                "epoch evaluated on validation, its first epoch where it has none, or the end of a run of no epochs); "
-                "the run is still going, or stopped before: --resume latest continues it"
+                f"run folder {path} has no {PROMPT_FILE} yet: a run writes it when it first selects a prompt (at its "
+                "first epoch evaluated on validation, its first epoch where it has none, or the end of a run of no "
+                "epochs); the run is still going, or stopped before: --resume latest continues it"
             )
-        raise FileNotFoundError(f"run folder {path} has no {name}")
+        raise FileNotFoundError(f"run folder {path} has no {PROMPT_FILE}")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (give a {name} file or its run folder)")
-    if path.name == LAST_FILE and name != LAST_FILE:
-        raise ValueError(f"{path} is a run's training state (for --resume); give its {name} or the run folder")
+        raise FileNotFoundError(f"checkpoint {path} does not exist (give a {PROMPT_FILE} file or its run folder)")
+    if path.name == LAST_FILE:
+        raise ValueError(f"{path} is a run's training state (for --resume); give its {PROMPT_FILE} or the run folder")
     return path

@@ -124,7 +124,7 @@ class DemoSettings:
             if value not in known:
                 raise ValueError(f"{flag} {value!r} must be one of {', '.join(known)}")
         border = self.input_size - self.inner_size
-        if self.inner_size < 1 or border < 2 or border % 2:
+        if border < 2 or border % 2:  # (the sizes are at least 1, above)
             raise ValueError(
                 f"--inner-size {self.inner_size} must be positive and smaller than --input-size {self.input_size} by "
                 "an even number: EVP's prompt is the border around the shrunk digit, as wide on every side"
@@ -132,7 +132,7 @@ class DemoSettings:
 
 
 def default_data_dir() -> Path | None:
-    """``../shared/data`` (from the working directory) when it exists, for offline use; else None (download)."""
+    """``../shared/data`` (from the working directory) when it holds ``mnist/``, for offline use; else None."""
     candidate = Path("..") / "shared" / "data"
     return candidate if (candidate / "mnist").is_dir() else None
 

@@ -24,7 +24,7 @@ from torch import Tensor
 from .config import DIVERSITIES
 from .errors import did_you_mean
 
-__all__ = ["InputDiversity", "create_diversity", "list_diversity", "random_flip", "random_resize_pad"]
+__all__ = ["InputDiversity", "create_diversity", "random_flip", "random_resize_pad"]
 
 
 def _uniform(
@@ -93,9 +93,9 @@ class InputDiversity:
     def __init__(
         self, name: str = "ref", min_scale: float = 0.9, prob: float = 0.5, shard: tuple[int, int] = (0, 1)
     ) -> None:
-        if name not in _VARIANTS:
-            hint = did_you_mean(name, _VARIANTS)
-            raise ValueError(f"unknown --diversity {name!r}{hint} (choose from {', '.join(_VARIANTS)})")
+        if name not in DIVERSITIES:
+            hint = did_you_mean(name, DIVERSITIES)
+            raise ValueError(f"unknown --diversity {name!r}{hint} (choose from {', '.join(DIVERSITIES)})")
         if not 0 < min_scale <= 1:
             raise ValueError(f"--di-min-scale {min_scale} must be in (0, 1]")
         if not 0 <= prob <= 1:
@@ -120,14 +120,6 @@ class InputDiversity:
 
     def __repr__(self) -> str:
         return f"InputDiversity({self.name!r})"
-
-
-_VARIANTS = DIVERSITIES
-
-
-def list_diversity() -> list[str]:
-    """Names accepted by ``--diversity``."""
-    return list(_VARIANTS)
 
 
 def create_diversity(name: str, **kwargs: Any) -> InputDiversity:

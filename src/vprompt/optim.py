@@ -34,7 +34,6 @@ __all__ = [
     "Schedule",
     "create_optimizer",
     "create_scheduler",
-    "list_optimizers",
 ]
 
 
@@ -142,14 +141,6 @@ class MaskedAdamW(_MasksGradients, torch.optim.AdamW):
         self.masks = dict(masks or {})
 
 
-_OPTIMIZERS = OPTIMIZERS
-
-
-def list_optimizers() -> list[str]:
-    """Names accepted by ``--optimizer``."""
-    return list(_OPTIMIZERS)
-
-
 def create_optimizer(
     name: str,
     params: Iterable[Any],
@@ -169,7 +160,7 @@ def create_optimizer(
         return MaskedSGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, masks=masks)
     if name == "adamw":
         return MaskedAdamW(params, lr=lr, weight_decay=weight_decay, masks=masks)
-    raise ValueError(f"unknown --optimizer {name!r} (choose from {', '.join(_OPTIMIZERS)})")
+    raise ValueError(f"unknown --optimizer {name!r} (choose from {', '.join(OPTIMIZERS)})")
 
 
 class Schedule:
@@ -183,11 +174,9 @@ class Schedule:
         warmup_steps: warmup length (``cosine`` only).
     """
 
-    NAMES = SCHEDULES
-
     def __init__(self, name: str, total_steps: int, steps_per_epoch: int, warmup_steps: int = 0) -> None:
-        if name not in self.NAMES:
-            raise ValueError(f"unknown --schedule {name!r} (choose from {', '.join(self.NAMES)})")
+        if name not in SCHEDULES:
+            raise ValueError(f"unknown --schedule {name!r} (choose from {', '.join(SCHEDULES)})")
         self.name = name
         self.total_steps = max(1, total_steps)
         self.steps_per_epoch = max(1, steps_per_epoch)

@@ -344,6 +344,4 @@ def create_prompter(
             "scale=[1.0] for a prompt added in pixel units"
         )
     p = default_pad(input_size) if prompt_size is None else prompt_size
-    if name == "pad":
-        return PadPrompter(input_size, p, scale)
     return _PROMPTERS[name](input_size, p, scale)

@@ -196,21 +196,21 @@ def _once_each(values: list[Any], what: str, where: str) -> list[Any]:
     return values
 
 
-def _as_list(value: Any, where: str) -> list[Any]:
+def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _seeds_list(value: Any, where: str) -> list[int]:
-    seeds = _as_list(value, where)
+    seeds = _as_list(value)
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ValueError(f"{where}: 'seeds' must be a list of integers")
     return _once_each(seeds, "seed", where)
 
 
 def _shots_list(value: Any, where: str) -> list[int | None]:
-    shots = _as_list(value, where) or [None]
+    shots = _as_list(value) or [None]
     for k in shots:
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise ValueError(f"{where}: shots must be positive integers or null, not {k!r}")
@@ -221,12 +221,12 @@ def parse_suite(data: dict[str, Any], source: str = "suite config", default_outp
     """Validate a suite config mapping (see the module doc) into a :class:`SuiteConfig`."""
     _check_keys(list(data), _TOP_KEYS, source)
     base = _settings(data.get("base"), f"{source}: base", base=True)
-    datasets = [str(d) for d in _as_list(data.get("datasets"), source)]
+    datasets = [str(d) for d in _as_list(data.get("datasets"))]
     if not datasets or len(set(datasets)) != len(datasets):
         raise ValueError(f"{source}: 'datasets' must list at least one dataset, each once")
     seeds = _seeds_list(data.get("seeds", [RunConfig.seed]), source)
     methods: list[MethodEntry] = []
-    for i, m in enumerate(_as_list(data.get("methods"), source)):
+    for i, m in enumerate(_as_list(data.get("methods"))):
         where = f"{source}: methods[{i}]"
         if isinstance(m, str):
             methods.append(MethodEntry(m, m))

@@ -119,7 +119,6 @@ _register(
     tv.svhn,
     "SVHN digits, 10 classes, 73,257 / 26,032 train/test, 32x32 in memory (torchvision; downloads) in DIR/svhn",
     n=10,
-    in_memory=True,
 )
 _register(
     "pets",

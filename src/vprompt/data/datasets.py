@@ -54,7 +54,6 @@ register_dataset(
         name="synthetic",
         builder=synthetic_dataset,
         description="colored squares on noise, 10 classes, 32x32, generated (tests and demos; no files)",
-        in_memory=True,
         options={"num_classes": "10", "size": "32", "n_train": "500", "n_test": "200", "seed": "0"},
         reads_files=False,
     )
@@ -107,7 +106,6 @@ for _k in (10, 100):
             builder=lambda k=_k, **kw: cifar_dataset(classes=k, **kw),
             num_classes=_k,
             description=f"CIFAR-{_k}, 50,000 train / 10,000 test, 32x32 (torchvision; downloads)",
-            in_memory=True,
         )
     )
 

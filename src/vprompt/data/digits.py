@@ -170,7 +170,6 @@ register_dataset(
         classnames=DIGIT_CLASSES,
         templates=DIGIT_TEMPLATES,
         description="MNIST digits from IDX files in --data-dir (60,000 or train10k / 10,000 test, 28x28 gray)",
-        in_memory=True,
         options={"crop": ""},
     )
 )
@@ -230,7 +229,6 @@ register_dataset(
         classnames=DIGIT_CLASSES,
         templates=DIGIT_TEMPLATES,
         description="scikit-learn's 8x8 digits, 1,297 train / 500 test (fixed stratified split; needs scikit-learn)",
-        in_memory=True,
         options={"test_size": "500", "test_seed": "0"},
         reads_files=False,
     )

@@ -86,7 +86,6 @@ class DatasetSpec:
         classnames: class names when fixed (otherwise the dataset object carries them).
         templates: the dataset's own CLIP prompt ensemble, if the literature has one.
         description: one line for ``vprompt list datasets``.
-        in_memory: whether the builder returns an in-memory :class:`~vprompt.data.base.ArrayDataset`.
         options: extra keyword options the builder accepts, each with a keyword default in the builder's signature
             (the values: documentation for the CLI).
         find_splits: for datasets whose splits depend on the files (a user's folder), ``(root, options) -> splits``.
@@ -100,7 +99,6 @@ class DatasetSpec:
     classnames: Sequence[str] | None = None
     templates: Sequence[str] | None = None
     description: str = ""
-    in_memory: bool = False
     options: dict[str, str] = field(default_factory=dict)
     find_splits: Callable[[Path, dict[str, Any]], tuple[str, ...]] | None = None
     reads_files: bool = True
