@@ -365,6 +365,7 @@ def _print_results(results: dict[str, Any]) -> None:
 def _cmd_train(args: argparse.Namespace, method: str | None = None) -> int:
     from .config import in_file_terms, load_yaml, resolve_config, resolve_leaving_unused, unused_settings
     from .data import DatasetOptionError, get_dataset_spec
+    from .distributed import launched
     from .engine import fit
 
     values, sources = _run_values(args, method)
@@ -405,7 +406,7 @@ def _cmd_train(args: argparse.Namespace, method: str | None = None) -> int:
             raise
         told = f"{where}: {in_file_terms(str(e))}"  # (came from a config file: named with it, in its terms)
         raise (FileNotFoundError(told) if isinstance(e, FileNotFoundError) else ValueError(told)) from e
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or int(os.environ.get("RANK", "0")) == 0:  # under torchrun, once
+    if launched().is_main:  # under torchrun, once
         _print_results(results)
         print(f"run folder: {cfg.run_dir}")
     return 0
@@ -420,11 +421,11 @@ def _cmd_linprobe(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .distributed import DistEnv
+    from .distributed import DistEnv, launched
     from .engine import evaluate_checkpoint, setup_logging
 
     setup_logging(None, DistEnv())
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would evaluate everything
+    if launched().enabled:  # every process would evaluate everything
         raise CLIError("vprompt eval runs in one process; launch it without torchrun")
     if args.shift is None and args.shift_severity:
         raise CLIError("--shift-severity applies to the shift sets: add --shift (all of them) or --shift NAME ...")

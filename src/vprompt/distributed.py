@@ -41,12 +41,20 @@ class DistEnv:
         return self.world_size > 1
 
 
-def init_distributed(device: str | None = None) -> DistEnv:
-    """Join the process group torchrun describes in the environment; a single process otherwise."""
+def launched() -> DistEnv:
+    """The processes torchrun describes in the environment (a single one without it), joining no process group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistEnv()
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    return DistEnv(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init_distributed(device: str | None = None) -> DistEnv:
+    """Join the process group torchrun describes in the environment; a single process otherwise."""
+    env = launched()
+    if not env.enabled:
+        return env
+    local = env.local_rank
     if not dist.is_initialized():
         use_cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
         if use_cuda:
@@ -58,7 +66,7 @@ def init_distributed(device: str | None = None) -> DistEnv:
                 )
             torch.cuda.set_device(local)
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return DistEnv(rank, world, local)
+    return env
 
 
 def all_reduce_grads(params: Iterable[torch.Tensor], world_size: int) -> None:

@@ -511,7 +511,7 @@ def fit(cfg: RunConfig) -> dict[str, Any]:
         with run_folder(cfg.run_dir, env):
             device = resolve_device(cfg.device, env)
             setup_logging(cfg.run_dir, env)  # first, so that nothing this run logs lands in another run's log.txt
-            return _fit(cfg, env, device, cfg.run_dir)
+            return _fit(cfg, env, device)
 
 
 @contextlib.contextmanager
@@ -550,7 +550,8 @@ def _note_in_run_log(run_dir: Path, message: str) -> None:
                 handler.handle(record)
 
 
-def _fit(cfg: RunConfig, env: DistEnv, device: torch.device, run_dir: Path) -> dict[str, Any]:
+def _fit(cfg: RunConfig, env: DistEnv, device: torch.device) -> dict[str, Any]:
+    run_dir = cfg.run_dir
     resume_from = resume_path(cfg)
     epochs = int(cfg.epochs or 0)
     if epochs and cfg.batch_size % env.world_size:  # (evaluation batches need not be: each process reads its share)
@@ -879,7 +880,6 @@ def evaluate_checkpoint(
     _use_threads(cfg)
     env = DistEnv()
     dev = resolve_device(cfg.device, env)
-    # weights given as a file here keep the activation and normalization of the tag the prompt was trained with
     if split not in ("train", "val", "test"):
         raise ValueError(f"--split {split!r}: choose from train, val, test")
     if shift is not None:  # (before the model and the data are read)
@@ -891,6 +891,7 @@ def evaluate_checkpoint(
             f"--split {split}: dataset {cfg.dataset} in {data_root(cfg.data_dir)} has no training split, which the "
             f"{split} split comes from; use --split test"
         )
+    # weights given as a file here keep the activation and normalization of the tag the prompt was trained with
     model, data, _ = _build_for_run(
         cfg, dev, augment=False, weights_like=config.get("pretrained"), read="test" if split == "test" else "train"
     )
@@ -907,8 +908,7 @@ def evaluate_checkpoint(
             f"run's {split} split; evaluate on the data it was trained on (--data-dir), or use --split test"
         )
     model.load_artifact_state({k: v.to(dev) for k, v in state.items()})
-    parts = {"train": data.train, "val": data.val, "test": data.test}
-    if parts[split] is None:
+    if split not in data.parts:
         raise ValueError(f"--split val: this run has no validation split (val_fraction {cfg.val_fraction})")
     shift_sets = None
     if shift is not None:  # found before any evaluation, so missing files fail fast
@@ -919,7 +919,7 @@ def evaluate_checkpoint(
             download, cfg.dataset_options,
         )  # fmt: skip
     bs = cfg.eval_batch_size or cfg.batch_size
-    loader = make_loader(parts[split], bs, False, cfg.seed, dev, cfg.workers)
+    loader = make_loader(data.parts[split], bs, False, cfg.seed, dev, cfg.workers)
     result = evaluate(model, loader, dev, cfg.precision, env, desc=split)
     out = {"checkpoint": str(path), "split": split, "dataset": cfg.dataset, "epoch": meta.get("epoch"), **result}
     if unfinished:

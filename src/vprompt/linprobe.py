@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from .checkpoint import atomic_write
 from .config import RunConfig, l2_strengths
 from .data import DataSplits, check_dataset, data_root, get_dataset_spec, make_loader, no_validation_reason
 from .data.splits import torch_seed
-from .distributed import DistEnv
+from .distributed import DistEnv, launched
 from .prompters import Prompter
 from .runs import (
     DATA_KEYS,
@@ -73,7 +72,6 @@ DEFAULT_L2_GRID: tuple[float, ...] = tuple(10.0 ** (e / 2) for e in range(-12, 5
 
 PROBE_FILE = "probe.safetensors"
 _FEATURES_FORMAT = "vprompt-features/2"  # 2: a CLIP ViT's features before its projection
-_PARTS = ("train", "val", "test")
 
 
 @dataclass
@@ -143,8 +141,7 @@ def _cache_key(cfg: RunConfig, input_size: int, data: DataSplits) -> dict[str, A
     key["weights_file"] = _file_stamp(weights)
     if weights is not None:  # a file or folder: where it is, however the path was written
         key["pretrained"] = str(weights.resolve())
-    parts = {"train": data.train, "val": data.val, "test": data.test}
-    key["images"] = {name: images_digest([ds]) for name, ds in parts.items() if ds is not None}
+    key["images"] = {name: images_digest([ds]) for name, ds in data.parts.items()}
     return key
 
 
@@ -341,7 +338,7 @@ def fit_linear_probe(cfg: RunConfig) -> dict[str, Any]:
     """
     from .engine import resolve_device, run_folder
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if launched().enabled:
         raise ValueError("linprobe runs in one process (features are extracted once); launch it without torchrun")
     env = DistEnv()
     device = resolve_device(cfg.device, env)
@@ -374,10 +371,7 @@ def _fit_probe(cfg: RunConfig, env: DistEnv, device: torch.device) -> dict[str, 
     cache_path = run_dir / FEATURES_FILE
     cached = _load_cache(cache_path, key) or {}
     start = time.perf_counter()
-    parts = {"train": data.train, "val": data.val, "test": data.test}
-    for part, ds in parts.items():
-        if ds is None:
-            continue
+    for part, ds in data.parts.items():
         if f"{part}_x" in cached:
             _log.info("linprobe: reusing cached %s features from %s", part, cache_path)
             continue

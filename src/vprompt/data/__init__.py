@@ -92,6 +92,11 @@ class DataSplits:
     val_source: str = "holdout"
     split_indices: dict[str, list[int]] = field(default_factory=dict)
 
+    @property
+    def parts(self) -> dict[str, Dataset]:
+        """The splits this run has, by name (``train``, ``val``, ``test``)."""
+        return {k: v for k, v in (("train", self.train), ("val", self.val), ("test", self.test)) if v is not None}
+
 
 def no_validation_reason(val_fraction: float) -> str:
     """Why a run held no validation split out of its training data (where the dataset has no official one)."""
@@ -126,7 +131,6 @@ def prepare_data(
     val_fraction: float = 0.1,
     split_seed: int = 0,
     download: bool = True,
-    test_split: str = "test",
     options: dict[str, Any] | None = None,
     shots: int | None = None,
     train_fraction: float | None = None,
@@ -144,7 +148,6 @@ def prepare_data(
             no validation split at all, not even an official one (the last epoch is selected).
         split_seed: seed of the held-out split (independent of the training seed).
         download: fetch missing files where possible.
-        test_split: the split reported as test.
         options: dataset-specific builder options.
         shots: keep exactly this many training images per class (few-shot), drawn after the validation split is
             held out (so disjoint from it) by a generator seeded from ``split_seed`` alone. The validation split
@@ -166,9 +169,9 @@ def prepare_data(
     if read not in ("all", "test", "train"):
         raise ValueError(f"read={read!r}: choose from all, test, train")
     train_full = None if read == "test" else make("train", train_tf)
-    test = None if read == "train" else make(test_split, eval_tf)
+    test = None if read == "train" else make("test", eval_tf)
     where = f"dataset {name} in {root}"
-    for split, part in (("train", train_full), (test_split, test)):
+    for split, part in (("train", train_full), ("test", test)):
         if part is not None:
             _check_split(part, where, split)
     if train_full is None:
