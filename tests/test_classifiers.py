@@ -23,8 +23,9 @@ from vprompt.backbones import (
     list_models,
     planned_input_size,
 )
-from vprompt.build import PromptedModel
+from vprompt.build import PromptedModel, build_model
 from vprompt.classifiers import ClassifierBackbone
+from vprompt.config import resolve_config
 from vprompt.heads import LabelMappingHead
 from vprompt.prompters import create_prompter
 
@@ -69,6 +70,19 @@ def test_training_step_leaves_batchnorm_statistics_and_weights_alone(request, fi
     after = backbone.model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in before_w.items())
     assert all(torch.equal(after[k], v) for k, v in before_bn.items())
+
+
+@pytest.mark.parametrize("head", ["rlm", "linear"])
+def test_build_model_assembles_the_run_s_prompter_and_head_on_a_given_backbone(cifar20, head):
+    settings = {"head": "linear"} if head == "linear" else {"label_map": head}
+    cfg = resolve_config({"model": "cifar:resnet20", "method": "evp", "input_size": 40, "inner_size": 24, **settings})
+    model = build_model(cfg, ["a", "b", "c"], backbone=cifar20)
+    assert model.backbone is cifar20 and model.prompter.image_size == 24
+    assert model(torch.rand(2, 3, 24, 24)).shape == (2, 3)
+    trained = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    assert trained == (
+        ["head.linear.bias", "head.linear.weight", "prompter.prompt"] if head == "linear" else ["prompter.prompt"]
+    )
 
 
 @pytest.mark.parametrize("name", ["cifar:resnet20", "timm:test_resnet", "tv:resnet18", "tv:squeezenet1_1"])
