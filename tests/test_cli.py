@@ -1361,13 +1361,19 @@ def test_the_epoch_is_selected_on_validation_and_the_last_one_reported_beside_it
     from vprompt.checkpoint import PROMPT_FILE, load_prompt
 
     real, val_accuracies = engine.evaluate, iter([90.0, 50.0, 40.0])  # validation falls after epoch 1
+    sizes: dict[str, set[int]] = {}  # the images each split's evaluation read
 
     def evaluate(model, loader, device, precision, env, desc="eval"):
+        sizes.setdefault(desc, set()).add(sum(len(y) for _, y in loader))
         result = real(model, loader, device, precision, env, desc=desc)
         return {**result, "acc1": next(val_accuracies)} if desc == "val" else result
 
     monkeypatch.setattr(engine, "evaluate", evaluate)
     assert cli.main(tiny_run_args(tmp_path, "--device", "cpu", epochs=3)) == 0
+    held_out = json.loads((tmp_path / "run" / "splits.json").read_text())["val"]
+    assert sizes["val"] == {len(held_out)} and sizes["test (best)"] == {
+        48
+    }  # (the splits differ in size: which was read)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     _, _, meta = load_prompt(tmp_path / "run" / PROMPT_FILE)
     assert results["best_epoch"] == meta["epoch"] == 1 and results["selection"] == "val"
