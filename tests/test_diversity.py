@@ -75,3 +75,13 @@ def test_di_shrinks_by_no_more_than_min_scale():
     out = random_resize_pad(torch.ones(64, 3, 100, 100), min_scale=0.9, prob=1.0)
     widths = (out[:, 0, 50, :] > 0.5).sum(-1)  # the shrunk image's width along its middle row
     assert int(widths.min()) >= 88 and int(widths.max()) <= 100 and int(widths.min()) < 98  # some do shrink
+
+
+def test_di_places_the_shrunk_image_anywhere_on_the_canvas():
+    torch.manual_seed(0)
+    out = random_resize_pad(torch.ones(64, 3, 100, 100), min_scale=0.6, prob=1.0)
+    row = out[:, 0, 50, :] > 0.5  # the shrunk image along its middle row
+    left = row.float().argmax(-1)
+    right = 99 - row.flip(-1).float().argmax(-1)
+    margins = (left - (99 - right)).abs()  # 0 where it is centred
+    assert int(margins.max()) > 10 and len(set(left.tolist())) > 10

@@ -49,6 +49,15 @@ def test_big_endian_on_disk(tmp_path: Path) -> None:
     assert (tmp_path / "x.idx").read_bytes() == bytes([0, 0, 0x0B, 1, 0, 0, 0, 2, 0, 1, 1, 0])
 
 
+@pytest.mark.parametrize(
+    ("code", "payload", "value"),
+    [(0x0C, b"\x00\x00\x01\x02", 258), (0x0D, b"\x3f\xc0\x00\x00", 1.5), (0x0E, b"\xc0\x04" + bytes(6), -2.5)],
+)
+def test_every_multi_byte_type_is_read_big_endian(tmp_path: Path, code: int, payload: bytes, value: float) -> None:
+    (tmp_path / "x.idx").write_bytes(bytes([0, 0, code, 1, 0, 0, 0, 1]) + payload)
+    assert read_idx(tmp_path / "x.idx").tolist() == [value]
+
+
 def test_gzip_detected_by_content_not_name(tmp_path: Path) -> None:
     array = np.arange(10, dtype=np.uint8)
     write_idx(tmp_path / "x.gz", array)

@@ -119,6 +119,9 @@ def test_random_patch_moves_in_training_and_not_in_eval():
     x = torch.zeros(1, 3, 32, 32)
     places = {tuple(torch.nonzero(p(x)[0, 0])[0].tolist()) for _ in range(20)}
     assert len(places) > 1
+    small = RandomPatchPrompter(input_size=4, patch=3)  # four places: each corner of the patch's span
+    corners = {tuple(torch.nonzero(small(torch.zeros(1, 3, 4, 4))[0, 0])[0].tolist()) for _ in range(100)}
+    assert corners == {(0, 0), (0, 1), (1, 0), (1, 1)}
     p.eval()
     assert torch.equal(p(x), p(x))
     out = p(x)
@@ -175,3 +178,20 @@ def test_sizes_are_whole_numbers_of_pixels_named_when_not():
     for key, value in (("inner_size", 164.5), ("input_size", "224"), ("prompt_size", 30.5), ("prompt_size", True)):
         with pytest.raises(ValueError, match=f"{key} {value!r} must be a whole number of pixels"):
             create_prompter("evp", **{key: value})
+
+
+@pytest.mark.parametrize("optimizer", ["normgrad", "sgd", "adamw"])
+def test_the_run_s_optimizer_moves_evp_s_border_and_never_the_image_s_place(optimizer):
+    from types import SimpleNamespace
+
+    from vprompt.config import resolve_config
+    from vprompt.engine import _optimizers
+
+    prompter = create_prompter("evp", 16, inner_size=8)
+    cfg = resolve_config({"method": "evp", "optimizer": optimizer, "lr": 0.5})
+    (opt,), _ = _optimizers(cfg, SimpleNamespace(prompter=prompter, head=torch.nn.Identity()), 1)
+    prompter(torch.rand(2, 3, 8, 8)).sum().backward()  # a gradient over every pixel, the centre's too
+    assert prompter.prompt.grad[..., 4:12, 4:12].abs().sum() > 0
+    opt.step()
+    assert torch.count_nonzero(prompter.prompt[..., 4:12, 4:12]) == 0
+    assert torch.count_nonzero(prompter.prompt) == 3 * (16 * 16 - 8 * 8)
