@@ -405,7 +405,7 @@ def test_a_run_resumed_on_other_data_is_refused_naming_what_changed(tmp_path, mo
     first = sorted((data / "train" / "ant").iterdir())[0]
     first.rename(first.with_name("zz.png"))  # as many images, but the saved split's indices mean others now
     assert cli.main(resume) == 2
-    assert "other files or labels (renamed, replaced or relabelled)" in capsys.readouterr().err
+    assert "other files, pixels or labels (renamed, replaced, edited or relabelled)" in capsys.readouterr().err
     first.with_name("zz.png").rename(first)
     moved = tmp_path / "moved"
     data.rename(moved)  # the same files elsewhere are the same data
@@ -417,7 +417,24 @@ def test_a_runs_data_saved_before_a_part_of_the_identity_existed_is_compared_on_
 
     now = {"classes": ["a", "b"], "train images": 4, "val images": 2, "split": "s", "images": "i"}
     assert data_changes({k: v for k, v in now.items() if k != "images"}, now) == ""
-    assert "other files or labels" in data_changes({**now, "images": "other"}, now)
+    assert "other files, pixels or labels" in data_changes({**now, "images": "other"}, now)
     assert data_changes({**now, "split": "t", "images": "other"}, now) == (
         "other images held out for validation or drawn for training"
     )
+
+
+def test_images_held_in_memory_are_known_by_their_pixels_not_only_their_labels():
+    from vprompt.data import DataSplits
+    from vprompt.data.base import ArrayDataset, LabeledSubset
+    from vprompt.runs import data_changes, data_identity
+
+    def splits(images):
+        full = ArrayDataset(images, [0, 1, 0, 1, 0, 1], ["a", "b"])
+        return DataSplits(LabeledSubset(full, [0, 1, 2, 3]), LabeledSubset(full, [4, 5]), None, ["a", "b"])
+
+    images = np.zeros((6, 4, 4), dtype=np.uint8)
+    was = data_identity(splits(images))
+    assert data_changes(was, data_identity(splits(images.copy()))) == ""
+    images[5, 2, 2] = 255  # one pixel of a validation image, the labels as they were
+    assert "other files, pixels or labels" in data_changes(was, data_identity(splits(images)))
+    assert data_changes({k: v for k, v in was.items() if k != "pixels"}, data_identity(splits(images))) == ""

@@ -31,7 +31,7 @@ from .backbones import model_kind
 from .checkpoint import LAST_FILE, PROMPT_FILE, atomic_write, remove_unfinished_writes, save_prompt
 from .config import SIZE_KEYS, RunConfig, comparable
 from .data import DataSplits
-from .data.base import FileDataset, LabeledSubset
+from .data.base import ArrayDataset, FileDataset, LabeledSubset
 from .distributed import DistEnv
 from .errors import DataFileError
 from .heads import resolve_head
@@ -230,13 +230,19 @@ def split_size(split: Any) -> int:
     return len(split) if split is not None else 0
 
 
-def _file_names(ds: Any) -> list[str] | None:
-    """The file of each image of ``ds`` (a :class:`FileDataset` or a subset of one, in order), or None (images in
-    memory, or decoded by a loader)."""
+def _unwrapped(ds: Any) -> tuple[Any, list[int] | None]:
+    """The dataset under ``ds``'s subsets, and the indices of ``ds``'s images in it, in order (None: all of it)."""
     indices = None
     while isinstance(ds, LabeledSubset):
         indices = ds.indices if indices is None else [ds.indices[i] for i in indices]
         ds = ds.dataset
+    return ds, indices
+
+
+def _file_names(ds: Any) -> list[str] | None:
+    """The file of each image of ``ds`` (a :class:`FileDataset` or a subset of one, in order), or None (images in
+    memory, or decoded by a loader)."""
+    ds, indices = _unwrapped(ds)
     if not isinstance(ds, FileDataset) or not all(isinstance(s, (str, Path)) for s, _ in ds.samples):
         return None
     return [str(ds.samples[i][0]) for i in (range(len(ds.samples)) if indices is None else indices)]
@@ -254,6 +260,20 @@ def images_digest(parts: Sequence[Any]) -> str:
     return hashlib.sha256(json.dumps([relative, [_labels(ds) for ds in parts]]).encode()).hexdigest()
 
 
+def pixels_digest(parts: Sequence[Any]) -> str | None:
+    """A digest of the pixels of ``parts`` held in memory (an :class:`ArrayDataset` or a subset of one, in order),
+    which :func:`images_digest` knows by their labels alone; None where no part holds its images in memory."""
+    digest, found = hashlib.sha256(), False
+    for part in parts:
+        ds, indices = _unwrapped(part)
+        if isinstance(ds, ArrayDataset):
+            images = ds.images if indices is None else ds.images[torch.as_tensor(indices, dtype=torch.long)]
+            digest.update(repr(tuple(images.shape)).encode())
+            digest.update(images.contiguous().numpy().tobytes())
+            found = True
+    return digest.hexdigest() if found else None
+
+
 def _labels(ds: Any) -> list[int] | int | None:
     if ds is None:
         return None
@@ -263,15 +283,18 @@ def _labels(ds: Any) -> list[int] | int | None:
 
 def data_identity(data: DataSplits) -> dict[str, Any]:
     """What a resumed run must find again: the classes, the number of training and validation images, a digest of
-    which images were held out or drawn, and one of the images' files and labels."""
+    which images were held out or drawn, one of the images' files and labels, and one of the pixels of images held
+    in memory (which have no files)."""
     split = json.dumps(data.split_indices, sort_keys=True).encode()
-    return {
+    identity = {
         "classes": list(data.classnames),
         "train images": split_size(data.train),
         "val images": split_size(data.val),
         "split": hashlib.sha256(split).hexdigest(),
         "images": images_digest([data.train, data.val]),
     }
+    pixels = pixels_digest([data.train, data.val])
+    return identity if pixels is None else {**identity, "pixels": pixels}
 
 
 def prompt_meta(
@@ -302,7 +325,7 @@ def data_changes(was: dict[str, Any] | None, now: dict[str, Any]) -> str:
                 named.append(f"{how} {', '.join(map(repr, shown[:5]))}{' ...' if len(shown) > 5 else ''}")
         what.insert(0, f"classes: {len(before)} then, {len(after)} now, {', '.join(named) or 'in another order'}")
     if not what and was.get("split") == now.get("split"):
-        what = ["the same number of images, but other files or labels (renamed, replaced or relabelled)"]
+        what = ["the same number of images, but other files, pixels or labels (renamed, replaced, edited or relabelled)"]
     return "; ".join(what) or "other images held out for validation or drawn for training"
 
 
