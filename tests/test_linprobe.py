@@ -184,6 +184,9 @@ def test_the_feature_cache_knows_the_labels_and_the_weights_file(tmp_path, monke
     key = linprobe._cache_key(cfg, 32, splits([0, 0, 1, 1]))
     assert key == linprobe._cache_key(cfg, 32, splits([0, 0, 1, 1]))
     assert key != linprobe._cache_key(cfg, 32, splits([1, 1, 0, 0]))  # same folder and sizes, other images
+    images[0, 0, 0, 0] = 1  # one pixel of MNIST's train file edited: other images with the same labels
+    assert key != linprobe._cache_key(cfg, 32, splits([0, 0, 1, 1]))
+    images[0, 0, 0, 0] = 0
     monkeypatch.chdir(tmp_path)  # the same file written another way (as --resume latest takes it): the same features
     relative = resolve_config({"method": "linprobe", "pretrained": "./w.safetensors", "output": str(tmp_path)})
     assert linprobe._cache_key(relative, 32, splits([0, 0, 1, 1])) == key

@@ -49,6 +49,7 @@ from .runs import (
     DATA_KEYS,
     FEATURES_FILE,
     images_digest,
+    pixels_digest,
     refuse_other_run,
     resume_path,
     write_results,
@@ -132,7 +133,8 @@ def _file_stamp(where: Path | None) -> list[Any] | None:
 
 def _cache_key(cfg: RunConfig, input_size: int, data: DataSplits) -> dict[str, Any]:
     """What the cached features depend on; a cache made with anything else is recomputed. Beyond the settings,
-    the images: the folder they were read from, the files and labels of every split, and the weights file."""
+    the images: the folder they were read from, the files (or the pixels held in memory) and labels of every split,
+    and the weights file."""
     key = {k: getattr(cfg, k, None) for k in (*DATA_KEYS, "precision")}
     key["dataset_options"] = get_dataset_spec(cfg.dataset).explicit_options(cfg.dataset_options)
     key["input_size"] = input_size  # (the seed is there for a randomly initialized backbone)
@@ -142,6 +144,7 @@ def _cache_key(cfg: RunConfig, input_size: int, data: DataSplits) -> dict[str, A
     if weights is not None:  # a file or folder: where it is, however the path was written
         key["pretrained"] = str(weights.resolve())
     key["images"] = {name: images_digest([ds]) for name, ds in data.parts.items()}
+    key["pixels"] = {name: pixels_digest([ds]) for name, ds in data.parts.items()}  # (None: images in files)
     return key
 
 

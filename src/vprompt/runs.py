@@ -50,6 +50,7 @@ __all__ = [
     "folder_lock",
     "holds_run",
     "images_digest",
+    "pixels_digest",
     "read_results",
     "identity_keys",
     "prompt_meta",
