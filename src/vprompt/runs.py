@@ -326,7 +326,9 @@ def data_changes(was: dict[str, Any] | None, now: dict[str, Any]) -> str:
                 named.append(f"{how} {', '.join(map(repr, shown[:5]))}{' ...' if len(shown) > 5 else ''}")
         what.insert(0, f"classes: {len(before)} then, {len(after)} now, {', '.join(named) or 'in another order'}")
     if not what and was.get("split") == now.get("split"):
-        what = ["the same number of images, but other files, pixels or labels (renamed, replaced, edited or relabelled)"]
+        what = [
+            "the same number of images, but other files, pixels or labels (renamed, replaced, edited or relabelled)"
+        ]
     return "; ".join(what) or "other images held out for validation or drawn for training"
 
 
