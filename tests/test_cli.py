@@ -1495,3 +1495,16 @@ def test_a_setting_from_a_file_refused_as_the_run_starts_names_the_file(tmp_path
     assert told in capsys.readouterr().err
     assert cli.main([*args, "--inner-size", "24", "--prompt-size", "4"]) == 2  # typed: named by its flags
     assert "error: --inner-size 24 and --prompt-size 4 disagree" in capsys.readouterr().err
+
+
+def test_a_training_loss_that_is_not_finite_stops_the_run_naming_the_likely_causes(tmp_path, capsys):
+    from vprompt.backbones import create_backbone
+
+    weights = tmp_path / "nan_resnet.th"
+    state = create_backbone("cifar:resnet20").model.state_dict()
+    torch.save({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}, weights)
+    args = tiny_run_args(tmp_path, "--model", "cifar:resnet20", "--pretrained", str(weights), "--label-map", "rlm")
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "epoch 1: the training loss is nan" in err and f"--pretrained {weights}" in err and "--lr" in err
+    assert not (tmp_path / "run" / "results.json").exists() and not (tmp_path / "run" / "prompt.safetensors").exists()

@@ -393,6 +393,19 @@ def _build_for_run(
     return PromptedModel(prompter, backbone, head), data, diversity
 
 
+def _not_finite(epoch: int, loss: float, cfg: RunConfig) -> None:
+    """A training loss that is NaN or infinite: an error (the epoch's prompt is not kept), or under fp16, whose
+    gradient scaler skips the steps that overflowed, a warning."""
+    why = (
+        f"epoch {epoch}: the training loss is {loss}; lower --lr {cfg.lr:g}, or check the weights (--pretrained "
+        f"{cfg.pretrained}: a file with NaN or infinite values gives this)"
+    )
+    if cfg.precision == "fp16":
+        _log.warning("%s, or run without --precision fp16", why)
+        return
+    raise ValueError(f"{why}; the run stopped before saving epoch {epoch}")
+
+
 def _test_split_only(cfg: RunConfig) -> bool:
     """Whether ``cfg``'s dataset has a test split and no training split (a user's folder may hold only test/)."""
     splits = get_dataset_spec(cfg.dataset).available_splits(data_root(cfg.data_dir), cfg.dataset_options)
@@ -666,6 +679,8 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device) -> dict[str, Any]:
         train_seconds += stats["seconds"]
         train_images += stats["images"]
         done = epoch + 1
+        if not math.isfinite(stats["train_loss"]):
+            _not_finite(done, stats["train_loss"], cfg)
         record: dict[str, Any] = {"epoch": done, "lr": lr}
         record.update({k: stats[k] for k in ("train_loss", "train_acc1", "images_per_s")})
         evaluate_now = val_loader is not None and (done % cfg.eval_every == 0 or done == epochs)
