@@ -328,6 +328,8 @@ def test_shots_rows_labels_and_per_method_seeds():
             r"s.yaml: table: 'output' must be a name",
         ),
         ({"datasets": ["a"], "methods": ["evp"], "table": {"name": None}}, "table: 'name' must be a name or a text"),
+        ({"datasets": ["a"], "methods": ["evp"], "table": {"name": "../../x"}}, r"'name' '\.\./\.\./x' must be a file"),
+        ({"datasets": ["a"], "methods": ["evp"], "table": {"name": ".."}}, "without / or"),
         (
             {"datasets": ["a"], "methods": ["evp"], "table": {"title": ["a"]}},
             r"'title' must be a name or a text, not \[",

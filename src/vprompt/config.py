@@ -184,6 +184,11 @@ class RunConfig:
         return Path(self.output).expanduser() / self.run_name  # (a config file's ~, which no shell expands)
 
 
+def is_plain_name(text: str) -> bool:
+    """Whether ``text`` names a file or folder in the folder it is written to, not one above or below it."""
+    return text not in ("", ".", "..") and not any(c in text for c in "/\\\0")
+
+
 class SettingError(ValueError):
     """A setting of the wrong type or out of range; ``key`` names it, ``others`` the settings it conflicts with."""
 
@@ -275,7 +280,7 @@ def _checked(f: dataclasses.Field, value: Any) -> Any:
         if f.name in _CHOICES and str(value) not in _CHOICES[f.name]:
             hint = did_you_mean(value, _CHOICES[f.name])
             raise SettingError(f.name, f"{shown} is not one of {', '.join(_CHOICES[f.name])}{hint}")
-        if f.name == "name" and (str(value) in ("", ".", "..") or any(c in str(value) for c in "/\\\0")):
+        if f.name == "name" and not is_plain_name(str(value)):
             raise SettingError(f.name, f"{shown} must be a folder name inside --output, without / or \\")
         return str(value)
     number = _number(value, kind)

@@ -69,7 +69,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, check_dataset_options, in_file_terms, load_yaml, resolve_leaving_unused, under
+from .config import (
+    RunConfig,
+    check_dataset_options,
+    in_file_terms,
+    is_plain_name,
+    load_yaml,
+    resolve_leaving_unused,
+    under,
+)
 from .errors import INTERRUPTED_EXIT, USER_ERRORS, DataFileError, did_you_mean, one_line, sigterm_interrupts
 
 __all__ = ["SuiteConfig", "MethodEntry", "SuiteCell", "RunRecord", "SuiteReport", "load_suite", "expand_suite",
@@ -280,12 +288,19 @@ def parse_suite(data: dict[str, Any], source: str = "suite config", default_outp
         seeds=seeds,
         shots=_shots_list(data.get("shots"), source),
         dataset_overrides=ds_over,
-        table_name=_text(table, "name", "suite_results", f"{source}: table"),
+        table_name=_table_name(table, f"{source}: table"),
         table_title=_text(table, "title", None, f"{source}: table"),
         table_output=_text(table, "output", None, f"{source}: table"),
         output=output,
         source=source,
     )
+
+
+def _table_name(table: dict[str, Any], where: str) -> str:
+    name = _text(table, "name", "suite_results", where)
+    if not is_plain_name(name):
+        raise ValueError(f"{where}: 'name' {name!r} must be a file name, without / or \\ (the folder is 'output')")
+    return name
 
 
 def _text(values: dict[str, Any], key: str, default: str | None, where: str) -> str | None:
