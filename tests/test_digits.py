@@ -51,6 +51,15 @@ def test_mnist_from_idx_files(tmp_path, gz):
     assert torch.equal(test.images[:, 0], torch.from_numpy(test_images))
 
 
+def test_mnist_reads_a_pair_of_one_form_where_a_file_of_the_other_lies_beside_it(tmp_path):
+    images, labels = _write_mnist(tmp_path, "train", 30, gz=True)
+    write_idx(tmp_path / "train-images-idx3-ubyte", images[:20])  # an older, unzipped copy of the images alone
+    ds = create_dataset("mnist", tmp_path, "train")
+    assert torch.equal(ds.images[:, 0], torch.from_numpy(images)) and ds.targets.tolist() == labels.tolist()
+    write_idx(tmp_path / "train-labels-idx1-ubyte", labels[:20])  # both unzipped: that pair is read
+    assert len(create_dataset("mnist", tmp_path, "train")) == 20
+
+
 def test_mnist_crop_keeps_the_central_box(tmp_path):
     images, _ = _write_mnist(tmp_path, "train", 12, gz=False)
     cropped = create_dataset("mnist", tmp_path, "train", crop="20")  # as --dataset-option crop=20 gives it

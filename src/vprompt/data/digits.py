@@ -68,6 +68,17 @@ def _find(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def _pair(folder: Path, prefix: str) -> tuple[Path | None, Path | None]:
+    """The images and labels files of ``prefix`` in ``folder``, both plain or both gzipped where such a pair is
+    there (a file of one form beside the pair of the other is a copy of another age), else each as it is found."""
+    stems = _stem(prefix, "images"), _stem(prefix, "labels")
+    for suffix in ("", ".gz"):
+        images, labels = (folder / f"{stem}{suffix}" for stem in stems)
+        if images.is_file() and labels.is_file():
+            return images, labels
+    return _find(folder, stems[0]), _find(folder, stems[1])
+
+
 def _search_folders(root: Path) -> list[Path]:
     return [root, root / "mnist", root / "MNIST" / "raw"]
 
@@ -77,7 +88,7 @@ def _pairs(root: Path, split: str) -> Iterator[tuple[str, Path | None, Path | No
     preferred (the official files in any folder before train10k in any); a file that is not there is None."""
     for prefix in _MNIST_PREFIXES[split]:
         for folder in _search_folders(root):
-            yield prefix, _find(folder, _stem(prefix, "images")), _find(folder, _stem(prefix, "labels"))
+            yield prefix, *_pair(folder, prefix)
 
 
 def find_mnist_files(root: str | Path, split: str) -> tuple[Path, Path] | None:
@@ -154,7 +165,7 @@ def mnist_dataset(
             raise DatasetNotFoundError(f"{e}{half}") from None
     images, labels = read_idx(found[0]), read_idx(found[1])
     _check_pair(images, labels, found)
-    _log.info("mnist %s: %d digits from %s", split, len(labels), found[0].parent)
+    _log.info("mnist %s: %d digits from %s and %s", split, len(labels), *found)
     if crop not in (None, ""):
         side = whole_option("mnist", "crop", crop, 1, min(images.shape[1:]))  # pixels
         top, left = (images.shape[1] - side) // 2, (images.shape[2] - side) // 2
