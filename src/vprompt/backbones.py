@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .download import error_line, fetching_weights
+from .checkpoint import torch_load_failure
+from .download import fetching_weights
 from .errors import did_you_mean, state_dict_mismatch
 
 __all__ = [
@@ -335,7 +336,8 @@ def _create_open_clip(
     except Exception as e:  # what open_clip raises on a file it cannot use varies (KeyError, AssertionError, ...)
         if not is_file:
             raise
-        why = state_dict_mismatch(e) if isinstance(e, RuntimeError) else error_line(e)
+        mismatch = isinstance(e, RuntimeError) and str(e).startswith("Error(s) in loading state_dict")
+        why = state_dict_mismatch(e) if mismatch else torch_load_failure(e)  # (open_clip reads it with torch.load)
         raise ValueError(f"--pretrained {pretrained}: not a checkpoint of {name} ({why})") from e
     return OpenCLIPBackbone(model, open_clip.get_tokenizer(name), name=name)
 

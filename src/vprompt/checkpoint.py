@@ -143,13 +143,15 @@ def save_state(path: str | Path, state: dict[str, Any]) -> None:
 def torch_load_failure(e: BaseException) -> str:
     """Why ``torch.load(weights_only=True)`` could not read a file, in a few words: it holds objects whose loading
     could run code (never PyTorch's own advice, to load it with ``weights_only=False``), it is cut short or of
-    another kind (a text file is ``KeyError: 101``), or else the error's first line."""
+    another kind (a text file is ``KeyError: 101``, an opcode its unpickler does not know; a zip file cut short, the
+    stream reader's error), or else the error's first line."""
     from .download import error_line
 
     text = str(e).lower()
     if "unsupported global" in text:
         return "it holds objects other than tensors and plain values, and loading them could run code: refused"
-    if "weights only load failed" in text or isinstance(e, (KeyError, EOFError)):
+    unknown_opcode = isinstance(e, KeyError) and bool(e.args) and isinstance(e.args[0], int)
+    if "weights only load failed" in text or "pytorchstreamreader" in text or unknown_opcode or isinstance(e, EOFError):
         return "cut short, or not a PyTorch file"
     return error_line(e)
 
