@@ -235,6 +235,24 @@ def test_sizes_left_to_defaults_are_saved_and_a_prompt_of_other_sizes_is_a_clear
         model.load_artifact_state(state)
 
 
+def test_eval_of_a_prompt_file_whose_tensors_were_edited_names_the_file(tmp_path, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    assert cli.main(tiny_run_args(tmp_path, epochs=1)) == 0
+    path = tmp_path / "run" / "prompt.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    tensors["prompter.renamed"] = tensors.pop("prompter.prompt")
+    save_file(tensors, str(path), metadata=meta)
+    capsys.readouterr()
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} does not hold the prompt its own settings describe (Missing key(s)" in err
+    assert "edited or damaged" in err and "--input-size" not in err
+
+
 def test_ilm_on_image_files_with_workers_and_random_crops_resumes_exactly(tmp_path, monkeypatch):
     from PIL import Image
 

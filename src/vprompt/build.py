@@ -38,6 +38,14 @@ def to_float_rgb(images: Tensor, device: torch.device | str) -> Tensor:
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
+class StateMismatch(ValueError):
+    """A saved prompter or head state that does not fit the module built for it; ``detail``: what differs."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
 class PromptedModel(nn.Module):
     """``head(backbone(prompter(x)))`` for pixels ``x`` in [0, 1]. Only the prompter (and a trainable head) learn."""
 
@@ -63,7 +71,8 @@ class PromptedModel(nn.Module):
         """Inverse of :meth:`artifact_state`, strict.
 
         Raises:
-            ValueError: the saved state does not fit this prompter or head (other sizes, another model's label map)."""
+            StateMismatch: the saved state does not fit this prompter or head (other sizes, another model's label
+                map)."""
         for prefix, module in (("prompter.", self.prompter), ("head.", self.head)):
             sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             mask = getattr(module, "mask", None)  # fixed by the sizes: a saved one must be the same
@@ -79,8 +88,8 @@ class PromptedModel(nn.Module):
                     if module is self.prompter
                     else "another model or dataset"
                 )
-                raise ValueError(
-                    f"the saved {prefix[:-1]} does not fit this run's ({detail}); was it saved with {other}?"
+                raise StateMismatch(
+                    f"the saved {prefix[:-1]} does not fit this run's ({detail}); was it saved with {other}?", detail
                 ) from e
 
 

@@ -29,7 +29,16 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .backbones import model_kind
-from .build import PromptedModel, build_backbone, build_head, build_prompter, check_head, check_sizes, to_float_rgb
+from .build import (
+    PromptedModel,
+    StateMismatch,
+    build_backbone,
+    build_head,
+    build_prompter,
+    check_head,
+    check_sizes,
+    to_float_rgb,
+)
 from .checkpoint import (
     LAST_FILE,
     PROMPT_FILE,
@@ -406,6 +415,18 @@ def _not_finite(epoch: int, loss: float, cfg: RunConfig) -> None:
     raise ValueError(f"{why}; the run stopped before saving epoch {epoch}")
 
 
+def _load_saved(model: PromptedModel, state: dict[str, Tensor], path: Path) -> None:
+    """Load the prompt and head a file saved with its settings, by which ``model`` was built: one that does not fit
+    them was edited or damaged, and is named."""
+    try:
+        model.load_artifact_state(state)
+    except StateMismatch as e:
+        raise ValueError(
+            f"{path} does not hold the prompt its own settings describe ({e.detail}): it was edited or damaged; use "
+            "the run's own copy, or train the prompt again"
+        ) from e
+
+
 def _test_split_only(cfg: RunConfig) -> bool:
     """Whether ``cfg``'s dataset has a test split and no training split (a user's folder may hold only test/)."""
     splits = get_dataset_spec(cfg.dataset).available_splits(data_root(cfg.data_dir), cfg.dataset_options)
@@ -635,7 +656,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device) -> dict[str, Any]:
                 "--resume %s: continued with other settings than the epochs before (%s): the results reflect both",
                 resume_from, changes,
             )  # fmt: skip
-        model.load_artifact_state(state["model"])
+        _load_saved(model, state["model"], resume_from)
         for opt, sd in zip(optimizers, state["optimizers"]):
             opt.load_state_dict(sd)
         for sched, sd in zip(schedulers, state["schedulers"]):
@@ -922,7 +943,7 @@ def evaluate_checkpoint(
             f"--split {split}: the data differ from those {path} was trained on ({changes}), so this would not be the "
             f"run's {split} split; evaluate on the data it was trained on (--data-dir), or use --split test"
         )
-    model.load_artifact_state({k: v.to(dev) for k, v in state.items()})
+    _load_saved(model, {k: v.to(dev) for k, v in state.items()}, path)
     if split not in data.parts:
         raise ValueError(f"--split val: this run has no validation split (val_fraction {cfg.val_fraction})")
     shift_sets = None
