@@ -1526,3 +1526,9 @@ def test_a_training_loss_that_is_not_finite_stops_the_run_naming_the_likely_caus
     err = capsys.readouterr().err
     assert "epoch 1: the training loss is nan" in err and f"--pretrained {weights}" in err and "--lr" in err
     assert not (tmp_path / "run" / "results.json").exists() and not (tmp_path / "run" / "prompt.safetensors").exists()
+
+
+def test_a_resume_path_that_holds_no_training_state_says_what_resume_takes(tmp_path, capsys):
+    assert cli.main(tiny_run_args(tmp_path, "--resume", "lastest")) == 2
+    err = capsys.readouterr().err
+    assert "--resume lastest: no training state at lastest; give 'latest' (this run's own) or the path of" in err

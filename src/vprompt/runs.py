@@ -423,7 +423,10 @@ def resume_path(cfg: RunConfig) -> Path | None:
     path = Path(cfg.resume).expanduser()
     path = path / LAST_FILE if path.is_dir() else path
     if not path.is_file():
-        raise FileNotFoundError(f"--resume {cfg.resume}: no training state at {path}")
+        raise FileNotFoundError(
+            f"--resume {cfg.resume}: no training state at {path}; give 'latest' (this run's own) or the path of a "
+            f"run folder or its {LAST_FILE}"
+        )
     if held and not continues_own_run(cfg):
         raise FileExistsError(
             f"--resume {cfg.resume}: run folder {run_dir} already holds another run; the state of {path.parent} "
