@@ -320,6 +320,10 @@ def test_shots_rows_labels_and_per_method_seeds():
         ({"datasets": ["a"], "methods": []}, "'methods' must list at least one method"),
         ({"datasets": ["a"], "methods": ["evp"], "dataset_overrides": {"b": {}}}, "which is not in 'datasets'"),
         ({"datasets": ["a"], "methods": ["evp"], "seeds": [1, 1]}, "seed 1 is listed twice"),
+        (
+            {"datasets": ["a"], "methods": [{"name": "evp", "seeds": 3}]},
+            r"must be a list of integers: \[3\] for seed 3",
+        ),
         ({"datasets": ["a"], "methods": [{"name": "evp", "shots": [4, 4]}]}, r"methods\[0\]: shots 4 is listed twice"),
         ({"datasets": ["a"], "methods": [{"name": "evp", "output": "x"}]}, "'output' is the suite's folder"),
         ({"datasets": ["a"], "methods": ["evp"], "base": {"dataset_options": [1]}}, "dataset_options must be a map"),

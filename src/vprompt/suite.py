@@ -211,6 +211,8 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def _seeds_list(value: Any, where: str) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):  # (a count of seeds, or one seed? neither is guessed)
+        raise ValueError(f"{where}: 'seeds' must be a list of integers: [{value}] for seed {value} alone")
     seeds = _as_list(value)
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ValueError(f"{where}: 'seeds' must be a list of integers")
