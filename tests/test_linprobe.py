@@ -200,6 +200,7 @@ def test_the_feature_cache_knows_the_labels_and_the_weights_file(tmp_path, monke
     assert linprobe._cache_key(cfg, 32, files("1.png", "2.png")) != linprobe._cache_key(
         cfg, 32, files("1.png", "3.png")
     )
+    assert "pixels" not in linprobe._cache_key(cfg, 32, files("1.png"))  # (a cache of files made before stays valid)
 
     folder = tmp_path / "weights"  # a classifier's --pretrained may name the folder its file is in
     folder.mkdir()

@@ -144,7 +144,9 @@ def _cache_key(cfg: RunConfig, input_size: int, data: DataSplits) -> dict[str, A
     if weights is not None:  # a file or folder: where it is, however the path was written
         key["pretrained"] = str(weights.resolve())
     key["images"] = {name: images_digest([ds]) for name, ds in data.parts.items()}
-    key["pixels"] = {name: pixels_digest([ds]) for name, ds in data.parts.items()}  # (None: images in files)
+    pixels = {name: pixels_digest([ds]) for name, ds in data.parts.items()}
+    if any(pixels.values()):  # (only for images held in memory: a cache of files' features made before stays valid)
+        key["pixels"] = pixels
     return key
 
 
