@@ -1524,8 +1524,11 @@ def test_a_training_loss_that_is_not_finite_stops_the_run_naming_the_likely_caus
     args = tiny_run_args(tmp_path, "--model", "cifar:resnet20", "--pretrained", str(weights), "--label-map", "rlm")
     assert cli.main(args) == 2
     err = capsys.readouterr().err
-    assert "epoch 1: the training loss is nan" in err and f"--pretrained {weights}" in err and "--lr" in err
+    assert f"epoch 1: the training loss is nan; lower --lr 70, or check the weights in {weights} (--pretrained)" in err
     assert not (tmp_path / "run" / "results.json").exists() and not (tmp_path / "run" / "prompt.safetensors").exists()
+    args = tiny_run_args(tmp_path, "--method", "vp", "--lr", "1e38", "--head", "linear", "--name", "fast", epochs=1)
+    assert cli.main(args) == 2  # (no weights file: the rates are named, of the prompt and of the trained head)
+    assert "the training loss is nan; lower --lr 1e+38 or --head-lr 0.001; the run stopped" in capsys.readouterr().err
 
 
 def test_a_resume_path_that_holds_no_training_state_says_what_resume_takes(tmp_path, capsys):

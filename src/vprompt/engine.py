@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from .backbones import model_kind
+from .backbones import local_weights, model_kind
 from .build import (
     PromptedModel,
     StateMismatch,
@@ -402,13 +402,17 @@ def _build_for_run(
     return PromptedModel(prompter, backbone, head), data, diversity
 
 
-def _not_finite(epoch: int, loss: float, cfg: RunConfig) -> None:
+def _not_finite(epoch: int, loss: float, cfg: RunConfig, model: PromptedModel) -> None:
     """A training loss that is NaN or infinite: an error (the epoch's prompt is not kept), or under fp16, whose
-    gradient scaler skips the steps that overflowed, a warning."""
-    why = (
-        f"epoch {epoch}: the training loss is {loss}; lower --lr {cfg.lr:g}, or check the weights (--pretrained "
-        f"{cfg.pretrained}: a file with NaN or infinite values gives this)"
-    )
+    gradient scaler skips the steps that overflowed, a warning. It names the rates of what trains and a weights
+    file, whose NaN values give it too."""
+    rates = [f"--lr {cfg.lr:g}"] if any(p.requires_grad for p in model.prompter.parameters()) else []
+    if any(p.requires_grad for p in model.head.parameters()):
+        rates.append(f"--head-lr {getattr(model.head, 'lr', cfg.head_lr)}")
+    why = f"epoch {epoch}: the training loss is {loss}; lower {' or '.join(rates)}"
+    weights = local_weights(cfg.model, cfg.pretrained)
+    if weights is not None:
+        why += f", or check the weights in {weights} (--pretrained): NaN or infinite values in them give this"
     if cfg.precision == "fp16":
         _log.warning("%s, or run without --precision fp16", why)
         return
@@ -701,7 +705,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device) -> dict[str, Any]:
         train_images += stats["images"]
         done = epoch + 1
         if not math.isfinite(stats["train_loss"]):
-            _not_finite(done, stats["train_loss"], cfg)
+            _not_finite(done, stats["train_loss"], cfg, model)
         record: dict[str, Any] = {"epoch": done, "lr": lr}
         record.update({k: stats[k] for k in ("train_loss", "train_acc1", "images_per_s")})
         evaluate_now = val_loader is not None and (done % cfg.eval_every == 0 or done == epochs)
