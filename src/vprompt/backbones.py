@@ -336,8 +336,7 @@ def _create_open_clip(
     except Exception as e:  # what open_clip raises on a file it cannot use varies (KeyError, AssertionError, ...)
         if not is_file:
             raise
-        mismatch = isinstance(e, RuntimeError) and str(e).startswith("Error(s) in loading state_dict")
-        why = state_dict_mismatch(e) if mismatch else torch_load_failure(e)  # (open_clip reads it with torch.load)
+        why = state_dict_mismatch(e, otherwise=torch_load_failure)  # (open_clip reads the file with torch.load)
         raise ValueError(f"--pretrained {pretrained}: not a checkpoint of {name} ({why})") from e
     return OpenCLIPBackbone(model, open_clip.get_tokenizer(name), name=name)
 

@@ -41,7 +41,7 @@ def to_float_rgb(images: Tensor, device: torch.device | str) -> Tensor:
 class StateMismatch(ValueError):
     """A saved prompter or head state that does not fit the module built for it; ``detail``: what differs."""
 
-    def __init__(self, message: str, detail: str) -> None:
+    def __init__(self, message: str, detail: str = "") -> None:
         super().__init__(message)
         self.detail = detail
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistEnv", "init_distributed", "all_reduce_grads", "all_reduce_sum", "barrier", "usable_cpus"]
+__all__ = ["DistEnv", "launched", "init_distributed", "all_reduce_grads", "all_reduce_sum", "barrier", "usable_cpus"]
 
 
 def usable_cpus() -> int:

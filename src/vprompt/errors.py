@@ -8,7 +8,7 @@ import difflib
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 
@@ -60,11 +60,16 @@ def did_you_mean(value: object, known: Iterable[str], prefix: str = "", cutoff: 
     return f"; did you mean {', '.join(prefix + by_key[c] for c in close)}?" if close else ""
 
 
-def state_dict_mismatch(error: BaseException, shown: int = 3) -> str:
+def state_dict_mismatch(
+    error: BaseException, shown: int = 3, otherwise: Callable[[BaseException], str] | None = None
+) -> str:
     """PyTorch's ``load_state_dict`` error (a line per kind, every key named) told in one short line: how many
-    keys are missing, unexpected or of another shape, with the first ``shown`` of each."""
+    keys are missing, unexpected or of another shape, with the first ``shown`` of each. Another error is told by
+    ``otherwise``, else by its first line."""
     lines = [line.strip() for line in str(error).splitlines()]
     if not lines or not lines[0].startswith("Error(s) in loading state_dict"):
+        if otherwise is not None:
+            return otherwise(error)
         return lines[0] if lines else type(error).__name__
     parts, shapes = [], []
     for line in lines[1:]:

@@ -270,7 +270,7 @@ def pixels_digest(parts: Sequence[Any]) -> str | None:
         if isinstance(ds, ArrayDataset):
             images = ds.images if indices is None else ds.images[torch.as_tensor(indices, dtype=torch.long)]
             digest.update(repr(tuple(images.shape)).encode())
-            digest.update(images.contiguous().numpy().tobytes())
+            digest.update(images.cpu().contiguous().numpy())  # (the buffer, not a copy of it)
             found = True
     return digest.hexdigest() if found else None
 

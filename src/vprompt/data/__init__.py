@@ -127,6 +127,7 @@ def prepare_data(
     name: str,
     root: str | Path | None = None,
     image_size: int = 224,
+    *,
     random_crop: bool = True,
     val_fraction: float = 0.1,
     split_seed: int = 0,
