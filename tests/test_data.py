@@ -17,6 +17,7 @@ from vprompt.data import (
     make_loader,
     prepare_data,
 )
+from vprompt.errors import DataFileError
 
 
 def test_holdout_split_is_stratified_seeded_and_disjoint():
@@ -213,7 +214,6 @@ def test_a_label_outside_the_classes_is_refused_naming_the_image(tmp_path, monke
     # a list file or class folder naming a class the dataset lacks (GTSRB's 00099/, a CLASS-ID 40 of Pets)
     from vprompt.data import DatasetSpec, FileDataset
     from vprompt.data import registry as data_registry
-    from vprompt.errors import DataFileError
 
     _write_folder(tmp_path, "train", ["a", "b"])
     files = sorted(str(f) for f in (tmp_path / "train").rglob("*.png"))
@@ -257,11 +257,14 @@ def test_image_folder_walks_linked_folders_once_and_lists_files_only(tmp_path):
     os.symlink(tmp_path / "more" / "train" / "ant", tmp_path / "train" / "ant" / "batch2")
     os.symlink(tmp_path / "train" / "ant", tmp_path / "train" / "ant" / "loop")  # a link to itself: walked once
     (tmp_path / "train" / "bee" / "album.jpg").mkdir()  # a folder named like an image is no image
-    os.symlink(tmp_path / "gone.png", tmp_path / "train" / "bee" / "gone.png")  # nor is a broken link
     ds = create_dataset("imagefolder", tmp_path, "train")
     names = [Path(p).relative_to(tmp_path / "train").as_posix() for p, _ in ds.samples]
     assert names == ["ant/0.png", "ant/1.png", "ant/2.png", "ant/batch2/0.png", "ant/batch2/1.png", "ant/batch2/2.png",
                      "bee/0.png", "bee/1.png", "bee/2.png"]  # fmt: skip
+    gone = tmp_path / "train" / "bee" / "gone.png"
+    os.symlink(tmp_path / "gone.png", gone)  # a broken link is named, not skipped: the data would shrink unseen
+    with pytest.raises(DataFileError, match=re.escape(f"{gone}: a link to {tmp_path / 'gone.png'}, which is not")):
+        create_dataset("imagefolder", tmp_path, "train")
 
 
 @pytest.mark.parametrize("workers", [0, 1])

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DataFileError
 from .base import ArrayDataset, FileDataset
 from .registry import DatasetNotFoundError, DatasetSpec, register_dataset, whole_option
 
@@ -121,7 +122,8 @@ def class_folders(folder: Path) -> list[Path]:
 
 def _walk_images(folder: Path) -> Iterator[Path]:
     """The image files under ``folder`` (at any depth, through linked folders too; none when it does not exist),
-    in the order found, without hidden files or files in hidden folders."""
+    in the order found, without hidden files or files in hidden folders. A broken link named like an image is an
+    error: skipped, it would shrink the data without a word."""
     seen = set()
     for here, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(here)
@@ -131,9 +133,15 @@ def _walk_images(folder: Path) -> Iterator[Path]:
         seen.add(real)
         dirs[:] = [d for d in dirs if not _hidden(d)]
         for f in files:
-            path = Path(here, f)  # (not a folder, nor a broken link, named like an image)
-            if not _hidden(f) and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            path = Path(here, f)
+            if _hidden(f) or path.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            if path.is_file():
                 yield path
+            elif not path.exists():  # (listed, so a link whose target is gone)
+                raise DataFileError(
+                    f"{path}: a link to {os.readlink(path)}, which is not there: restore its target, or remove the link"
+                )
 
 
 def image_files(folder: Path) -> list[Path]:
