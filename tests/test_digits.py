@@ -77,6 +77,17 @@ def test_mnist_crop_keeps_the_central_box(tmp_path):
         create_dataset("mnist", tmp_path / "small", "train", crop=20)
 
 
+def test_test_digits_of_another_size_than_the_training_digits_are_warned_about(tmp_path, vprompt_caplog):
+    _write_mnist(tmp_path, "train", 30, gz=False)
+    _write_mnist(tmp_path, "t10k", 20, gz=False, size=32)  # another dataset's files: resized alone, not to one scale
+    prepare_data("mnist", tmp_path, image_size=32, download=False)
+    assert "training images are 28x28 pixels and the test images 32x32" in vprompt_caplog.text
+    vprompt_caplog.clear()
+    _write_mnist(tmp_path, "t10k", 20, gz=False)
+    prepare_data("mnist", tmp_path, image_size=32, download=False)
+    assert "pixels" not in vprompt_caplog.text
+
+
 def test_official_train_set_is_preferred_over_train10k_and_subfolders_are_searched(tmp_path):
     _write_mnist(tmp_path / "mnist", "train10k", 10, gz=True, seed=2)
     assert len(create_dataset("mnist", tmp_path, "train")) == 10  # found in DIR/mnist

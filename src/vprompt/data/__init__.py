@@ -175,6 +175,13 @@ def prepare_data(
     for split, part in (("train", train_full), ("test", test)):
         if part is not None:
             _check_split(part, where, split)
+    if isinstance(train_full, ArrayDataset) and isinstance(test, ArrayDataset):
+        sides = ["x".join(map(str, part.images.shape[-2:])) for part in (train_full, test)]
+        if sides[0] != sides[1]:  # (files of two datasets: each split is resized to the input size on its own)
+            _log.warning(
+                "%s: the training images are %s pixels and the test images %s: each is resized to the model's input "
+                "on its own, so the two are not drawn at one scale; check that both are of one dataset", where, *sides,
+            )  # fmt: skip
     if train_full is None:
         assert test is not None
         return DataSplits(None, None, test, list(test.classnames), spec.templates, "none")
