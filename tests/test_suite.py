@@ -346,6 +346,13 @@ def test_bad_suite_configs(data, needle):
         parse_suite(data, source="s.yaml")
 
 
+def test_a_suite_config_built_in_python_checks_its_table_name_too():
+    from vprompt.suite import SuiteConfig
+
+    with pytest.raises(ValueError, match=r"mine: table: 'name' '\.\./x' must be a file name"):
+        SuiteConfig(base={}, datasets=["a"], methods=[], seeds=[0], table_name="../x", source="mine")
+
+
 def test_an_interrupted_run_continues_with_another_precision_a_finished_one_does_not_count(tmp_path):
     from vprompt.suite import _state
 

@@ -118,6 +118,13 @@ class SuiteConfig:
     output: str = "runs/suite"
     source: str = "suite config"
 
+    def __post_init__(self) -> None:  # (here, not in the parser: a config built in Python writes the files too)
+        if not is_plain_name(self.table_name):
+            raise ValueError(
+                f"{self.source}: table: 'name' {self.table_name!r} must be a file name, without / or \\ (the folder is "
+                "'output')"
+            )
+
 
 @dataclass
 class SuiteCell:
@@ -290,19 +297,12 @@ def parse_suite(data: dict[str, Any], source: str = "suite config", default_outp
         seeds=seeds,
         shots=_shots_list(data.get("shots"), source),
         dataset_overrides=ds_over,
-        table_name=_table_name(table, f"{source}: table"),
+        table_name=_text(table, "name", "suite_results", f"{source}: table"),
         table_title=_text(table, "title", None, f"{source}: table"),
         table_output=_text(table, "output", None, f"{source}: table"),
         output=output,
         source=source,
     )
-
-
-def _table_name(table: dict[str, Any], where: str) -> str:
-    name = _text(table, "name", "suite_results", where)
-    if not is_plain_name(name):
-        raise ValueError(f"{where}: 'name' {name!r} must be a file name, without / or \\ (the folder is 'output')")
-    return name
 
 
 def _text(values: dict[str, Any], key: str, default: str | None, where: str) -> str | None:
