@@ -467,3 +467,18 @@ def test_eval_shift_of_a_dataset_without_shift_sets_is_refused_before_anything_i
     capsys.readouterr()
     assert cli.main(["eval", "--checkpoint", str(tmp_path / "run"), "--shift"]) == 2
     assert "--shift: no distribution-shift sets for dataset 'synthetic'" in capsys.readouterr().err
+
+
+def test_eval_of_the_val_split_of_a_run_selected_on_wilds_ood_val_is_not_called_in_distribution(
+    tmp_path, fake_wilds, capsys
+):
+    data = str(tmp_path / "data")
+    args = tiny_run_args(tmp_path, "--dataset", "camelyon17", "--data-dir", data, "--dataset-option",
+                         "val_split=ood_val", epochs=1)  # fmt: skip
+    assert cli.main(args) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "run"), "--split", "val", "--shift"]) == 0
+    text = capsys.readouterr().out
+    assert "camelyon17 val (WILDS OOD val): acc" in text and "(in distribution)" not in text
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "run"), "--split", "train", "--shift", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["split_kind"] == "in distribution"

@@ -952,7 +952,7 @@ def evaluate_checkpoint(
         raise ValueError(f"--split val: this run has no validation split (val_fraction {cfg.val_fraction})")
     shift_sets = None
     if shift is not None:  # found before any evaluation, so missing files fail fast
-        from .data.shift import find_shift_sets, summarize_shift
+        from .data.shift import find_shift_sets, split_kind, summarize_shift
 
         shift_sets = find_shift_sets(
             cfg.dataset, cfg.data_dir, shift, shift_severities, model.prompter.image_size, data.classnames,
@@ -965,6 +965,7 @@ def evaluate_checkpoint(
     if unfinished:
         out["unfinished"] = True
     if shift_sets is not None:
+        out["split_kind"] = split_kind(cfg.dataset, split, cfg.dataset_options)
         out["shift"] = {}
         for s in shift_sets:
             if s.split == split:  # (WILDS' ood_test is the test split just evaluated)

@@ -80,6 +80,7 @@ __all__ = [
     "find_shift_sets",
     "summarize_shift",
     "format_shift_report",
+    "split_kind",
     "wilds_dataset",
     "WILDS_DATASETS",
 ]
@@ -476,11 +477,20 @@ def _mean_label(summary: dict[str, Any]) -> str:
     return f"{label})" if full else f"{label}, {summary['sets']} sets)"
 
 
+def split_kind(dataset: str, split: str, options: dict[str, Any] | None = None) -> str:
+    """What the evaluated split of ``dataset`` is, for the report: WILDS' ``test`` is its OOD test, and its ``val``
+    the OOD validation split where the run's ``val_split`` (in ``options``) is ``ood_val``."""
+    if dataset in WILDS_DATASETS:
+        wilds = {"test": "ood_test", "val": str((options or {}).get("val_split", "id_val"))}.get(split, split)
+        if wilds.startswith("ood_"):
+            return f"WILDS OOD {wilds[4:]}"
+    return "in distribution"
+
+
 def format_shift_report(result: dict[str, Any]) -> str:
     """The text ``vprompt eval --shift`` prints: the in-distribution accuracy, then a corruption x severity table
     per corruption benchmark (with the mean row and column) and a line per other shifted set."""
-    wilds_test = result["dataset"] in WILDS_DATASETS and result["split"] == "test"
-    kind = "WILDS OOD test" if wilds_test else "in distribution"
+    kind = result.get("split_kind") or split_kind(result["dataset"], result["split"])
     lines = [f"{result['dataset']} {result['split']} ({kind}): acc {result['acc1']:.2f} ({result['n']} images)"]
     shift: dict[str, dict[str, Any]] = result.get("shift", {})
     summary: dict[str, dict[str, Any]] = result.get("shift_summary", {})
