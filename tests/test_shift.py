@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import tarfile
@@ -126,6 +127,9 @@ def test_missing_files_name_the_folder_and_the_download(tmp_path):
     assert "complete it from https://zenodo.org" in str(e.value) and "delete it and pass --download" in str(e.value)
     with pytest.raises(DatasetNotFoundError, match="zenodo.org/records/2535967/files/CIFAR-10-C.tar"):
         find_shift_sets("cifar10", tmp_path / "elsewhere")
+    (tmp_path / "CIFAR-10-C" / "labels.npy").unlink()  # what is missing is named, not what is there
+    with pytest.raises(DatasetNotFoundError, match=f"CIFAR-10-C: no labels.npy in {re.escape(str(tmp_path))}"):
+        find_shift_sets("cifar10", tmp_path)
 
 
 def test_shift_set_selection(tmp_path):
@@ -420,8 +424,11 @@ def test_wilds_adapter_maps_splits_and_class_names(tmp_path, fake_wilds):
     val = create_dataset("camelyon17", tmp_path, "val", val_split="ood_val")
     assert ds.calls[-1] == "val"
     assert val.targets == [0, 1, 0, 1, 0]
-    with pytest.raises(ValueError, match="has no split 'id_test'"):
+    told = r"has no split 'id_test' \(it has: train, val, test, id_val, ood_val, ood_test\)"
+    with pytest.raises(ValueError, match=told):
         create_dataset("camelyon17", tmp_path, "id_test")
+    with pytest.raises(ValueError, match=told):  # (the builder called itself, without the registry's check)
+        shift_mod.wilds_dataset(tmp_path, "id_test", name="camelyon17")
     sets = find_shift_sets("camelyon17", tmp_path)
     assert [s.name for s in sets] == ["camelyon17/ood_val", "camelyon17/ood_test"]
     assert [s.split for s in sets] == [None, "test"]  # the test split itself (evaluated once by eval --shift)

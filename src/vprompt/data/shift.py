@@ -284,7 +284,12 @@ def _cifar_c_sets(
         download_cifar_c(root, classes)
     present = _available_corruptions(folder)
     if not present or not (folder / "labels.npy").is_file():
-        raise _missing_cifar_c(folder, classes, "no labels.npy and <corruption>.npy files")
+        lacks = [
+            f
+            for f, there in (("labels.npy", (folder / "labels.npy").is_file()), ("<corruption>.npy", present))
+            if not there
+        ]
+        raise _missing_cifar_c(folder, classes, f"no {' and no '.join(lacks)}")
     absent = [c for c in CORRUPTIONS if c not in present]
     if absent:
         _log.warning("CIFAR-%d-C: %d of the 15 corruptions missing in %s: %s", classes, len(absent), folder, absent)
@@ -665,7 +670,8 @@ def wilds_dataset(
         )
     ours = {"val": val_split, "test": "ood_test"}.get(split, split)
     if ours not in splits:
-        raise ValueError(f"dataset {name} has no split {split!r} (it has: train, val, test, {', '.join(splits)})")
+        more = ", ".join(s for s in splits if s not in ("train", "val", "test"))
+        raise ValueError(f"dataset {name} has no split {split!r} (it has: train, val, test, {more})")
     ds = _load_wilds(name, root, download)
     return WildsSplit(ds.get_subset(splits[ours]), _wilds_classnames(name, ds), transform)
 
