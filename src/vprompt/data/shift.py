@@ -283,13 +283,12 @@ def _cifar_c_sets(
             raise _missing_cifar_c(folder, classes, "no files")
         download_cifar_c(root, classes)
     present = _available_corruptions(folder)
-    if not present or not (folder / "labels.npy").is_file():
-        lacks = [
-            f
-            for f, there in (("labels.npy", (folder / "labels.npy").is_file()), ("<corruption>.npy", present))
-            if not there
-        ]
-        raise _missing_cifar_c(folder, classes, f"no {' and no '.join(lacks)}")
+    labels = (folder / "labels.npy").is_file()
+    if not present or not labels:
+        lacks = " and no ".join(
+            name for name, there in (("labels.npy", labels), ("<corruption>.npy", present)) if not there
+        )
+        raise _missing_cifar_c(folder, classes, f"no {lacks}")
     absent = [c for c in CORRUPTIONS if c not in present]
     if absent:
         _log.warning("CIFAR-%d-C: %d of the 15 corruptions missing in %s: %s", classes, len(absent), folder, absent)
