@@ -304,3 +304,13 @@ def test_an_open_clip_model_saved_in_a_folder_is_read_with_its_weights_and_norma
     for name in (hub, f"openclip:{hub}", "timm:hf-hub:timm/resnet18.a1_in1k"):
         check_model(name)
         assert planned_input_size(name) is None
+
+
+def test_each_template_weighs_the_same_in_the_ensemble():
+    # each template's embedding is normalized before the average: one whose raw embedding is longer does not
+    # outweigh the others
+    def encode(texts):
+        return torch.tensor([[10.0, 0.0] if t.startswith("a ") else [0.0, 1.0] for t in texts])
+
+    emb = build_text_classifier(encode, ["cat"], ["a {}", "the {}"])
+    assert torch.allclose(emb, torch.tensor([[1.0, 1.0]]) / 2**0.5)

@@ -210,3 +210,20 @@ def test_rlm_draws_from_all_the_models_classes():
     head = LabelMappingHead(10, 1000, "rlm", seed=3)
     expected = torch.randperm(1000, generator=torch.Generator().manual_seed(torch_seed(3)))[:10]
     assert torch.equal(head.mapping, expected) and int(head.mapping.max()) >= 10
+
+
+def test_a_map_saved_before_it_was_computed_loads_as_not_computed():
+    # -1 means "not computed yet": loading it is no error, and the head computes its map before it maps anything
+    # rather than reading the last source class
+    head = LabelMappingHead(3, 4, "flm")
+    head.load_state_dict(LabelMappingHead(3, 4, "flm").state_dict())
+    with pytest.raises(RuntimeError, match="not computed yet"):
+        head(torch.zeros(1, 4))
+    assert head.epoch_start(0, lambda: _outputs(TABLE, 4)) and head.mapping.tolist() == [1, 0, 3]
+
+
+def test_rlm_takes_any_integer_seed():
+    # a seed past 64 bits wraps around as PyTorch's negative seeds do, rather than failing
+    assert torch.equal(
+        LabelMappingHead(10, 1000, "rlm", seed=2**64 + 3).mapping, LabelMappingHead(10, 1000, "rlm", seed=3).mapping
+    )
