@@ -83,6 +83,51 @@ def test_sweep_selects_on_validation_and_prefers_stronger_penalty_on_ties():
     assert {r["val_acc1"] for r in sweep2} == {0.0} and probe2.l2 == 1e-1
 
 
+def test_a_constant_feature_is_left_at_zero_not_divided_by_zero():
+    # a ReLU unit that never fires is a column of zeros: standardizing it must not turn the features into NaN
+    (x, y), (xv, yv) = _separable(200, 0), _separable(100, 1)
+
+    def dead(t):
+        return torch.cat([t, torch.zeros(len(t), 1)], 1)
+
+    probe, sweep = sweep_l2((dead(x), y), (dead(xv), yv), 3, grid=[1e-2])
+    assert torch.isfinite(probe.logits(dead(xv))).all()
+    _, alive = sweep_l2((x, y), (xv, yv), 3, grid=[1e-2])
+    assert sweep[0]["val_acc1"] == alive[0]["val_acc1"] > 90
+
+
+def test_each_strength_of_the_sweep_starts_from_the_previous_solution(monkeypatch):
+    real, starts, ends = linprobe.train_logistic_regression, [], []
+
+    def recorded(*args, init=None, **kwargs):
+        starts.append(init)
+        out = real(*args, init=init, **kwargs)
+        ends.append(out[:2])
+        return out
+
+    monkeypatch.setattr(linprobe, "train_logistic_regression", recorded)
+    sweep_l2(_separable(100, 0), _separable(50, 1), 3, grid=[1e-3, 1e-1, 1.0])
+    assert starts[0] is None and len(starts) == 3
+    for start, previous in zip(starts[1:], ends[:-1], strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(start, previous, strict=True))
+
+
+def test_the_default_sweep_is_half_decades_from_1e_minus_6_to_1e2():
+    grid = linprobe.DEFAULT_L2_GRID
+    assert len(grid) == 17 and grid[0] == pytest.approx(1e-6) and grid[-1] == pytest.approx(1e2)
+    assert all(b / a == pytest.approx(10**0.5) for a, b in zip(grid, grid[1:]))
+
+
+def test_a_small_fit_gives_the_threads_back():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        train_logistic_regression(*_separable(50, 0), 3, l2=1e-2)  # small: fitted on one thread
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_sweep_needs_a_validation_split_unless_the_strength_is_fixed():
     train = _separable(100, 0)
     with pytest.raises(ValueError, match="--val-fraction 0"):
@@ -120,6 +165,16 @@ def test_linprobe_run_folder_results_and_feature_cache(tmp_path, monkeypatch, ca
     assert results["l2"] in (1e-4, 1e-2, 1.0) and [r["l2"] for r in results["sweep"]] == [1.0, 1e-2, 1e-4]
     assert results["feature_dim"] == 64  # the tiny CLIP ViT's width, before its projection to 32
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    # The saved probe is the selected one, whole: applied to the cached test features it gives the reported accuracy.
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(run / "probe.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    saved = linprobe.LinearProbe(**load_file(str(run / "probe.safetensors")), l2=float(meta["l2"]))
+    assert saved.l2 == results["l2"] and len(json.loads(meta["classnames"])) == len(saved.bias)
+    features = load_file(str(run / "features.safetensors"))
+    assert probe_metrics(saved.logits(features["test_x"]), features["test_y"])["acc1"] == results["test"]["acc1"]
 
     # A finished run is not overwritten by accident...
     assert cli.main(_args(tmp_path)) == 2
