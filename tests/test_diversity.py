@@ -85,3 +85,33 @@ def test_di_places_the_shrunk_image_anywhere_on_the_canvas():
     right = 99 - row.flip(-1).float().argmax(-1)
     margins = (left - (99 - right)).abs()  # 0 where it is centred
     assert int(margins.max()) > 10 and len(set(left.tolist())) > 10
+
+
+def test_di_moves_the_shrunk_image_to_either_side_of_the_centre():
+    torch.manual_seed(0)
+    out = random_resize_pad(torch.ones(64, 3, 100, 100), min_scale=0.6, prob=1.0)
+    row = out[:, 0, 50, :] > 0.5
+    left = row.float().argmax(-1)
+    right = 99 - row.flip(-1).float().argmax(-1)
+    offset = (left + right - 99) / 2  # the image's centre from the canvas's
+    assert int((offset < -5).sum()) > 10 and int((offset > 5).sum()) > 10
+
+
+def test_di_and_ref_crop_randomly_when_images_are_decoded():
+    # METHOD step 1: a random crop in training; only --diversity none takes the centre
+    assert create_diversity("ref").random_crop and create_diversity("di").random_crop
+
+
+def test_di_takes_its_smallest_scale_from_the_run():
+    torch.manual_seed(0)
+    out = create_diversity("di", min_scale=0.5, prob=1.0)(torch.ones(64, 3, 100, 100))
+    widths = (out[:, 0, 50, :] > 0.5).sum(-1)
+    assert int(widths.min()) < 70 and int(widths.min()) >= 48  # below 0.9's 90 pixels, never below half
+
+
+def test_flip_probability_is_honoured():
+    from vprompt.diversity import random_flip
+
+    x = torch.rand(16, 3, 4, 4)
+    assert torch.equal(random_flip(x, prob=0.0), x)
+    assert torch.equal(random_flip(x, prob=1.0), x.flip(-1))

@@ -195,3 +195,33 @@ def test_the_run_s_optimizer_moves_evp_s_border_and_never_the_image_s_place(opti
     opt.step()
     assert torch.count_nonzero(prompter.prompt[..., 4:12, 4:12]) == 0
     assert torch.count_nonzero(prompter.prompt) == 3 * (16 * 16 - 8 * 8)
+
+
+@pytest.mark.parametrize("size", [20, 4])
+def test_resize_square_stays_in_pixel_range_where_bicubic_overshoots(size):
+    edge = torch.zeros(1, 3, 8, 8)
+    edge[..., 4:] = 1.0  # a black-white step: the bicubic kernel rings on both sides of it
+    out = resize_square(edge, size)
+    assert out.min() == 0.0 and out.max() == 1.0
+
+
+def test_vp_prompters_save_their_prompt_size_with_the_run():
+    assert PadPrompter(32, pad=4).geometry() == {"input_size": 32, "prompt_size": 4}
+    for cls in (FixedPatchPrompter, RandomPatchPrompter):
+        assert cls(32, patch=5).geometry() == {"input_size": 32, "prompt_size": 5}
+
+
+def test_the_random_patch_is_pictured_where_it_is_evaluated_and_stays_in_training():
+    p = RandomPatchPrompter(input_size=16, patch=4)
+    torch.manual_seed(0)
+    for _ in range(5):
+        pixels = p.prompt_pixels()
+        assert torch.equal(pixels[:, :4, :4], p.prompt[0]) and torch.count_nonzero(pixels[:, 4:, :]) == 0
+    assert p.training  # picturing it does not switch a training run to evaluation
+
+
+def test_a_vp_border_must_leave_some_of_the_image():
+    with pytest.raises(ValueError, match="--prompt-size 16 must be positive and less than half of --input-size 32"):
+        PadPrompter(32, pad=16)
+    with pytest.raises(ValueError, match="--prompt-size 16 must be positive and less than half of --input-size 32"):
+        create_prompter("evp", 32, prompt_size=16)
