@@ -84,3 +84,52 @@ def test_a_run_records_the_commit_of_its_own_source_tree_only(tmp_path):
     assert _source(tmp_path / "venv" / "vprompt") == {"git_sha": None, "git_dirty": None}  # not that repository's
     (tmp_path / "tracked" / "__init__.py").write_text("x = 1")
     assert _source(tmp_path / "tracked") == {"git_sha": head, "git_dirty": True}
+
+
+def test_run_files_get_the_usual_permissions_not_the_temporary_files_private_ones(tmp_path):
+    from vprompt.checkpoint import current_umask
+
+    atomic_write(tmp_path / "results.json", lambda tmp: open(tmp, "w").write("{}"))
+    assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o666 & ~current_umask()
+
+
+def test_only_the_temporary_files_of_unfinished_writes_are_removed(tmp_path):
+    from vprompt.checkpoint import remove_unfinished_writes
+
+    def failed(tmp):
+        raise OSError("disk full")
+
+    kept = [".gitignore", ".notes.txt", "last.pt"]  # a user's own dotfiles are not leftovers
+    for name in kept:
+        (tmp_path / name).write_text("x")
+    with pytest.raises(OSError):
+        atomic_write(tmp_path / "last.pt", failed)
+    (tmp_path / ".last.pt.ab_cd123").write_text("cut sh")  # as a process killed while writing leaves it
+    remove_unfinished_writes(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+
+
+@pytest.mark.parametrize("epoch", [-1, True])
+def test_a_training_state_whose_epoch_is_not_a_count_is_damaged(tmp_path, epoch):
+    import torch
+
+    from vprompt.checkpoint import load_state, save_state
+
+    state = {"format": "vprompt-last/1", "epoch": 2, "best": {}, "model": {}, "optimizers": [], "schedulers": []}
+    save_state(tmp_path / "last.pt", {**state, "config": {}})
+    assert load_state(tmp_path / "last.pt")["epoch"] == 2
+    torch.save({**state, "config": {}, "epoch": epoch}, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match=r"damaged vprompt training state \(entries epoch \(\w+\)\)"):
+        load_state(tmp_path / "last.pt")
+
+
+def test_a_safetensors_file_of_another_format_is_no_prompt(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from vprompt.checkpoint import load_prompt
+
+    path = tmp_path / "probe.safetensors"  # a linear probe's file also holds a config
+    save_file({"weight": torch.zeros(2, 2)}, str(path), {"format": "vprompt-probe/1", "config": "{}"})
+    with pytest.raises(ValueError, match="is a safetensors file but not a vprompt prompt"):
+        load_prompt(path)

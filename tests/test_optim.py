@@ -94,3 +94,30 @@ def test_masked_adamw_decays_its_weights_decoupled():
     p.grad = torch.zeros(3)  # no gradient: only the decay moves it, by lr * weight_decay
     opt.step()
     assert torch.allclose(p.detach(), torch.full((3,), 0.95))
+
+
+def test_the_scheduler_warms_up_the_optimizers_lr():
+    from vprompt.optim import create_scheduler
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = create_optimizer("sgd", [p], lr=2.0, momentum=0.0)
+    sched = create_scheduler(opt, "cosine", total_steps=20, steps_per_epoch=5, warmup_steps=4)
+    lrs = []
+    for _ in range(5):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0])
+
+
+def test_sgd_applies_the_weight_decay_it_is_given():
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = create_optimizer("sgd", [p], lr=0.1, momentum=0.0, weight_decay=0.5)
+    p.grad = torch.zeros(2)  # no gradient: only the decay moves it, by lr * weight_decay * p
+    opt.step()
+    assert torch.allclose(p.detach(), torch.full((2,), 0.95))
+
+
+def test_a_negative_learning_rate_is_refused():
+    with pytest.raises(ValueError, match="--lr -0.5 must be non-negative"):
+        NormalizedGradient([torch.nn.Parameter(torch.zeros(1))], lr=-0.5)
