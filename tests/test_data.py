@@ -441,3 +441,73 @@ def test_images_held_in_memory_are_known_by_their_pixels_not_only_their_labels()
     images[5, 2, 2] = 255  # one pixel of a validation image, the labels as they were
     assert "other files, pixels or labels" in data_changes(was, data_identity(splits(images)))
     assert data_changes({k: v for k, v in was.items() if k != "pixels"}, data_identity(splits(images))) == ""
+
+
+def test_each_class_gives_its_rounded_share_to_validation():
+    # 10 % of 17, 26 and 9 images is 1.7, 2.6 and 0.9: rounded, not cut down (which would take 1, 2 and 0 -> 1).
+    sizes = (17, 26, 9)
+    labels = [c for c, n in enumerate(sizes) for _ in range(n)]
+    train, val = holdout_split(labels, 0.1, seed=0)
+    assert np.bincount([labels[i] for i in val]).tolist() == [round(0.1 * n) for n in sizes]
+    assert np.bincount([labels[i] for i in train]).tolist() == [n - round(0.1 * n) for n in sizes]
+
+
+def test_validation_images_held_out_of_image_files_are_centre_cropped_not_randomly(tmp_path):
+    # Wide noise images: a random training crop of one is almost never its centre crop.
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            d = tmp_path / split / c
+            d.mkdir(parents=True)
+            for i in range(6):
+                Image.fromarray(rng.integers(0, 256, (12, 60, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    data = prepare_data("imagefolder", tmp_path, image_size=8, val_fraction=0.5, random_crop=True, download=False)
+    assert data.val_source == "holdout" and len(data.val) == 6
+    centre = build_transform(8)
+    for i in range(len(data.val)):
+        path = data.val.dataset.samples[data.val.indices[i]][0]
+        with Image.open(path) as img:
+            expected = centre(img.convert("RGB"))
+        for _ in range(2):  # the same pixels however often it is read: selection is not on random crops
+            assert torch.equal(data.val[i][0], expected)
+
+
+def _with_official_val(monkeypatch, val):
+    from vprompt.data import DatasetSpec
+    from vprompt.data import registry as data_registry
+    from vprompt.data.datasets import synthetic_dataset
+
+    def builder(split, **kw):
+        return val() if split == "val" else synthetic_dataset(n_train=60, n_test=20, split=split)
+
+    spec = DatasetSpec(name="synthetic_val", builder=builder, splits=("train", "val", "test"))
+    monkeypatch.setitem(data_registry._REGISTRY, "synthetic_val", spec)
+
+
+def test_an_empty_official_validation_split_is_replaced_by_one_held_out(monkeypatch, vprompt_caplog):
+    names = [f"class {k}" for k in range(10)]
+    _with_official_val(monkeypatch, lambda: ArrayDataset(np.zeros((0, 8, 8, 3), np.uint8), [], names))
+    data = prepare_data("synthetic_val", None, image_size=32, val_fraction=0.2, split_seed=1)
+    assert data.val_source == "holdout" and len(data.val) > 0
+    assert len(data.train) + len(data.val) == 60
+    assert data.split_indices["val"] == holdout_split(_train_targets(), 0.2, 1)[1]
+    assert "the official validation split is empty" in vprompt_caplog.text
+
+
+def _train_targets():
+    from vprompt.data.datasets import synthetic_dataset
+
+    return synthetic_dataset(n_train=60, n_test=20).targets.tolist()
+
+
+def test_an_official_validation_image_of_a_class_the_dataset_lacks_is_refused(monkeypatch):
+    from vprompt.data.datasets import synthetic_dataset
+
+    def val():
+        ds = synthetic_dataset(n_train=60, n_test=20, split="test")
+        ds.targets[3] = 10  # (10 classes: 0..9)
+        return ds
+
+    _with_official_val(monkeypatch, val)
+    with pytest.raises(DataFileError, match=r"1 val image\(s\) with a label outside its 10 classes .* image 3 "):
+        prepare_data("synthetic_val", None, image_size=32)
