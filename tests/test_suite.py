@@ -796,3 +796,39 @@ def test_an_inner_size_meant_for_evp_leaves_vps_border_alone():
     vp, evp = (_cell_settings(suite, "synthetic", m) for m in suite.methods)
     assert vp["prompt_size"] == 4  # VP's border, not EVP's size
     assert evp["inner_size"] == 40 and "prompt_size" not in evp  # EVP's border: what the shrunk image leaves
+
+
+def test_a_row_with_a_cell_missing_seeds_gets_no_average(tmp_path, monkeypatch):
+    # vp on d1 has 2 of its 3 seeds; every other cell is complete. An average over the finished seeds alone would
+    # compare vp with evp on other runs, so vp's row gives none, and evp's is the mean of its per-dataset means.
+    for name in ("d1", "d2"):
+        monkeypatch.setitem(data_registry._REGISTRY, name, DatasetSpec(name=name, builder=synthetic_dataset))
+    accs = {(m, d, s): 40.0 + 7 * (m == "vp") + 3 * (d == "d2") + s for m in ("evp", "vp") for d in ("d1", "d2")
+            for s in (1, 2, 3)}  # fmt: skip
+    report = run_suite(_small_suite(tmp_path), fit=_fake_fit(accs, fail={("vp", "d1", 3)}), quiet=True)
+    md = report.markdown
+    vp1 = [accs["vp", "d1", s] for s in (1, 2)]
+    vp2 = [accs["vp", "d2", s] for s in (1, 2, 3)]
+    partial = f"{statistics.mean(vp1):.2f} ± {statistics.stdev(vp1):.2f} (2/3)"
+    assert f"| vp | {partial} | {statistics.mean(vp2):.2f} ± {statistics.stdev(vp2):.2f} | – |" in md
+    evp = [statistics.mean(accs["evp", d, s] for s in (1, 2, 3)) for d in ("d1", "d2")]
+    assert re.search(rf"\| evp \| .* \| {statistics.mean(evp):.2f} \|", md)
+    with open(tmp_path / "suite_results_table.csv") as f:
+        table = {r["method"]: r for r in csv.DictReader(f)}
+    assert table["vp"]["Average"] == "" and table["vp"]["d1 n"] == "2"
+    assert float(table["evp"]["Average"]) == pytest.approx(statistics.mean(evp))
+
+
+def test_dataset_options_are_merged_key_by_key_across_base_overrides_and_entries():
+    suite = parse_suite({
+        "base": {"model": TINY_MODEL, "dataset_options": {"n_train": 48, "n_test": 24}},
+        "datasets": ["synthetic"],
+        "dataset_overrides": {"synthetic": {"dataset_options": {"n_test": 12, "num_classes": 4}}},
+        "methods": ["evp", {"name": "vp", "dataset_options": {"num_classes": 3}}],
+        "seeds": [1],
+    })  # fmt: skip
+    options = {c.method: c.cfg.dataset_options for c in expand_suite(suite, output="out")}
+    # Each layer replaces only the options it names: the base's n_train stays, the dataset's n_test wins over the
+    # base's, and the entry's num_classes over the dataset's.
+    assert options["evp"] == {"n_train": 48, "n_test": 12, "num_classes": 4}
+    assert options["vp"] == {"n_train": 48, "n_test": 12, "num_classes": 3}
