@@ -1535,3 +1535,12 @@ def test_a_resume_path_that_holds_no_training_state_says_what_resume_takes(tmp_p
     assert cli.main(tiny_run_args(tmp_path, "--resume", "lastest")) == 2
     err = capsys.readouterr().err
     assert "--resume lastest: no training state at lastest; give 'latest' (this run's own) or the path of" in err
+
+
+def test_shots_of_zero_from_a_config_file_is_refused_naming_the_file(tmp_path):
+    # shots 0 is no few-shot setting: refused with the file named, before any data is read, as --shots 0 is.
+    path = tmp_path / "few.yaml"
+    path.write_text("shots: 0\n")
+    with pytest.raises(ValueError, match=r"few.yaml: shots 0 must be at least 1"):
+        resolve_config(load_yaml(path), source=str(path))
+    assert resolve_config(load_yaml(path) | {"shots": 1}).shots == 1
