@@ -832,3 +832,19 @@ def test_dataset_options_are_merged_key_by_key_across_base_overrides_and_entries
     # base's, and the entry's num_classes over the dataset's.
     assert options["evp"] == {"n_train": 48, "n_test": 12, "num_classes": 4}
     assert options["vp"] == {"n_train": 48, "n_test": 12, "num_classes": 3}
+
+
+@pytest.mark.parametrize(("setting", "there"), [("split_seed", 3), ("val_fraction", 0.2)])
+def test_a_finished_run_on_another_validation_split_is_not_this_cells_result(tmp_path, setting, there):
+    from vprompt.suite import _state
+
+    cell = expand_suite(parse_suite({"datasets": ["synthetic"], "methods": ["vp"]}), output=tmp_path)[0]
+    run = cell.cfg.run_dir
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"config": cell.cfg.to_dict()}))
+    (run / "results.json").write_text(FINISHED)
+    assert _state(cell)[0] == "done"
+    # The run name does not say which images were held out: the saved settings do.
+    (run / "config.yaml").write_text(yaml.safe_dump({"config": {**cell.cfg.to_dict(), setting: there}}))
+    state, why, _ = _state(cell)
+    assert state == "conflict" and f"{setting}={there!r} there, {getattr(cell.cfg, setting)!r} here" in why
