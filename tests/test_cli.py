@@ -1544,3 +1544,19 @@ def test_shots_of_zero_from_a_config_file_is_refused_naming_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"few.yaml: shots 0 must be at least 1"):
         resolve_config(load_yaml(path), source=str(path))
     assert resolve_config(load_yaml(path) | {"shots": 1}).shots == 1
+
+
+def test_the_last_epoch_is_validated_and_may_be_selected_whatever_eval_every(tmp_path, monkeypatch):
+    real, val_accuracies = engine.evaluate, iter([50.0, 90.0])  # epochs 2 and 3 validated; 3 is the best
+
+    def evaluate(model, loader, device, precision, env, desc="eval"):
+        result = real(model, loader, device, precision, env, desc=desc)
+        return {**result, "acc1": next(val_accuracies)} if desc == "val" else result
+
+    monkeypatch.setattr(engine, "evaluate", evaluate)
+    assert cli.main(tiny_run_args(tmp_path, "--device", "cpu", "--eval-every", "2", epochs=3)) == 0
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [2, 3]  # every 2nd epoch, and the last
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["best_epoch"] == 3 and results["selection"] == "val"
+    assert results["test"] == results["test_last"]
