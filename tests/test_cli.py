@@ -1560,3 +1560,16 @@ def test_the_last_epoch_is_validated_and_may_be_selected_whatever_eval_every(tmp
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["best_epoch"] == 3 and results["selection"] == "val"
     assert results["test"] == results["test_last"]
+
+
+def test_on_a_tie_in_validation_accuracy_the_earlier_epoch_is_kept(tmp_path, monkeypatch):
+    real, val_accuracies = engine.evaluate, iter([70.0, 70.0, 60.0])  # epochs 1 and 2 tie
+
+    def evaluate(model, loader, device, precision, env, desc="eval"):
+        result = real(model, loader, device, precision, env, desc=desc)
+        return {**result, "acc1": next(val_accuracies)} if desc == "val" else result
+
+    monkeypatch.setattr(engine, "evaluate", evaluate)
+    assert cli.main(tiny_run_args(tmp_path, "--device", "cpu", epochs=3)) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["best_epoch"] == 1 and results["selection"] == "val"
