@@ -23,11 +23,12 @@ from vprompt.config import (
     check_recipe_kept,
     load_yaml,
     resolve_config,
+    shipped_configs,
     under,
     with_filled_recorded,
 )
 
-from .conftest import ROOT, TINY_MODEL, tiny_run_args
+from .conftest import TINY_MODEL, tiny_run_args
 
 
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -728,16 +729,15 @@ def test_the_command_line_undoes_a_files_settings(tmp_path):
 
 
 def test_a_method_or_optimizer_over_a_file_made_for_another_is_refused(tmp_path, capsys):
-    configs = Path(__file__).resolve().parents[1] / "configs"
     args = ["train", "--dataset", "synthetic", "--output", str(tmp_path)]
-    assert cli.main([*args, "-c", str(configs / "vp_clip_vitb32.yaml"), "--method", "evp"]) == 2
+    assert cli.main([*args, "-c", "vp_clip_vitb32", "--method", "evp"]) == 2
     err = capsys.readouterr().err
     assert "method evp over " in err and "spells out method vp's recipe (optimizer sgd, lr 40," in err, err
-    assert cli.main([*args, "-c", str(configs / "evp_clip_vitb32.yaml"), "--optimizer", "adamw"]) == 2
+    assert cli.main([*args, "-c", "evp_clip_vitb32.yaml", "--optimizer", "adamw"]) == 2
     assert "optimizer adamw over " in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
     # Given with what they need, or over settings that are not another method's recipe: as asked
-    evp = load_yaml(configs / "evp_clip_vitb32.yaml")
+    evp = load_yaml(shipped_configs()["evp_clip_vitb32"])
     check_recipe_kept({"optimizer": "adamw", "lr": 0.3}, evp, "command line", "evp.yaml")
     check_recipe_kept({"method": "vp"}, {"method": "evp", "epochs": 1000, "batch_size": 8}, "command line", "f.yaml")
     # A method whose recipe brings another optimizer, over a file's own lr for the old one: refused as --optimizer is
@@ -1347,10 +1347,10 @@ def test_config_file_gives_defaults_and_cli_overrides(tmp_path):
 
 
 def test_shipped_paper_configs_resolve_to_the_paper_settings():
-    evp = resolve_config(load_yaml(ROOT / "configs" / "evp_clip_vitb32.yaml"))
+    evp = resolve_config(load_yaml(shipped_configs()["evp_clip_vitb32"]))
     assert (evp.method, evp.lr, evp.epochs, evp.batch_size, evp.seed) == ("evp", 70.0, 1000, 256, 42)
     assert (evp.input_size, evp.inner_size, evp.prompt_size, evp.optimizer) == (224, 164, 30, "normgrad")
-    vp = resolve_config(load_yaml(ROOT / "configs" / "vp_clip_vitb32.yaml"))
+    vp = resolve_config(load_yaml(shipped_configs()["vp_clip_vitb32"]))
     assert (vp.prompter, vp.lr, vp.momentum, vp.warmup_steps, vp.prompt_size) == ("pad", 40.0, 0.9, 1000, 30)
 
 
@@ -1409,7 +1409,7 @@ def test_a_head_on_the_command_line_replaces_a_config_files_label_map(tmp_path):
 
 
 def test_one_of_evps_sizes_on_the_command_line_replaces_both_of_a_config_files(tmp_path):
-    args = cli.build_parser().parse_args(["train", "-c", str(ROOT / "configs" / "evp_clip_vitb32.yaml"),
+    args = cli.build_parser().parse_args(["train", "-c", str(shipped_configs()["evp_clip_vitb32"]),
                                           "--inner-size", "180"])  # fmt: skip
     values, sources = cli._run_values(args)
     cfg = resolve_config(values, "command line", sources)
@@ -1573,3 +1573,24 @@ def test_on_a_tie_in_validation_accuracy_the_earlier_epoch_is_kept(tmp_path, mon
     assert cli.main(tiny_run_args(tmp_path, "--device", "cpu", epochs=3)) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["best_epoch"] == 1 and results["selection"] == "val"
+
+
+def test_a_shipped_config_is_found_by_its_name_wherever_vprompt_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # away from the source tree
+    assert set(shipped_configs()) == {"evp_clip_vitb32", "vp_clip_vitb32", "suite_clip_vitb32"}
+    assert (
+        load_yaml("evp_clip_vitb32")
+        == load_yaml("evp_clip_vitb32.yaml")
+        == load_yaml(shipped_configs()["evp_clip_vitb32"])
+    )
+    assert load_yaml("evp_clip_vitb32")["lr"] == 70
+    (tmp_path / "evp_clip_vitb32.yaml").write_text("lr: 3\n")  # a file of the name given wins
+    assert load_yaml("evp_clip_vitb32.yaml") == {"lr": 3}
+    with pytest.raises(FileNotFoundError, match=r"evp_clip_vit does not exist; the shipped configs are evp_clip"):
+        load_yaml("evp_clip_vit")
+    with pytest.raises(FileNotFoundError, match=r"sub/evp_clip_vitb32 does not exist$"):  # a path is only a path
+        load_yaml("sub/evp_clip_vitb32")
+    assert cli.main(["list", "configs"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed] == sorted(shipped_configs())
+    assert any(line.startswith("evp_clip_vitb32") and "EVP on CLIP ViT-B/32" in line for line in listed)

@@ -22,7 +22,7 @@ from vprompt.data.datasets import synthetic_dataset
 from vprompt.runs import changed_settings
 from vprompt.suite import expand_suite, load_suite, parse_suite, run_suite, write_tables
 
-from .conftest import ROOT, TINY_MODEL
+from .conftest import TINY_MODEL
 
 PAPER_DATASETS = ["cifar100", "cifar10", "flowers102", "food101", "eurosat", "sun397", "svhn", "pets", "dtd",
                   "resisc45", "clevr_count", "dmlab"]  # fmt: skip
@@ -556,8 +556,8 @@ def test_empty_dataset_options_are_no_options():
 
 
 def test_shipped_suite_config_expands_to_the_paper_grid(tmp_path, capsys):
-    path = ROOT / "configs" / "suite_clip_vitb32.yaml"
-    suite = load_suite(path)
+    suite = load_suite("suite_clip_vitb32")  # shipped with vprompt, found by its name
+    assert suite.output == str(Path("runs") / "suite_clip_vitb32")
     assert suite.datasets == PAPER_DATASETS
     assert [m.label for m in suite.methods] == ["evp", "vp", "zeroshot", "linprobe"]
     cells = expand_suite(suite, output=tmp_path)
@@ -570,7 +570,7 @@ def test_shipped_suite_config_expands_to_the_paper_grid(tmp_path, capsys):
     vp = next(c.cfg for c in cells if c.method == "vp" and c.cfg is not None)
     assert (vp.prompter, vp.lr, vp.prompt_size, vp.optimizer) == ("pad", 40.0, 30, "sgd")
     # Datasets (or methods) not installed yet do not break the listing.
-    assert cli.main(["suite", str(path), "--dry-run", "--output", str(tmp_path)]) == 0
+    assert cli.main(["suite", "suite_clip_vitb32", "--dry-run", "--output", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "48 runs:" in out and "| linprobe |" in out
     assert not any(tmp_path.iterdir())  # a dry run writes nothing

@@ -5,7 +5,7 @@ vprompt eval --checkpoint runs/<run>/prompt.safetensors --split test
 vprompt zeroshot --model ViT-B-32 --pretrained openai --dataset cifar100
 vprompt linprobe --model ViT-B-32 --pretrained openai --dataset cifar100
 vprompt list models|datasets|methods
-vprompt suite configs/suite_clip_vitb32.yaml [--dry-run]
+vprompt suite suite_clip_vitb32 [--dry-run]
 """
 
 from __future__ import annotations
@@ -234,7 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run every (dataset, method, seed[, shots]) of a suite config (skipping finished runs, resuming "
         "interrupted ones) and write a paper-style table (Markdown and CSV).",
     )  # fmt: skip
-    p.add_argument("suite_config", metavar="CONFIG.yaml", help="the suite config (see configs/suite_clip_vitb32.yaml)")
+    p.add_argument(
+        "suite_config", metavar="CONFIG.yaml", help="the suite config, or a shipped one by name (vprompt list configs)"
+    )
     p.add_argument(
         "--dry-run", action="store_true", help="list the runs and their state; run nothing (status 1: some cannot run)"
     )
@@ -309,8 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=None, help="arms at a time (default: a core each on the CPU, up to 5)")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("list", help="list models, datasets or methods")
-    p.add_argument("what", choices=["models", "datasets", "methods"])
+    p = sub.add_parser("list", help="list models, datasets, methods or shipped configs")
+    p.add_argument("what", choices=["models", "datasets", "methods", "configs"])
     p.set_defaults(func=_cmd_list)
     return parser
 
@@ -323,11 +325,12 @@ def _run_values(args: argparse.Namespace, method: str | None = None) -> tuple[di
     training run can be reused for them; the others (a prompt, an optimizer, epochs) are named and left out. What a
     method's recipe filled in a run's saved config is no setting of the file's
     (:func:`~vprompt.config.run_file_settings`)."""
-    from .config import check_dataset_options, check_recipe_kept, less_given, load_yaml, under
+    from .config import check_dataset_options, check_recipe_kept, find_config, less_given, load_yaml, under
 
     values: dict[str, Any] = {}
     file = getattr(args, "config_file", None)
     if file:
+        file = find_config(file)  # errors name the file read, a shipped config's too
         values = load_yaml(file)
         offered = getattr(args, "offered", None)
         if offered is not None:
@@ -489,6 +492,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
         for name, doc in list_methods().items():
             print(f"{name:14s} {doc}")
+    elif args.what == "configs":
+        from .config import shipped_configs
+
+        for name, path in shipped_configs().items():
+            first = path.read_text(encoding="utf-8").splitlines()[0]
+            print(f"{name:20s} {first.lstrip('# ')}")
     elif args.what == "datasets":
         from .data import get_dataset_spec, list_datasets
 

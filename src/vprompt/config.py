@@ -20,7 +20,10 @@ import yaml
 
 from .errors import did_you_mean
 
-__all__ = ["RunConfig", "METHODS", "PRECISIONS", "check_precision", "resolve_config", "load_yaml", "list_methods"]
+__all__ = [
+    "RunConfig", "METHODS", "PRECISIONS", "check_precision", "resolve_config", "load_yaml", "list_methods",
+    "shipped_configs", "find_config",
+]  # fmt: skip
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # autocast dtype of the frozen model; fp32 is none
@@ -784,13 +787,28 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a dict, with dashes in keys accepted as underscores; of a run's saved
-    config.yaml its settings, as :func:`run_file_settings` gives them."""
+def shipped_configs() -> dict[str, Path]:
+    """The config files that come with vprompt (the papers' settings), by name: ``evp_clip_vitb32`` and so on."""
+    return {p.stem: p for p in sorted((Path(__file__).parent / "configs").glob("*.yaml"))}
+
+
+def find_config(path: str | Path) -> Path:
+    """``path`` where it exists; otherwise, for a bare name such as ``evp_clip_vitb32`` (``.yaml`` optional, no
+    folder), the shipped config of that name, so that ``-c evp_clip_vitb32`` works wherever vprompt is installed."""
     path = Path(path)
+    if path.exists() or path.parent != Path("."):
+        return path
+    return shipped_configs().get(path.name.removesuffix(".yaml"), path)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file (or a shipped config by name, :func:`find_config`) into a dict, with dashes in keys
+    accepted as underscores; of a run's saved config.yaml its settings, as :func:`run_file_settings` gives them."""
+    path = find_config(path)
     if not path.is_file():
+        shipped = f"; the shipped configs are {', '.join(shipped_configs())}" if path.parent == Path(".") else ""
         raise FileNotFoundError(
-            f"config file {path} " + ("is a folder; give a YAML file" if path.is_dir() else "does not exist")
+            f"config file {path} " + ("is a folder; give a YAML file" if path.is_dir() else f"does not exist{shipped}")
         )
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}

@@ -72,6 +72,7 @@ from typing import Any
 from .config import (
     RunConfig,
     check_dataset_options,
+    find_config,
     in_file_terms,
     is_plain_name,
     load_yaml,
@@ -317,7 +318,7 @@ def _text(values: dict[str, Any], key: str, default: str | None, where: str) -> 
 
 def load_suite(path: str | Path) -> SuiteConfig:
     """Read and validate a suite config file; the default output folder is ``runs/<file name>``."""
-    path = Path(path)
+    path = find_config(path)
     return parse_suite(load_yaml(path), source=str(path), default_output=str(Path("runs") / path.stem))
 
 
