@@ -1594,3 +1594,33 @@ def test_a_shipped_config_is_found_by_its_name_wherever_vprompt_runs(tmp_path, m
     listed = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in listed] == sorted(shipped_configs())
     assert any(line.startswith("evp_clip_vitb32") and "EVP on CLIP ViT-B/32" in line for line in listed)
+
+
+def test_eval_on_the_val_split_compares_the_validation_images_alone(tmp_path, capsys):
+    from PIL import Image
+
+    def write(split, cls, i):
+        (data / split / cls).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (12, 12), (40 * i % 256, 100 if cls == "a" else 200, 0)).save(data / split / cls / f"{i}.png")
+
+    data = tmp_path / "data"
+    for split, n in (("train", 4), ("val", 2), ("test", 2)):
+        for cls in ("a", "b"):
+            for i in range(n):
+                write(split, cls, i)
+    args = ["--dataset", "imagefolder", "--data-dir", str(data), "--workers", "0"]
+    assert cli.main(tiny_run_args(tmp_path, *args, epochs=1)) == 0
+    run = str(tmp_path / "run")
+    capsys.readouterr()
+    assert cli.main(["eval", "--checkpoint", run, "--split", "val", "--json"]) == 0
+    val = json.loads(capsys.readouterr().out)
+    write("train", "a", 9)  # a training image added: the validation split is still the run's own
+    assert cli.main(["eval", "--checkpoint", run, "--split", "val", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == val and val["n"] == 4
+    assert cli.main(["eval", "--checkpoint", run, "--split", "train"]) == 2  # the training split is not
+    assert "train images: 8 then, 9 now" in capsys.readouterr().err
+    (data / "train" / "a" / "9.png").unlink()
+    (data / "val" / "b" / "1.png").rename(data / "val" / "b" / "7.png")  # a validation image renamed: refused
+    assert cli.main(["eval", "--checkpoint", run, "--split", "val"]) == 2
+    err = capsys.readouterr().err
+    assert "--split val: the data differ from those" in err and "other files, pixels or labels" in err, err

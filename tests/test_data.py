@@ -429,7 +429,7 @@ def test_a_runs_data_saved_before_a_part_of_the_identity_existed_is_compared_on_
 def test_images_held_in_memory_are_known_by_their_pixels_not_only_their_labels():
     from vprompt.data import DataSplits
     from vprompt.data.base import ArrayDataset, LabeledSubset
-    from vprompt.runs import data_changes, data_identity
+    from vprompt.runs import data_changes, data_identity, split_changes
 
     def splits(images):
         full = ArrayDataset(images, [0, 1, 0, 1, 0, 1], ["a", "b"])
@@ -440,7 +440,16 @@ def test_images_held_in_memory_are_known_by_their_pixels_not_only_their_labels()
     assert data_changes(was, data_identity(splits(images.copy()))) == ""
     images[5, 2, 2] = 255  # one pixel of a validation image, the labels as they were
     assert "other files, pixels or labels" in data_changes(was, data_identity(splits(images)))
-    assert data_changes({k: v for k, v in was.items() if k != "pixels"}, data_identity(splits(images))) == ""
+    assert (
+        data_changes({k: v for k, v in was.items() if k not in ("pixels", "val")}, data_identity(splits(images))) == ""
+    )
+    # Evaluating on the validation split asks for its images alone (a run saved without them: for all it saved).
+    assert "other files, pixels or labels" in split_changes(was, data_identity(splits(images)), "val")
+    images[5, 2, 2], images[0, 1, 1] = 0, 255  # one pixel of a training image
+    assert split_changes(was, data_identity(splits(images)), "val") == ""
+    assert "other files, pixels or labels" in split_changes(was, data_identity(splits(images)), "train")
+    old = {k: v for k, v in was.items() if k != "val"}
+    assert "other files, pixels or labels" in split_changes(old, data_identity(splits(images)), "val")
 
 
 def test_each_class_gives_its_rounded_share_to_validation():

@@ -79,6 +79,7 @@ from .runs import (
     resume_path,
     rewind_run_files,
     same_weights,
+    split_changes,
     split_size,
     write_results,
     write_run_files,
@@ -941,7 +942,7 @@ def evaluate_checkpoint(
             f"{path}: the dataset's classes {how} those the prompt was trained on (its head maps by position); "
             "train the prompt again on this dataset"
         )
-    changes = data_changes(meta.get("data"), data_identity(data)) if split != "test" else ""
+    changes = split_changes(meta.get("data"), data_identity(data), split) if split != "test" else ""
     if changes:  # other images held out or drawn: not the run's own split, and perhaps its training images
         raise ValueError(
             f"--split {split}: the data differ from those {path} was trained on ({changes}), so this would not be the "

@@ -47,6 +47,7 @@ __all__ = [
     "continues_own_run",
     "data_changes",
     "data_identity",
+    "split_changes",
     "folder_lock",
     "holds_run",
     "images_digest",
@@ -287,15 +288,27 @@ def data_identity(data: DataSplits) -> dict[str, Any]:
     which images were held out or drawn, one of the images' files and labels, and one of the pixels of images held
     in memory (which have no files)."""
     split = json.dumps(data.split_indices, sort_keys=True).encode()
+    val = json.dumps([images_digest([data.val]), pixels_digest([data.val])]).encode()
     identity = {
         "classes": list(data.classnames),
         "train images": split_size(data.train),
         "val images": split_size(data.val),
         "split": hashlib.sha256(split).hexdigest(),
         "images": images_digest([data.train, data.val]),
+        "val": hashlib.sha256(val).hexdigest(),  # the validation images alone, whatever the training ones
     }
     pixels = pixels_digest([data.train, data.val])
     return identity if pixels is None else {**identity, "pixels": pixels}
+
+
+def split_changes(was: dict[str, Any] | None, now: dict[str, Any], split: str) -> str:
+    """How the data of :func:`data_identity` ``now`` differ from ``was`` for evaluating a run on its ``split``
+    (train or val), or "": the validation split is the run's where its classes and images are (training images
+    added to a dataset with its own validation split leave it as it was); a run saved before the identity had the
+    validation images alone is compared on all it saved."""
+    if split == "val" and was is not None and was.get("val") == now["val"] and was.get("classes") == now["classes"]:
+        return ""
+    return data_changes(was, now)
 
 
 def prompt_meta(
