@@ -902,6 +902,8 @@ def test_eval_downloads_the_datasets_files_without_shift(tmp_path, monkeypatch):
         (["--method", "evq"], "unknown method 'evq'"),
         (["--dataset", "cifar10", "--dataset-option", "n=3"], "dataset 'cifar10' has no option 'n'"),
         (["--input-size", "96"], "input size 96 (--input-size, or input_size in a config file) does not fit model"),
+        # a CNN that takes any size, but whose pooling shrinks this one to nothing: told before any data is read
+        (["--model", "tv:squeezenet1_1", "--input-size", "8"], "does not fit model 'tv:squeezenet1_1', whose forward"),
         (["--inner-size", "64", "--pretrained", "nosuchtag"], "--inner-size 64 must be smaller"),  # (before weights)
         (["--method", "zeroshot"], "has nothing to train; use --epochs 0"),
         (["--method", "zeroshot", "--head", "linear", "--epochs", "0"], "zeroshot trains nothing"),

@@ -109,8 +109,20 @@ class FrozenBackbone(nn.Module):
         return self.forward(x)
 
     def check_input_size(self, size: int) -> None:
-        """Raise a clear error when ``size`` cannot be fed to this model."""
+        """Raise a clear error when ``size`` cannot be fed to this model: a size other than its own is tried on one
+        blank image, since a CNN's pooling or kernels fail on an input they shrink to nothing (AlexNet at 16 px)."""
         check_input_size(self.name, size, self.input_size, self.fixed_input_size)
+        if size == self.input_size:
+            return
+        try:
+            with torch.no_grad():
+                self(torch.zeros(1, 3, size, size, device=self.mean.device))
+        except RuntimeError as e:
+            raise ValueError(
+                f"input size {size} (--input-size, or input_size in a config file) does not fit model {self.name!r}, "
+                f"whose forward pass fails on it ({str(e).splitlines()[0]}); give a larger size, such as its "
+                f"own {self.input_size}"
+            ) from None
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, kind={self.kind!r}, input_size={self.input_size}"
