@@ -73,6 +73,13 @@ def test_evp_rejects_bad_sizes(inner, flag):
     assert EVPPrompter(3).pad == 1
 
 
+@pytest.mark.parametrize(("inner", "suggested"), [(163, 162), (1, 2)])
+def test_evp_odd_border_suggests_an_inner_size_that_works(inner, suggested):
+    with pytest.raises(ValueError, match=f"try --inner-size {suggested}$"):
+        EVPPrompter(224, inner)
+    assert EVPPrompter(224, suggested).pad == (224 - suggested) // 2  # (0, one below 1, would be refused in turn)
+
+
 def test_create_prompter_prompt_size_and_conflicts():
     assert create_prompter("evp", 224, prompt_size=30).image_size == 164
     with pytest.raises(ValueError, match="disagree"):

@@ -164,7 +164,7 @@ class EVPPrompter(Prompter):
         if (input_size - inner_size) % 2:
             raise ValueError(
                 f"--input-size {input_size} minus --inner-size {inner_size} must be even so the border is the same "
-                f"width on every side; try --inner-size {inner_size - 1}"
+                f"width on every side; try --inner-size {inner_size - 1 if inner_size > 1 else 2}"
             )
         self.input_size = input_size
         self.image_size = inner_size
