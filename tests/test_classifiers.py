@@ -496,6 +496,26 @@ def test_an_offline_hub_download_names_the_quick_way_to_fail_and_cuts_its_reason
     assert "HF_HUB_OFFLINE" not in str(info.value)
 
 
+def test_an_offline_timm_hub_model_points_to_its_architecture_name_not_to_a_weights_file(tmp_path, monkeypatch):
+    """Its config comes from the Hub with any --pretrained: a local weights file, which the message suggested,
+    fails in the same way, and random weights were told as --pretrained None."""
+    import timm
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("test_resnet").state_dict().items()}, weights)
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: (_ for _ in ()).throw(LocalEntryNotFoundError("x")))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for pretrained, what in ((None, "config"), (str(weights), "config"), ("default", "config and weights")):
+        with pytest.raises(FileNotFoundError) as info:
+            create_backbone("timm:hf-hub:timm/test_resnet.r160_in1k", pretrained=pretrained)
+        message = str(info.value)
+        assert message.startswith(f"could not get the {what} of --model timm:hf-hub:timm/test_resnet.r160_in1k (")
+        assert "--model timm:test_resnet.r160_in1k, with --pretrained PATH" in message
+        assert "--pretrained None" not in message and "if you are offline, pass --pretrained PATH" not in message
+
+
 def test_where_the_hub_cannot_be_resolved_it_reads_its_cache_at_once_and_fails_at_once(tmp_path, monkeypatch):
     """Offline, the hub retried each file for about 50 s before it read its cache or failed."""
     from huggingface_hub import constants, hf_hub_download

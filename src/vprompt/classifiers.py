@@ -284,6 +284,16 @@ def _create_timm(
     kwargs: dict[str, Any] = {"cache_dir": cache_dir} if cache_dir else {}
     hub = name.startswith("hf-hub:")  # (its config is fetched, with or without its weights)
     fetching = fetching_weights(f"--model timm:{name} --pretrained {pretrained}", hub=True)
+    if hub:  # a local copy of the weights does not spare the config: the architecture's own name does
+        repo = name[len("hf-hub:") :]
+        arch = repo.split("/", 1)[1] if repo.startswith("timm/") else "<architecture in its config.json>"
+        fetching = fetching_weights(
+            f"--model timm:{name}",
+            f"name the architecture instead, --model timm:{arch}, with --pretrained PATH pointing to a local copy of "
+            "the weights",
+            hub=True,
+            thing="config and weights" if download else "config",
+        )
     with fetching if download or hub else nullcontext():
         model = timm.create_model(name, pretrained=download, **kwargs)
     if local is not None:

@@ -70,12 +70,16 @@ def _is_fetch_failure(exc: BaseException) -> bool:
 
 @contextmanager
 def fetching_weights(
-    what: str, offline: str = "pass --pretrained PATH pointing to a local copy", hub: bool = False
+    what: str,
+    offline: str = "pass --pretrained PATH pointing to a local copy",
+    hub: bool = False,
+    thing: str = "weights",
 ) -> Iterator[None]:
     """Around a download of pretrained weights (by us, open_clip, timm or torchvision): a failure to fetch them
     becomes one line naming ``what`` (the model and its tag) and the ``offline`` way round it; other errors pass.
-    For a download through the Hugging Face Hub (``hub``), where the hub's host cannot be resolved, the hub is in
-    offline mode meanwhile: it reads its cache at once, where it would retry for about 50 s and then read it."""
+    ``thing`` is what is fetched ("weights", or a Hub model's "config"). For a download through the Hugging Face
+    Hub (``hub``), where the hub's host cannot be resolved, the hub is in offline mode meanwhile: it reads its cache
+    at once, where it would retry for about 50 s and then read it."""
     unreachable = _hub_unreachable() if hub else None
     try:
         with _hub_offline() if unreachable else contextlib.nullcontext():
@@ -89,7 +93,7 @@ def fetching_weights(
         quick = " (HF_HUB_OFFLINE=1 has the Hugging Face Hub fail at once instead of retrying)" if by_hub else ""
         quick = f" ({unreachable} cannot be resolved: no network)" if unreachable else quick
         raise FileNotFoundError(
-            f"could not get the weights of {what} ({reason}); if you are offline, {offline}{quick}"
+            f"could not get the {thing} of {what} ({reason}); if you are offline, {offline}{quick}"
         ) from exc
 
 
