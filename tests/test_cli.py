@@ -1506,6 +1506,22 @@ def test_eval_with_other_weights_than_the_runs_is_told(tmp_path, vprompt_caplog)
     assert "the run was trained with random weights, to whose" in vprompt_caplog.text
 
 
+def test_eval_with_weights_of_other_classes_names_the_weights_not_a_damaged_prompt(tmp_path, capsys):
+    from vprompt.cifar_resnet import CifarResNet
+
+    for classes in (10, 12):
+        torch.save(CifarResNet(20, classes).state_dict(), tmp_path / f"w{classes}.th")
+    args = ["train", "--model", "cifar:resnet20", "--pretrained", str(tmp_path / "w10.th"), "--dataset", "synthetic",
+            "--dataset-option", "n_train=40", "--dataset-option", "n_test=20", "--head", "linear", "--epochs", "1",
+            "--output", str(tmp_path), "--name", "lin", "--log-every", "0"]  # fmt: skip
+    assert cli.main(args) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "lin"), "--pretrained", str(tmp_path / "w12.th")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --pretrained {tmp_path / 'w12.th'}: the prompt and head of " in err, err
+    assert "edited or damaged" not in err
+
+
 def test_a_setting_from_a_file_refused_as_the_run_starts_names_the_file(tmp_path, capsys):
     file = tmp_path / "f.yaml"
     file.write_text("model: cifar:resnet20\npretrained: random\ndataset: synthetic\ninner_size: 24\nprompt_size: 4\n")

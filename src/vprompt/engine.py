@@ -948,7 +948,15 @@ def evaluate_checkpoint(
             f"--split {split}: the data differ from those {path} was trained on ({changes}), so this would not be the "
             f"run's {split} split; evaluate on the data it was trained on (--data-dir), or use --split test"
         )
-    _load_saved(model, {k: v.to(dev) for k, v in state.items()}, path)
+    try:
+        _load_saved(model, {k: v.to(dev) for k, v in state.items()}, path)
+    except ValueError as e:  # weights given here, of other classes or sizes: theirs to name, not the file's
+        if pretrained is None or not isinstance(e.__cause__, StateMismatch):
+            raise
+        raise ValueError(
+            f"--pretrained {pretrained}: the prompt and head of {path} do not fit model {cfg.model} with these weights "
+            f"({e.__cause__.detail}); give the weights the run was trained with, or leave --pretrained out"
+        ) from None
     if split not in data.parts:
         raise ValueError(f"--split val: this run has no validation split (val_fraction {cfg.val_fraction})")
     shift_sets = None
