@@ -659,6 +659,16 @@ def test_zeroshot_reuses_a_training_config_file_without_training(tmp_path, vprom
     assert cli.main([*zs, "--name", "zsp", "--prompter", "pad", "--resume", "latest"]) == 2
 
 
+def test_zeroshot_of_a_full_data_runs_config_does_not_warn_of_its_unset_shots(tmp_path, vprompt_caplog):
+    # a run's config.yaml spells out every setting, shots: null and train_fraction: null among them
+    args = ["--model", TINY_MODEL, "--dataset", "synthetic", "--dataset-option", "n_train=40", "--dataset-option",
+            "n_test=20", "--output", str(tmp_path)]  # fmt: skip
+    assert cli.main(["train", *args, "--epochs", "1", "--name", "evp", "--log-every", "0"]) == 0
+    vprompt_caplog.clear()
+    assert cli.main(["zeroshot", "-c", str(tmp_path / "evp" / "config.yaml"), "--name", "zs"]) == 0
+    assert "its run does not use" not in vprompt_caplog.text
+
+
 def test_a_flag_that_makes_a_files_setting_unused_leaves_it_out(tmp_path, vprompt_caplog, capsys):
     # an ILM run's file reused with another head: its interval was about the map replaced
     common = {"model": "cifar:resnet20", "pretrained": "none", "dataset": "synthetic", "epochs": 1,

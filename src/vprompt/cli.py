@@ -366,7 +366,9 @@ def _print_results(results: dict[str, Any]) -> None:
 
 
 def _cmd_train(args: argparse.Namespace, method: str | None = None) -> int:
-    from .config import in_file_terms, load_yaml, resolve_config, resolve_leaving_unused, unused_settings
+    import dataclasses
+
+    from .config import RunConfig, in_file_terms, load_yaml, resolve_config, resolve_leaving_unused, unused_settings
     from .data import DatasetOptionError, get_dataset_spec
     from .distributed import launched
     from .engine import fit
@@ -387,7 +389,10 @@ def _cmd_train(args: argparse.Namespace, method: str | None = None) -> int:
         cfg = resolve_config(values, source="command line", sources=sources)
     else:
         cfg, unused = resolve_leaving_unused(values, refused, source="command line", sources=sources)
-        unused = [k for k in unused if k not in typed]  # (a value typed that does nothing is not the file's)
+        # (a value typed that does nothing is not the file's; nor is a default spelled out, as a run's config.yaml
+        # holds every setting: a full-data run's shots: null)
+        defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+        unused = [k for k in unused if k not in typed and values.get(k) != defaults.get(k)]
         if unused:
             _log.warning("vprompt %s: not using the settings of %s its run does not use: %s", args.command,
                          args.config_file, ", ".join(unused))  # fmt: skip
