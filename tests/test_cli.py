@@ -882,6 +882,27 @@ def test_eval_from_another_folder_names_the_runs_relative_paths(tmp_path, monkey
     assert cli.main(["eval", "--checkpoint", str(tmp_path / "generated"), "--split", "val"]) == 0
 
 
+def test_eval_from_another_folder_names_the_runs_weights_file_given_by_its_bare_name(tmp_path, monkeypatch, capsys):
+    # w.th has no folder in its name, like a tag (openai), but is named as a file: the run's, not a --pretrained typed
+    from vprompt.cifar_resnet import CifarResNet
+
+    work = tmp_path / "work"
+    work.mkdir()
+    torch.save(CifarResNet(20).state_dict(), work / "w.th")
+    monkeypatch.chdir(work)
+    args = ["zeroshot", "--model", "cifar:resnet20", "--pretrained", "w.th", "--dataset", "synthetic",
+            "--dataset-option", "n_train=20", "--dataset-option", "n_test=10", "--label-map", "identity",
+            "--output", str(tmp_path), "--name", "zs"]  # fmt: skip
+    assert cli.main(args) == 0
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "zs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith(f"the run's pretrained 'w.th' is relative to the folder it was trained from and is not "
+                        f"found from {tmp_path}; pass --pretrained with where it is"), err  # fmt: skip
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "zs"), "--pretrained", str(work / "w.th")]) == 0
+
+
 def test_eval_refuses_shift_options_without_shift(tmp_path, capsys):
     assert cli.main(["eval", "--checkpoint", str(tmp_path), "--shift-severity", "3"]) == 2
     assert "--shift-severity applies to the shift sets: add --shift" in capsys.readouterr().err

@@ -840,10 +840,12 @@ def _finish(
 
 def _relative_path_missing(value: Any, tags: bool) -> bool:
     """Whether ``value`` is a relative path that does not exist from here (with ``tags``, a value without a folder
-    in it is a weights tag such as ``openai``, not a path; ``~`` is the home folder, as where the run read it)."""
+    in it is a weights tag such as ``openai``, not a path, unless it is named like a weights file, ``w.pth``; ``~``
+    is the home folder, as where the run read it)."""
     if not isinstance(value, str) or Path(value).expanduser().is_absolute() or Path(value).exists():
         return False
-    return not tags or value.startswith(".") or "/" in value or os.sep in value
+    named_as_file = Path(value).suffix.lower() in (".pt", ".pth", ".th", ".bin", ".safetensors", ".ckpt")
+    return not tags or value.startswith(".") or "/" in value or os.sep in value or named_as_file
 
 
 def evaluate_checkpoint(
