@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .download import DigestMismatch, download_verified, fetching_weights, file_digest
+from .download import WEIGHTS_SUFFIXES, DigestMismatch, download_verified, fetching_weights, file_digest
 from .errors import state_dict_mismatch
 
 __all__ = [
@@ -69,7 +69,6 @@ CIFAR10_CLASSES: tuple[str, ...] = (
 _log = logging.getLogger("vprompt")
 
 _PRETRAINED_ALIASES = ("cifar10", "default")
-_CHECKPOINT_SUFFIXES = (".th", ".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -237,7 +236,7 @@ def _download(url: str, dest: Path, expected_sha256: str) -> None:
 
 
 def _checkpoint_candidates(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _CHECKPOINT_SUFFIXES)
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in WEIGHTS_SUFFIXES)
 
 
 def resolve_cifar_resnet_checkpoint(

@@ -51,7 +51,7 @@ from .backbones import (
     register_backbone_source,
 )
 from .checkpoint import torch_load_failure
-from .download import error_line, fetching_weights
+from .download import WEIGHTS_SUFFIXES, error_line, fetching_weights
 from .errors import did_you_mean, state_dict_mismatch
 
 __all__ = ["ClassifierBackbone", "load_state_dict_file", "TIMM_EXAMPLES"]
@@ -157,7 +157,7 @@ def _weights_file(path: Path, flag_name: str) -> Path:
         for f in _WEIGHT_FILES:
             if (path / f).is_file():
                 return path / f
-        found = sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pth", ".pt", ".th"))
+        found = sorted(p.name for p in path.iterdir() if p.suffix.lower() in WEIGHTS_SUFFIXES)
         if len(found) == 1:
             return path / found[0]
         raise FileNotFoundError(
@@ -283,8 +283,9 @@ def _create_timm(
         _warn_random(f"timm:{name}")
     kwargs: dict[str, Any] = {"cache_dir": cache_dir} if cache_dir else {}
     hub = name.startswith("hf-hub:")  # (its config is fetched, with or without its weights)
-    fetching = fetching_weights(f"--model timm:{name} --pretrained {pretrained}", hub=True)
-    if hub:  # a local copy of the weights does not spare the config: the architecture's own name does
+    if not hub:
+        fetching = fetching_weights(f"--model timm:{name} --pretrained {pretrained}", hub=True)
+    else:  # a local copy of the weights does not spare the config: the architecture's own name does
         repo = name[len("hf-hub:") :]
         arch = repo.split("/", 1)[1] if repo.startswith("timm/") else "<architecture in its config.json>"
         fetching = fetching_weights(

@@ -23,7 +23,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["file_digest", "download_verified", "DigestMismatch", "fetching_weights", "first_line"]
+__all__ = ["file_digest", "download_verified", "DigestMismatch", "fetching_weights", "first_line", "WEIGHTS_SUFFIXES"]
+
+#: How weights files are named: a name ending so is a file, not a tag such as ``openai``.
+WEIGHTS_SUFFIXES = (".th", ".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 
 _CHUNK = 1 << 20
 TIMEOUT_S = 60.0

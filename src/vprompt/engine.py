@@ -64,6 +64,7 @@ from .data.registry import data_root
 from .data.splits import torch_seed
 from .distributed import DistEnv, all_reduce_grads, all_reduce_sum, barrier, init_distributed
 from .diversity import InputDiversity, create_diversity
+from .download import WEIGHTS_SUFFIXES
 from .heads import resolve_head
 from .optim import create_optimizer, create_scheduler
 from .runs import (
@@ -844,7 +845,7 @@ def _relative_path_missing(value: Any, tags: bool) -> bool:
     is the home folder, as where the run read it)."""
     if not isinstance(value, str) or Path(value).expanduser().is_absolute() or Path(value).exists():
         return False
-    named_as_file = Path(value).suffix.lower() in (".pt", ".pth", ".th", ".bin", ".safetensors", ".ckpt")
+    named_as_file = Path(value).suffix.lower() in WEIGHTS_SUFFIXES
     return not tags or value.startswith(".") or "/" in value or os.sep in value or named_as_file
 
 
