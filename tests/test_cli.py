@@ -219,6 +219,9 @@ def test_a_warmup_as_long_as_the_run_is_told(tmp_path, vprompt_caplog):
     vprompt_caplog.clear()
     engine._optimizers(dataclasses.replace(cfg, warmup_steps=5), model, steps_per_epoch=10)
     assert "--warmup-steps" not in vprompt_caplog.text
+    engine._optimizers(dataclasses.replace(cfg, epochs=1), model, steps_per_epoch=10)
+    assert "the run's 10 steps (1 epoch of 10)" in vprompt_caplog.text
+    vprompt_caplog.clear()
     only_head = dataclasses.replace(cfg, prompter="none", head="linear")  # the warmup is the head's: its lr is named
     model, _, _ = engine._build_for_run(only_head, torch.device("cpu"))
     engine._optimizers(only_head, model, steps_per_epoch=10)
@@ -1673,3 +1676,9 @@ def test_eval_on_the_val_split_compares_the_validation_images_alone(tmp_path, ca
     assert cli.main(["eval", "--checkpoint", run, "--split", "val"]) == 2
     err = capsys.readouterr().err
     assert "--split val: the data differ from those" in err and "other files, pixels or labels" in err, err
+
+
+def test_a_run_without_a_validation_split_says_it_keeps_its_last_epoch(tmp_path, vprompt_caplog):
+    assert cli.main(tiny_run_args(tmp_path, "--val-fraction", "0", epochs=2)) == 0
+    assert "at epoch 2 (the last, no validation split); last epoch test acc" in vprompt_caplog.text
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["selection"] == "last"

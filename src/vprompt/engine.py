@@ -485,9 +485,9 @@ def _optimizers(
     if cfg.schedule == "cosine" and optimizers and total and warmups[0] >= total:  # (VP's 1000 in a few-shot run)
         lr = f"--lr {cfg.lr:g}" if prompt_params else f"--head-lr {optimizers[0].defaults['lr']:g}"
         _log.warning(
-            "--warmup-steps %d is as long as the run's %d steps (%d epochs of %d): its lr never reaches %s or "
+            "--warmup-steps %d is as long as the run's %d steps (%d epoch%s of %d): its lr never reaches %s or "
             "anneals; give fewer warmup steps (a tenth of the steps, say)",
-            warmups[0], total, int(cfg.epochs or 0), steps_per_epoch, lr,
+            warmups[0], total, int(cfg.epochs or 0), "" if cfg.epochs == 1 else "s", steps_per_epoch, lr,
         )  # fmt: skip
     schedulers = [
         create_scheduler(opt, cfg.schedule or "constant", total, steps_per_epoch, warmup)
@@ -826,9 +826,10 @@ def _finish(
         write_results(run_dir, results)
         val_acc = f", val acc {best_val['acc1']:.2f}" if best_val else ""
         if epochs:
+            how = "selected on val" if results["selection"] == "val" else "the last, no validation split"
             _log.info(
-                "done: test acc %.2f at epoch %d (selected on %s%s); last epoch test acc %.2f",
-                best_test["acc1"], best["epoch"], results["selection"], val_acc, last_test["acc1"],
+                "done: test acc %.2f at epoch %d (%s%s); last epoch test acc %.2f",
+                best_test["acc1"], best["epoch"], how, val_acc, last_test["acc1"],
             )  # fmt: skip
         else:
             _log.info("done: test acc %.2f%s (no epochs: nothing selected)", best_test["acc1"], val_acc)
