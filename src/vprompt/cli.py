@@ -174,13 +174,12 @@ def keep_offered(values: dict[str, Any], offered: frozenset[str], warn: str | No
     so is a run's ``recipe_filled``, by which the command's own recipe replaces what the run's filled in."""
     import dataclasses
 
-    from .config import RunConfig
+    from .config import RunConfig, is_default
 
-    fields = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
     unused = sorted(k for k in values if k in fields and k not in offered and k != "recipe_filled")
-    # (named where they would change something: not the method the command replaces, nor a default spelled out,
-    # which a run's saved config.yaml holds of every setting)
-    told = [k for k in unused if k != "method" and values[k] != fields[k]]
+    # (named where they would change something: not the method the command replaces, nor a default spelled out)
+    told = [k for k in unused if k != "method" and not is_default(k, values[k])]
     if told and warn:
         _log.warning("%s it has no flag for: %s", warn, ", ".join(told))
     return {k: v for k, v in values.items() if k not in unused}
@@ -366,9 +365,7 @@ def _print_results(results: dict[str, Any]) -> None:
 
 
 def _cmd_train(args: argparse.Namespace, method: str | None = None) -> int:
-    import dataclasses
-
-    from .config import RunConfig, in_file_terms, load_yaml, resolve_config, resolve_leaving_unused, unused_settings
+    from .config import in_file_terms, is_default, load_yaml, resolve_config, resolve_leaving_unused, unused_settings
     from .data import DatasetOptionError, get_dataset_spec
     from .distributed import launched
     from .engine import fit
@@ -389,10 +386,8 @@ def _cmd_train(args: argparse.Namespace, method: str | None = None) -> int:
         cfg = resolve_config(values, source="command line", sources=sources)
     else:
         cfg, unused = resolve_leaving_unused(values, refused, source="command line", sources=sources)
-        # (a value typed that does nothing is not the file's; nor is a default spelled out, as a run's config.yaml
-        # holds every setting: a full-data run's shots: null)
-        defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
-        unused = [k for k in unused if k not in typed and values.get(k) != defaults.get(k)]
+        # (a value typed that does nothing is not the file's; nor is a default spelled out: a full-data run's shots)
+        unused = [k for k in unused if k not in typed and not is_default(k, values.get(k))]
         if unused:
             _log.warning("vprompt %s: not using the settings of %s its run does not use: %s", args.command,
                          args.config_file, ", ".join(unused))  # fmt: skip

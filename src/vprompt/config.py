@@ -493,6 +493,13 @@ def list_methods() -> dict[str, str]:
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 
 
+def is_default(key: str, value: Any) -> bool:
+    """Whether ``value`` is setting ``key``'s default: a run's saved config.yaml spells out every setting, so a file
+    given a value that is its default says nothing of its own."""
+    field = _FIELDS.get(key)
+    return field is not None and value == field.default
+
+
 def in_file_terms(text: str) -> str:
     """``text`` (an error's message) with the flags of settings spelled as a config file's keys: ``--data-dir`` as
     ``data_dir``, ``--dataset-option crop=20`` as ``dataset_options: {crop: 20}``, ``--no-download`` as ``download:
