@@ -4,12 +4,33 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = "vprompt-tiny-clip"
+
+
+#: Variables of a user's environment that change what vprompt, or the Hugging Face Hub it calls, does: the tests
+#: assume none is set, whatever the shell that runs them sets.
+USER_ENVIRONMENT = (
+    "HF_HUB_OFFLINE", "HF_ENDPOINT", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy",
+    "VPROMPT_DEBUG", "VPROMPT_DATA", "VPROMPT_CACHE",
+)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _plain_environment():
+    with pytest.MonkeyPatch.context() as patch:  # (its own: a test's monkeypatch.undo() leaves this in place)
+        for name in USER_ENVIRONMENT:
+            patch.delenv(name, raising=False)
+        hub = sys.modules.get("huggingface_hub.constants")  # (it reads the first two as it is imported)
+        if hub is not None:
+            patch.setattr(hub, "HF_HUB_OFFLINE", False)
+            patch.setattr(hub, "ENDPOINT", "https://huggingface.co")
+        yield
 
 
 def shared_data() -> Path:
