@@ -1469,16 +1469,18 @@ def test_a_run_folder_in_use_by_another_process_is_refused_and_left_alone(tmp_pa
     assert (run / "results.json").is_file()
 
 
-def test_a_name_that_is_not_utf8_reaches_the_run_log_escaped(tmp_path, capsys):
-    from vprompt.distributed import DistEnv
-
-    engine.setup_logging(tmp_path, DistEnv())
-    try:
-        engine._log.info("class folder %s", os.fsdecode(b"caf\xe9"))  # as a Latin-1 folder name is listed
-    finally:
-        engine.setup_logging(None, DistEnv())
+def test_a_name_that_is_not_utf8_reaches_the_run_log_escaped(tmp_path):
+    # In a process of its own: pytest would keep the raw name among its captured records, which pytest-xdist cannot send
+    code = (
+        "import os, pathlib; from vprompt import engine; from vprompt.distributed import DistEnv\n"
+        f"engine.setup_logging(pathlib.Path({str(tmp_path)!r}), DistEnv())\n"
+        "engine._log.info('class folder %s', os.fsdecode(b'caf\\xe9'))  # as a Latin-1 folder name is listed"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr
     assert "class folder caf\\udce9" in (tmp_path / "log.txt").read_text()
-    assert "Logging error" not in capsys.readouterr().err
+    err = done.stderr.decode("utf-8")  # (strictly: an unescaped name would not decode)
+    assert "class folder caf\\udce9" in err and "Logging error" not in err
 
 
 def test_output_read_only_in_part_ends_quietly():
