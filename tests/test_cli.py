@@ -794,6 +794,13 @@ def test_deterministic_kernels_are_a_runs_setting_not_the_processs(monkeypatch):
         assert torch.are_deterministic_algorithms_enabled() and cudnn.deterministic and not cudnn.benchmark
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"  # cuBLAS's sums repeat only with it
     assert not torch.are_deterministic_algorithms_enabled() and not cudnn.deterministic  # as they were
+    refused = "Deterministic behavior was enabled ... you must set an environment variable: CUBLAS_WORKSPACE_CONFIG"
+    with pytest.raises(ValueError, match=r"^--deterministic: this process used the GPU's .*export CUBLAS_WORK"):
+        with engine._engine_settings(resolve_config({"deterministic": True})):
+            raise RuntimeError(refused)  # as PyTorch's first product after cuBLAS read the variable, unset, refuses
+    with pytest.raises(RuntimeError, match="other"), engine._engine_settings(resolve_config({"deterministic": True})):
+        raise RuntimeError("other")  # (any other error is left as it is)
+    assert not torch.are_deterministic_algorithms_enabled() and not cudnn.deterministic
     monkeypatch.setattr(cudnn, "benchmark", True)  # the caller's own choice, kept by a run that does not ask
     with engine._engine_settings(resolve_config({})):
         assert cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()

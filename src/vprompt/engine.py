@@ -530,6 +530,15 @@ def deterministic_kernels() -> Iterator[None]:
     torch.use_deterministic_algorithms(True)
     try:
         yield
+    except RuntimeError as e:
+        if "CUBLAS_WORKSPACE_CONFIG" not in str(e):
+            raise
+        # PyTorch reads the variable once, at the process's first cuBLAS call: here that came before this run set it
+        raise ValueError(
+            "--deterministic: this process used the GPU's matrix products before the run could set "
+            "CUBLAS_WORKSPACE_CONFIG=:4096:8, which PyTorch reads only once; set it in the environment before Python "
+            "starts (export CUBLAS_WORKSPACE_CONFIG=:4096:8), or start the run in a new process"
+        ) from e
     finally:
         cudnn.deterministic, cudnn.benchmark = before[:2]
         torch.use_deterministic_algorithms(before[2], warn_only=before[3])
