@@ -848,3 +848,21 @@ def test_a_finished_run_on_another_validation_split_is_not_this_cells_result(tmp
     (run / "config.yaml").write_text(yaml.safe_dump({"config": {**cell.cfg.to_dict(), setting: there}}))
     state, why, _ = _state(cell)
     assert state == "conflict" and f"{setting}={there!r} there, {getattr(cell.cfg, setting)!r} here" in why
+
+
+def test_a_grid_with_deterministic_runs_fixes_cublas_before_its_first_run(tmp_path, monkeypatch):
+    # PyTorch reads the variable at the process's first GPU matrix product, which may be an earlier run's
+    for name in ("d1", "d2"):
+        monkeypatch.setitem(data_registry._REGISTRY, name, DatasetSpec(name=name, builder=synthetic_dataset))
+    accs = {(m, d, s): 50.0 for m in ("evp", "vp") for d in ("d1", "d2") for s in (1, 2, 3)}
+    for deterministic, expected in ((False, None), (True, ":4096:8")):
+        monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+        seen = []
+
+        def fit(cfg, seen=seen):
+            seen.append(os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+            return _fake_fit(accs)(cfg)
+
+        base = {"output": str(tmp_path / str(deterministic)), "deterministic": deterministic}
+        run_suite(_small_suite(tmp_path, base=base), fit=fit)
+        assert seen == [expected] * 12

@@ -516,12 +516,19 @@ def _engine_settings(cfg: RunConfig) -> Iterator[None]:
         yield
 
 
+def fix_cublas_workspace() -> None:
+    """Give cuBLAS the fixed workspace with which its sums repeat (unless the environment chose one). PyTorch reads
+    it at the process's first GPU matrix product: a process that will run ``--deterministic`` runs after others
+    (a suite's grid) calls this before its first run."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
 @contextlib.contextmanager
 def deterministic_kernels() -> Iterator[None]:
     """GPU kernels that sum in the same order on every call, until the block ends (the previous settings are then
     restored): cuDNN's default ones may not, and EVP's normalized gradient, a step of fixed length, turns those last
     bits into prompts a pixel value apart within a few steps."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's sums repeat with a fixed workspace
+    fix_cublas_workspace()
     cudnn = torch.backends.cudnn
     before = (cudnn.deterministic, cudnn.benchmark, torch.are_deterministic_algorithms_enabled(),
               torch.is_deterministic_algorithms_warn_only_enabled())  # fmt: skip

@@ -580,6 +580,8 @@ def run_suite(
         _run_parallel(queue, jobs, finished)
     else:
         fit = fit or (lambda cfg: engine.fit(cfg))
+        if any(cfg.deterministic for _, _, cfg in queue):  # (the runs share this process)
+            engine.fix_cublas_workspace()
         for tag, cell, cfg in queue:
             _log.info("suite %s: %s %s", tag, verb[id(cell)], cfg.run_dir)
             try:
