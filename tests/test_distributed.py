@@ -166,9 +166,26 @@ def test_under_torchrun_each_process_takes_its_own_gpu(monkeypatch):
     from vprompt.distributed import DistEnv
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # (no GPU is touched: devices are only named)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     second = DistEnv(1, 2, 1)
     assert engine.resolve_device("cuda", second) == engine.resolve_device(None, second) == torch.device("cuda", 1)
     assert engine.resolve_device("cuda:1", second) == torch.device("cuda", 1)
     with pytest.raises(ValueError, match="--device cuda:0 under torchrun: each process takes its own GPU"):
         engine.resolve_device("cuda:0", second)  # both processes on GPU 0
     assert engine.resolve_device("cuda:0", DistEnv()) == torch.device("cuda", 0)  # one process: any GPU
+
+
+def test_a_device_index_the_machine_does_not_have_is_refused(monkeypatch):
+    from vprompt import engine
+    from vprompt.distributed import DistEnv
+
+    for index in ("5", "1"):
+        with pytest.raises(ValueError, match=f"--device cpu:{index}: the CPU is one device, cpu; --threads"):
+            engine.resolve_device(f"cpu:{index}")  # (PyTorch takes it for the CPU)
+    assert engine.resolve_device("cpu:0") == torch.device("cpu", 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # (no GPU is touched: devices are only named)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert engine.resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"--device cuda:2: this machine has 2 GPU\(s\), cuda:0 to cuda:1$"):
+        engine.resolve_device("cuda:2")  # (PyTorch's own error, 'invalid device ordinal', came at the first tensor)
+    assert engine.resolve_device("cuda:1", DistEnv(1, 2, 1)) == torch.device("cuda", 1)  # torchrun's check is its own

@@ -114,6 +114,12 @@ def resolve_device(device: str | None, env: DistEnv | None = None) -> torch.devi
     if not available[dev.type]():
         name = {"cuda": "CUDA"}.get(dev.type, dev.type)
         raise ValueError(f"--device {device}: {name} is not available on this machine; use --device cpu")
+    if dev.type == "cpu" and dev.index:  # (PyTorch takes cpu:5 for the CPU)
+        raise ValueError(f"--device {device}: the CPU is one device, cpu; --threads sets how many cores it uses")
+    if dev.type == "cuda" and dev.index is not None and not (env is not None and env.enabled):
+        count = torch.cuda.device_count()
+        if dev.index >= count:
+            raise ValueError(f"--device {device}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
     if dev.type == "cuda":
         if env is not None and env.enabled:
             if dev.index not in (None, env.local_rank):  # (every process would share one GPU)
