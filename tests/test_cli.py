@@ -953,12 +953,22 @@ def test_eval_downloads_the_datasets_files_without_shift(tmp_path, monkeypatch):
     ],
 )
 def test_bad_flags_give_one_clear_line(tmp_path, capsys, extra, needle):
-    assert cli.main(tiny_run_args(tmp_path, *extra)) == 2  # (any other exception would escape as a traceback)
+    output = tmp_path / "new" / "runs"  # (folders the run would make)
+    assert cli.main(tiny_run_args(output, *extra)) == 2  # (any other exception would escape as a traceback)
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
     assert last.startswith("vprompt train: error:") and needle in last, err
     assert "Traceback" not in err
-    assert not (tmp_path / "run").exists(), "a run that never started left its folder behind"
+    assert not (tmp_path / "new").exists(), "a run that never started left its folder behind"
+
+
+def test_a_run_that_never_started_keeps_the_folders_another_run_made_beside_it(tmp_path):
+    from vprompt.distributed import DistEnv
+
+    with pytest.raises(ValueError), engine.run_folder(tmp_path / "new" / "runs" / "a", DistEnv()):
+        (tmp_path / "new" / "runs" / "b").mkdir()  # another run, started meanwhile in the same new --output
+        raise ValueError("refused")
+    assert [p.name for p in (tmp_path / "new" / "runs").iterdir()] == ["b"]
 
 
 def test_zeroshot_with_a_trainable_head_points_to_the_commands_that_train_one(tmp_path):

@@ -579,15 +579,19 @@ def fit(cfg: RunConfig) -> dict[str, Any]:
 @contextlib.contextmanager
 def run_folder(run_dir: Path, env: DistEnv) -> Iterator[None]:
     """``run_dir`` for a run: locked (another process given it is refused, and removes nothing), and removed
-    again when the run fails before it started (no config.yaml): no folder is left behind that looks like one."""
-    new_folder = not run_dir.exists()
+    again when the run fails before it started (no config.yaml), with the folders above it that it made and that
+    are still empty: no folder is left behind that looks like one."""
+    made = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]
     with folder_lock(run_dir, env):
         try:
             yield
         except BaseException as e:
-            if new_folder and env.is_main and not (run_dir / "config.yaml").exists():
+            if made and env.is_main and not (run_dir / "config.yaml").exists():
                 setup_logging(None, env)
                 shutil.rmtree(run_dir, ignore_errors=True)
+                for folder in made[1:]:
+                    with contextlib.suppress(OSError):  # (another run's folder there now: kept)
+                        folder.rmdir()
             else:  # the console says it already; the run's log.txt tells whoever reads it later
                 from .download import error_line
 
