@@ -866,3 +866,28 @@ def test_a_grid_with_deterministic_runs_fixes_cublas_before_its_first_run(tmp_pa
         base = {"output": str(tmp_path / str(deterministic)), "deterministic": deterministic}
         run_suite(_small_suite(tmp_path, base=base), fit=fit)
         assert seen == [expected] * 12
+
+
+def test_a_failed_runs_tensors_are_freed_before_the_next_run(tmp_path, monkeypatch):
+    """A failed run's error, traceback and all, holds the run's frames and their tensors (on a GPU, its model and
+    data): the next run starts after they are gone, not beside them."""
+    import gc
+    import weakref
+
+    import torch
+
+    for name in ("d1", "d2"):
+        monkeypatch.setitem(data_registry._REGISTRY, name, DatasetSpec(name=name, builder=synthetic_dataset))
+    held: list[weakref.ref] = []
+    alive_at_start = []
+
+    def fit(cfg):
+        gc.collect()
+        alive_at_start.append([ref() is not None for ref in held])
+        model = torch.zeros(8)  # what the failing run held when it failed
+        held.append(weakref.ref(model))
+        raise ValueError(f"run {len(held)} failed")
+
+    report = run_suite(_small_suite(tmp_path, methods=["evp"], seeds=[1], datasets=["d1", "d2"]), fit=fit, quiet=True)
+    assert len(report.failed) == 2
+    assert alive_at_start == [[], [False]]

@@ -589,9 +589,12 @@ def run_suite(
             except Exception as e:  # logged, recorded or re-raised by finished()
                 outcome = e
             finally:
-                _free_memory()
                 engine.setup_logging(None, DistEnv())  # the next messages are the suite's, not this run's log
             finished(tag, cell, outcome)
+            # A failed run's error holds its traceback, whose frames hold the run's model and data: dropped before
+            # the memory is given back, or the next run would start beside them (a run out of GPU memory, the next)
+            del outcome
+            _free_memory()
     records = [pending[id(c)] for c in cells]
     files = write_tables(records, suite, table_dir)
     markdown = build_table(records, suite)[0]
