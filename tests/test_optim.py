@@ -121,3 +121,39 @@ def test_sgd_applies_the_weight_decay_it_is_given():
 def test_a_negative_learning_rate_is_refused():
     with pytest.raises(ValueError, match="--lr -0.5 must be non-negative"):
         NormalizedGradient([torch.nn.Parameter(torch.zeros(1))], lr=-0.5)
+
+
+def test_an_epochs_time_includes_the_work_still_queued_when_its_loop_ends(monkeypatch):
+    """On a GPU the loop ends while its last steps still run; the epoch's sums are read after them. Here reading the
+    sums takes 0.3 s, as waiting for such steps would: the time, and the images per second, include it."""
+    import time
+
+    from torch import nn
+
+    from vprompt import engine
+    from vprompt.diversity import create_diversity
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.linear(x.mean(dim=(2, 3)))
+
+        def trainable_parameters(self):
+            return list(self.parameters())
+
+    def queued(t, world_size):
+        time.sleep(0.3)
+        return t
+
+    monkeypatch.setattr(engine, "all_reduce_sum", queued)
+    model = Model()
+    batches = [(torch.zeros(4, 3, 2, 2, dtype=torch.uint8), torch.tensor([0, 1, 0, 1]))]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    stats = engine.train_one_epoch(
+        model, batches, [optimizer], [], create_diversity("none"), torch.device("cpu"), log_every=0
+    )
+    assert stats["seconds"] >= 0.3
+    assert stats["images_per_s"] <= 4 / 0.3

@@ -240,8 +240,9 @@ def train_one_epoch(
             msg = f"loss {loss_sum / images:.4f} acc {100 * correct_sum / images:.2f}"
             bar.set_postfix_str(msg)
             _log.info("epoch %d step %d/%s %s lr %.4g %.1f img/s", epoch + 1, step + 1, n_steps or "?", msg, lr, rate)
-    seconds = time.perf_counter() - start
+    # The sums are read first: reading them waits for the steps still queued on a GPU, which the time must include
     loss_sum, correct_sum, images = totals()
+    seconds = time.perf_counter() - start
     n = max(images, 1.0)
     return {
         "train_loss": loss_sum / n,
