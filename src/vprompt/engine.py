@@ -280,7 +280,8 @@ def metric_sums(logits: Tensor, y: Tensor) -> Tensor:
     """Summed cross-entropy, top-1 and top-5 hits and the count of a batch (float64, on ``logits``' device)."""
     logits = logits.float()
     hits = logits.topk(min(5, logits.shape[-1]), dim=-1).indices == y[:, None]
-    counts = [hits[:, 0].sum(), hits.any(dim=-1).sum(), torch.tensor(len(y), device=logits.device)]
+    # (torch.full, not torch.tensor: a tensor made from a Python number on a GPU waits for the device's queue)
+    counts = [hits[:, 0].sum(), hits.any(dim=-1).sum(), torch.full((), len(y), device=logits.device)]
     return torch.stack([F.cross_entropy(logits, y, reduction="sum").double(), *(c.double() for c in counts)])
 
 
