@@ -628,7 +628,9 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device) -> dict[str, Any]:
     state: dict[str, Any] | None = None
     if resume_from is not None:
         own = resume_from.resolve() == (run_dir / LAST_FILE).resolve()  # (however the path was written)
-        state = load_state(resume_from, map_location=device, own=own)
+        # Onto the CPU, as an uninterrupted run holds its optimizers' step counts: AdamW reads one on a GPU with
+        # .item(), waiting for the device at every step (loading copies the rest to the parameters' device)
+        state = load_state(resume_from, map_location="cpu", own=own)
 
     def refuse_changed() -> None:
         """Before the build, which takes a while (and may download), and after it: it fills in the sizes left to
