@@ -189,3 +189,35 @@ def test_a_device_index_the_machine_does_not_have_is_refused(monkeypatch):
     with pytest.raises(ValueError, match=r"--device cuda:2: this machine has 2 GPU\(s\), cuda:0 to cuda:1$"):
         engine.resolve_device("cuda:2")  # (PyTorch's own error, 'invalid device ordinal', came at the first tensor)
     assert engine.resolve_device("cuda:1", DistEnv(1, 2, 1)) == torch.device("cuda", 1)  # torchrun's check is its own
+
+
+def test_a_run_on_a_gpu_other_than_the_first_makes_it_the_current_one(tmp_path, monkeypatch):
+    """A loader pins its batches for the current GPU (PyTorch's pinning thread takes it): a run on cuda:1 makes
+    cuda:1 current while it runs, or it would pin them for GPU 0 and take memory there for a CUDA context."""
+    from vprompt import engine
+    from vprompt.config import resolve_config
+
+    from .conftest import TINY_MODEL
+
+    class Entered(Exception):
+        pass
+
+    class Current:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            raise Entered(self.device)
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # (no GPU is touched: stopped as it is made current)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "device", Current)
+    for method in ("evp", "linprobe"):
+        settings = {"model": TINY_MODEL, "dataset": "synthetic", "method": method, "device": "cuda:1"}
+        cfg = resolve_config({**settings, "output": str(tmp_path), "name": method})
+        with pytest.raises(Entered) as entered:
+            engine.fit(cfg)
+        assert entered.value.args[0] == torch.device("cuda", 1)

@@ -575,7 +575,14 @@ def fit(cfg: RunConfig) -> dict[str, Any]:
         with run_folder(cfg.run_dir, env):
             device = resolve_device(cfg.device, env)
             setup_logging(cfg.run_dir, env)  # first, so that nothing this run logs lands in another run's log.txt
-            return _fit(cfg, env, device)
+            with on_device(device):
+                return _fit(cfg, env, device)
+
+
+def on_device(device: torch.device) -> contextlib.AbstractContextManager:
+    """``device`` as the current GPU until the block ends: the one a loader pins its batches for, from whose
+    thread PyTorch takes it. Else a run on ``cuda:1`` pins them for GPU 0, and takes memory there for a CUDA context."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 @contextlib.contextmanager

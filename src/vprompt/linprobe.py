@@ -341,14 +341,14 @@ def fit_linear_probe(cfg: RunConfig) -> dict[str, Any]:
     Raises:
         ValueError: launched with several processes, no validation split for a sweep, or bad settings.
     """
-    from .engine import resolve_device, run_folder
+    from .engine import on_device, resolve_device, run_folder
 
     if launched().enabled:
         raise ValueError("linprobe runs in one process (features are extracted once); launch it without torchrun")
     env = DistEnv()
     device = resolve_device(cfg.device, env)
     _check_settings(cfg)
-    with run_folder(cfg.run_dir, env):
+    with run_folder(cfg.run_dir, env), on_device(device):
         return _fit_probe(cfg, env, device)
 
 
