@@ -221,3 +221,6 @@ def test_a_run_on_a_gpu_other_than_the_first_makes_it_the_current_one(tmp_path, 
         with pytest.raises(Entered) as entered:
             engine.fit(cfg)
         assert entered.value.args[0] == torch.device("cuda", 1)
+    with pytest.raises(Entered) as entered:  # and an evaluation (vprompt eval's), wherever it is called from
+        engine.evaluate(torch.nn.Identity(), [], torch.device("cuda", 1))
+    assert entered.value.args[0] == torch.device("cuda", 1)

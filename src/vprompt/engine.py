@@ -264,14 +264,15 @@ def evaluate(
 ) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%) and mean loss over ``loader`` (summed over processes)."""
     model.eval()
-    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top1, top5, count
     n_steps = len(loader) if hasattr(loader, "__len__") else None
-    for images, labels in tqdm(loader, total=n_steps, desc=desc, leave=False, disable=not _show_progress(env)):
-        x = to_float_rgb(images, device)
-        y = labels.to(device, non_blocking=True)
-        with autocast(device, precision):
-            logits = model(x)
-        sums += metric_sums(logits, y)
+    with on_device(device):  # (vprompt eval's too: a loader pins its batches for the current GPU)
+        sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top1, top5, count
+        for images, labels in tqdm(loader, total=n_steps, desc=desc, leave=False, disable=not _show_progress(env)):
+            x = to_float_rgb(images, device)
+            y = labels.to(device, non_blocking=True)
+            with autocast(device, precision):
+                logits = model(x)
+            sums += metric_sums(logits, y)
     all_reduce_sum(sums, env.world_size)
     return metrics_of(sums)
 
