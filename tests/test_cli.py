@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import signal
@@ -1101,6 +1102,20 @@ def test_fit_leaves_the_callers_config_as_it_was(tmp_path):
     args = cli.build_parser().parse_args(["train", "-c", str(cfg.run_dir / "config.yaml"), "--model", "cifar:resnet20"])
     assert resolve_config(*cli._run_values(args)[:1]).input_size is None  # the same on the command line
     assert (probe.prompter, probe.epochs, probe.warmup_steps) == ("none", 0, None)
+
+
+def test_what_the_process_logs_after_a_run_is_not_written_to_its_log(tmp_path):
+    cfg = resolve_config({"model": TINY_MODEL, "dataset": "synthetic", "epochs": 1, "output": str(tmp_path),
+                          "dataset_options": {"n_train": 40, "n_test": 20}, "batch_size": 20})  # fmt: skip
+    logger = logging.getLogger("vprompt")
+    failed = cfg.replace(name="failed", lr=1e30)
+    engine.fit(cfg)
+    with pytest.raises(ValueError, match="the training loss is"):  # a run that stops with an error too
+        engine.fit(failed)
+    logger.warning("the next cell's evaluation")
+    for run in (cfg, failed):
+        assert "the next cell's" not in (run.run_dir / "log.txt").read_text()
+    assert not [h for h in logger.handlers if isinstance(h, logging.FileHandler)]  # (and their files are closed)
 
 
 @pytest.mark.parametrize("method", ["evp", "vp"])

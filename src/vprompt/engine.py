@@ -590,7 +590,7 @@ def on_device(device: torch.device) -> contextlib.AbstractContextManager:
 def run_folder(run_dir: Path, env: DistEnv) -> Iterator[None]:
     """``run_dir`` for a run: locked (another process given it is refused, and removes nothing), and removed
     again when the run fails before it started (no config.yaml), with the folders above it that it made and that
-    are still empty: no folder is left behind that looks like one."""
+    are still empty: no folder is left behind that looks like one. Its log.txt takes no more lines once it ends."""
     made = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]
     with folder_lock(run_dir, env):
         try:
@@ -613,6 +613,17 @@ def run_folder(run_dir: Path, env: DistEnv) -> Iterator[None]:
                     else f"stopped by an error: {error_line(e)}",
                 )
             raise
+        finally:  # what the process logs after the run (another evaluation, a notebook's next cell) is not the run's
+            _close_run_log(run_dir)
+
+
+def _close_run_log(run_dir: Path) -> None:
+    """Detach and close the handler that writes ``run_dir``'s log.txt; the console's stays."""
+    logger = logging.getLogger("vprompt")
+    for handler in list(logger.handlers):
+        if isinstance(handler, _RunLogHandler) and handler.baseFilename == os.path.abspath(run_dir / "log.txt"):
+            logger.removeHandler(handler)
+            handler.close()
 
 
 def _note_in_run_log(run_dir: Path, message: str) -> None:
