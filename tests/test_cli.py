@@ -777,13 +777,16 @@ def test_dataset_option_values_read_as_yaml_else_as_given():
     assert cli._key_value("test-size=-5") == ("test_size", -5)
 
 
-def test_a_run_without_threads_gets_the_process_count_not_the_last_runs(monkeypatch):
-    monkeypatch.setattr(engine, "_BASE_THREADS", [3])  # as a suite worker holding its share of the cores
+def test_a_runs_threads_are_the_runs_not_the_processs(tmp_path):
     threads = torch.get_num_threads()
     try:
-        engine._use_threads(resolve_config({"threads": 1}))
-        assert torch.get_num_threads() == 1
-        engine._use_threads(resolve_config({}))  # the next run of the suite, which sets none
+        torch.set_num_threads(3)  # as a suite worker holding its share of the cores, or a notebook's own choice
+        cfg = resolve_config({"model": TINY_MODEL, "dataset": "synthetic", "epochs": 1, "output": str(tmp_path),
+                              "dataset_options": {"n_train": 40, "n_test": 20}, "batch_size": 20,
+                              "threads": 1})  # fmt: skip
+        engine.fit(cfg)
+        assert torch.get_num_threads() == 3  # what the process does next (the suite's next run) has its own again
+        engine.evaluate_checkpoint(cfg.run_dir, threads=1)
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(threads)
@@ -824,9 +827,9 @@ def test_eval_batch_size_and_threads_flags_win_over_the_runs_settings(tmp_path, 
     monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(f"{n} threads"))
     engine.evaluate_checkpoint(tmp_path / "run", batch_size=7)
     # this process's own thread count, and not the run's --threads 1, which was for the machine it trained on
-    assert calls == [f"{engine._BASE_THREADS[0]} threads", 7]
+    assert calls == [7]
     assert cli.main(["eval", "--checkpoint", str(tmp_path / "run"), "--threads", "2"]) == 0
-    assert calls[2:] == ["2 threads", 16]
+    assert calls[1:] == ["2 threads", 16]
     assert cli.main(["eval", "--checkpoint", str(tmp_path / "run"), "-b", "0"]) == 2  # blamed on the flag
     assert "command line: --batch-size 0 must be at least 1" in capsys.readouterr().err
 

@@ -389,17 +389,19 @@ def test_a_run_config_made_directly_takes_its_methods_recipe(tmp_path):
         RunConfig(method="evq")
 
 
-def test_linprobe_refuses_a_prompter_and_is_no_checkpoint_for_eval(tmp_path, capsys):
+def test_linprobe_refuses_a_prompter_and_is_no_checkpoint_for_eval(tmp_path, capsys, monkeypatch):
     assert cli.main(["train", "--method", "linprobe", "--prompter", "evp", *_args(tmp_path)[1:]]) == 2
     assert "--prompter evp: a linear probe fits logistic regression on frozen features, with no prompt" in (
         capsys.readouterr().err
     )
     assert not (tmp_path / "lp").exists()
-    threads = torch.get_num_threads()
+    threads, seen = torch.get_num_threads(), []
+    build = linprobe.build_backbone
+    monkeypatch.setattr(linprobe, "build_backbone", lambda *a: seen.append(torch.get_num_threads()) or build(*a))
     try:
         torch.set_num_threads(2)
         assert cli.main([*_args(tmp_path), "--threads", "1"]) == 0
-        assert torch.get_num_threads() == 1  # --threads reaches the probe too
+        assert seen == [1] and torch.get_num_threads() == 2  # --threads reaches the probe too, for its run
     finally:
         torch.set_num_threads(threads)
     assert cli.main(["eval", "--checkpoint", str(tmp_path / "lp")]) == 2

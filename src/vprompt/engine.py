@@ -505,15 +505,26 @@ def _optimizers(
     return optimizers, schedulers
 
 
-_BASE_THREADS: list[int] = []  # this process's thread count before its first run (a suite worker's share)
-
-
 def _use_threads(cfg: RunConfig) -> None:
-    """PyTorch's CPU threads as ``--threads`` asks; unset, the count this process had before its first run, not
-    what an earlier run of the same process (in a suite) asked for."""
-    if not _BASE_THREADS:
-        _BASE_THREADS.append(torch.get_num_threads())
-    torch.set_num_threads(cfg.threads or _BASE_THREADS[0])
+    """PyTorch's CPU threads as ``--threads`` asks; unset, the process's own count (see :func:`_keeps_threads`)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+
+def _keeps_threads(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func``, after which PyTorch's CPU thread count is what it was before: a run's ``--threads`` is the run's, not
+    the process's (the next run of a suite, a notebook's next cell)."""
+
+    @functools.wraps(func)
+    def keeping(*args: Any, **kwargs: Any) -> Any:
+        threads = torch.get_num_threads()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+
+    return keeping
 
 
 @contextlib.contextmanager
@@ -560,6 +571,7 @@ def deterministic_kernels() -> Iterator[None]:
         torch.use_deterministic_algorithms(before[2], warn_only=before[3])
 
 
+@_keeps_threads
 def fit(cfg: RunConfig) -> dict[str, Any]:
     """Run ``cfg`` end to end in its run folder and return the results (also written to ``results.json``)."""
     if not isinstance(cfg, RunConfig):
@@ -899,6 +911,7 @@ def _relative_path_missing(value: Any, tags: bool) -> bool:
     return not tags or value.startswith(".") or "/" in value or os.sep in value or named_as_file
 
 
+@_keeps_threads
 def evaluate_checkpoint(
     checkpoint: str | Path,
     split: str = "test",
