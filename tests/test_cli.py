@@ -1121,6 +1121,20 @@ def test_what_the_process_logs_after_a_run_is_not_written_to_its_log(tmp_path):
     assert not [h for h in logger.handlers if isinstance(h, logging.FileHandler)]  # (and their files are closed)
 
 
+def test_a_run_leaves_the_callers_random_numbers_as_they_were(tmp_path):
+    cfg = resolve_config({"model": TINY_MODEL, "dataset": "synthetic", "epochs": 1, "output": str(tmp_path),
+                          "dataset_options": {"n_train": 40, "n_test": 20}, "batch_size": 20})  # fmt: skip
+    torch.manual_seed(1)
+    expected = [torch.rand(2) for _ in range(3)]
+    torch.manual_seed(1)
+    drawn = [torch.rand(2)]
+    engine.fit(cfg)  # seeds the run with its own seed
+    drawn.append(torch.rand(2))
+    engine.evaluate_checkpoint(cfg.run_dir)
+    drawn.append(torch.rand(2))
+    assert all(torch.equal(a, b) for a, b in zip(drawn, expected))  # the numbers of a notebook that had not run them
+
+
 @pytest.mark.parametrize("method", ["evp", "vp"])
 def test_a_size_given_over_a_runs_config_has_the_model_fill_the_others_again(tmp_path, method):
     from vprompt.build import planned_sizes

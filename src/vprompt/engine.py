@@ -571,7 +571,21 @@ def deterministic_kernels() -> Iterator[None]:
         torch.use_deterministic_algorithms(before[2], warn_only=before[3])
 
 
+def _keeps_rng(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func``, after which PyTorch's random state (the CPU's, and that of the GPUs in use before) is what it was
+    before: a run seeds it with its own seed, which the caller's next random numbers would otherwise repeat."""
+
+    @functools.wraps(func)
+    def keeping(*args: Any, **kwargs: Any) -> Any:
+        gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=gpus):
+            return func(*args, **kwargs)
+
+    return keeping
+
+
 @_keeps_threads
+@_keeps_rng
 def fit(cfg: RunConfig) -> dict[str, Any]:
     """Run ``cfg`` end to end in its run folder and return the results (also written to ``results.json``)."""
     if not isinstance(cfg, RunConfig):
@@ -912,6 +926,7 @@ def _relative_path_missing(value: Any, tags: bool) -> bool:
 
 
 @_keeps_threads
+@_keeps_rng
 def evaluate_checkpoint(
     checkpoint: str | Path,
     split: str = "test",
