@@ -85,6 +85,14 @@ def test_build_model_assembles_the_run_s_prompter_and_head_on_a_given_backbone(c
     )
 
 
+def test_build_model_leaves_the_callers_config_as_it_was(cifar20):
+    cfg = resolve_config({"model": "cifar:resnet20", "method": "evp"})
+    before = cfg.to_dict()
+    model = build_model(cfg, ["a", "b"], backbone=cifar20)
+    assert model.prompter.geometry()["input_size"] == 32  # the model's size, in the model
+    assert cfg.to_dict() == before and cfg.input_size is None  # not in cfg, which another model can then take
+
+
 @pytest.mark.parametrize("name", ["cifar:resnet20", "timm:test_resnet", "tv:resnet18", "tv:squeezenet1_1"])
 def test_the_classifier_layer_gives_fp32_logits_under_bf16_autocast(name):
     # bf16 logits tie between classes often enough to move accuracy; the final layer runs in fp32, as its input

@@ -6,6 +6,7 @@ prompter -> frozen backbone (normalizes with its own mean/std) -> head -> logits
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 
@@ -220,7 +221,9 @@ def build_model(
     device: torch.device | str = "cpu",
     backbone: FrozenBackbone | None = None,
 ) -> PromptedModel:
-    """Backbone, prompter and head of ``cfg`` for the given classes, on ``device``."""
+    """Backbone, prompter and head of ``cfg`` for the given classes, on ``device``. As :func:`~vprompt.engine.fit`,
+    it fills the sizes ``cfg`` leaves to the model in a copy: ``cfg`` stays as it was, for another model too."""
+    cfg = copy.copy(cfg)
     backbone = backbone if backbone is not None else build_backbone(cfg, device)
     prompter = build_prompter(cfg, backbone)
     head = build_head(cfg, backbone, classnames, dataset_templates)
