@@ -406,6 +406,16 @@ def test_linprobe_refuses_a_prompter_and_is_no_checkpoint_for_eval(tmp_path, cap
         torch.set_num_threads(threads)
     assert cli.main(["eval", "--checkpoint", str(tmp_path / "lp")]) == 2
     assert "is a linear probe: vprompt eval evaluates prompts" in capsys.readouterr().err
+    # The Python API's fit_linear_probe is a run like any other: its threads too, given back when it ends
+    seen.clear()
+    cfg = resolve_config({"model": TINY_MODEL, "dataset": "synthetic", "method": "evp", "threads": 1,
+                          "output": str(tmp_path), "name": "api"})  # fmt: skip
+    try:
+        torch.set_num_threads(2)
+        assert linprobe.fit_linear_probe(cfg)["method"] == "linprobe"  # (another method's config: probed)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_linprobe_refuses_torchrun(tmp_path, monkeypatch, capsys):

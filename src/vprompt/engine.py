@@ -595,9 +595,9 @@ def fit(cfg: RunConfig) -> dict[str, Any]:
     check_dataset(cfg.dataset, cfg.dataset_options)  # (a mistyped name is told, not the state of a folder of its name)
     with _engine_settings(cfg):
         if cfg.method == "linprobe":  # no prompt to train: logistic regression on cached features
-            from .linprobe import fit_linear_probe
+            from .linprobe import run_linear_probe
 
-            return fit_linear_probe(cfg)
+            return run_linear_probe(cfg)
         env = init_distributed(cfg.device)
         with run_folder(cfg.run_dir, env):
             device = resolve_device(cfg.device, env)

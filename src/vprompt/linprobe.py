@@ -337,10 +337,19 @@ def _check_settings(cfg: RunConfig) -> None:
 
 def fit_linear_probe(cfg: RunConfig) -> dict[str, Any]:
     """Run the linear-probe baseline of ``cfg`` in its run folder; returns the results (also ``results.json``).
+    It is :func:`vprompt.engine.fit` of ``cfg`` with ``method="linprobe"``: its threads, seeding and the rest are
+    any run's.
 
     Raises:
         ValueError: launched with several processes, no validation split for a sweep, or bad settings.
     """
+    from .engine import fit
+
+    return fit(cfg if cfg.method == "linprobe" else cfg.replace(method="linprobe"))
+
+
+def run_linear_probe(cfg: RunConfig) -> dict[str, Any]:
+    """:func:`fit_linear_probe` once :func:`vprompt.engine.fit` has set the run's threads and kernels."""
     from .engine import on_device, resolve_device, run_folder
 
     if launched().enabled:
