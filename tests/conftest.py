@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from vprompt.engine import fix_cublas_workspace
+
 ROOT = Path(__file__).resolve().parents[1]
-# PyTorch reads it once per process, at the first GPU matrix product: set before any test uses a GPU, it lets a
-# --deterministic run (test_cli's GPU test) follow the other tests' GPU runs in one pytest process.
-os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+# PyTorch reads cuBLAS's workspace setting once per process, at the first GPU matrix product: set before any test
+# uses a GPU, it lets a --deterministic run (test_cli's GPU test) follow the other tests' GPU runs in one process.
+fix_cublas_workspace()
 TINY_MODEL = "vprompt-tiny-clip"
 
 

@@ -116,10 +116,6 @@ def resolve_device(device: str | None, env: DistEnv | None = None) -> torch.devi
         raise ValueError(f"--device {device}: {name} is not available on this machine; use --device cpu")
     if dev.type == "cpu" and dev.index:  # (PyTorch takes cpu:5 for the CPU)
         raise ValueError(f"--device {device}: the CPU is one device, cpu; --threads sets how many cores it uses")
-    if dev.type == "cuda" and dev.index is not None and not (env is not None and env.enabled):
-        count = torch.cuda.device_count()
-        if dev.index >= count:
-            raise ValueError(f"--device {device}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
     if dev.type == "cuda":
         if env is not None and env.enabled:
             if dev.index not in (None, env.local_rank):  # (every process would share one GPU)
@@ -128,6 +124,8 @@ def resolve_device(device: str | None, env: DistEnv | None = None) -> torch.devi
                     f"cuda:{env.local_rank}); pass --device cuda, or CUDA_VISIBLE_DEVICES to choose the GPUs"
                 )
             dev = torch.device("cuda", env.local_rank)
+        elif dev.index is not None and dev.index >= (count := torch.cuda.device_count()):
+            raise ValueError(f"--device {device}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
     return dev
 
 
@@ -506,25 +504,29 @@ def _optimizers(
 
 
 def _use_threads(cfg: RunConfig) -> None:
-    """PyTorch's CPU threads as ``--threads`` asks; unset, the process's own count (see :func:`_keeps_threads`)."""
+    """PyTorch's CPU threads as ``--threads`` asks; unset, the process's own count (see :func:`_gives_back`)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
 
-def _keeps_threads(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``func``, after which PyTorch's CPU thread count is what it was before: a run's ``--threads`` is the run's, not
-    the process's (the next run of a suite, a notebook's next cell)."""
+def _gives_back(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func``, after which PyTorch's CPU thread count and random state (the CPU's, and that of the GPUs in use
+    before) are what they were before: a run's ``--threads`` is the run's, not the process's, and a run seeds the
+    random state with its own seed, which the caller's next random numbers would otherwise repeat (the next run of
+    a suite, a notebook's next cell)."""
 
     @functools.wraps(func)
-    def keeping(*args: Any, **kwargs: Any) -> Any:
+    def giving_back(*args: Any, **kwargs: Any) -> Any:
         threads = torch.get_num_threads()
+        gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
         try:
-            return func(*args, **kwargs)
+            with torch.random.fork_rng(devices=gpus):
+                return func(*args, **kwargs)
         finally:
             if torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
 
-    return keeping
+    return giving_back
 
 
 @contextlib.contextmanager
@@ -571,21 +573,7 @@ def deterministic_kernels() -> Iterator[None]:
         torch.use_deterministic_algorithms(before[2], warn_only=before[3])
 
 
-def _keeps_rng(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``func``, after which PyTorch's random state (the CPU's, and that of the GPUs in use before) is what it was
-    before: a run seeds it with its own seed, which the caller's next random numbers would otherwise repeat."""
-
-    @functools.wraps(func)
-    def keeping(*args: Any, **kwargs: Any) -> Any:
-        gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-        with torch.random.fork_rng(devices=gpus):
-            return func(*args, **kwargs)
-
-    return keeping
-
-
-@_keeps_threads
-@_keeps_rng
+@_gives_back
 def fit(cfg: RunConfig) -> dict[str, Any]:
     """Run ``cfg`` end to end in its run folder and return the results (also written to ``results.json``)."""
     if not isinstance(cfg, RunConfig):
@@ -643,13 +631,18 @@ def run_folder(run_dir: Path, env: DistEnv) -> Iterator[None]:
             _close_run_log(run_dir)
 
 
+def _run_log_handlers(run_dir: Path) -> list[_RunLogHandler]:
+    """The handlers of the ``vprompt`` logger that write ``run_dir``'s log.txt."""
+    log_file = os.path.abspath(run_dir / "log.txt")
+    handlers = logging.getLogger("vprompt").handlers
+    return [h for h in handlers if isinstance(h, _RunLogHandler) and h.baseFilename == log_file]
+
+
 def _close_run_log(run_dir: Path) -> None:
     """Detach and close the handler that writes ``run_dir``'s log.txt; the console's stays."""
-    logger = logging.getLogger("vprompt")
-    for handler in list(logger.handlers):
-        if isinstance(handler, _RunLogHandler) and handler.baseFilename == os.path.abspath(run_dir / "log.txt"):
-            logger.removeHandler(handler)
-            handler.close()
+    for handler in _run_log_handlers(run_dir):
+        logging.getLogger("vprompt").removeHandler(handler)
+        handler.close()
 
 
 def _note_in_run_log(run_dir: Path, message: str) -> None:
@@ -657,10 +650,9 @@ def _note_in_run_log(run_dir: Path, message: str) -> None:
     an attempt that wrote none there (refused before it began) leaves the file as it was."""
     logger = logging.getLogger("vprompt")
     record = logger.makeRecord(logger.name, logging.WARNING, __file__, 0, message, (), None)
-    for handler in logger.handlers:
-        if isinstance(handler, _RunLogHandler) and handler.baseFilename == os.path.abspath(run_dir / "log.txt"):
-            if handler.lines:
-                handler.handle(record)
+    for handler in _run_log_handlers(run_dir):
+        if handler.lines:
+            handler.handle(record)
 
 
 def _fit(cfg: RunConfig, env: DistEnv, device: torch.device) -> dict[str, Any]:
@@ -925,8 +917,7 @@ def _relative_path_missing(value: Any, tags: bool) -> bool:
     return not tags or value.startswith(".") or "/" in value or os.sep in value or named_as_file
 
 
-@_keeps_threads
-@_keeps_rng
+@_gives_back
 def evaluate_checkpoint(
     checkpoint: str | Path,
     split: str = "test",
