@@ -214,6 +214,9 @@ def test_a_run_on_a_gpu_other_than_the_first_makes_it_the_current_one(tmp_path, 
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # (no GPU is touched: stopped as it is made current)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    # (on a machine with fewer real GPUs, where an earlier test of this process used one, fit would save and restore
+    # the random state of both pretended GPUs before it starts)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     monkeypatch.setattr(torch.cuda, "device", Current)
     for method in ("evp", "linprobe"):
         settings = {"model": TINY_MODEL, "dataset": "synthetic", "method": method, "device": "cuda:1"}
