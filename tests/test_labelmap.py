@@ -14,15 +14,11 @@ from vprompt.config import resolve_config
 from vprompt.heads import LabelMappingHead, LinearHead, greedy_label_mapping, prediction_counts, resolve_head
 
 
-def _outputs(pairs: list[tuple[int, int, int]], num_source: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Source logits and labels in which target ``t`` is predicted as source ``s`` exactly ``n`` times."""
-    logits, labels = [], []
-    for t, s, n in pairs:
-        one = torch.full((n, num_source), -1.0)
-        one[:, s] = 1.0
-        logits.append(one)
-        labels += [t] * n
-    return torch.cat(logits), torch.tensor(labels)
+def _predictions(pairs: list[tuple[int, int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted source classes and labels in which target ``t`` is predicted as source ``s`` exactly ``n`` times."""
+    predicted = [s for _t, s, n in pairs for _ in range(n)]
+    labels = [t for t, _s, n in pairs for _ in range(n)]
+    return torch.tensor(predicted), torch.tensor(labels)
 
 
 # Hand-computed count table: rows are targets, columns sources.
@@ -37,8 +33,8 @@ EXPECTED_COUNTS = [[5, 3, 0, 0], [6, 0, 1, 0], [0, 0, 0, 2]]
 
 
 def test_count_table_and_greedy_one_to_one_assignment():
-    logits, labels = _outputs(TABLE, 4)
-    counts = prediction_counts(logits.argmax(-1), labels, 3, 4)
+    predicted, labels = _predictions(TABLE)
+    counts = prediction_counts(predicted, labels, 3, 4)
     assert counts.tolist() == EXPECTED_COUNTS
     mapping = greedy_label_mapping(counts)
     assert mapping.tolist() == [1, 0, 3]
@@ -62,37 +58,37 @@ def test_flm_head_maps_with_the_table_and_is_computed_once():
         head(torch.zeros(1, 4))
     calls = []
 
-    def outputs():
+    def predictions():
         calls.append(1)
-        return _outputs(TABLE, 4)
+        return _predictions(TABLE)
 
-    assert head.epoch_start(0, outputs) is True
+    assert head.epoch_start(0, predictions) is True
     assert head.mapping.tolist() == [1, 0, 3]
     src = torch.arange(8.0).view(2, 4)
     assert torch.equal(head(src), src[:, [1, 0, 3]])
     for epoch in (1, 2, 5):
-        assert head.epoch_start(epoch, outputs) is False
+        assert head.epoch_start(epoch, predictions) is False
     assert len(calls) == 1  # FLM never looks at the data again
 
 
 def test_ilm_recomputes_every_k_epochs_and_follows_changing_predictions():
     head = LabelMappingHead(3, 4, "ilm", interval=2)
-    first = _outputs(TABLE, 4)
+    first = _predictions(TABLE)
     # Later the prompt has moved the predictions: t0 -> s2, t1 -> s3, t2 -> s0.
-    moved = _outputs([(0, 2, 4), (1, 3, 4), (2, 0, 4)], 4)
+    moved = _predictions([(0, 2, 4), (1, 3, 4), (2, 0, 4)])
     seen = []
 
-    def outputs_for(epoch):
+    def predictions_for(epoch):
         def fn():
             seen.append(epoch)
             return first if epoch == 0 else moved
 
         return fn
 
-    assert head.epoch_start(0, outputs_for(0)) and head.mapping.tolist() == [1, 0, 3]
-    assert not head.epoch_start(1, outputs_for(1)) and head.mapping.tolist() == [1, 0, 3]
-    assert head.epoch_start(2, outputs_for(2)) and head.mapping.tolist() == [2, 3, 0]
-    assert not head.epoch_start(4, outputs_for(4))  # recomputed, but the predictions did not change
+    assert head.epoch_start(0, predictions_for(0)) and head.mapping.tolist() == [1, 0, 3]
+    assert not head.epoch_start(1, predictions_for(1)) and head.mapping.tolist() == [1, 0, 3]
+    assert head.epoch_start(2, predictions_for(2)) and head.mapping.tolist() == [2, 3, 0]
+    assert not head.epoch_start(4, predictions_for(4))  # recomputed, but the predictions did not change
     assert seen == [0, 2, 4]
 
 
@@ -111,7 +107,7 @@ def test_identity_map_reads_source_class_t_for_target_t():
 
 def test_mapping_is_saved_and_restored_with_the_state_dict():
     head = LabelMappingHead(3, 4, "flm")
-    head.epoch_start(0, lambda: _outputs(TABLE, 4))
+    head.epoch_start(0, lambda: _predictions(TABLE))
     fresh = LabelMappingHead(3, 4, "flm")
     fresh.load_state_dict(head.state_dict())
     assert torch.equal(fresh(torch.eye(4)), torch.eye(4)[:, [1, 0, 3]])
@@ -219,7 +215,7 @@ def test_a_map_saved_before_it_was_computed_loads_as_not_computed():
     head.load_state_dict(LabelMappingHead(3, 4, "flm").state_dict())
     with pytest.raises(RuntimeError, match="not computed yet"):
         head(torch.zeros(1, 4))
-    assert head.epoch_start(0, lambda: _outputs(TABLE, 4)) and head.mapping.tolist() == [1, 0, 3]
+    assert head.epoch_start(0, lambda: _predictions(TABLE)) and head.mapping.tolist() == [1, 0, 3]
 
 
 def test_rlm_takes_any_integer_seed():

@@ -106,10 +106,10 @@ class Head(nn.Module):
 
     num_classes: int
 
-    def epoch_start(self, epoch: int, source_outputs: Callable[[], tuple[Tensor, Tensor]]) -> bool:
-        """Called before each training epoch. ``source_outputs()`` computes the backbone's outputs over the
-        training set with the current prompt (and the labels); call it only when needed. Returns whether the
-        head changed."""
+    def epoch_start(self, epoch: int, source_predictions: Callable[[], tuple[Tensor, Tensor]]) -> bool:
+        """Called before each training epoch. ``source_predictions()`` computes the backbone's predicted classes
+        over the training set with the current prompt (and the labels); call it only when needed. Returns whether
+        the head changed."""
         return False
 
 
@@ -256,19 +256,19 @@ class LabelMappingHead(Head):
     def forward(self, source_logits: Tensor) -> Tensor:
         if not self._ready:
             raise RuntimeError(
-                f"label mapping {self.mode} is not computed yet: call epoch_start() with the source outputs first"
+                f"label mapping {self.mode} is not computed yet: call epoch_start() with the source predictions first"
             )
         return source_logits[:, self.mapping]
 
-    def epoch_start(self, epoch: int, source_outputs: Callable[[], tuple[Tensor, Tensor]]) -> bool:
+    def epoch_start(self, epoch: int, source_predictions: Callable[[], tuple[Tensor, Tensor]]) -> bool:
         """FLM: compute the map once (first call); ILM: recompute it every ``interval`` epochs; RLM, identity: never."""
         if self.mode in ("rlm", "identity"):
             return False
         due = not self._ready or (self.mode == "ilm" and epoch % self.interval == 0)
         if not due:
             return False
-        outputs, labels = source_outputs()
-        counts = prediction_counts(outputs.argmax(dim=-1), labels, self.num_classes, self.num_source_classes)
+        predictions, labels = source_predictions()
+        counts = prediction_counts(predictions, labels, self.num_classes, self.num_source_classes)
         new = greedy_label_mapping(counts).to(self.mapping.device)
         changed = not torch.equal(new, self.mapping)
         self.mapping.copy_(new)
