@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from .conftest import tiny_run_args
+from .conftest import shared_data, tiny_run_args
 
 
 def _torchrun() -> Path:
@@ -107,6 +107,24 @@ def test_eval_refuses_torchrun(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert cli.main(["eval", "--checkpoint", str(tmp_path)]) == 2
     assert "vprompt eval runs in one process; launch it without torchrun" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_processes_compute_the_label_map_of_the_whole_training_set(tmp_path):
+    _torchrun()
+    data = shared_data()
+    if not (data / "cifar10_resnets").is_dir() or not (data / "mnist").is_dir():
+        pytest.skip("needs ../shared/data's CIFAR-10 ResNets and MNIST")
+    # FLM is computed before the first step, with the zero prompt: the same map from the whole training set in one
+    # process and in two, where each holds half of it (a map of one half would differ: 16 digits a class is few).
+    common = ("--model", "cifar:resnet20", "--pretrained", str(data / "cifar10_resnets"), "--dataset", "mnist",
+              "--data-dir", str(data / "mnist"), "--shots", "16", "--label-map", "flm")  # fmt: skip
+    _train(tmp_path, 1, *common, name="one", epochs=1)
+    _train(tmp_path, 2, *common, name="two", epochs=1)
+    one, two = (
+        torch.load(tmp_path / run / "last.pt", weights_only=True)["model"]["head.mapping"] for run in ("one", "two")
+    )
+    assert sorted(one.tolist()) == list(range(10)) and torch.equal(one, two)
 
 
 @pytest.mark.slow
