@@ -1020,13 +1020,33 @@ def test_every_precision_the_flag_offers_has_an_autocast():
 
 
 def test_fp16_on_a_cpu_is_warned_about_once(vprompt_caplog):
-    engine._warn_fp16_on_cpu.cache_clear()
+    engine._warn_slow_precision.cache_clear()
     for _ in range(3):  # as every batch enters it
         with engine.autocast(torch.device("cpu"), "fp16"):
             pass
     # (a record may reach the capture twice, through the logger's handler and through propagation: count records)
     said = {id(r) for r in vprompt_caplog.records if "--precision fp16 on a CPU" in r.getMessage()}
     assert len(said) == 1 and "bf16 is a CPU's fast" in vprompt_caplog.text
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available:UserWarning")  # (made, never entered)
+def test_bf16_on_a_gpu_without_bf16_units_is_warned_about_once(vprompt_caplog, monkeypatch):
+    capability = {0: (7, 0), 1: (8, 0)}  # (a V100 and an A100: only autocast's context is made, no GPU is used)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capability[device.index])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: ["Tesla V100", "A100"][device.index])
+    monkeypatch.setattr(torch.version, "hip", None)
+    engine._warn_slow_precision.cache_clear()
+    for device in ("cuda:0", "cuda:0", "cuda:1"):
+        engine.autocast(torch.device(device), "bf16")
+    engine.autocast(torch.device("cuda:0"), "fp16")
+    said = [
+        r.getMessage() for r in {id(r): r for r in vprompt_caplog.records}.values() if "--precision" in r.getMessage()
+    ]
+    assert said == [
+        "--precision bf16 on Tesla V100 (compute capability 7.0): this GPU has no bf16 units and PyTorch emulates bf16 "
+        "on it, slowly; fp16 is its fast half precision"
+    ]
+    engine._warn_slow_precision.cache_clear()  # (its cache holds the pretended GPUs)
 
 
 def test_fit_given_settings_not_made_into_a_config_says_how(tmp_path):

@@ -137,18 +137,28 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if precision == "fp32":
         return contextlib.nullcontext()
     check_precision(precision)
-    if device.type == "cpu" and precision == "fp16":
-        _warn_fp16_on_cpu()
+    _warn_slow_precision(device, precision)
     return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
 
 
 @functools.cache
-def _warn_fp16_on_cpu() -> None:
-    """Said once per process, not at every batch."""
-    _log.warning(
-        "--precision fp16 on a CPU: PyTorch's CPU kernels run fp16 far slower than fp32 (30 times in a ResNet-20 "
-        "here); bf16 is a CPU's fast half precision"
-    )
+def _warn_slow_precision(device: torch.device, precision: str) -> None:
+    """Warns of a half precision that ``device`` runs slowly, once per process and device, not at every batch:
+    fp16 on a CPU, and bf16 on an NVIDIA GPU older than the A100 (compute capability 8.0), which has no bf16 units
+    and where PyTorch emulates it."""
+    if device.type == "cpu" and precision == "fp16":
+        _log.warning(
+            "--precision fp16 on a CPU: PyTorch's CPU kernels run fp16 far slower than fp32 (30 times in a ResNet-20 "
+            "here); bf16 is a CPU's fast half precision"
+        )
+    elif device.type == "cuda" and precision == "bf16" and not torch.version.hip:
+        major, minor = torch.cuda.get_device_capability(device)
+        if major < 8:
+            _log.warning(
+                "--precision bf16 on %s (compute capability %d.%d): this GPU has no bf16 units and PyTorch emulates "
+                "bf16 on it, slowly; fp16 is its fast half precision",
+                torch.cuda.get_device_name(device), major, minor,
+            )  # fmt: skip
 
 
 def _seed_epoch(seed: int, epoch: int) -> None:
