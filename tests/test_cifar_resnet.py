@@ -158,6 +158,10 @@ def test_empty_folder_and_missing_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.th"
     with pytest.raises(FileNotFoundError, match="nope.th"):
         create_cifar_resnet(20, pretrained=missing)
+    # a mistyped weights name is told as the other model families tell it, with the names there are
+    with pytest.raises(FileNotFoundError, match=r"--pretrained 'cifar' is neither a file or folder nor a weights "
+                       r"name of cifar:resnet20 \(weights: cifar10, default, none\)"):  # fmt: skip
+        create_cifar_resnet(20, pretrained="cifar")
 
 
 def test_unknown_depth_lists_valid_ones() -> None:

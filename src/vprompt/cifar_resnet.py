@@ -293,10 +293,10 @@ def resolve_cifar_resnet_checkpoint(
                 f"Pass the file itself or a folder that contains {file_name}"
             )
     elif not path.exists():
-        aliases = " or ".join(repr(a) for a in _PRETRAINED_ALIASES)
         raise FileNotFoundError(
-            f"pretrained checkpoint {str(pretrained)!r} not found; pass an existing .th file, a folder containing "
-            f"{file_name}, or {aliases} to use/download the cached copy"
+            f"--pretrained {str(pretrained)!r} is neither a file or folder nor a weights name of cifar:resnet{depth} "
+            f"(weights: {', '.join(_PRETRAINED_ALIASES)}, none): pass the .th file, a folder holding {file_name}, or "
+            f"{_PRETRAINED_ALIASES[0]} for the cached copy (downloaded where absent)"
         )
     _verify_sha256(path, expected, cached=cached)
     return path
