@@ -67,7 +67,7 @@ def test_bad_argument_is_one_line(tmp_path, script, args):
     errors = [line for line in proc.stderr.splitlines() if line.startswith(f"{script}: error:")]
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
-    flag, value = case[:2]  # (vprompt's own message may call --pretrained "pretrained checkpoint")
+    flag, value = case[:2]
     assert len(errors) == 1 and flag.lstrip("-") in errors[0] and value in errors[0], proc.stderr
     key = {"typed.json": "normgrad_lr '10' must be", "unknown.json": "diversity 'xx' must be one of ref, di"}
     assert key.get(Path(value).name, "") in errors[0]  # (a file's setting by its key, not as a flag)
