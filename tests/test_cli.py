@@ -1504,6 +1504,23 @@ def test_the_epoch_is_selected_on_validation_and_the_last_one_reported_beside_it
     assert results["test"]["loss"] != results["test_last"]["loss"]  # the prompt of epoch 1, not of epoch 3
 
 
+def test_each_validation_of_a_run_is_evaluated_once_and_reported_as_the_epochs_recorded_it(tmp_path, monkeypatch):
+    real, descs = engine.evaluate, []
+
+    def evaluate(model, loader, device, precision, env, desc="eval"):
+        descs.append(desc)
+        return real(model, loader, device, precision, env, desc=desc)
+
+    monkeypatch.setattr(engine, "evaluate", evaluate)
+    assert cli.main(tiny_run_args(tmp_path, "--device", "cpu", epochs=3)) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    records = {r["epoch"]: r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())}
+    tests = ["test (last)"] + (["test (best)"] if results["best_epoch"] != 3 else [])
+    assert descs == ["val"] * 3 + tests  # the final report reads the validation of the epochs
+    for key, epoch in (("val", results["best_epoch"]), ("val_last", 3)):
+        assert results[key]["acc1"] == records[epoch]["val_acc1"] and results[key]["loss"] == records[epoch]["val_loss"]
+
+
 def test_a_head_on_the_command_line_replaces_a_config_files_label_map(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("label_map: flm\nmodel: cifar:resnet20\n")

@@ -724,6 +724,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device) -> dict[str, Any]:
     start_epoch, best = 0, {"epoch": 0, "val_acc1": -math.inf}
     best_state: dict[str, Tensor] = {}  # the selected epoch's prompt, also kept in last.pt
     train_seconds, train_images = 0.0, 0
+    last_val: dict[str, float] | None = None  # the validation metrics of the last epoch trained here
     identity = data_identity(data)  # (once: each epoch's last.pt and selected prompt record it)
     if state is not None:
         changes = data_changes(state.get("data"), identity)
@@ -791,11 +792,11 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device) -> dict[str, Any]:
         record.update({k: stats[k] for k in ("train_loss", "train_acc1", "images_per_s")})
         evaluate_now = val_loader is not None and (done % cfg.eval_every == 0 or done == epochs)
         if evaluate_now:
-            val = evaluate(model, val_loader, device, cfg.precision, env, desc="val")
+            val = last_val = evaluate(model, val_loader, device, cfg.precision, env, desc="val")
             record.update({f"val_{k}": v for k, v in val.items() if k != "n"})
         improved = (evaluate_now and record["val_acc1"] > best["val_acc1"]) or val_loader is None
-        if improved:
-            best = {"epoch": done, "val_acc1": record.get("val_acc1")}
+        if improved:  # (with the epoch's validation metrics: the final report needs not evaluate them again)
+            best = {"epoch": done, "val_acc1": record.get("val_acc1"), **({"val": val} if evaluate_now else {})}
             best_state = {k: v.detach().clone() for k, v in model.artifact_state().items()}
         if env.is_main:
             _log.info(
@@ -832,7 +833,7 @@ def _fit(cfg: RunConfig, env: DistEnv, device: torch.device) -> dict[str, Any]:
     if epochs == 0:  # no training epoch called it: a label map (FLM without a prompt) is computed here
         model.head.epoch_start(0, lambda: collect_predictions(model, map_loader, device, cfg.precision, env))
     return _finish(
-        cfg, model, data, device, env, best, best_state, epochs, train_seconds, train_images, loader, eval_bs
+        cfg, model, data, device, env, best, best_state, last_val, epochs, train_seconds, train_images, loader, eval_bs
     )
 
 
@@ -862,19 +863,24 @@ def _finish(
     env: DistEnv,
     best: dict[str, Any],
     best_state: dict[str, Tensor],
+    last_val: dict[str, float] | None,
     epochs: int,
     train_seconds: float,
     train_images: int,
     loader: Callable[..., Any],
     eval_bs: int,
 ) -> dict[str, Any]:
-    """Test the last and the selected prompt, write ``results.json``."""
+    """Test the last and the selected prompt, write ``results.json``. ``last_val``: the last epoch's validation metrics
+    where this process trained it (the selected epoch's are in ``best``); what is not known is evaluated."""
     run_dir = cfg.run_dir
     config = cfg.to_dict()
     test_loader = loader(data.test, False, eval_bs)
     val_loader = loader(data.val, False, eval_bs) if data.val is not None else None
     last_test = evaluate(model, test_loader, device, cfg.precision, env, desc="test (last)")
-    last_val = evaluate(model, val_loader, device, cfg.precision, env, desc="val (last)") if val_loader else None
+    if last_val is None and best["epoch"] == epochs:  # (a finished run redone: its state holds them)
+        last_val = best.get("val")
+    if last_val is None and val_loader is not None:
+        last_val = evaluate(model, val_loader, device, cfg.precision, env, desc="val (last)")
     if epochs == 0 and env.is_main:
         best = {"epoch": 0, "val_acc1": last_val["acc1"] if last_val else None}
         save_prompt(run_dir / PROMPT_FILE, model.artifact_state(), config, **prompt_meta(data, 0, best["val_acc1"]))
@@ -885,7 +891,9 @@ def _finish(
         state = best_state or load_prompt(run_dir / PROMPT_FILE)[0]
         model.load_artifact_state({k: v.to(device) for k, v in state.items()})
         best_test = evaluate(model, test_loader, device, cfg.precision, env, desc="test (best)")
-        best_val = evaluate(model, val_loader, device, cfg.precision, env, desc="val (best)") if val_loader else None
+        best_val = best.get("val")
+        if best_val is None and val_loader is not None:  # (a state saved without them)
+            best_val = evaluate(model, val_loader, device, cfg.precision, env, desc="val (best)")
     results = {
         **cfg.identity(),
         "head": resolve_head(cfg.head, cfg.label_map, model_kind(cfg.model)),  # (what the baselines differ by)
