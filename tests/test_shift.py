@@ -453,8 +453,11 @@ def test_iwildcam_class_names_from_the_release(tmp_path, fake_wilds, caplog):
     folder = tmp_path / "iwildcam_v1.0"
     folder.mkdir()
     rows = "\n".join(f"{y},{y * 3},species {y}" for y in range(182))
-    (folder / "categories.csv").write_text("y,category_id,name\n" + rows + "\n")
-    assert create_dataset("iwildcam", tmp_path, "train").classnames[:2] == ["species 0", "species 1"]
+    # The release lists categories outside the 182 classes with y 99999, some under a class's category id too.
+    outside = "\n".join(f"99999,{y * 3},other {y}" for y in (0, 1, 181))
+    (folder / "categories.csv").write_text("y,category_id,name\n" + rows + "\n" + outside + "\n")
+    names = create_dataset("iwildcam", tmp_path, "train").classnames
+    assert (len(names), names[:2], names[181]) == (182, ["species 0", "species 1"], "species 181")
     # Without a y column, through metadata.csv (y, category_id).
     rows = "\n".join(f"{y * 3},species {y}" for y in range(182))
     (folder / "categories.csv").write_text("category_id,name\n" + rows + "\n")
